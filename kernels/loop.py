@@ -1,0 +1,83 @@
+"""The one bounded iteration driver every solver in ``kernels`` uses.
+
+The carry holds the solver state, the step count and the current error; the error starts at
+``+inf`` so that at least one step runs, and the loop stops on
+``~(error <= tol) | (steps >= max_steps)`` (a NaN error stops it too and is reported as
+non-finite). This is the pattern of ``optimistix/_iterate.py`` and optax's line search.
+
+Under ``vmap`` a ``while_loop`` runs until the slowest lane stops (jax-ml/jax#20628); finished
+lanes keep computing but their state is frozen by ``jnp.where`` inside the batched loop, so the
+results equal a per-instance loop. The iteration counts reported per instance are exact.
+
+Status codes (per instance, ``int32``): ``CONVERGED = 0``, ``MAX_ITERS = 1``, ``NONFINITE = 2``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+__all__ = ["CONVERGED", "MAX_ITERS", "NONFINITE", "LoopResult", "iterate", "status_of"]
+
+CONVERGED = 0
+MAX_ITERS = 1
+NONFINITE = 2
+
+
+class LoopResult(NamedTuple):
+    """Outcome of :func:`iterate` for one instance."""
+
+    state: Any  # the solver state after the last step
+    error: jax.Array  # () the convergence measure at that state
+    steps: jax.Array  # () int32, steps taken
+    status: jax.Array  # () int32, CONVERGED / MAX_ITERS / NONFINITE
+
+
+def status_of(error: jax.Array, tol: float | jax.Array) -> jax.Array:
+    """Status code from a final error: converged, non-finite, or out of iterations."""
+    return jnp.where(
+        jnp.isfinite(error),
+        jnp.where(error <= tol, CONVERGED, MAX_ITERS),
+        NONFINITE,
+    ).astype(jnp.int32)
+
+
+def iterate(
+    step: Callable[[Any], tuple[Any, jax.Array]],
+    state: Any,
+    *,
+    tol: float | jax.Array,
+    max_steps: int,
+    error0: jax.Array | None = None,
+) -> LoopResult:
+    """Runs ``state, error = step(state)`` until ``error <= tol`` or ``max_steps`` steps.
+
+    Args:
+      step: one iteration; returns the new state and the error *of the new state*.
+      state: initial state (a pytree).
+      tol: stop once the error is at most this.
+      max_steps: hard bound on the number of steps.
+      error0: the error of the initial state, if known (lets an already-converged start stop
+        after zero steps); defaults to ``+inf``.
+
+    Returns:
+      A :class:`LoopResult`.
+    """
+    dtype = jax.tree_util.tree_leaves(state)[0].dtype
+    err0 = jnp.asarray(jnp.inf, dtype) if error0 is None else jnp.asarray(error0, dtype)
+
+    def cond(carry):
+        _, err, k = carry
+        # `~(err <= tol)` is True for NaN as well, so NaN is caught by the isfinite test instead.
+        return (~(err <= tol)) & (k < max_steps) & ~jnp.isnan(err)
+
+    def body(carry):
+        s, _, k = carry
+        s, err = step(s)
+        return s, jnp.asarray(err, dtype), k + 1
+
+    state, err, k = jax.lax.while_loop(cond, body, (state, err0, jnp.int32(0)))
+    return LoopResult(state, err, k, status_of(err, tol))

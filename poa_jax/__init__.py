@@ -1,0 +1,32 @@
+"""poa_jax — batched equilibria, optima and Price of Anarchy for disaggregated LLM serving.
+
+One import: ``import poa_jax as pj``.
+
+    >>> import poa_jax as pj
+    >>> game = pj.RoutingGame(demand=[1.0], latency=pj.Latency(a=[0.0, 1.0], b=[1.0, 0.0]))
+    >>> round(float(pj.price_of_anarchy(game).poa), 4)
+    1.3333
+"""
+
+from poa_jax import latency, policies
+from poa_jax.errors import InputError
+from poa_jax.game import RoutingGame
+from poa_jax.latency import Latency, PrefillTime
+from poa_jax.poa import PoAResult, price_of_anarchy
+from poa_jax.solve import Solution, solve_equilibrium, solve_optimum
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "InputError",
+    "Latency",
+    "PoAResult",
+    "PrefillTime",
+    "RoutingGame",
+    "Solution",
+    "latency",
+    "policies",
+    "price_of_anarchy",
+    "solve_equilibrium",
+    "solve_optimum",
+]

@@ -1,0 +1,142 @@
+r"""Price of Anarchy and price of stability of a router policy (DESIGN §2.2).
+
+    PoA(θ) = SC(worst equilibrium of θ found) / SC(opt),   PoS(θ) = SC(best found) / SC(opt).
+
+With the cache externality equilibria need not be unique, so the equilibrium is solved from
+several starts (:func:`poa_jax.solve.starting_flows`: uniform, herds, random) and the worst and
+best *converged* ones are kept (all of them, flagged, if none converged). The optimum is
+multi-start and warm-started from every equilibrium found; the optimum's cost is additionally the
+minimum over those equilibria, so ``SC(opt) ≤ SC(eq)`` and ``PoA ≥ PoS ≥ 1`` by construction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+
+from poa_jax import batching, solve, tolerances
+from poa_jax.game import RoutingGame
+from poa_jax.kernels.loop import CONVERGED
+from poa_jax.policies import Policy, selfish
+
+__all__ = ["PoAResult", "price_of_anarchy"]
+
+
+@dataclasses.dataclass(frozen=True)
+class PoAResult:
+    """Per-instance PoA results; ``...`` is the batch shape, ``S`` the number of starts.
+
+    Attributes:
+      poa: ``(...)`` SC(worst equilibrium) / SC(opt), ≥ 1.
+      price_of_stability: ``(...)`` SC(best equilibrium) / SC(opt), in [1, poa].
+      equilibrium: :class:`~poa_jax.Solution` of the worst equilibrium.
+      best_equilibrium: :class:`~poa_jax.Solution` of the best equilibrium.
+      optimum: :class:`~poa_jax.Solution` of the optimum.
+      equilibrium_costs: ``(..., S)`` SC of every start's equilibrium (NaN where it did not
+        converge), sorted worst first.
+      converged_starts: ``(...)`` how many starts converged.
+      converged: ``(...)`` worst equilibrium and optimum both converged.
+    """
+
+    poa: np.ndarray
+    price_of_stability: np.ndarray
+    equilibrium: solve.Solution
+    best_equilibrium: solve.Solution
+    optimum: solve.Solution
+    equilibrium_costs: np.ndarray
+    converged_starts: np.ndarray
+    converged: np.ndarray
+
+
+def _pick(out: dict, idx: np.ndarray) -> dict:
+    rows = np.arange(idx.shape[0])
+    return {k: np.asarray(v)[rows, idx] for k, v in out.items()}
+
+
+def price_of_anarchy(
+    game: RoutingGame,
+    policy: Policy | None = None,
+    *,
+    starts: int = tolerances.DEFAULT_STARTS,
+    tol: float | None = None,
+    max_iters: int | None = None,
+    method: str = "auto",
+    optimum_starts: int = 1,
+    descent_steps: int = 0,
+    seed: int = 0,
+    dtype=None,
+) -> PoAResult:
+    """PoA and price of stability of ``policy`` for every game in the batch.
+
+    Args:
+      game: a :class:`~poa_jax.RoutingGame` batch.
+      policy: router policy (default selfish), fields broadcast with the batch.
+      starts: equilibrium starts per instance.
+      tol, max_iters, method, dtype: as :func:`~poa_jax.solve_equilibrium`.
+      optimum_starts: generated optimum starts, in addition to the equilibria found.
+      descent_steps: optax Adam steps per optimum start before the polish.
+      seed: seed for random starts.
+
+    Returns:
+      A :class:`PoAResult`.
+
+    Example:
+      >>> import poa_jax as pj
+      >>> mm1 = pj.RoutingGame(demand=[0.75], latency=pj.Latency(
+      ...     a=[1.0, 4.0], d=[1.0, 0.0], kappa=[1.0, float("inf")]))
+      >>> round(float(pj.price_of_anarchy(mm1).poa), 6)
+      1.5
+    """
+    if method not in solve.METHODS:
+        raise solve.InputError(f"method {method!r} is unknown: must be one of {solve.METHODS}")
+    prep = batching.prepare(game, policy if policy is not None else selfish(), dtype)
+    tol, max_iters = solve._resolve(prep, tol, max_iters)
+    x0 = solve.starting_flows(prep, starts, seed)
+    eq = jax.device_get(solve._equilibria_flat(prep, x0, method, tol, max_iters))
+    eq = {k: np.asarray(v) for k, v in eq.items()}
+    sc = eq["social_cost"]  # (N, S)
+    ok = eq["status"] == CONVERGED
+    any_ok = ok.any(-1, keepdims=True)
+    use = np.where(any_ok, ok, True)  # if no start converged, rank them all (flagged)
+    worst = np.argmax(np.where(use, sc, -np.inf), -1)
+    best = np.argmin(np.where(use, sc, np.inf), -1)
+
+    opt_x0 = np.concatenate(
+        [solve.starting_flows(prep, optimum_starts, seed + 1), eq["flows"].astype(prep.dtype)],
+        axis=1,
+    )
+    opt = jax.device_get(batching.optima(
+        prep.game, opt_x0, tol=tol, max_iters=max_iters, descent_steps=int(descent_steps),
+        lr=0.05,
+    ))  # fmt: skip
+    opt = {k: np.asarray(v).copy() for k, v in opt.items()}
+    # SC(opt) ≤ every equilibrium's SC exactly (not only up to re-evaluation rounding).
+    best_sc = sc[np.arange(sc.shape[0]), best]
+    lower = best_sc < opt["social_cost"]
+    if lower.any():
+        picked = _pick(eq, best)
+        for k in ("flows", "social_cost", "overloaded"):
+            opt[k][lower] = picked[k][lower]
+
+    shape = prep.batch_shape
+    w = solve._to_solution(_pick(eq, worst), prep)
+    b = solve._to_solution(_pick(eq, best), prep)
+    o = solve._to_solution(opt, prep)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        poa = np.where(o.social_cost > 0, w.social_cost / o.social_cost, 1.0)
+        pos = np.where(o.social_cost > 0, b.social_cost / o.social_cost, 1.0)
+    costs = np.where(ok, sc, np.nan)
+    costs = -np.sort(-np.where(np.isnan(costs), -np.inf, costs), axis=-1)
+    costs = np.where(np.isinf(costs), np.nan, costs)
+    return PoAResult(
+        poa=poa,
+        price_of_stability=pos,
+        equilibrium=w,
+        best_equilibrium=b,
+        optimum=o,
+        equilibrium_costs=costs.reshape(shape + (starts,)),
+        converged_starts=ok.sum(-1).reshape(shape),
+        converged=w.converged & o.converged,
+    )

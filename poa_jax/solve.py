@@ -1,0 +1,242 @@
+"""Public solvers: ``solve_equilibrium`` and ``solve_optimum`` over batches of routing games.
+
+Both accept a :class:`~poa_jax.RoutingGame` whose fields carry any leading batch axes, check it
+eagerly (bad input raises :class:`~poa_jax.InputError` before compiling), solve every instance in
+one jitted, vmapped call, and return a :class:`Solution` with per-instance outcomes. Nothing
+raises inside a batch: an instance that did not converge says so in ``status``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+
+from poa_jax import batching, tolerances
+from poa_jax.errors import InputError
+from poa_jax.game import RoutingGame
+from poa_jax.kernels.loop import CONVERGED
+from poa_jax.policies import Policy, selfish
+
+__all__ = ["Solution", "solve_equilibrium", "solve_optimum", "METHODS", "starting_flows"]
+
+METHODS = ("auto", "projection", "extragradient", "frank_wolfe")
+STATUS_NAMES = {0: "converged", 1: "max_iterations", 2: "non_finite"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Solution:
+    """Per-instance results; ``...`` is the game's batch shape.
+
+    Attributes:
+      flows: ``(..., J, K)`` routing, rows on their simplices.
+      social_cost: ``(...)`` ``SC = Σ x·c`` (true cost, whatever the policy).
+      mean_latency: ``(...)`` ``SC / Σ_j d_j``.
+      gap: ``(...)`` relative gap at ``flows`` (see :mod:`poa_jax.kernels.vi`).
+      iterations: ``(...)`` int, iterations of the loop that produced ``flows``.
+      status: ``(...)`` int, 0 converged, 1 max iterations, 2 non-finite.
+      converged: ``(...)`` bool, ``status == 0``.
+      overloaded: ``(...)`` bool, a worker runs past ``ρ_max·κ`` (finite costs, flagged).
+    """
+
+    flows: np.ndarray
+    social_cost: np.ndarray
+    mean_latency: np.ndarray
+    gap: np.ndarray
+    iterations: np.ndarray
+    status: np.ndarray
+    converged: np.ndarray
+    overloaded: np.ndarray
+
+
+def _resolve(prep: batching.Prepared, tol, max_iters):
+    tol = tolerances.default_tol(prep.dtype) if tol is None else float(tol)
+    if not (np.isfinite(tol) and tol > 0):
+        raise InputError(f"tol = {tol!r}: must be finite and > 0")
+    max_iters = tolerances.DEFAULT_MAX_ITERS if max_iters is None else max_iters
+    if int(max_iters) != max_iters or max_iters < 1:
+        raise InputError(f"max_iters = {max_iters!r}: must be an integer >= 1")
+    return tol, int(max_iters)
+
+
+def starting_flows(prep: batching.Prepared, starts: int, seed: int = 0) -> np.ndarray:
+    """Start flows ``(N, S, J, K)``: uniform, then herds onto each worker, then random.
+
+    Start 0 spreads every class uniformly over existing workers. Start ``i ≥ 1`` puts 90% of
+    every class on the ``i``-th existing worker (herding, the shape of the cache-affinity
+    equilibria Dynamo users report) while there are workers left, then random Dirichlet mixes.
+    """
+    if int(starts) != starts or starts < 1:
+        raise InputError(f"starts = {starts!r}: must be an integer >= 1")
+    mask = np.asarray(prep.game.worker_mask)  # (N, K)
+    demand = np.asarray(prep.game.demand, np.float64)  # (N, J)
+    n, k = mask.shape
+    uniform = mask / mask.sum(-1, keepdims=True)  # (N, K)
+    shares = np.empty((n, starts, k))
+    shares[:, 0] = uniform
+    rank = np.cumsum(mask, -1) - 1  # index of each worker among existing ones
+    count = mask.sum(-1)
+    rng = np.random.default_rng(seed)
+    for i in range(1, starts):
+        herd = (rank == (i - 1)) & mask & ((i - 1) < count)[:, None]
+        rand = rng.dirichlet(np.ones(k), size=n) * mask
+        rand /= rand.sum(-1, keepdims=True)
+        shares[:, i] = np.where(herd.any(-1, keepdims=True), 0.9 * herd + 0.1 * uniform, rand)
+    x0 = demand[:, None, :, None] * shares[:, :, None, :]
+    return x0.astype(prep.dtype)
+
+
+def _to_solution(out: dict, prep: batching.Prepared, batch_shape=None) -> Solution:
+    out = jax.device_get(out)
+    shape = prep.batch_shape if batch_shape is None else batch_shape
+    r = {k: np.asarray(v).reshape(shape + np.asarray(v).shape[1:]) for k, v in out.items()}
+    total = np.asarray(prep.game.demand).sum(-1).reshape(shape)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean = np.where(total > 0, r["social_cost"] / np.where(total > 0, total, 1), 0.0)
+    return Solution(
+        flows=r["flows"],
+        social_cost=r["social_cost"],
+        mean_latency=mean,
+        gap=r["gap"],
+        iterations=r["iterations"],
+        status=r["status"],
+        converged=r["status"] == CONVERGED,
+        overloaded=r["overloaded"],
+    )
+
+
+def _equilibria_flat(prep, x0, method, tol, max_iters) -> dict:
+    """Solves prepared instances from ``x0 (N, S, J, K)``; dispatches on τ = 0 / τ > 0."""
+    tau = np.asarray(prep.policy.tau)
+    logit = tau > 0
+    groups = []
+    if np.any(~logit):
+        m = "projection" if method == "auto" else method
+        groups.append((np.flatnonzero(~logit), m))
+    if np.any(logit):
+        groups.append((np.flatnonzero(logit), "logit"))
+    if len(groups) == 1:
+        return batching.equilibria(
+            prep.game, prep.policy, x0, method=groups[0][1], tol=tol, max_iters=max_iters
+        )
+    parts = {}
+    for idx, m in groups:
+        sub = batching.take(prep, idx)
+        parts[m] = (idx, jax.device_get(batching.equilibria(
+            sub.game, sub.policy, x0[idx], method=m, tol=tol, max_iters=max_iters
+        )))  # fmt: skip
+    first = next(iter(parts.values()))[1]
+    n = x0.shape[0]
+    out = {
+        k: np.empty((n,) + np.asarray(v).shape[1:], np.asarray(v).dtype) for k, v in first.items()
+    }
+    for idx, res in parts.values():
+        for k, v in res.items():
+            out[k][idx] = v
+    return out
+
+
+def solve_equilibrium(
+    game: RoutingGame,
+    policy: Policy | None = None,
+    *,
+    tol: float | None = None,
+    max_iters: int | None = None,
+    method: str = "auto",
+    x0=None,
+    dtype=None,
+) -> Solution:
+    """Equilibrium of ``policy`` for every game in the batch, from one start each.
+
+    The equilibrium condition (DESIGN §2.2): every class uses only workers of minimal perceived
+    cost (``τ = 0``), or routes by the logit response (``τ > 0``).
+
+    Args:
+      game: a :class:`~poa_jax.RoutingGame`, fields with leading batch axes ``...``.
+      policy: a :class:`~poa_jax.policies.Policy` (default selfish); fields broadcast with ``...``.
+      tol: relative-gap tolerance (default by dtype, :mod:`poa_jax.tolerances`).
+      max_iters: iteration bound (default 1000).
+      method: ``auto`` (extragradient; logit averaging for τ > 0), ``extragradient`` or
+        ``frank_wolfe`` (needs a potential: no cache term, or load-balanced).
+      x0: optional start flows ``(..., J, K)``; default uniform over existing workers.
+      dtype: float32 or float64 (default: JAX's default float).
+
+    Returns:
+      A :class:`Solution`.
+
+    Example:
+      >>> import poa_jax as pj
+      >>> g = pj.RoutingGame(demand=[1.0], latency=pj.Latency(a=[0.0, 1.0], b=[1.0, 0.0]))
+      >>> sol = pj.solve_equilibrium(g)
+      >>> sol.flows.round(4).tolist(), bool(sol.converged)
+      ([[1.0, 0.0]], True)
+    """
+    if method not in METHODS:
+        raise InputError(f"method {method!r} is unknown: must be one of {', '.join(METHODS)}")
+    prep = batching.prepare(game, policy if policy is not None else selfish(), dtype)
+    tol, max_iters = _resolve(prep, tol, max_iters)
+    if x0 is None:
+        start = starting_flows(prep, 1)
+    else:
+        start = _user_start(prep, x0)[:, None]
+    out = _equilibria_flat(prep, start, method, tol, max_iters)
+    out = {k: np.asarray(v)[:, 0] for k, v in jax.device_get(out).items()}
+    return _to_solution(out, prep)
+
+
+def _user_start(prep, x0) -> np.ndarray:
+    from poa_jax.validation import as_array, check
+
+    a = as_array("x0", x0)
+    check("x0", a, "finite_ge0")
+    j, k = prep.num_classes, prep.num_workers
+    try:
+        a = np.broadcast_to(a, prep.batch_shape + (j, k))
+    except ValueError:
+        raise InputError(f"x0 has shape {a.shape}: must broadcast to {prep.batch_shape + (j, k)}")
+    return a.reshape((-1, j, k)).astype(prep.dtype)
+
+
+def solve_optimum(
+    game: RoutingGame,
+    *,
+    tol: float | None = None,
+    max_iters: int | None = None,
+    starts: int = 2,
+    descent_steps: int = 0,
+    lr: float = 0.05,
+    x0=None,
+    seed: int = 0,
+    dtype=None,
+) -> Solution:
+    """Coordinated optimum ``argmin SC(x)`` for every game in the batch, multi-start.
+
+    Args:
+      game: a :class:`~poa_jax.RoutingGame` batch.
+      tol: gap tolerance on the marginal-cost condition (default by dtype).
+      max_iters: iteration bound of the polish (default 1000).
+      starts: number of generated starts (uniform, herds, random; see :func:`starting_flows`).
+      descent_steps: optax Adam steps over the softmax parametrisation before the polish.
+      lr: Adam learning rate.
+      x0: optional extra warm starts ``(..., S', J, K)`` or ``(..., J, K)``, e.g. equilibria.
+      seed: seed of the random starts.
+      dtype: float32 or float64.
+
+    Returns:
+      A :class:`Solution` (``social_cost`` is the optimum; ``gap`` its optimality gap).
+    """
+    prep = batching.prepare(game, None, dtype)
+    tol, max_iters = _resolve(prep, tol, max_iters)
+    x0s = starting_flows(prep, starts, seed)
+    if x0 is not None:
+        extra = np.asarray(x0)
+        if extra.ndim == len(prep.batch_shape) + 2:
+            extra = extra[..., None, :, :]
+        extra = extra.reshape((x0s.shape[0], -1) + x0s.shape[2:]).astype(prep.dtype)
+        x0s = np.concatenate([x0s, extra], axis=1)
+    out = batching.optima(
+        prep.game, x0s, tol=tol, max_iters=max_iters, descent_steps=int(descent_steps),
+        lr=float(lr),
+    )  # fmt: skip
+    return _to_solution(out, prep)
