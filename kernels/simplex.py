@@ -81,7 +81,10 @@ def project_rows(
     weights: jax.Array | None = None,
     mask: jax.Array | None = None,
 ) -> jax.Array:
-    """Row-wise :func:`project_simplex`: ``z (J, K)``, ``totals (J,)``, ``weights``/``mask (J, K)``."""
+    """Row-wise :func:`project_simplex`.
+
+    Args: ``z (J, K)``, ``totals (J,)``, ``weights (J, K)`` or None, ``mask (J, K)`` or None.
+    """
     w = jnp.ones_like(z) if weights is None else weights
     m = jnp.ones(z.shape, bool) if mask is None else jnp.broadcast_to(mask, z.shape)
     return jax.vmap(project_simplex)(z, totals, w, m)

@@ -12,15 +12,25 @@ zero exactly at an equilibrium. Nothing here knows what the resources are.
 
 Solvers (each solves one instance; callers ``vmap``):
 
-* :func:`projection` — scaled projection (a diagonal projected-Newton step) with backtracking on
-  the gap::
+* :func:`projection` — scaled projection dynamics (a diagonal projected-Newton step),
 
-      y = P_s(x − α F(x)/s),    accept y if gap(y) < gap(x) (then grow α), else halve α.
+      x⁺ = P_s(x − α F(x)/s),   α halved when successive steps reverse, grown while they agree.
 
   ``s`` ≈ the diagonal of the Jacobian of ``F``, so ``α = 1`` is a Newton step per row and
-  resource; the backtracking absorbs what the diagonal misses (several rows loading the same
-  resource). One cost evaluation per iteration. Below ``alpha_min`` a step is taken anyway
-  (non-monotone escape), so a lane that cannot descend ends at ``max_steps`` and says so.
+  resource; the step control absorbs what the diagonal misses (several rows loading the same
+  resource). It follows the best-response dynamics, so with a positive externality (several
+  equilibria, some unstable) it settles in a stable one. The best point seen is returned.
+  With ``separable=True`` (column ``k`` of ``F`` depends only on column ``k`` of ``x``, as on
+  parallel resources) each iteration also tries an **active-set Newton step**:
+  the Jacobian is ``K`` blocks ``B_k = ∂F[:, k]/∂x[:, k]`` of size ``J × J``, obtained with ``J``
+  forward-mode products; on the support ``A`` of the projected point it solves
+
+      c_jk + Σ_i B_k[j, i]·Δx_ik = μ_j  (jk ∈ A),   Δx_jk = 0  (jk ∉ A),   Σ_k Δx_jk = 0,
+
+  by a Schur complement on the row multipliers ``μ`` (one ``J × J`` solve per resource and one for
+  ``μ``), and keeps the Newton point when it has the smaller gap, in the endgame only (gap below
+  ``newton_below``): Newton is attracted to unstable equilibria too. Once the support is
+  identified this converges quadratically.
 * :func:`extragradient` — Korpelevich's extragradient in a diagonal metric ``s`` with a
   self-adaptive step (Khobotov's rule)::
 
@@ -105,11 +115,43 @@ def _centred(c: jax.Array, x: jax.Array, demand: jax.Array, mask: jax.Array) -> 
     return jnp.where(mask, c - ref[:, None], 0.0)
 
 
+def _newton_point(cost_fn, x, c, demand, mask):
+    """Active-set Newton point for a column-separable ``F`` (see module docstring)."""
+    J, K = x.shape
+    dtype = x.dtype
+    # Column i of every block B_k at once: perturb row i on all resources together.
+    tangents = jnp.broadcast_to(jnp.eye(J, dtype=dtype)[:, :, None], (J, J, K))
+    jv = jax.vmap(lambda t: jax.jvp(cost_fn, (x,), (t,))[1])(tangents)  # (i, j, k) = B_k[j, i]
+    B = jnp.transpose(jv, (2, 1, 0))  # (K, J, J): B[k, j, i]
+    active = (x > 0) & mask  # (J, K)
+    a = jnp.transpose(active).astype(dtype)  # (K, J)
+    eye = jnp.eye(J, dtype=dtype)
+    # Levenberg–Marquardt shift: without the cache term B_k = ℓ'_k·L Lᵀ has rank one (only the
+    # worker's aggregate load is determined), so the plain Newton system is singular.
+    diag = jnp.abs(jnp.diagonal(B, axis1=1, axis2=2))  # (K, J)
+    lam = jnp.finfo(dtype).eps ** 0.5 * jnp.maximum(jnp.max(diag), jnp.finfo(dtype).tiny)
+    # M_k = A (B_k + λI) A + (I − A): identity on inactive entries keeps their Δx at 0.
+    M = a[:, :, None] * (B + lam * eye) * a[:, None, :] + eye * (1.0 - a)[:, :, None]
+    Minv_A = jnp.linalg.solve(M, jnp.broadcast_to(eye, (K, J, J)) * a[:, None, :])  # (K, J, J)
+    G = jnp.sum(Minv_A, axis=0)  # Σ_k M_k⁻¹ A_k
+    rhs = jnp.einsum("kji,ik->j", Minv_A, c)  # Σ_k M_k⁻¹ A_k c_k
+    empty = ~jnp.any(active, axis=-1)
+    G = jnp.where(empty[:, None] | empty[None, :], eye, G)
+    mu = jnp.linalg.solve(G, jnp.where(empty, 0.0, rhs))
+    dx = jnp.einsum("kji,ik->jk", Minv_A, mu[:, None] - c)
+    y = x + jnp.where(active, dx, 0.0)
+    ok = jnp.all(jnp.isfinite(y))
+    y = project_rows(jnp.where(ok, y, x), demand, None, mask)
+    return y
+
+
 class _PState(NamedTuple):
     x: jax.Array  # (J, K) current iterate
     c: jax.Array  # (J, K) F(x)
-    gap: jax.Array  # () gap at x
     alpha: jax.Array  # () step size
+    step: jax.Array  # (J, K) previous projection step, for oscillation detection
+    best_x: jax.Array  # (J, K) point of smallest gap seen
+    best_gap: jax.Array  # () its gap
 
 
 def projection(
@@ -122,10 +164,14 @@ def projection(
     tol: float,
     max_steps: int,
     alpha0: float = 1.0,
-    alpha_min: float = 1.0 / 64,
+    alpha_min: float = 1e-3,
+    alpha_max: float = 1.0,
+    grow: float = 1.2,
+    separable: bool = False,
+    newton_below: float = 1e-3,
     gap_fn: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
 ) -> VIResult:
-    """Solves the VI of ``cost_fn`` by scaled projection with gap backtracking.
+    """Solves the VI of ``cost_fn`` by scaled projection dynamics (+ endgame Newton).
 
     Args:
       cost_fn: ``x (J, K) → c (J, K)``, finite for every feasible ``x``.
@@ -135,12 +181,14 @@ def projection(
       mask: ``(J, K)`` boolean, allowed resources.
       tol: stop when the gap is at most this.
       max_steps: iteration bound.
-      alpha0: initial step (1 = diagonal Newton).
-      alpha_min: below this step size a non-improving step is accepted anyway.
+      alpha0, alpha_min, alpha_max: initial, smallest and largest step (1 = diagonal Newton).
+      grow: step growth factor while successive steps agree in direction.
+      separable: ``F``'s column ``k`` depends only on ``x[:, k]``; enables the Newton step.
+      newton_below: the Newton point is considered only once the gap is below this.
       gap_fn: ``(x, F(x)) → ()`` convergence measure; defaults to :func:`relative_gap`.
 
     Returns:
-      A :class:`VIResult` at the last accepted point.
+      A :class:`VIResult` at the point of smallest gap seen.
     """
     dtype = x0.dtype
     if gap_fn is None:
@@ -152,20 +200,44 @@ def projection(
         y = project_rows(st.x - st.alpha * c / s, demand, s, mask)
         cy = cost_fn(y)
         gy = gap_fn(y, cy)
-        ok = (gy < st.gap) | (st.alpha <= alpha_min) | ~jnp.isfinite(st.gap)
-        ok = ok & jnp.isfinite(gy)
-        alpha = jnp.where(ok, jnp.minimum(st.alpha * 2.0, 1.0), st.alpha * 0.5)
+        if separable:
+            z = _newton_point(cost_fn, y, _centred(cy, y, demand, mask), demand, mask)
+            cz = cost_fn(z)
+            gz = gap_fn(z, cz)
+            # Newton is attracted to every equilibrium, unstable ones included, while the
+            # projection step follows the best-response dynamics to stable ones: Newton is only
+            # trusted in the endgame, once the dynamics have brought the gap down.
+            better = jnp.isfinite(gz) & (gz < gy) & (gy < newton_below)
+            y = jnp.where(better, z, y)
+            cy = jnp.where(better, cz, cy)
+            gy = jnp.where(better, gz, gy)
+        # Step control by oscillation, not by the gap: escaping a saddle toward a stable
+        # equilibrium can raise the gap for a while, and a gap test would stall there. Steps
+        # that reverse direction (an overshoot) halve α; steps that agree grow it.
+        dx = y - st.x
+        inner = jnp.sum(s * dx * st.step)
+        norm = jnp.sqrt(jnp.sum(s * dx**2) * jnp.sum(s * st.step**2))
+        cos = inner / jnp.maximum(norm, jnp.finfo(dtype).tiny)
+        alpha = jnp.where(cos < 0, st.alpha * 0.5, jnp.where(cos > 0.5, st.alpha * grow, st.alpha))
+        alpha = jnp.clip(alpha, alpha_min, alpha_max)
+        finite = jnp.isfinite(gy)
+        improved = finite & (gy < st.best_gap)
         new = _PState(
-            jnp.where(ok, y, st.x), jnp.where(ok, cy, st.c), jnp.where(ok, gy, st.gap), alpha
+            x=jnp.where(finite, y, st.x),
+            c=jnp.where(finite, cy, st.c),
+            alpha=jnp.where(finite, alpha, st.alpha * 0.5),
+            step=jnp.where(finite, dx, 0.0),
+            best_x=jnp.where(improved, y, st.best_x),
+            best_gap=jnp.where(improved, gy, st.best_gap),
         )
-        return new, new.gap
+        return new, new.best_gap
 
     x0 = project_rows(x0, demand, None, mask)
     c0 = cost_fn(x0)
     g0 = gap_fn(x0, c0)
-    init = _PState(x0, c0, g0, jnp.asarray(alpha0, dtype))
+    init = _PState(x0, c0, jnp.asarray(alpha0, dtype), jnp.zeros_like(x0), x0, g0)
     out = loop.iterate(step, init, tol=tol, max_steps=max_steps, error0=g0)
-    return VIResult(out.state.x, out.error, out.steps, out.status)
+    return VIResult(out.state.best_x, out.error, out.steps, out.status)
 
 
 # --------------------------------------------------------------------------- extragradient

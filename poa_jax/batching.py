@@ -35,7 +35,7 @@ _LAT_RULES = dict(
 _PRE = ("a", "b", "c")
 _POL_RULES = dict(
     w_true="finite_ge0", w_prefill="finite_ge0", w_decode="finite_ge0", tau="finite_ge0",
-    credit="finite_ge0",
+    credit="finite_ge0", span_floor="finite_ge0",
 )  # fmt: skip
 
 

@@ -83,7 +83,7 @@ class Latency:
         return _derivative(jnp.asarray(x), *self._arrays())
 
     def second_derivative(self, x: ArrayLike) -> jax.Array:
-        """``ℓ''(x)`` (0 in the linear continuation); used as a solver metric, not differentiated."""
+        """``ℓ''(x)`` (0 in the linear continuation); a solver metric, not differentiated."""
         return _second(jnp.asarray(x), *self._arrays())
 
     def integral(self, x: ArrayLike) -> jax.Array:
@@ -218,7 +218,7 @@ def polynomial(a: ArrayLike = 0.0, c: ArrayLike = 1.0, p: ArrayLike = 1.0) -> La
 
 
 def bpr(t0: ArrayLike, capacity: ArrayLike, alpha: ArrayLike = 0.15, beta: ArrayLike = 4.0):
-    """Bureau of Public Roads ``t0·(1 + α·(x/capacity)^β)`` (TNTP's ``b`` is ``α``, ``power`` ``β``)."""
+    """Bureau of Public Roads ``t0·(1 + α·(x/capacity)^β)`` (TNTP: ``b`` is α, ``power`` β)."""
     t0, capacity, alpha, beta = map(jnp.asarray, (t0, capacity, alpha, beta))
     return Latency(a=t0, c=t0 * alpha / capacity**beta, p=beta)
 

@@ -21,6 +21,12 @@ worker's active work is the flow routed there.
       p[j, k] ∝ exp(−(r[j, k] − min_k r[j, ·]) / ((max_k r[j, ·] − min_k r[j, ·])·τ)),
 
   uniform where all costs are equal; its equilibrium is the fixed point ``x_j = d_j·p_j(x)``.
+  Applied to a fluid, Dynamo's exact normalisation is discontinuous where a class's costs are
+  nearly equal (a difference of 1e-9 is stretched to the full range), so the fixed point may
+  not exist and averaging cycles, the fluid image of the herding Dynamo users report. The span
+  is therefore floored, ``max(max_k r − min_k r, span_floor·max_k r)`` (default ``span_floor =
+  0.1``: costs within 10% of each other are told apart proportionally, not all-or-nothing). Set
+  it lower to approach the exact rule; non-convergence is then reported per instance.
 * :func:`load_balanced` — ``r = D``: route to the least-loaded worker (Dynamo with credit 0).
 """
 
@@ -59,6 +65,7 @@ class Policy:
     w_decode: ArrayLike = 0.0
     tau: ArrayLike = 0.0
     credit: ArrayLike = 1.0
+    span_floor: ArrayLike = 0.1
 
 
 def selfish() -> Policy:
@@ -70,6 +77,7 @@ def dynamo(
     omega: ArrayLike = 1.0,
     tau: ArrayLike = 0.0,
     credits: Sequence[float] = (1.0, 0.75, 0.25),
+    span_floor: ArrayLike = 0.1,
 ) -> Policy:
     """Dynamo's KV router ``ω·prefill_blocks + decode_blocks`` at temperature ``τ``.
 
@@ -78,11 +86,15 @@ def dynamo(
       tau: router temperature ``τ ≥ 0`` (default 0.0: argmin).
       credits: overlap credits for the device, host and disk tiers (Dynamo 1.0/0.75/0.25);
         the routing game's hits are device hits, so ``credits[0]`` applies.
+      span_floor: relative floor of the min–max span for ``τ > 0`` (see the module docstring).
     """
     credits = tuple(credits)
     if len(credits) != 3:
         raise InputError(f"dynamo.credits has {len(credits)} entries: must be 3 (G1, G2, G3)")
-    return Policy(w_true=0.0, w_prefill=omega, w_decode=1.0, tau=tau, credit=credits[0])
+    return Policy(
+        w_true=0.0, w_prefill=omega, w_decode=1.0, tau=tau, credit=credits[0],
+        span_floor=span_floor,
+    )  # fmt: skip
 
 
 def load_balanced() -> Policy:
@@ -136,7 +148,7 @@ def logit_response(
     r = perceived_cost(pol, g, x)
     lo = jnp.min(jnp.where(mask, r, jnp.inf), axis=-1, keepdims=True)
     hi = jnp.max(jnp.where(mask, r, -jnp.inf), axis=-1, keepdims=True)
-    span = hi - lo
+    span = jnp.maximum(hi - lo, pol.span_floor * jnp.abs(hi))
     flat = span <= jnp.finfo(x.dtype).eps * jnp.maximum(jnp.abs(hi), 1.0)
     z = -(r - lo) / (jnp.where(flat, 1.0, span) * pol.tau)
     z = jnp.where(flat, 0.0, z)

@@ -194,7 +194,8 @@ def _user_start(prep, x0) -> np.ndarray:
     try:
         a = np.broadcast_to(a, prep.batch_shape + (j, k))
     except ValueError:
-        raise InputError(f"x0 has shape {a.shape}: must broadcast to {prep.batch_shape + (j, k)}")
+        want = prep.batch_shape + (j, k)
+        raise InputError(f"x0 has shape {a.shape}: must broadcast to {want}") from None
     return a.reshape((-1, j, k)).astype(prep.dtype)
 
 

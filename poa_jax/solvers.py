@@ -69,7 +69,9 @@ def equilibrium(g, pol, x0, *, method: str, tol: float, max_iters: int) -> dict:
         )
     elif method == "projection":
         slope = functools.partial(_pol.perceived_slope, pol, g)
-        res = vi.projection(cost, slope, x0, g.demand, mask, tol=tol, max_steps=max_iters)
+        res = vi.projection(
+            cost, slope, x0, g.demand, mask, tol=tol, max_steps=max_iters, separable=True
+        )
     elif method == "extragradient":
         slope = functools.partial(_pol.perceived_slope, pol, g)
         res = vi.extragradient(cost, slope, x0, g.demand, mask, tol=tol, max_steps=max_iters)
@@ -102,8 +104,9 @@ def optimum(g, x0s, *, tol: float, max_iters: int, descent_steps: int, lr: float
                 sc, x0, g.demand, mask, optimizer=optax.adam(lr), steps=descent_steps
             )
         return vi.projection(
-            grad, scale, x, g.demand, mask, tol=tol, max_steps=max_iters, gap_fn=gap_fn
-        )
+            grad, scale, x, g.demand, mask, tol=tol, max_steps=max_iters, gap_fn=gap_fn,
+            separable=True,
+        )  # fmt: skip
 
     polished = jax.vmap(one)(x0s)
     raw_gap = jax.vmap(lambda x: gap_fn(x, grad(x)))(x0s)
