@@ -20,7 +20,16 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-__all__ = ["CONVERGED", "MAX_ITERS", "NONFINITE", "LoopResult", "iterate", "status_of"]
+__all__ = [
+    "CONVERGED",
+    "MAX_ITERS",
+    "NONFINITE",
+    "LoopResult",
+    "advance",
+    "iterate",
+    "pending",
+    "status_of",
+]
 
 CONVERGED = 0
 MAX_ITERS = 1
@@ -43,6 +52,44 @@ def status_of(error: jax.Array, tol: float | jax.Array) -> jax.Array:
         jnp.where(error <= tol, CONVERGED, MAX_ITERS),
         NONFINITE,
     ).astype(jnp.int32)
+
+
+def pending(error: jax.Array, steps: jax.Array, tol, max_steps) -> jax.Array:
+    """True while a lane still has work: not converged, not out of steps, not NaN."""
+    return (~(error <= tol)) & (steps < max_steps) & ~jnp.isnan(error)
+
+
+def advance(
+    step: Callable[[Any], tuple[Any, jax.Array]],
+    state: Any,
+    error: jax.Array,
+    steps: jax.Array,
+    *,
+    tol: float | jax.Array,
+    max_steps: int,
+    budget: int,
+    stop_below: float | jax.Array = 0.0,
+) -> tuple[Any, jax.Array, jax.Array]:
+    """Runs at most ``budget`` more steps from ``(state, error, steps)``; see :func:`iterate`.
+
+    Resumable: the batch edge calls it in fixed-length rounds and drops finished instances
+    between rounds, so that one slow instance does not hold a whole batch (jax-ml/jax#20628).
+    ``stop_below`` also stops a lane once its error falls below it (end of a solver phase).
+    """
+
+    def cond(carry):
+        _, err, k, b = carry
+        return pending(err, k, tol, max_steps) & (b < budget) & ~(err < stop_below)
+
+    def body(carry):
+        s, _, k, b = carry
+        s, err = step(s)
+        return s, jnp.asarray(err, error.dtype), k + 1, b + 1
+
+    state, error, steps, _ = jax.lax.while_loop(
+        cond, body, (state, error, jnp.asarray(steps, jnp.int32), jnp.int32(0))
+    )
+    return state, error, steps
 
 
 def iterate(
@@ -68,16 +115,7 @@ def iterate(
     """
     dtype = jax.tree_util.tree_leaves(state)[0].dtype
     err0 = jnp.asarray(jnp.inf, dtype) if error0 is None else jnp.asarray(error0, dtype)
-
-    def cond(carry):
-        _, err, k = carry
-        # `~(err <= tol)` is True for NaN as well, so NaN is caught by the isfinite test instead.
-        return (~(err <= tol)) & (k < max_steps) & ~jnp.isnan(err)
-
-    def body(carry):
-        s, _, k = carry
-        s, err = step(s)
-        return s, jnp.asarray(err, dtype), k + 1
-
-    state, err, k = jax.lax.while_loop(cond, body, (state, err0, jnp.int32(0)))
+    state, err, k = advance(
+        step, state, err0, jnp.int32(0), tol=tol, max_steps=max_steps, budget=max_steps
+    )
     return LoopResult(state, err, k, status_of(err, tol))

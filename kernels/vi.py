@@ -20,8 +20,8 @@ Solvers (each solves one instance; callers ``vmap``):
   resource; the step control absorbs what the diagonal misses (several rows loading the same
   resource). It follows the best-response dynamics, so with a positive externality (several
   equilibria, some unstable) it settles in a stable one. The best point seen is returned.
-  With ``separable=True`` (column ``k`` of ``F`` depends only on column ``k`` of ``x``, as on
-  parallel resources) each iteration also tries an **active-set Newton step**:
+  With ``newton=True`` (for a column-separable ``F``: column ``k`` depends only on column ``k``
+  of ``x``, as on parallel resources) each iteration also tries an **active-set Newton step**:
   the Jacobian is ``K`` blocks ``B_k = ∂F[:, k]/∂x[:, k]`` of size ``J × J``, obtained with ``J``
   forward-mode products; on the support ``A`` of the projected point it solves
 
@@ -42,6 +42,13 @@ Solvers (each solves one instance; callers ``vmap``):
 * :func:`frank_wolfe` — conditional gradient for maps that are the gradient of a convex
   potential ``Φ`` up to a positive weight per row (``∇Φ = w_j F_j``): all-or-nothing direction
   ``y_j = d_j e_{argmin F_j}``, exact line search by bisection on ``⟨∇Φ(x + α(y − x)), y − x⟩``.
+Each solver is a factory ``*_iteration(...)`` returning an :class:`Iteration` — a pair of pure
+functions ``init(x0) → (state, error)`` and ``step(state) → (state, error)`` plus
+``solution(state) → x`` (the optax ``GradientTransformation`` shape) — and a convenience
+function that runs it with the bounded driver :func:`run`. The batch edge
+(:mod:`poa_jax.batching`) drives the same pairs in fixed-length rounds and compacts unfinished
+instances between rounds, so slow lanes do not hold a whole batch.
+
 * :func:`smoothed_response` — averaged best response ``x⁺ = x + β(R(x) − x)`` for a smooth
   response map ``R`` (e.g. a logit choice), with β grown after a step that lowers the residual
   ``‖R(x) − x‖₁ / Σd`` and halved after one that does not. The residual is its gap.
@@ -50,23 +57,38 @@ Solvers (each solves one instance; callers ``vmap``):
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from poa_jax.kernels import loop
+from poa_jax.kernels.linalg import solve_small
 from poa_jax.kernels.simplex import project_rows
 
 __all__ = [
+    "Iteration",
     "VIResult",
     "relative_gap",
+    "run",
     "projection",
+    "projection_iteration",
     "extragradient",
+    "extragradient_iteration",
     "frank_wolfe",
+    "frank_wolfe_iteration",
     "smoothed_response",
+    "smoothed_response_iteration",
 ]
 
 CostFn = Callable[[jax.Array], jax.Array]
+
+
+class Iteration(NamedTuple):
+    """A solver as pure functions over a documented state (one instance)."""
+
+    init: Callable[[jax.Array], tuple[Any, jax.Array]]  # x0 (J, K) → (state, error of x0)
+    step: Callable[[Any], tuple[Any, jax.Array]]  # state → (state, error of new state)
+    solution: Callable[[Any], jax.Array]  # state → flow (J, K) whose error was reported
 
 
 class VIResult(NamedTuple):
@@ -80,6 +102,13 @@ class VIResult(NamedTuple):
 
 def _row_min(c: jax.Array, mask: jax.Array) -> jax.Array:
     return jnp.min(jnp.where(mask, c, jnp.inf), axis=-1)
+
+
+def run(it: Iteration, x0: jax.Array, *, tol: float, max_steps: int) -> VIResult:
+    """Runs an :class:`Iteration` from ``x0`` with :func:`poa_jax.kernels.loop.iterate`."""
+    state, err0 = it.init(x0)
+    out = loop.iterate(it.step, state, tol=tol, max_steps=max_steps, error0=err0)
+    return VIResult(it.solution(out.state), out.error, out.steps, out.status)
 
 
 def relative_gap(x: jax.Array, c: jax.Array, demand: jax.Array, mask: jax.Array) -> jax.Array:
@@ -131,13 +160,13 @@ def _newton_point(cost_fn, x, c, demand, mask):
     diag = jnp.abs(jnp.diagonal(B, axis1=1, axis2=2))  # (K, J)
     lam = jnp.finfo(dtype).eps ** 0.5 * jnp.maximum(jnp.max(diag), jnp.finfo(dtype).tiny)
     # M_k = A (B_k + λI) A + (I − A): identity on inactive entries keeps their Δx at 0.
-    M = a[:, :, None] * (B + lam * eye) * a[:, None, :] + eye * (1.0 - a)[:, :, None]
-    Minv_A = jnp.linalg.solve(M, jnp.broadcast_to(eye, (K, J, J)) * a[:, None, :])  # (K, J, J)
+    M = a[:, :, None] * (B + lam * eye[None]) * a[:, None, :] + eye[None] * (1.0 - a)[:, :, None]
+    Minv_A = jax.vmap(solve_small)(M, jnp.broadcast_to(eye, (K, J, J)) * a[:, None, :])
     G = jnp.sum(Minv_A, axis=0)  # Σ_k M_k⁻¹ A_k
     rhs = jnp.einsum("kji,ik->j", Minv_A, c)  # Σ_k M_k⁻¹ A_k c_k
     empty = ~jnp.any(active, axis=-1)
     G = jnp.where(empty[:, None] | empty[None, :], eye, G)
-    mu = jnp.linalg.solve(G, jnp.where(empty, 0.0, rhs))
+    mu = solve_small(G, jnp.where(empty, 0.0, rhs)[:, None])[:, 0]
     dx = jnp.einsum("kji,ik->jk", Minv_A, mu[:, None] - c)
     y = x + jnp.where(active, dx, 0.0)
     ok = jnp.all(jnp.isfinite(y))
@@ -154,43 +183,37 @@ class _PState(NamedTuple):
     best_gap: jax.Array  # () its gap
 
 
-def projection(
+def projection_iteration(
     cost_fn: CostFn,
     scale_fn: CostFn,
-    x0: jax.Array,
     demand: jax.Array,
     mask: jax.Array,
     *,
-    tol: float,
-    max_steps: int,
     alpha0: float = 1.0,
     alpha_min: float = 1e-3,
     alpha_max: float = 1.0,
     grow: float = 1.2,
-    separable: bool = False,
+    newton: bool = False,
     newton_below: float = 1e-3,
     gap_fn: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
-) -> VIResult:
-    """Solves the VI of ``cost_fn`` by scaled projection dynamics (+ endgame Newton).
+) -> Iteration:
+    """Scaled projection dynamics (+ endgame Newton) for the VI of ``cost_fn``.
 
     Args:
       cost_fn: ``x (J, K) → c (J, K)``, finite for every feasible ``x``.
       scale_fn: ``x (J, K) → s (J, K)``, diagonal metric (≈ ∂c_jk/∂x_jk), floored to > 0.
-      x0: start ``(J, K)`` (projected onto the feasible set first).
       demand: ``(J,)`` row totals ``d ≥ 0``.
       mask: ``(J, K)`` boolean, allowed resources.
-      tol: stop when the gap is at most this.
-      max_steps: iteration bound.
       alpha0, alpha_min, alpha_max: initial, smallest and largest step (1 = diagonal Newton).
       grow: step growth factor while successive steps agree in direction.
-      separable: ``F``'s column ``k`` depends only on ``x[:, k]``; enables the Newton step.
+      newton: try the active-set Newton step each iteration; needs a column-separable ``F``
+        (column ``k`` depends only on ``x[:, k]``).
       newton_below: the Newton point is considered only once the gap is below this.
       gap_fn: ``(x, F(x)) → ()`` convergence measure; defaults to :func:`relative_gap`.
 
     Returns:
-      A :class:`VIResult` at the point of smallest gap seen.
+      An :class:`Iteration` whose solution is the point of smallest gap seen.
     """
-    dtype = x0.dtype
     if gap_fn is None:
         gap_fn = lambda x, c: relative_gap(x, c, demand, mask)
 
@@ -200,7 +223,7 @@ def projection(
         y = project_rows(st.x - st.alpha * c / s, demand, s, mask)
         cy = cost_fn(y)
         gy = gap_fn(y, cy)
-        if separable:
+        if newton:
             z = _newton_point(cost_fn, y, _centred(cy, y, demand, mask), demand, mask)
             cz = cost_fn(z)
             gz = gap_fn(z, cz)
@@ -217,7 +240,7 @@ def projection(
         dx = y - st.x
         inner = jnp.sum(s * dx * st.step)
         norm = jnp.sqrt(jnp.sum(s * dx**2) * jnp.sum(s * st.step**2))
-        cos = inner / jnp.maximum(norm, jnp.finfo(dtype).tiny)
+        cos = inner / jnp.maximum(norm, jnp.finfo(norm.dtype).tiny)
         alpha = jnp.where(cos < 0, st.alpha * 0.5, jnp.where(cos > 0.5, st.alpha * grow, st.alpha))
         alpha = jnp.clip(alpha, alpha_min, alpha_max)
         finite = jnp.isfinite(gy)
@@ -232,12 +255,20 @@ def projection(
         )
         return new, new.best_gap
 
-    x0 = project_rows(x0, demand, None, mask)
-    c0 = cost_fn(x0)
-    g0 = gap_fn(x0, c0)
-    init = _PState(x0, c0, jnp.asarray(alpha0, dtype), jnp.zeros_like(x0), x0, g0)
-    out = loop.iterate(step, init, tol=tol, max_steps=max_steps, error0=g0)
-    return VIResult(out.state.best_x, out.error, out.steps, out.status)
+    def init(x0):
+        x0 = project_rows(x0, demand, None, mask)
+        c0 = cost_fn(x0)
+        g0 = gap_fn(x0, c0)
+        alpha = jnp.asarray(alpha0, x0.dtype)
+        return _PState(x0, c0, alpha, jnp.zeros_like(x0), x0, g0), g0
+
+    return Iteration(init, step, lambda st: st.best_x)
+
+
+def projection(cost_fn, scale_fn, x0, demand, mask, *, tol: float, max_steps: int, **options):
+    """Runs :func:`projection_iteration` from ``x0 (J, K)``; returns a :class:`VIResult`."""
+    it = projection_iteration(cost_fn, scale_fn, demand, mask, **options)
+    return run(it, x0, tol=tol, max_steps=max_steps)
 
 
 # --------------------------------------------------------------------------- extragradient
@@ -251,38 +282,31 @@ class _EGState(NamedTuple):
     # the gap at y reuses F(y), which extragradient needs anyway: one cost evaluation saved.
 
 
-def extragradient(
+def extragradient_iteration(
     cost_fn: CostFn,
     scale_fn: CostFn,
-    x0: jax.Array,
     demand: jax.Array,
     mask: jax.Array,
     *,
-    tol: float,
-    max_steps: int,
     alpha0: float = 0.5,
     alpha_max: float = 1.0,
     nu: float = 0.9,
     gap_fn: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
-) -> VIResult:
-    """Solves the VI of ``cost_fn`` on the product of simplices by adaptive extragradient.
+) -> Iteration:
+    """Adaptive extragradient for the VI of ``cost_fn`` on the product of simplices.
 
     Args:
       cost_fn: ``x (J, K) → c (J, K)``, finite for every feasible ``x``.
       scale_fn: ``x (J, K) → s (J, K)``, positive diagonal metric (≈ ∂c_jk/∂x_jk).
-      x0: feasible start ``(J, K)``.
       demand: ``(J,)`` row totals ``d ≥ 0``.
       mask: ``(J, K)`` boolean, allowed resources (each row with demand has one).
-      tol: stop when the relative gap is at most this.
-      max_steps: iteration bound.
       alpha0, alpha_max: initial and largest step (unit step = diagonal Newton step).
       nu: Khobotov's acceptance constant in (0, 1).
       gap_fn: ``(x, F(x)) → ()`` convergence measure; defaults to :func:`relative_gap`.
 
     Returns:
-      A :class:`VIResult`.
+      An :class:`Iteration`.
     """
-    dtype = x0.dtype
     if gap_fn is None:
         gap_fn = lambda x, c: relative_gap(x, c, demand, mask)
 
@@ -303,11 +327,17 @@ def extragradient(
         alpha = jnp.maximum(alpha, 1e-12)
         return _EGState(x, alpha, y), gap_fn(y, cy)
 
-    x0 = project_rows(x0, demand, None, mask)
-    gap0 = gap_fn(x0, cost_fn(x0))
-    init = _EGState(x0, jnp.asarray(alpha0, dtype), x0)
-    out = loop.iterate(step, init, tol=tol, max_steps=max_steps, error0=gap0)
-    return VIResult(out.state.y, out.error, out.steps, out.status)
+    def init(x0):
+        x0 = project_rows(x0, demand, None, mask)
+        return _EGState(x0, jnp.asarray(alpha0, x0.dtype), x0), gap_fn(x0, cost_fn(x0))
+
+    return Iteration(init, step, lambda st: st.y)
+
+
+def extragradient(cost_fn, scale_fn, x0, demand, mask, *, tol: float, max_steps: int, **options):
+    """Runs :func:`extragradient_iteration` from ``x0 (J, K)``; returns a :class:`VIResult`."""
+    it = extragradient_iteration(cost_fn, scale_fn, demand, mask, **options)
+    return run(it, x0, tol=tol, max_steps=max_steps)
 
 
 # --------------------------------------------------------------------------- Frank–Wolfe
@@ -318,32 +348,30 @@ def _all_or_nothing(c: jax.Array, demand: jax.Array, mask: jax.Array) -> jax.Arr
     return demand[:, None] * jax.nn.one_hot(k, c.shape[-1], dtype=c.dtype)
 
 
-def frank_wolfe(
+def frank_wolfe_iteration(
     cost_fn: CostFn,
-    x0: jax.Array,
     demand: jax.Array,
     mask: jax.Array,
     *,
     row_weights: jax.Array | None = None,
-    tol: float,
-    max_steps: int,
     line_search_steps: int = 40,
-) -> VIResult:
+) -> Iteration:
     """Frank–Wolfe with exact line search, for cost maps with a convex potential.
 
     The potential's gradient is ``row_weights[:, None] * cost_fn(x)`` (weights > 0); the line
     search finds the root of the convex potential's directional derivative on ``[0, 1]`` by
     ``line_search_steps`` bisections (relative precision 2^-steps).
 
-    Args and Returns: as :func:`extragradient` (``row_weights (J,)`` defaults to ones).
+    Args and Returns: as :func:`extragradient_iteration` (``row_weights (J,)`` defaults to
+    ones).
     """
-    dtype = x0.dtype
-    w = jnp.ones_like(demand) if row_weights is None else row_weights.astype(dtype)
+    w = jnp.ones_like(demand) if row_weights is None else row_weights.astype(demand.dtype)
 
     def dphi(x, direction):
         return jnp.sum(jnp.where(mask, w[:, None] * cost_fn(x) * direction, 0.0))
 
     def step(x):
+        dtype = x.dtype
         c = cost_fn(x)
         direction = _all_or_nothing(c, demand, mask) - x
 
@@ -361,10 +389,18 @@ def frank_wolfe(
         x = x + a * direction
         return x, relative_gap(x, cost_fn(x), demand, mask)
 
-    x0 = project_rows(x0, demand, None, mask)
-    gap0 = relative_gap(x0, cost_fn(x0), demand, mask)
-    out = loop.iterate(step, x0, tol=tol, max_steps=max_steps, error0=gap0)
-    return VIResult(out.state, out.error, out.steps, out.status)
+    def init(x0):
+        x0 = project_rows(x0, demand, None, mask)
+        return x0, relative_gap(x0, cost_fn(x0), demand, mask)
+
+    return Iteration(init, step, lambda x: x)
+
+
+def frank_wolfe(cost_fn, x0, demand, mask, *, tol: float, max_steps: int, **options):
+    """Runs :func:`frank_wolfe_iteration` from ``x0 (J, K)``; returns a :class:`VIResult`."""
+    return run(
+        frank_wolfe_iteration(cost_fn, demand, mask, **options), x0, tol=tol, max_steps=max_steps
+    )
 
 
 # --------------------------------------------------------------------------- smoothed response
@@ -382,28 +418,24 @@ def _residual(x, r, demand):
     return jnp.sum(jnp.abs(r - x)) / jnp.maximum(jnp.sum(demand), tiny)
 
 
-def smoothed_response(
+def smoothed_response_iteration(
     response_fn: CostFn,
-    x0: jax.Array,
     demand: jax.Array,
     mask: jax.Array,
     *,
-    tol: float,
-    max_steps: int,
     beta0: float = 0.5,
     beta_min: float = 1e-3,
-) -> VIResult:
+) -> Iteration:
     """Fixed point ``x = R(x)`` of a smooth response map by adaptive averaging.
 
     Args:
       response_fn: ``x (J, K) → R(x) (J, K)``, each row on its simplex.
-      x0, demand, mask, tol, max_steps: as :func:`extragradient`.
+      demand, mask: as :func:`extragradient_iteration`.
       beta0, beta_min: initial and smallest averaging weight.
 
     Returns:
-      A :class:`VIResult` whose ``gap`` is the residual ``‖R(x) − x‖₁ / Σd``.
+      An :class:`Iteration` whose error is the residual ``‖R(x) − x‖₁ / Σd``.
     """
-    dtype = x0.dtype
 
     def step(st: _SRState):
         x = st.x + st.beta * (st.r - st.x)
@@ -416,9 +448,16 @@ def smoothed_response(
         )
         return new, new.res
 
-    x0 = project_rows(x0, demand, None, mask)
-    r0 = response_fn(x0)
-    res0 = _residual(x0, r0, demand)
-    init = _SRState(x0, r0, jnp.asarray(beta0, dtype), res0)
-    out = loop.iterate(step, init, tol=tol, max_steps=max_steps, error0=res0)
-    return VIResult(out.state.x, out.error, out.steps, out.status)
+    def init(x0):
+        x0 = project_rows(x0, demand, None, mask)
+        r0 = response_fn(x0)
+        res0 = _residual(x0, r0, demand)
+        return _SRState(x0, r0, jnp.asarray(beta0, x0.dtype), res0), res0
+
+    return Iteration(init, step, lambda st: st.x)
+
+
+def smoothed_response(response_fn, x0, demand, mask, *, tol: float, max_steps: int, **options):
+    """Runs :func:`smoothed_response_iteration` from ``x0``; returns a :class:`VIResult`."""
+    it = smoothed_response_iteration(response_fn, demand, mask, **options)
+    return run(it, x0, tol=tol, max_steps=max_steps)

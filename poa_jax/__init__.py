@@ -8,14 +8,14 @@ One import: ``import poa_jax as pj``.
     1.3333
 """
 
-from poa_jax import latency, policies
+__version__ = "0.1.0"
+
+from poa_jax import latency, policies, scenario, sweep, synthetic
 from poa_jax.errors import InputError
 from poa_jax.game import RoutingGame
 from poa_jax.latency import Latency, PrefillTime
 from poa_jax.poa import PoAResult, price_of_anarchy
 from poa_jax.solve import Solution, solve_equilibrium, solve_optimum
-
-__version__ = "0.1.0"
 
 __all__ = [
     "InputError",
@@ -27,6 +27,9 @@ __all__ = [
     "latency",
     "policies",
     "price_of_anarchy",
+    "scenario",
     "solve_equilibrium",
     "solve_optimum",
+    "sweep",
+    "synthetic",
 ]

@@ -10,7 +10,6 @@ recompile.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from typing import NamedTuple
 
@@ -50,7 +49,8 @@ class Prepared(NamedTuple):
     dtype: np.dtype
 
 
-def _float_dtype(dtype) -> np.dtype:
+def float_dtype(dtype) -> np.dtype:
+    """The working float dtype: ``dtype`` checked, or JAX's default float."""
     if dtype is None:
         return np.dtype(jnp.result_type(float))
     dt = np.dtype(dtype)
@@ -92,7 +92,7 @@ def prepare(game: RoutingGame, policy: Policy | None = None, dtype=None) -> Prep
     policy = Policy() if policy is None else policy
     if not isinstance(policy, Policy):
         raise InputError(f"policy: expected a pj.policies.Policy, got {type(policy).__name__}")
-    dt = _float_dtype(dtype)
+    dt = float_dtype(dtype)
 
     jf = {
         "RoutingGame.demand": as_array("RoutingGame.demand", game.demand),
@@ -144,7 +144,8 @@ def prepare(game: RoutingGame, policy: Policy | None = None, dtype=None) -> Prep
     no_worker = ~mask_flat.any(axis=-1)
     if no_worker.any():
         i = np.unravel_index(int(np.argmax(no_worker)), batch) if batch else ()
-        raise InputError(f"RoutingGame.worker_mask{list(i)}: every instance needs a worker")
+        where = f"[{', '.join(str(int(v)) for v in i)}]" if batch else ""
+        raise InputError(f"RoutingGame.worker_mask{where}: every instance needs a worker")
     pw = sum(flat(pf[f"policy.{w}"], 0) for w in ("w_true", "w_prefill", "w_decode"))
     if np.any(pw <= 0):
         raise InputError("policy: w_true + w_prefill + w_decode must be > 0 (a cost to route by)")
@@ -173,24 +174,136 @@ def take(p: Prepared, idx: np.ndarray) -> Prepared:
 
 
 # --------------------------------------------------------------------------- jitted batches
+#
+# Under vmap a while_loop runs until its slowest lane stops (jax-ml/jax#20628), and iteration
+# counts on the cache-on family are heavy-tailed (median ~100, a tail to the bound). Batches
+# larger than COMPACT_ABOVE are therefore solved in rounds of ROUND_ITERS iterations; between
+# rounds the unfinished instances are gathered into a smaller array (sizes from a few fixed
+# buckets, so only a handful of shapes ever compile) and the finished ones drop out. The carry
+# holds the whole solver state, so a lane's trajectory, and its result, do not depend on the
+# rounds: batched ≡ looped.
+
+ROUND_ITERS = 32
+COMPACT_ABOVE = 256
+MAX_CHUNK = 2048
+#: Rounds use two chunk sizes per phase, C and C / SMALL_RATIO: each compiles once, and the
+#: few stragglers at the end of a batch do not pay for a full chunk.
+SMALL_RATIO = 16
 
 
-@functools.partial(jax.jit, static_argnames=("method", "tol", "max_iters"))
-def equilibria(game, policy, x0, *, method: str, tol: float, max_iters: int):
-    """Equilibria for ``x0 (N, S, J, K)``: S starts per instance, all in one vmap."""
-    one = functools.partial(solvers.equilibrium, method=method, tol=tol, max_iters=max_iters)
-    per_start = jax.vmap(one, in_axes=(None, None, 0))
-    return jax.vmap(per_start)(game, policy, x0)
+def _vmap_eq(fn, **kw):
+    return jax.vmap(functools.partial(fn, **kw))
 
 
-@functools.partial(jax.jit, static_argnames=("tol", "max_iters", "descent_steps", "lr"))
-def optima(game, x0, *, tol: float, max_iters: int, descent_steps: int, lr: float):
+@jax.jit
+def greedy_starts(game, policy):
+    """:func:`poa_jax.solvers.greedy_start` for every instance, ``(N, J, K)``."""
+    return jax.vmap(solvers.greedy_start)(game, policy)
+
+
+@functools.partial(jax.jit, static_argnames=("method",))
+def _eq_init(game, policy, x0, *, method):
+    return _vmap_eq(solvers.equilibrium_init, method=method)(game, policy, x0)
+
+
+@functools.partial(jax.jit, static_argnames=("method", "tol", "max_iters", "budget", "phase"))
+def _eq_advance(game, policy, carry, *, method, tol, max_iters, budget, phase):
+    kw = dict(method=method, tol=tol, max_iters=max_iters, budget=budget, phase=phase)
+    return _vmap_eq(solvers.equilibrium_advance, **kw)(game, policy, carry)
+
+
+@functools.partial(jax.jit, static_argnames=("tol", "max_iters"))
+def _eq_pending(carry, *, tol, max_iters):
+    return _vmap_eq(solvers.equilibrium_pending, tol=tol, max_iters=max_iters)(carry)
+
+
+@functools.partial(jax.jit, static_argnames=("method", "tol"))
+def _eq_finish(game, policy, carry, *, method, tol):
+    return _vmap_eq(solvers.equilibrium_finish, method=method, tol=tol)(game, policy, carry)
+
+
+@functools.partial(jax.jit, static_argnames=("descent_steps", "lr"))
+def _opt_init(game, x0, *, descent_steps, lr):
+    return _vmap_eq(solvers.optimum_init, descent_steps=descent_steps, lr=lr)(game, x0)
+
+
+@functools.partial(jax.jit, static_argnames=("tol", "max_iters", "budget", "phase"))
+def _opt_advance(game, carry, *, tol, max_iters, budget, phase):
+    kw = dict(tol=tol, max_iters=max_iters, budget=budget, phase=phase)
+    return _vmap_eq(solvers.optimum_advance, **kw)(game, carry)
+
+
+@functools.partial(jax.jit, static_argnames=("tol", "max_iters"))
+def _opt_pending(carry, *, tol, max_iters):
+    return _vmap_eq(solvers.optimum_pending, tol=tol, max_iters=max_iters)(carry)
+
+
+@functools.partial(jax.jit, static_argnames=("tol",))
+def _opt_finish(game, carry, *, tol):
+    return _vmap_eq(solvers.optimum_finish, tol=tol)(game, carry)
+
+
+@jax.jit
+def _take(tree, idx):
+    return jax.tree_util.tree_map(lambda a: a[idx], tree)
+
+
+@jax.jit
+def _put(tree, idx, sub):
+    return jax.tree_util.tree_map(lambda a, b: a.at[idx].set(b), tree, sub)
+
+
+def _buckets(n: int) -> list[int]:
+    big = min(n, MAX_CHUNK)
+    return [big, max(big // SMALL_RATIO, 1)]
+
+
+def drive(advance, pending, args, carry, n: int, max_iters: int):
+    """Advances ``carry`` (leading axis ``n``) until no lane is pending; see module notes.
+
+    ``pending(carry)`` gives per lane 0 (done) or the solver phase (1: projection only, 2: with
+    the Newton step); each phase's lanes are advanced by their own compiled program, so the
+    costly Newton step runs only where it can pay.
+    """
+    if n <= COMPACT_ABOVE:
+        for phase in (1, 2):
+            carry = advance(*args, carry, budget=max_iters, phase=phase)
+        return carry
+    buckets = _buckets(n)
+    while True:
+        todo = np.asarray(pending(carry))
+        if not todo.any():
+            return carry
+        for phase in (1, 2):
+            idx = np.flatnonzero(todo == phase)
+            if idx.size == 0:
+                continue
+            size = buckets[1] if idx.size <= buckets[1] else buckets[0]
+            for lo in range(0, idx.size, size):
+                part = idx[lo : lo + size]
+                pad = np.concatenate([part, np.full(size - part.size, part[0], part.dtype)])
+                sub = advance(*_take(args, pad), _take(carry, pad), budget=ROUND_ITERS, phase=phase)
+                carry = _put(carry, pad, sub)
+
+
+def equilibria(game, policy, x0, *, method: str, tol: float, max_iters: int) -> dict:
+    """Equilibria for ``x0 (N, S, J, K)``: S starts per instance, each its own lane."""
+    n, s = x0.shape[:2]
+    lanes = np.repeat(np.arange(n), s)
+    g, p = _take((game, policy), lanes) if s > 1 else (game, policy)
+    x = jnp.reshape(x0, (n * s,) + x0.shape[2:])
+    carry = _eq_init(g, p, x, method=method)
+    advance = functools.partial(_eq_advance, method=method, tol=tol, max_iters=max_iters)
+    pending = functools.partial(_eq_pending, tol=tol, max_iters=max_iters)
+    carry = drive(advance, pending, (g, p), carry, n * s, max_iters)
+    out = _eq_finish(g, p, carry, method=method, tol=tol)
+    return {k: jnp.reshape(v, (n, s) + v.shape[1:]) for k, v in out.items()}
+
+
+def optima(game, x0, *, tol: float, max_iters: int, descent_steps: int, lr: float) -> dict:
     """Social optima for ``x0 (N, S, J, K)``: best of S starts per instance."""
-    one = functools.partial(
-        solvers.optimum, tol=tol, max_iters=max_iters, descent_steps=descent_steps, lr=lr
-    )
-    return jax.vmap(one)(game, x0)
-
-
-def replace(obj, **kw):
-    return dataclasses.replace(obj, **kw)
+    carry = _opt_init(game, x0, descent_steps=descent_steps, lr=lr)
+    advance = functools.partial(_opt_advance, tol=tol, max_iters=max_iters)
+    pending = functools.partial(_opt_pending, tol=tol, max_iters=max_iters)
+    carry = drive(advance, pending, (game,), carry, x0.shape[0], max_iters)
+    return _opt_finish(game, carry, tol=tol)

@@ -76,19 +76,19 @@ class Latency:
 
     def value(self, x: ArrayLike) -> jax.Array:
         """``ℓ(x)``, elementwise; ``x`` broadcasts against the fields."""
-        return _value(jnp.asarray(x), *self._arrays())
+        return _value(*self._at(x))
 
     def derivative(self, x: ArrayLike) -> jax.Array:
         """``ℓ'(x)``, elementwise."""
-        return _derivative(jnp.asarray(x), *self._arrays())
+        return _derivative(*self._at(x))
 
     def second_derivative(self, x: ArrayLike) -> jax.Array:
         """``ℓ''(x)`` (0 in the linear continuation); a solver metric, not differentiated."""
-        return _second(jnp.asarray(x), *self._arrays())
+        return _second(*self._at(x))
 
     def integral(self, x: ArrayLike) -> jax.Array:
         """``Λ(x) = ∫_0^x ℓ``, elementwise (Beckmann potential term)."""
-        return _integral(jnp.asarray(x), *self._arrays())
+        return _integral(*self._at(x))
 
     def saturation(self) -> jax.Array:
         """``x̄ = ρ_max·κ``, the load where the linear continuation starts (``inf`` if none)."""
@@ -97,6 +97,13 @@ class Latency:
 
     def _arrays(self):
         return tuple(jnp.asarray(getattr(self, f)) for f in _FIELDS)
+
+    def _at(self, x: ArrayLike):
+        # Explicit broadcasting (load against fields), so strict rank promotion stays clean.
+        x = jnp.asarray(x)
+        fields = self._arrays()
+        shape = jnp.broadcast_shapes(x.shape, *(f.shape for f in fields))
+        return (jnp.broadcast_to(x, shape), *(jnp.broadcast_to(f, shape) for f in fields))
 
     def as_numpy(self) -> dict[str, np.ndarray]:
         """Fields as NumPy arrays (host side)."""
@@ -199,12 +206,21 @@ class PrefillTime:
     b: ArrayLike = 0.0
     c: ArrayLike = 0.0
 
-    def value(self, n: ArrayLike) -> jax.Array:
+    def _at(self, n: ArrayLike):
         n = jnp.asarray(n)
-        return jnp.asarray(self.a) + jnp.asarray(self.b) * n + jnp.asarray(self.c) * n**2
+        f = [jnp.asarray(v) for v in (self.a, self.b, self.c)]
+        shape = jnp.broadcast_shapes(n.shape, *(v.shape for v in f))
+        return (jnp.broadcast_to(n, shape), *(jnp.broadcast_to(v, shape) for v in f))
+
+    def value(self, n: ArrayLike) -> jax.Array:
+        """``s(n)``, elementwise; ``n`` broadcasts against the fields."""
+        n, a, b, c = self._at(n)
+        return a + b * n + c * n**2
 
     def derivative(self, n: ArrayLike) -> jax.Array:
-        return jnp.asarray(self.b) + 2 * jnp.asarray(self.c) * jnp.asarray(n)
+        """``s'(n) = b + 2·c·n``."""
+        n, _, b, c = self._at(n)
+        return b + 2 * c * n
 
 
 def affine(a: ArrayLike = 0.0, b: ArrayLike = 1.0) -> Latency:

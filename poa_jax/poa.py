@@ -3,8 +3,8 @@ r"""Price of Anarchy and price of stability of a router policy (DESIGN §2.2).
     PoA(θ) = SC(worst equilibrium of θ found) / SC(opt),   PoS(θ) = SC(best found) / SC(opt).
 
 With the cache externality equilibria need not be unique, so the equilibrium is solved from
-several starts (:func:`poa_jax.solve.starting_flows`: uniform, herds, random) and the worst and
-best *converged* ones are kept (all of them, flagged, if none converged). The optimum is
+several starts (:func:`poa_jax.solve.starting_flows`: greedy, uniform, herds, random) and the
+worst and best *converged* ones are kept (all of them, flagged, if none converged). The optimum is
 multi-start and warm-started from every equilibrium found; the optimum's cost is additionally the
 minimum over those equilibria, so ``SC(opt) ≤ SC(eq)`` and ``PoA ≥ PoS ≥ 1`` by construction.
 """
@@ -91,9 +91,9 @@ def price_of_anarchy(
     """
     if method not in solve.METHODS:
         raise solve.InputError(f"method {method!r} is unknown: must be one of {solve.METHODS}")
+    tol, max_iters = solve._resolve(dtype, tol, max_iters)
     prep = batching.prepare(game, policy if policy is not None else selfish(), dtype)
-    tol, max_iters = solve._resolve(prep, tol, max_iters)
-    x0 = solve.starting_flows(prep, starts, seed)
+    x0 = solve.starting_flows(prep, starts, seed, greedy=True)
     eq = jax.device_get(solve._equilibria_flat(prep, x0, method, tol, max_iters))
     eq = {k: np.asarray(v) for k, v in eq.items()}
     sc = eq["social_cost"]  # (N, S)

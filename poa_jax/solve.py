@@ -50,8 +50,9 @@ class Solution:
     overloaded: np.ndarray
 
 
-def _resolve(prep: batching.Prepared, tol, max_iters):
-    tol = tolerances.default_tol(prep.dtype) if tol is None else float(tol)
+def _resolve(dtype, tol, max_iters):
+    """Checks ``tol``/``max_iters`` (before anything touches a device); fills defaults."""
+    tol = tolerances.default_tol(batching.float_dtype(dtype)) if tol is None else float(tol)
     if not (np.isfinite(tol) and tol > 0):
         raise InputError(f"tol = {tol!r}: must be finite and > 0")
     max_iters = tolerances.DEFAULT_MAX_ITERS if max_iters is None else max_iters
@@ -60,12 +61,16 @@ def _resolve(prep: batching.Prepared, tol, max_iters):
     return tol, int(max_iters)
 
 
-def starting_flows(prep: batching.Prepared, starts: int, seed: int = 0) -> np.ndarray:
-    """Start flows ``(N, S, J, K)``: uniform, then herds onto each worker, then random.
+def starting_flows(
+    prep: batching.Prepared, starts: int, seed: int = 0, greedy: bool = False
+) -> np.ndarray:
+    """Start flows ``(N, S, J, K)``.
 
-    Start 0 spreads every class uniformly over existing workers. Start ``i ≥ 1`` puts 90% of
-    every class on the ``i``-th existing worker (herding, the shape of the cache-affinity
-    equilibria Dynamo users report) while there are workers left, then random Dirichlet mixes.
+    With ``greedy`` start 0 is :func:`poa_jax.solvers.greedy_start` for the prepared policy
+    (classes placed one at a time on their cheapest worker) and start 1 the uniform split;
+    without, start 0 is uniform. The next starts put 90% of every class on one existing worker
+    each (herding, the shape of the cache-affinity equilibria Dynamo users report) while there
+    are workers left, then random Dirichlet mixes (seeded).
     """
     if int(starts) != starts or starts < 1:
         raise InputError(f"starts = {starts!r}: must be an integer >= 1")
@@ -73,17 +78,21 @@ def starting_flows(prep: batching.Prepared, starts: int, seed: int = 0) -> np.nd
     demand = np.asarray(prep.game.demand, np.float64)  # (N, J)
     n, k = mask.shape
     uniform = mask / mask.sum(-1, keepdims=True)  # (N, K)
-    shares = np.empty((n, starts, k))
-    shares[:, 0] = uniform
     rank = np.cumsum(mask, -1) - 1  # index of each worker among existing ones
     count = mask.sum(-1)
     rng = np.random.default_rng(seed)
-    for i in range(1, starts):
-        herd = (rank == (i - 1)) & mask & ((i - 1) < count)[:, None]
+    shares = [uniform]
+    herd_i = 0
+    while len(shares) < starts - (1 if greedy else 0):
+        herd = (rank == herd_i) & mask & (herd_i < count)[:, None]
         rand = rng.dirichlet(np.ones(k), size=n) * mask
         rand /= rand.sum(-1, keepdims=True)
-        shares[:, i] = np.where(herd.any(-1, keepdims=True), 0.9 * herd + 0.1 * uniform, rand)
-    x0 = demand[:, None, :, None] * shares[:, :, None, :]
+        shares.append(np.where(herd.any(-1, keepdims=True), 0.9 * herd + 0.1 * uniform, rand))
+        herd_i += 1
+    x0 = demand[:, None, :, None] * np.stack(shares, 1)[:, :, None, :]
+    if greedy:
+        g0 = np.asarray(batching.greedy_starts(prep.game, prep.policy), np.float64)
+        x0 = np.concatenate([g0[:, None], x0], axis=1)
     return x0.astype(prep.dtype)
 
 
@@ -157,8 +166,9 @@ def solve_equilibrium(
       policy: a :class:`~poa_jax.policies.Policy` (default selfish); fields broadcast with ``...``.
       tol: relative-gap tolerance (default by dtype, :mod:`poa_jax.tolerances`).
       max_iters: iteration bound (default 1000).
-      method: ``auto`` (extragradient; logit averaging for τ > 0), ``extragradient`` or
-        ``frank_wolfe`` (needs a potential: no cache term, or load-balanced).
+      method: ``auto`` (= ``projection``: projection dynamics with an endgame Newton step;
+        logit averaging for τ > 0), ``projection``, ``extragradient`` or ``frank_wolfe``
+        (needs a potential: no cache term, or load-balanced).
       x0: optional start flows ``(..., J, K)``; default uniform over existing workers.
       dtype: float32 or float64 (default: JAX's default float).
 
@@ -174,10 +184,10 @@ def solve_equilibrium(
     """
     if method not in METHODS:
         raise InputError(f"method {method!r} is unknown: must be one of {', '.join(METHODS)}")
+    tol, max_iters = _resolve(dtype, tol, max_iters)
     prep = batching.prepare(game, policy if policy is not None else selfish(), dtype)
-    tol, max_iters = _resolve(prep, tol, max_iters)
     if x0 is None:
-        start = starting_flows(prep, 1)
+        start = starting_flows(prep, 1, greedy=True)
     else:
         start = _user_start(prep, x0)[:, None]
     out = _equilibria_flat(prep, start, method, tol, max_iters)
@@ -227,8 +237,8 @@ def solve_optimum(
     Returns:
       A :class:`Solution` (``social_cost`` is the optimum; ``gap`` its optimality gap).
     """
+    tol, max_iters = _resolve(dtype, tol, max_iters)
     prep = batching.prepare(game, None, dtype)
-    tol, max_iters = _resolve(prep, tol, max_iters)
     x0s = starting_flows(prep, starts, seed)
     if x0 is not None:
         extra = np.asarray(x0)

@@ -1,27 +1,31 @@
 r"""One-instance solvers for the routing game: equilibria of a policy and the social optimum.
 
-Each function solves **one** game (unbatched fields) from given starts; :mod:`poa_jax.batching`
-vmaps them. They pick a kernel from :mod:`poa_jax.kernels` and wire the game's costs into it:
+Each solver is three pure functions over a carry ``(state, error, steps)`` for **one** game:
+``*_init`` (start), ``*_advance`` (at most ``n`` more iterations, resumable) and ``*_finish``
+(results). :mod:`poa_jax.batching` vmaps them and drives ``advance`` in rounds, compacting the
+unfinished instances between rounds. They wire the game's costs into :mod:`poa_jax.kernels`:
 
 * equilibrium, ``τ = 0``: the Wardrop condition on the perceived cost ``r`` (a variational
-  inequality on the product of simplices), by adaptive extragradient in the metric of the
-  diagonal slope of ``r`` (``method="extragradient"``, default), or by Frank–Wolfe with exact
-  line search (``method="frank_wolfe"``), valid where ``r`` has a potential: always without the
-  cache term, where ``∇Φ = L_j·r_j`` with ``Φ = Σ_k Λ_k(W_k)`` (selfish) or
-  ``Σ_k (ω W_k² + D_k²)/2`` (Dynamo, load-balanced).
+  inequality on the product of simplices), by scaled projection dynamics with an endgame
+  active-set Newton step (``method="projection"``, default; parallel workers make the cost map
+  column-separable), by adaptive extragradient (``"extragradient"``), or by Frank–Wolfe with exact
+  line search (``"frank_wolfe"``), valid where ``r`` has a potential: always without the cache
+  term, where ``∇Φ = L_j·r_j`` with ``Φ = Σ_k Λ_k(W_k)`` (selfish) or ``Σ_k (ω W_k² + D_k²)/2``
+  (Dynamo, load-balanced).
 * equilibrium, ``τ > 0``: the logit fixed point ``x = d·p(r(x))`` by adaptive averaging
-  (``method="logit"``); its gap is the residual ``‖d·p(r(x)) − x‖₁ / Σd``.
-* optimum: ``min SC(x)``. Each start takes ``descent_steps`` optax Adam steps over the softmax
-  parametrisation (global exploration), then extragradient on the marginal cost ``∇SC``
-  (autodiff) to the stated gap ``(Σ x·∇SC − Σ_j d_j min_k ∇SC_jk) / SC(x)``, which for convex
-  ``SC`` bounds the relative suboptimality. The best candidate among the polished points *and
-  the starts themselves* is returned, so warm-starting from an equilibrium guarantees
-  ``SC(opt) ≤ SC(eq)``.
+  (``method="logit"``); its error is the residual ``‖d·p(r(x)) − x‖₁ / Σd``.
+* optimum: ``min SC(x)`` from several starts. Each start takes ``descent_steps`` optax Adam
+  steps over the softmax parametrisation (global exploration; 0 by default), then projection
+  dynamics with Newton on the marginal cost ``∇SC`` (autodiff) to the gap
+  ``(Σ x·∇SC − Σ_j d_j min_k ∇SC_jk) / SC(x)``, which for convex ``SC`` bounds the relative
+  suboptimality. The best candidate among the polished points *and the starts themselves* is
+  returned, so warm-starting from an equilibrium guarantees ``SC(opt) ≤ SC(eq)``.
 """
 
 from __future__ import annotations
 
 import functools
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -31,7 +35,36 @@ from poa_jax import game as _game
 from poa_jax import policies as _pol
 from poa_jax.kernels import descent, loop, vi
 
-__all__ = ["equilibrium", "optimum", "marginal_gap", "overloaded"]
+__all__ = [
+    "Carry",
+    "greedy_start",
+    "equilibrium",
+    "equilibrium_init",
+    "equilibrium_advance",
+    "equilibrium_finish",
+    "equilibrium_pending",
+    "optimum",
+    "optimum_init",
+    "optimum_advance",
+    "optimum_finish",
+    "optimum_pending",
+    "marginal_gap",
+    "overloaded",
+]
+
+
+#: Gap below which the active-set Newton step is tried (phase 2). Above it the projection
+#: dynamics run alone (phase 1): Newton costs ~5 projection steps and is attracted to unstable
+#: equilibria, so it only pays in the endgame.
+NEWTON_BELOW = 1e-3
+
+
+class Carry(NamedTuple):
+    """Resumable solver carry for one instance (leading ``S`` axis for multi-start optima)."""
+
+    state: Any  # the kernel's state (see kernels.vi)
+    error: jax.Array  # () gap of the state's solution
+    steps: jax.Array  # () int32 iterations so far
 
 
 def _mask(g: _game.RoutingGame, x: jax.Array) -> jax.Array:
@@ -45,39 +78,106 @@ def overloaded(g: _game.RoutingGame, x: jax.Array) -> jax.Array:
     return jnp.any(g.worker_mask & (w > g.latency.saturation()))
 
 
-def _summary(g, res: vi.VIResult) -> dict:
+# --------------------------------------------------------------------------- equilibrium
+
+
+def greedy_start(g, pol) -> jax.Array:
+    """A start near a stable equilibrium: classes placed one at a time, all-or-nothing.
+
+    Classes in decreasing order of demand each go wholly to the worker of least perceived cost
+    given the classes already placed, as a system filling up from empty would route them. With
+    the cache externality the uniform split sits near the symmetric, often unstable equilibrium,
+    from which the dynamics escape slowly; this start halves the median iteration count on the
+    cache-on family (benchmarks/RESULTS.md).
+    """
+    J, K = g.demand.shape[-1], g.worker_mask.shape[-1]
+    dtype = g.demand.dtype
+    order = jnp.argsort(-g.demand)
+
+    def place(i, x):
+        j = order[i]
+
+        def cost_on(k):
+            trial = x.at[j].set(jax.nn.one_hot(k, K, dtype=dtype) * g.demand[j])
+            return _pol.perceived_cost(pol, g, trial)[j, k]
+
+        ck = jnp.where(g.worker_mask, jax.vmap(cost_on)(jnp.arange(K)), jnp.inf)
+        return x.at[j].set(jax.nn.one_hot(jnp.argmin(ck), K, dtype=dtype) * g.demand[j])
+
+    return jax.lax.fori_loop(0, J, place, jnp.zeros((J, K), dtype))
+
+
+def _equilibrium_iteration(g, pol, method: str, phase: int = 2) -> vi.Iteration:
+    mask = _mask(g, jnp.zeros((g.demand.shape[-1], g.worker_mask.shape[-1]), bool))
+    cost = functools.partial(_pol.perceived_cost, pol, g)
+    if method == "logit":
+        response = lambda x: _pol.logit_response(pol, g, x, g.demand, mask)
+        return vi.smoothed_response_iteration(response, g.demand, mask)
+    if method == "frank_wolfe":
+        return vi.frank_wolfe_iteration(cost, g.demand, mask, row_weights=g.tokens)
+    slope = functools.partial(_pol.perceived_slope, pol, g)
+    if method == "projection":
+        return vi.projection_iteration(
+            cost, slope, g.demand, mask, newton=phase == 2, newton_below=NEWTON_BELOW
+        )
+    if method == "extragradient":
+        return vi.extragradient_iteration(cost, slope, g.demand, mask)
+    raise ValueError(f"unknown method {method!r}")  # checked by the public API
+
+
+def equilibrium_init(g, pol, x0, *, method: str) -> Carry:
+    """Starts the equilibrium solver of policy ``pol`` in game ``g`` at ``x0 (J, K)``."""
+    state, err = _equilibrium_iteration(g, pol, method).init(x0)
+    return Carry(state, err, jnp.int32(0))
+
+
+def phase_of(error: jax.Array) -> jax.Array:
+    """1 while the gap is above :data:`NEWTON_BELOW` (projection only), else 2 (with Newton)."""
+    return jnp.where(error < NEWTON_BELOW, 2, 1)
+
+
+def equilibrium_advance(g, pol, carry: Carry, *, method, tol, max_iters, budget, phase) -> Carry:
+    """At most ``budget`` more iterations of ``phase`` (stops at ``tol`` or ``max_iters``; phase
+    1 also stops when the gap falls below :data:`NEWTON_BELOW`)."""
+    it = _equilibrium_iteration(g, pol, method, phase)
+    stop = NEWTON_BELOW if (phase == 1 and method == "projection") else 0.0
+    return Carry(
+        *loop.advance(
+            it.step, carry.state, carry.error, carry.steps,
+            tol=tol, max_steps=max_iters, budget=budget, stop_below=stop,
+        )
+    )  # fmt: skip
+
+
+def equilibrium_pending(carry: Carry, *, tol, max_iters) -> jax.Array:
+    """Work left for this instance: 0 none, else the phase it is in (1 or 2)."""
+    p = loop.pending(carry.error, carry.steps, tol, max_iters)
+    return jnp.where(p, phase_of(carry.error), 0)
+
+
+def equilibrium_finish(g, pol, carry: Carry, *, method, tol) -> dict:
+    """Per-instance results from a carry."""
+    x = _equilibrium_iteration(g, pol, method).solution(carry.state)
     return dict(
-        flows=res.x,
-        social_cost=_game.social_cost(g, res.x),
-        gap=res.gap,
-        iterations=res.steps,
-        status=res.status,
-        overloaded=overloaded(g, res.x),
+        flows=x,
+        social_cost=_game.social_cost(g, x),
+        gap=carry.error,
+        iterations=carry.steps,
+        status=loop.status_of(carry.error, tol),
+        overloaded=overloaded(g, x),
     )
 
 
 def equilibrium(g, pol, x0, *, method: str, tol: float, max_iters: int) -> dict:
-    """Equilibrium of policy ``pol`` in game ``g`` from ``x0 (J, K)``; a dict of results."""
-    mask = _mask(g, x0)
-    cost = functools.partial(_pol.perceived_cost, pol, g)
-    if method == "logit":
-        response = lambda x: _pol.logit_response(pol, g, x, g.demand, mask)
-        res = vi.smoothed_response(response, x0, g.demand, mask, tol=tol, max_steps=max_iters)
-    elif method == "frank_wolfe":
-        res = vi.frank_wolfe(
-            cost, x0, g.demand, mask, row_weights=g.tokens, tol=tol, max_steps=max_iters
-        )
-    elif method == "projection":
-        slope = functools.partial(_pol.perceived_slope, pol, g)
-        res = vi.projection(
-            cost, slope, x0, g.demand, mask, tol=tol, max_steps=max_iters, separable=True
-        )
-    elif method == "extragradient":
-        slope = functools.partial(_pol.perceived_slope, pol, g)
-        res = vi.extragradient(cost, slope, x0, g.demand, mask, tol=tol, max_steps=max_iters)
-    else:  # checked by the public API; kept for direct callers
-        raise ValueError(f"unknown method {method!r}")
-    return _summary(g, res)
+    """Equilibrium in one call (no compaction): init, advance to the end, finish."""
+    c = equilibrium_init(g, pol, x0, method=method)
+    for phase in (1, 2):
+        c = equilibrium_advance(g, pol, c, method=method, tol=tol, max_iters=max_iters,
+                                budget=max_iters, phase=phase)  # fmt: skip
+    return equilibrium_finish(g, pol, c, method=method, tol=tol)
+
+
+# --------------------------------------------------------------------------- optimum
 
 
 def marginal_gap(g, x: jax.Array, grad: jax.Array) -> jax.Array:
@@ -89,13 +189,28 @@ def marginal_gap(g, x: jax.Array, grad: jax.Array) -> jax.Array:
     return jnp.maximum(lin - best, 0.0) / jnp.maximum(sc, jnp.finfo(x.dtype).tiny)
 
 
-def optimum(g, x0s, *, tol: float, max_iters: int, descent_steps: int, lr: float) -> dict:
-    """Social optimum of ``g`` from starts ``x0s (S, J, K)``: the best candidate found."""
-    mask = _mask(g, x0s[0])
-    sc = functools.partial(_game.social_cost, g)
-    grad = jax.grad(sc)
+def _optimum_iteration(g, phase: int = 2) -> vi.Iteration:
+    mask = _mask(g, jnp.zeros((g.demand.shape[-1], g.worker_mask.shape[-1]), bool))
+    grad = jax.grad(functools.partial(_game.social_cost, g))
     scale = functools.partial(_game.social_cost_curvature, g)
     gap_fn = functools.partial(marginal_gap, g)
+    return vi.projection_iteration(
+        grad, scale, g.demand, mask, gap_fn=gap_fn, newton=phase == 2, newton_below=NEWTON_BELOW
+    )
+
+
+class OptCarry(NamedTuple):
+    """Multi-start optimum carry: one :class:`Carry` per start plus the raw starts."""
+
+    starts: Carry  # leading axis S
+    x0: jax.Array  # (S, J, K) the starts themselves (candidates too)
+
+
+def optimum_init(g, x0s, *, descent_steps: int, lr: float) -> OptCarry:
+    """Starts the optimum from ``x0s (S, J, K)`` (after optional optax descent per start)."""
+    mask = _mask(g, x0s[0])
+    sc = functools.partial(_game.social_cost, g)
+    it = _optimum_iteration(g)
 
     def one(x0):
         x = x0
@@ -103,26 +218,71 @@ def optimum(g, x0s, *, tol: float, max_iters: int, descent_steps: int, lr: float
             x, _ = descent.minimize_on_simplices(
                 sc, x0, g.demand, mask, optimizer=optax.adam(lr), steps=descent_steps
             )
-        return vi.projection(
-            grad, scale, x, g.demand, mask, tol=tol, max_steps=max_iters, gap_fn=gap_fn,
-            separable=True,
+        state, err = it.init(x)
+        return Carry(state, err, jnp.int32(0))
+
+    return OptCarry(jax.vmap(one)(x0s), x0s)
+
+
+def optimum_advance(g, carry: OptCarry, *, tol, max_iters, budget, phase) -> OptCarry:
+    """At most ``budget`` more iterations of ``phase`` for every start."""
+    it = _optimum_iteration(g, phase)
+    stop = NEWTON_BELOW if phase == 1 else 0.0
+
+    def one(c: Carry) -> Carry:
+        return Carry(
+            *loop.advance(
+                it.step, c.state, c.error, c.steps,
+                tol=tol, max_steps=max_iters, budget=budget, stop_below=stop,
+            )
         )  # fmt: skip
 
-    polished = jax.vmap(one)(x0s)
-    raw_gap = jax.vmap(lambda x: gap_fn(x, grad(x)))(x0s)
-    cand_x = jnp.concatenate([polished.x, x0s])
-    cand_gap = jnp.concatenate([polished.gap, raw_gap])
-    cand_steps = jnp.concatenate([polished.steps, jnp.zeros_like(polished.steps)])
+    return OptCarry(jax.vmap(one)(carry.starts), carry.x0)
+
+
+def optimum_pending(carry: OptCarry, *, tol, max_iters) -> jax.Array:
+    """Work left for this instance: 0 none, else the phase (1 if any pending start is in phase
+    1, else 2)."""
+    c = carry.starts
+    p = loop.pending(c.error, c.steps, tol, max_iters)
+    in1 = jnp.any(p & (phase_of(c.error) == 1))
+    return jnp.where(jnp.any(p), jnp.where(in1, 1, 2), 0)
+
+
+def optimum_finish(g, carry: OptCarry, *, tol) -> dict:
+    """The best candidate among polished starts and raw starts."""
+    sc = functools.partial(_game.social_cost, g)
+    grad = jax.grad(sc)
+    it = _optimum_iteration(g)
+    polished = jax.vmap(it.solution)(carry.starts.state)
+    x0s = carry.x0
+    raw_gap = jax.vmap(lambda x: marginal_gap(g, x, grad(x)))(x0s)
+    cand_x = jnp.concatenate([polished, x0s])
+    cand_gap = jnp.concatenate([carry.starts.error, raw_gap])
+    cand_steps = jnp.concatenate([carry.starts.steps, jnp.zeros_like(carry.starts.steps)])
     cand_sc = jax.vmap(sc)(cand_x)
-    # NaN never wins the argmin; a non-finite candidate only survives if all are.
-    i = jnp.argmin(jnp.where(jnp.isnan(cand_sc), jnp.inf, cand_sc))
+    # The lowest cost wins, but a converged candidate is preferred over one that is cheaper by
+    # no more than the tolerance (a raw start can win by rounding alone). NaN never wins.
+    finite = jnp.where(jnp.isnan(cand_sc), jnp.inf, cand_sc)
+    i_all = jnp.argmin(finite)
+    i_conv = jnp.argmin(jnp.where(cand_gap <= tol, finite, jnp.inf))
+    any_conv = jnp.any(cand_gap <= tol)
+    close = finite[i_conv] <= finite[i_all] * (1.0 + tol)
+    i = jnp.where(any_conv & close, i_conv, i_all)
     x = cand_x[i]
-    gap = cand_gap[i]
     return dict(
         flows=x,
         social_cost=cand_sc[i],
-        gap=gap,
+        gap=cand_gap[i],
         iterations=cand_steps[i],
-        status=loop.status_of(gap, tol),
+        status=loop.status_of(cand_gap[i], tol),
         overloaded=overloaded(g, x),
     )
+
+
+def optimum(g, x0s, *, tol: float, max_iters: int, descent_steps: int, lr: float) -> dict:
+    """Optimum in one call (no compaction)."""
+    c = optimum_init(g, x0s, descent_steps=descent_steps, lr=lr)
+    for phase in (1, 2):
+        c = optimum_advance(g, c, tol=tol, max_iters=max_iters, budget=max_iters, phase=phase)
+    return optimum_finish(g, c, tol=tol)

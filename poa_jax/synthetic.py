@@ -60,9 +60,11 @@ def random_games(
         shareable=rng.uniform(0.2, 0.9, (b, j)),
         residency=rng.uniform(0.1, 1.0, (b, k)) * mean_flow,
         cache_size=rng.uniform(1.0, 5.0, (b, k)) * mean_flow,
+        # One prefill model per instance (one GPU type), as in DESIGN §2.1: per-worker prefill
+        # offsets that differ by class make the class split a degenerate transportation problem.
         prefill=PrefillTime(
-            a=rng.uniform(0.0, 0.2, (b, k)),
-            b=rng.uniform(0.0, 0.2, (b, k)),
-            c=rng.uniform(0.0, 0.05, (b, k)),
+            a=np.repeat(rng.uniform(0.0, 0.2, (b, 1)), k, 1),
+            b=np.repeat(rng.uniform(0.0, 0.2, (b, 1)), k, 1),
+            c=np.repeat(rng.uniform(0.0, 0.05, (b, 1)), k, 1),
         ),
     )

@@ -67,4 +67,5 @@ def check(name: str, arr: np.ndarray, rule: str) -> None:
     if not np.all(ok):
         idx = tuple(int(i) for i in np.argwhere(~ok)[0]) if arr.ndim else ()
         where = f"[{', '.join(map(str, idx))}]" if idx else ""
-        raise InputError(f"{name}{where} = {arr[idx] if idx else arr.item()!r}: {text}")
+        value = (arr[idx] if idx else arr).item()
+        raise InputError(f"{name}{where} = {value!r}: {text}")

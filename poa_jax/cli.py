@@ -1,0 +1,456 @@
+"""The ``poa-jax`` command line: sweep a scenario, or solve one game from JSON.
+
+Subcommands:
+
+* ``poa-jax sweep [SCENARIO.toml] [--out DIR] [--dtype float32|float64] [--chunk N]
+  [--no-progress]`` — runs a scenario (the built-in default without a file) with
+  :func:`poa_jax.sweep.run_sweep`, prints a table per topology × policy over load (PoA, price
+  of stability, mean latency at equilibrium and optimum, converged starts) and the output paths
+  (``DIR/results.parquet``, ``DIR/summary.json``; default ``DIR`` is ``out/<scenario name>``).
+  Rerunning into the same folder resumes: finished chunks are reused.
+* ``poa-jax solve GAME.json [--dtype ...]`` — one routing game (or a batch: leading axes) from
+  JSON (keys: ``demand``, ``latency`` {a, b, c, p, d, kappa, rho_max}, optional ``tokens``,
+  ``shareable``, ``residency``, ``cache_size``, ``prefill`` {a, b, c}, ``worker_mask``,
+  ``policy`` {name, ...parameters} (default selfish), ``starts``, ``tol``, ``max_iters``);
+  prints the PoA result as JSON on stdout.
+
+Bad input (a missing or malformed file, an unknown key, a value breaking a rule) prints one line
+``poa-jax: error: <file>: <field>[index]: <rule>`` on stderr and exits with status 2; nothing is
+compiled first. ``--dtype float64`` turns on ``jax_enable_x64`` before any JAX computation.
+
+Compilation dominates short runs on a CPU (tens of seconds). JAX's persistent cache makes
+repeated runs start faster: ``export JAX_COMPILATION_CACHE_DIR=~/.cache/jax`` (the default
+sweep then takes about half the CPU time on its second run).
+
+Example:
+  $ poa-jax solve examples/game.json
+  $ poa-jax sweep examples/default.toml --out out/mine
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import sys
+
+import numpy as np
+
+from poa_jax.errors import InputError
+
+__all__ = ["main", "format_table", "read_game"]
+
+PROG = "poa-jax"
+
+
+class _UsageError(Exception):
+    """A command-line usage error (reported like every other bad input)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but usage errors are one ``poa-jax: error:`` line and status 2."""
+
+    def error(self, message):
+        raise _UsageError(f"{message} (see {self.prog} --help)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog=PROG,
+        description="Batched equilibria and Price of Anarchy of LLM-serving routing games.",
+        epilog="Tip: export JAX_COMPILATION_CACHE_DIR=~/.cache/jax to reuse compiled solvers "
+        "across runs.",
+    )
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    s = sub.add_parser(
+        "sweep",
+        help="solve every topology x load x policy point of a scenario",
+        description="Solve a scenario's sweep; write results.parquet and summary.json.",
+    )
+    s.add_argument(
+        "scenario", nargs="?", help="scenario TOML file (default: the built-in scenario)"
+    )
+    s.add_argument("--out", help="output folder (default: out/<scenario name>)")
+    s.add_argument("--dtype", choices=("float32", "float64"), help="override solver.dtype")
+    s.add_argument(
+        "--chunk",
+        type=int,
+        default=None,
+        help="points per solver call (default: 64 on CPU, 1024 on GPU/TPU)",
+    )
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.set_defaults(func=_cmd_sweep)
+
+    g = sub.add_parser(
+        "solve",
+        help="solve one routing game (or a batch) from JSON",
+        description="Solve a routing game from JSON and print its PoA result as JSON.",
+    )
+    g.add_argument("game", help="game JSON file (see examples/game.json)")
+    g.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    g.set_defaults(func=_cmd_solve)
+    return p
+
+
+def _use_dtype(dtype: str) -> None:
+    if dtype == "float64":
+        import jax
+
+        jax.config.update("jax_enable_x64", True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the command line; returns the exit status (0 ok, 2 bad input, 1 other failure)."""
+    try:
+        args = _parser().parse_args(argv)
+    except _UsageError as e:
+        return _fail(str(e), 2)
+    except SystemExit as e:  # --help
+        return e.code if isinstance(e.code, int) else 0
+    try:
+        return args.func(args)
+    except InputError as e:
+        return _fail(str(e), 2)
+    except KeyboardInterrupt:
+        return _fail("interrupted (rerun the same command to resume a sweep)", 130)
+    except BrokenPipeError:
+        # The reader went away (e.g. `| head`): stop quietly, as Unix tools do.
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):
+            pass
+        return 141
+    except OSError as e:
+        where = f"{e.filename}: " if e.filename else ""
+        return _fail(f"{where}{e.strerror or e}", 1)
+
+
+def _fail(message: str, code: int) -> int:
+    line = " ".join(str(message).split())  # one line, whatever the message
+    print(f"{PROG}: error: {line}", file=sys.stderr)
+    return code
+
+
+# --------------------------------------------------------------------------- sweep
+
+
+def _folder_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "scenario"
+
+
+def _cmd_sweep(args) -> int:
+    from poa_jax import scenario as _scenario
+    from poa_jax import sweep as _sweep
+
+    if args.scenario is None:
+        sc = _scenario.default_scenario()
+    else:
+        sc = _scenario.load_scenario(args.scenario)
+    if args.dtype is not None:
+        sc = sc.with_solver(dtype=args.dtype)
+    if args.chunk is not None and args.chunk < 1:
+        raise InputError(f"--chunk = {args.chunk}: must be an integer >= 1")
+    _use_dtype(sc.solver.dtype)
+    out = args.out or os.path.join("out", _folder_name(sc.name))
+    res = _sweep.run_sweep(
+        sc,
+        out,
+        chunk_size=args.chunk,
+        progress=not args.no_progress,
+        log=lambda m: print(f"{PROG}: {m}", file=sys.stderr),
+    )
+    print(format_table(res.table, sc, res.summary))
+    print(f"results: {res.results_path}")
+    print(f"summary: {res.summary_path}")
+    return 0
+
+
+def format_table(table, scenario, summary: dict | None = None) -> str:
+    """A readable text table of a sweep: one block per topology × policy, one row per load.
+
+    Args:
+      table: the results (``pyarrow.Table`` with :data:`poa_jax.sweep.COLUMNS`).
+      scenario: the :class:`~poa_jax.scenario.Scenario` it came from.
+      summary: optional ``summary.json`` contents (adds a timing/device line).
+
+    Returns:
+      The table as a string.
+    """
+    cols = table.to_pydict()
+    n = table.num_rows
+    t_n, u_n, p_n = scenario.shape
+    starts = scenario.solver.starts
+    lines = [
+        f"scenario {scenario.name}: {n} points = {t_n} topologies x {u_n} loads x {p_n} "
+        f"policies, {scenario.solver.dtype}, {starts} starts"
+    ]
+    if scenario.description:
+        lines.append(f"  {scenario.description}")
+    head = f"  {'util':>5}  {'PoA':>8}  {'PoS':>8}  {'eq ms':>9}  {'opt ms':>9}  {'conv':>5}  flags"
+    best = []
+    for t in scenario.topologies:
+        for label in scenario.policy_labels():
+            rows = [
+                i for i in range(n) if cols["topology"][i] == t.name and cols["policy"][i] == label
+            ]
+            rows.sort(key=lambda i: cols["utilisation"][i])
+            if not rows:
+                continue
+            workers = f"{t.workers} worker{'s' if t.workers != 1 else ''}"
+            lines += ["", f"{t.name} ({workers}) · {label}", head]
+            for i in rows:
+                flags = []
+                if cols["overloaded"][i]:
+                    flags.append("overloaded")
+                if not cols["converged"][i]:
+                    bad = [
+                        f"{w} {cols[f'{w}_status'][i]}"
+                        for w in ("eq", "opt")
+                        if cols[f"{w}_status"][i] != "converged"
+                    ]
+                    flags.append("NOT CONVERGED" + (f" ({', '.join(bad)})" if bad else ""))
+                lines.append(
+                    f"  {cols['utilisation'][i]:5.2f}  {_num(cols['poa'][i], 8, 4)}  "
+                    f"{_num(cols['price_of_stability'][i], 8, 4)}  "
+                    f"{_num(cols['eq_mean_latency'][i], 9, 1)}  "
+                    f"{_num(cols['opt_mean_latency'][i], 9, 1)}  "
+                    f"{cols['converged_starts'][i]:>2}/{starts:<2}  {', '.join(flags)}".rstrip()
+                )
+            k = max(rows, key=lambda i: cols["poa"][i] if math.isfinite(cols["poa"][i]) else -1.0)
+            conv = sum(bool(cols["converged"][i]) for i in rows) / len(rows)
+            best.append((t.name, label, cols["poa"][k], cols["utilisation"][k], conv))
+    lines += ["", "max PoA per topology and policy:"]
+    width = max(len(f"{a} · {b}") for a, b, *_ in best)
+    for topo, label, poa, util, conv in best:
+        lines.append(
+            f"  {f'{topo} · {label}':<{width}}  {_num(poa, 8, 4)} at util {util:.2f}"
+            f"   converged {conv:.0%}"
+        )
+    lines += [
+        "",
+        "PoA = SC(worst equilibrium) / SC(optimum); PoS = SC(best equilibrium) / SC(optimum);",
+        "eq/opt ms = mean latency per request; conv = equilibrium starts that converged.",
+    ]
+    if summary is not None:
+        conv = summary["converged_share"]
+        wt = summary["wall_time_s"]
+        dev = summary["device"]
+        first = "" if wt["first_call"] is None else f", first call {wt['first_call']:.1f} s"
+        lines.append(
+            f"converged {conv:.1%} of points; wall time {wt['total']:.1f} s{first} "
+            f"({wt['parts_computed']} parts computed, {wt['parts_reused']} reused) on "
+            f"{dev['platform']} {dev['device_kind']}, jax {summary['jax_version']}"
+        )
+    return "\n".join(lines)
+
+
+def _num(v, width: int, digits: int) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return f"{'nan':>{width}}"
+    if abs(v) >= 10 ** (width - digits - 2):
+        return f"{v:>{width}.3g}"
+    return f"{v:>{width}.{digits}f}"
+
+
+# --------------------------------------------------------------------------- solve
+
+_GAME_KEYS = {
+    "demand", "latency", "tokens", "shareable", "residency", "cache_size", "prefill",
+    "worker_mask", "policy", "starts", "tol", "max_iters", "name", "description",
+}  # fmt: skip
+_LATENCY_KEYS = ("a", "b", "c", "p", "d", "kappa", "rho_max")
+_ARRAY_KEYS = ("demand", "tokens", "shareable", "residency", "cache_size", "worker_mask")
+
+
+def _numeric(src: str, name: str, v, allow_bool: bool, index=()) -> None:
+    """A number or nested arrays of numbers (JSON strings like "1.0" are not numbers)."""
+    if isinstance(v, list):
+        for i, x in enumerate(v):
+            _numeric(src, name, x, allow_bool, index + (i,))
+        return
+    ok = isinstance(v, bool) if allow_bool else False
+    ok = ok or (isinstance(v, int | float) and not isinstance(v, bool))
+    if not ok:
+        where = f"[{', '.join(map(str, index))}]" if index else ""
+        kind = "a boolean or number" if allow_bool else "a number"
+        raise InputError(f"{src}: {name}{where} = {v!r}: must be {kind}, got {_jtype(v)}")
+
+
+def _keys(src: str, path: str, obj, allowed, required=()) -> dict:
+    if not isinstance(obj, dict):
+        raise InputError(f"{src}: {path or 'game'}: must be an object, got {_jtype(obj)}")
+    pre = f"{path}." if path else ""
+    for k in obj:
+        if k not in allowed:
+            names = ", ".join(sorted(allowed))
+            raise InputError(f"{src}: {pre}{k}: unknown key (allowed: {names})")
+    for k in required:
+        if k not in obj:
+            raise InputError(f"{src}: {path or 'game'}: missing required key {k!r}")
+    return obj
+
+
+def _jtype(v) -> str:
+    return {dict: "object", list: "array", str: "string", bool: "boolean"}.get(
+        type(v), "null" if v is None else type(v).__name__
+    )
+
+
+def _int_field(src: str, name: str, v):
+    if v is None:
+        return None
+    if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+        raise InputError(f"{src}: {name} = {v!r}: must be an integer >= 1")
+    return v
+
+
+def read_game(path: str):
+    """Reads a game JSON file: ``(RoutingGame, Policy, options)``; raises :class:`InputError`."""
+    from poa_jax import policies
+    from poa_jax.game import RoutingGame
+    from poa_jax.latency import Latency, PrefillTime
+    from poa_jax.scenario import _policy_params
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such game file") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a directory, not a game file") from None
+    except json.JSONDecodeError as e:
+        raise InputError(
+            f"{path}: invalid JSON: {e.msg} (line {e.lineno}, column {e.colno})"
+        ) from None
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: not a UTF-8 text file ({e.reason})") from None
+    except OSError as e:
+        raise InputError(f"{path}: cannot read: {e.strerror}") from None
+
+    d = _keys(path, "", data, _GAME_KEYS, ("demand", "latency"))
+    lat = _keys(path, "latency", d["latency"], set(_LATENCY_KEYS))
+    fields = {k: d[k] for k in _ARRAY_KEYS if k in d}
+    fields.update({f"latency.{k}": v for k, v in lat.items()})
+    if "prefill" in d:
+        pre = _keys(path, "prefill", d["prefill"], {"a", "b", "c"})
+        fields.update({f"prefill.{k}": v for k, v in pre.items()})
+    for k, v in fields.items():
+        _numeric(path, k, v, allow_bool=k == "worker_mask")
+    kw = {k: d[k] for k in _ARRAY_KEYS if k in d and k != "demand"}
+    if "prefill" in d:
+        kw["prefill"] = PrefillTime(**d["prefill"])
+    for k in ("name", "description"):
+        if k in d and not isinstance(d[k], str):
+            raise InputError(f"{path}: {k} = {d[k]!r}: must be a string")
+    game = RoutingGame(demand=d["demand"], latency=Latency(**lat), **kw)
+
+    pol_d = d.get("policy", {"name": "selfish"})
+    if not isinstance(pol_d, dict):
+        raise InputError(f"{path}: policy: must be an object, got {_jtype(pol_d)}")
+    if "name" not in pol_d:
+        raise InputError(f"{path}: policy: missing required key 'name'")
+    name = pol_d["name"]
+    if not isinstance(name, str) or name not in policies.NAMES:
+        raise InputError(
+            f"{path}: policy.name = {name!r}: unknown policy, must be one of "
+            f"{', '.join(policies.NAMES)}"
+        )
+    params = {k: v for k, v in pol_d.items() if k != "name"}
+    allowed = _policy_params(name)
+    for k, v in params.items():
+        if k not in allowed:
+            raise InputError(
+                f"{path}: policy.{k}: unknown parameter of {name} "
+                f"(allowed: {', '.join(allowed) or 'none'})"
+            )
+        _numeric(path, f"policy.{k}", v, allow_bool=False)
+    if "credits" in params:
+        if not isinstance(params["credits"], list) or len(params["credits"]) != 3:
+            raise InputError(f"{path}: policy.credits: must be an array of 3 numbers")
+        params["credits"] = tuple(params["credits"])
+    policy = policies.from_name(name, **params)
+
+    tol = d.get("tol")
+    if tol is not None and (isinstance(tol, bool) or not isinstance(tol, int | float)):
+        raise InputError(f"{path}: tol = {tol!r}: must be a number > 0")
+    opts = {
+        "starts": _int_field(path, "starts", d.get("starts", 4)),
+        "tol": tol,
+        "max_iters": _int_field(path, "max_iters", d.get("max_iters")),
+    }
+    return game, policy, opts
+
+
+def _jsonable(a, single: bool = False):
+    """NumPy results as JSON values: scalars for 0-d, nested lists otherwise; NaN → null.
+
+    With ``single`` (a float32 solve) floats are written with float32's shortest repr.
+    """
+    a = np.asarray(a)
+    if single and a.dtype.kind == "f":
+        a = a.astype(np.float32)
+    if a.dtype == np.float32:
+        # Shortest repr of each float32 (1.3333334, not 1.3333333730697632).
+        flat = [float(str(np.float32(x))) for x in a.ravel()]
+        return _nan_to_none(np.array(flat, dtype=object).reshape(a.shape).tolist())
+    if a.dtype.kind == "f":
+        return _nan_to_none(a.astype(np.float64).tolist())
+    return a.tolist()
+
+
+def _nan_to_none(obj):
+    if isinstance(obj, list):
+        return [_nan_to_none(x) for x in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None if math.isnan(obj) else obj
+    return obj
+
+
+def _cmd_solve(args) -> int:
+    from poa_jax.poa import price_of_anarchy
+    from poa_jax.sweep import STATUS
+
+    _use_dtype(args.dtype)
+    game, policy, opts = read_game(args.game)
+    try:
+        res = price_of_anarchy(game, policy, dtype=args.dtype, **opts)
+    except InputError as e:
+        # Library messages name RoutingGame fields; the JSON keys are the same without it.
+        raise InputError(f"{args.game}: {str(e).replace('RoutingGame.', '')}") from None
+    names = np.vectorize(lambda c: STATUS.get(int(c), str(c)), otypes=[object])
+    eq, opt = res.equilibrium, res.optimum
+    single = args.dtype == "float32"
+    out = {
+        "poa": _jsonable(res.poa, single),
+        "price_of_stability": _jsonable(res.price_of_stability, single),
+        "equilibrium_cost": _jsonable(eq.social_cost, single),
+        "optimum_cost": _jsonable(opt.social_cost, single),
+        "equilibrium_mean_latency": _jsonable(eq.mean_latency, single),
+        "optimum_mean_latency": _jsonable(opt.mean_latency, single),
+        "flows": _jsonable(eq.flows, single),
+        "optimum_flows": _jsonable(opt.flows, single),
+        "gap": _jsonable(eq.gap, single),
+        "optimum_gap": _jsonable(opt.gap, single),
+        "iterations": _jsonable(eq.iterations, single),
+        "optimum_iterations": _jsonable(opt.iterations, single),
+        "converged": _jsonable(res.converged, single),
+        "status": names(np.asarray(eq.status)).tolist(),
+        "optimum_status": names(np.asarray(opt.status)).tolist(),
+        "converged_starts": _jsonable(res.converged_starts, single),
+        "overloaded": _jsonable(eq.overloaded, single),
+        "dtype": args.dtype,
+    }
+    # One key per line, each value compact (flows stay readable as nested lists).
+    body = ",\n".join(
+        f"  {json.dumps(k)}: {json.dumps(v, allow_nan=False)}" for k, v in out.items()
+    )
+    print("{\n" + body + "\n}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,832 @@
+r"""Scenarios: a workload, a worker model, topologies, a load axis and router policies to sweep.
+
+A :class:`Scenario` is a frozen, hashable description of a sweep of routing games (DESIGN §2.2,
+§3): every *topology* × *load point* × *policy* is one instance. It is loaded from TOML
+(:func:`load_scenario`; the built-in one is :func:`default_scenario`) or built in Python, and is
+checked eagerly: a bad field raises :class:`~poa_jax.InputError` naming the file, the TOML key
+path (e.g. ``policies[2].name``) and the rule, before anything is compiled.
+
+Units (the numbers every scenario shares):
+
+* ``tokens`` — prompt tokens per request of a class (a count, e.g. 128);
+* rates — requests per second (demand, ``residency``, ``cache_size``);
+* worker load — uncached prefill tokens per second (``kappa``, the load ``W_k`` of the latency);
+* times — milliseconds (the latency family ``a, b, c, d`` and the DistServe prefill time, whose
+  published OPT-13B coefficients are in ms with ``n`` in tokens).
+
+The load axis is *utilisation* ``u`` of a topology's token capacity ``Σ_k κ_k``: the total
+request rate is ``u·Σ_k κ_k / Σ_j mix_j L_j`` (requests/s), split over classes by ``mix``. At
+``u = 1`` the offered prompt tokens equal the capacity; prefix-cache hits remove part of that
+work, so overload (a worker past ``ρ_max·κ``) starts near ``u = 1``, later where more hits are
+kept.
+
+:meth:`Scenario.build` turns a scenario into one flat batch of ``N = T·U·P`` instances (policy
+fastest, then load, then topology), topologies padded to the largest worker count with
+``worker_mask`` False, with a label per instance.
+
+Example:
+  >>> from poa_jax import scenario
+  >>> sc = scenario.default_scenario()
+  >>> sc.shape                       # topologies × load points × policies
+  (2, 24, 4)
+  >>> batch = sc.build()
+  >>> batch.game.demand.shape, batch.labels[0].policy
+  ((192, 5), 'selfish')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.resources
+import inspect
+import json
+import math
+import os
+import tomllib
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from poa_jax import policies as _policies
+from poa_jax.errors import InputError
+from poa_jax.game import RoutingGame
+from poa_jax.latency import Latency, PrefillTime
+
+__all__ = [
+    "RequestClass",
+    "WorkerModel",
+    "Topology",
+    "LoadAxis",
+    "PolicySpec",
+    "SolverSettings",
+    "Scenario",
+    "PointLabel",
+    "Batch",
+    "load_scenario",
+    "default_scenario",
+    "DTYPES",
+    "DEFAULT_TOPOLOGIES",
+    "DEFAULT_POLICIES",
+]
+
+DTYPES = ("float32", "float64")
+_LATENCY_FIELDS = ("a", "b", "c", "p", "d", "kappa", "rho_max")
+_PREFILL_FIELDS = ("a", "b", "c")
+#: Per-worker fields a topology may override (scalars or one value per worker).
+_WORKER_FIELDS = _LATENCY_FIELDS + ("residency", "cache_size")
+
+
+# --------------------------------------------------------------------------- the parts
+
+
+@dataclasses.dataclass(frozen=True)
+class RequestClass:
+    """A request class (prompt template / prefix group).
+
+    Attributes:
+      name: unique label.
+      tokens: prompt tokens per request ``L_j`` (> 0).
+      shareable: shareable-prefix fraction ``η_j`` in [0, 1].
+      mix: relative share of requests (> 0); normalised over the classes.
+    """
+
+    name: str
+    tokens: float
+    shareable: float = 0.0
+    mix: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerModel:
+    """One worker: latency family (ms, load in tokens/s), DistServe prefill time, prefix cache.
+
+    Attributes:
+      a, b, c, p, d, kappa, rho_max: ``ℓ(W) = a + b·W + c·W^p + d·W/(κ − W)`` in ms for an
+        uncached prefill load ``W`` in tokens/s; ``kappa`` is the token capacity (finite, > 0).
+      prefill: DistServe prefill time ``s(n) = a + b·n + c·n²`` (ms, ``n`` uncached tokens).
+      residency: flow (requests/s) at which an idle worker keeps half of a class's prefix.
+      cache_size: flow (requests/s) at which eviction pressure doubles the residency.
+    """
+
+    a: float = 0.0
+    b: float = 0.0
+    c: float = 0.0
+    p: float = 1.0
+    d: float = 0.0
+    kappa: float = 1.0
+    rho_max: float = 0.99
+    prefill: PrefillTime = dataclasses.field(default_factory=PrefillTime)
+    residency: float = 1.0
+    cache_size: float = math.inf
+
+
+class _FrozenMap(tuple):
+    """A mapping frozen as a sorted tuple of ``(key, value)`` pairs (hashable)."""
+
+    __slots__ = ()
+
+
+def _freeze(value):
+    """Mappings → :class:`_FrozenMap`, lists → tuples, recursively (so configs hash)."""
+    if isinstance(value, _FrozenMap):
+        return value
+    if isinstance(value, Mapping):
+        return _FrozenMap(sorted((str(k), _freeze(v)) for k, v in value.items()))
+    if isinstance(value, list | tuple):
+        return tuple(_freeze(v) for v in value)
+    return value
+
+
+def _thaw(value):
+    """Inverse of :func:`_freeze`: dicts and lists."""
+    if isinstance(value, _FrozenMap):
+        return {k: _thaw(v) for k, v in value}
+    if isinstance(value, tuple):
+        return [_thaw(v) for v in value]
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class Topology:
+    """A pool of ``workers`` identical workers, optionally with per-worker overrides.
+
+    Attributes:
+      name: unique label, e.g. ``"1P/2D"``.
+      workers: number of (decode) workers the router chooses from, ≥ 1.
+      worker: overrides of :class:`WorkerModel` fields for this topology: a scalar for all its
+        workers or one value per worker (e.g. ``{"a": [8.0, 12.0]}``); ``"prefill"`` takes a
+        mapping of ``a, b, c``. Stored frozen; read it back with :meth:`overrides`.
+    """
+
+    name: str
+    workers: int
+    worker: Any = ()
+
+    def __post_init__(self):
+        object.__setattr__(self, "worker", _freeze(self.worker or {}))
+
+    def overrides(self) -> dict:
+        """The overrides as a plain dict."""
+        return _thaw(self.worker) if isinstance(self.worker, _FrozenMap) else {}
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadAxis:
+    """Utilisation points ``u`` of a topology's capacity ``Σκ``.
+
+    Either ``points`` evenly spaced values from ``min`` to ``max`` (inclusive), or explicit
+    ``values`` (then ``min``/``max``/``points`` are ignored).
+    """
+
+    min: float = 0.05
+    max: float = 1.20
+    points: int = 24
+    values: tuple[float, ...] | None = None
+
+    def __post_init__(self):
+        if self.values is not None:
+            object.__setattr__(self, "values", tuple(self.values))
+
+    def utilisation(self) -> np.ndarray:
+        """The utilisation grid, ``(U,)``."""
+        if self.values is not None:
+            return np.asarray(self.values, np.float64)
+        # Rounded so that grid points read as typed (0.4, not 0.39999999999999997).
+        return np.round(np.linspace(self.min, self.max, int(self.points)), 12)
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicySpec:
+    """A router policy by name (:func:`poa_jax.policies.from_name`) with parameters and a label.
+
+    Attributes:
+      name: ``selfish``, ``dynamo`` or ``load_balanced``.
+      params: keyword parameters of the policy constructor (e.g. ``omega``, ``tau``).
+      label: unique label in tables; default derived from name and parameters.
+    """
+
+    name: str
+    params: Any = ()
+    label: str | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "params", _freeze(self.params or {}))
+
+    def kwargs(self) -> dict:
+        """The parameters as a plain dict (lists for sequences)."""
+        return _thaw(self.params) if isinstance(self.params, _FrozenMap) else {}
+
+    def display(self) -> str:
+        """The label, or ``name(k=v, ...)`` when none was given."""
+        if self.label is not None:
+            return self.label
+        kw = self.kwargs()
+        if not kw:
+            return self.name
+        return f"{self.name}({', '.join(f'{k}={_fmt(v)}' for k, v in sorted(kw.items()))})"
+
+    def policy(self) -> _policies.Policy:
+        """The :class:`~poa_jax.policies.Policy` it names."""
+        kw = self.kwargs()
+        if "credits" in kw:
+            kw["credits"] = tuple(kw["credits"])
+        return _policies.from_name(self.name, **kw)
+
+
+def _fmt(v) -> str:
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(_fmt(x) for x in v) + "]"
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+@dataclasses.dataclass(frozen=True)
+class SolverSettings:
+    """Options passed to :func:`poa_jax.price_of_anarchy`.
+
+    Attributes:
+      starts: equilibrium starts per instance (≥ 1).
+      tol: relative-gap tolerance (default by dtype).
+      max_iters: iteration bound (default 1000).
+      dtype: ``"float32"`` or ``"float64"`` (float64 needs ``jax_enable_x64``).
+      optimum_starts: generated optimum starts besides the equilibria found (≥ 1).
+    """
+
+    starts: int = 4
+    tol: float | None = None
+    max_iters: int | None = None
+    dtype: str = "float32"
+    optimum_starts: int = 1
+
+
+#: Topologies when a scenario names none: 1P/2D and 1P/5D, identical workers.
+DEFAULT_TOPOLOGIES = (Topology("1P/2D", 2), Topology("1P/5D", 5))
+#: Policies when a scenario names none: selfish, Dynamo's defaults, the paper's saturated-regime
+#: Dynamo setting, and least-loaded routing.
+DEFAULT_POLICIES = (
+    PolicySpec("selfish", label="selfish"),
+    PolicySpec("dynamo", {"omega": 1.0, "tau": 0.0}, label="dynamo(w=1.0,t=0.0)"),
+    PolicySpec("dynamo", {"omega": 0.1, "tau": 0.8}, label="dynamo(w=0.1,t=0.8)"),
+    PolicySpec("load_balanced", label="load_balanced"),
+)
+
+
+class PointLabel(NamedTuple):
+    """Axis labels of one instance of :meth:`Scenario.build`."""
+
+    topology: str
+    workers: int
+    utilisation: float
+    demand_total: float  # requests/s
+    policy: str  # the policy's label
+    omega: float  # Dynamo's prefill weight ω (NaN for selfish)
+    tau: float  # router temperature τ
+
+
+class Batch(NamedTuple):
+    """What :meth:`Scenario.build` returns: a flat batch of ``N`` instances."""
+
+    game: RoutingGame  # fields (N, J) / (N, K), NumPy float64
+    policy: _policies.Policy  # fields (N,)
+    labels: list[PointLabel]  # N labels, in batch order
+
+
+# --------------------------------------------------------------------------- scenario
+
+
+@dataclasses.dataclass(frozen=True)
+class Scenario:
+    """A sweep: topologies × load points × policies on one workload and worker model.
+
+    Built directly (values are checked here) or by :func:`load_scenario` /
+    :meth:`from_dict` (keys and types checked there too). ``source`` names where it came from
+    (a file path) for error messages; it is not part of the scenario's identity.
+
+    Attributes:
+      name: scenario name (default output folder ``out/<name>``).
+      description: free text.
+      classes: the request classes (``J``).
+      worker: the worker model shared by all topologies.
+      topologies: the topologies (``T``; default :data:`DEFAULT_TOPOLOGIES`).
+      load: the utilisation axis (``U`` points; default 0.05 to 1.20 in 24 points).
+      policies: the router policies (``P``; default :data:`DEFAULT_POLICIES`).
+      solver: solver settings.
+    """
+
+    name: str
+    classes: tuple[RequestClass, ...]
+    worker: WorkerModel
+    topologies: tuple[Topology, ...] = DEFAULT_TOPOLOGIES
+    load: LoadAxis = dataclasses.field(default_factory=LoadAxis)
+    policies: tuple[PolicySpec, ...] = DEFAULT_POLICIES
+    solver: SolverSettings = dataclasses.field(default_factory=SolverSettings)
+    description: str = ""
+    source: str = dataclasses.field(default="", compare=False, repr=False)
+
+    def __post_init__(self):
+        for f in ("classes", "topologies", "policies"):
+            v = getattr(self, f)
+            if isinstance(v, list):
+                object.__setattr__(self, f, tuple(v))
+        _validate(self)
+
+    # -- shape and identity
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """``(T, U, P)``: topologies × load points × policies."""
+        return (len(self.topologies), len(self.load.utilisation()), len(self.policies))
+
+    @property
+    def num_points(self) -> int:
+        """``T·U·P``, the number of instances."""
+        t, u, p = self.shape
+        return t * u * p
+
+    def policy_labels(self) -> list[str]:
+        """Each policy's display label, in order."""
+        return [p.display() for p in self.policies]
+
+    def to_dict(self, *, canonical: bool = False) -> dict:
+        """All fields (defaults filled in) as TOML/JSON-ready data; inverse of :meth:`from_dict`.
+
+        Args:
+          canonical: write every policy's display label (what the results are labelled with)
+            even where none was given, for :meth:`canonical_json`.
+        """
+        w = self.worker
+        worker = {f: getattr(w, f) for f in _LATENCY_FIELDS}
+        worker["prefill"] = {f: float(np.asarray(getattr(w.prefill, f))) for f in _PREFILL_FIELDS}
+        worker["residency"] = w.residency
+        worker["cache_size"] = w.cache_size
+        load = (
+            {"values": list(self.load.values)}
+            if self.load.values is not None
+            else {"min": self.load.min, "max": self.load.max, "points": self.load.points}
+        )
+        solver = {k: v for k, v in dataclasses.asdict(self.solver).items() if v is not None}
+        return {
+            "name": self.name,
+            "description": self.description,
+            "workload": {"classes": [dataclasses.asdict(c) for c in self.classes]},
+            "worker": worker,
+            "topologies": [
+                {
+                    "name": t.name,
+                    "workers": t.workers,
+                    **({"worker": t.overrides()} if t.worker else {}),
+                }
+                for t in self.topologies
+            ],
+            "load": load,
+            "policies": [
+                {
+                    "name": p.name,
+                    **({"label": p.display()} if canonical or p.label is not None else {}),
+                    **({"params": p.kwargs()} if p.params else {}),
+                }
+                for p in self.policies
+            ],
+            "solver": solver,
+        }
+
+    def canonical_json(self) -> str:
+        """Canonical JSON of everything that determines the results (not name/description)."""
+        d = self.to_dict(canonical=True)
+        d.pop("name")
+        d.pop("description")
+        return json.dumps(_jsonable(d), sort_keys=True, separators=(",", ":"))
+
+    def hash(self) -> str:
+        """SHA-256 (first 16 hex digits) of :meth:`canonical_json`."""
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:16]
+
+    def with_solver(self, **changes) -> Scenario:
+        """A copy with some :class:`SolverSettings` fields replaced (e.g. ``dtype``)."""
+        return dataclasses.replace(self, solver=dataclasses.replace(self.solver, **changes))
+
+    @classmethod
+    def from_dict(cls, data: Mapping, source: str = "") -> Scenario:
+        """A scenario from parsed TOML/JSON data; unknown keys and wrong types raise."""
+        return _parse(data, source)
+
+    # -- the batch
+
+    def worker_arrays(self, topology: Topology) -> dict[str, np.ndarray]:
+        """Per-worker fields ``(workers,)`` of a topology: the model with its overrides."""
+        n = topology.workers
+        base = {f: getattr(self.worker, f) for f in _WORKER_FIELDS}
+        base.update({f"prefill.{f}": np.asarray(getattr(self.worker.prefill, f)) for f in "abc"})
+        over = dict(topology.overrides())
+        for f, v in over.pop("prefill", {}).items():
+            over[f"prefill.{f}"] = v
+        base.update(over)
+        return {f: np.broadcast_to(np.asarray(v, np.float64), (n,)).copy() for f, v in base.items()}
+
+    def build(self) -> Batch:
+        """The flat batch: ``N = T·U·P`` instances, policy fastest, then load, then topology.
+
+        Topologies with fewer workers than the largest are padded with copies of their first
+        worker (valid, finite parameters) and ``worker_mask`` False.
+
+        Returns:
+          A :class:`Batch` ``(game, policy, labels)``; game fields are NumPy float64 arrays
+          ``(N, J)`` / ``(N, K)``, policy fields ``(N,)``.
+        """
+        util = self.load.utilisation()
+        u_n, p_n = len(util), len(self.policies)
+        k_max = max(t.workers for t in self.topologies)
+        mix = np.array([c.mix for c in self.classes], np.float64)
+        mix = mix / mix.sum()
+        tokens = np.array([c.tokens for c in self.classes], np.float64)
+        share = np.array([c.shareable for c in self.classes], np.float64)
+        mean_tokens = float(mix @ tokens)
+
+        pols = [p.policy() for p in self.policies]
+        pol_rows = {
+            f.name: np.array([float(np.asarray(getattr(p, f.name))) for p in pols])
+            for f in dataclasses.fields(_policies.Policy)
+        }
+        labels_p = self.policy_labels()
+        omega = [
+            float("nan") if p.name == "selfish" else float(np.asarray(q.w_prefill))
+            for p, q in zip(self.policies, pols, strict=True)
+        ]
+        tau = [float(np.asarray(q.tau)) for q in pols]
+
+        per_topo, demand_rows, labels = [], [], []
+        for t in self.topologies:
+            arr = self.worker_arrays(t)
+            pad = k_max - t.workers
+            arr = {f: np.concatenate([v, np.repeat(v[:1], pad)]) for f, v in arr.items()}
+            arr["mask"] = np.arange(k_max) < t.workers
+            per_topo.append(arr)
+            capacity = float(arr["kappa"][: t.workers].sum())
+            for u in util:
+                total = float(u) * capacity / mean_tokens
+                demand_rows.append(total * mix)
+                for i in range(p_n):
+                    labels.append(
+                        PointLabel(
+                            t.name, t.workers, float(u), total, labels_p[i], omega[i], tau[i]
+                        )
+                    )
+        n = len(labels)
+        rep = u_n * p_n  # instances per topology
+
+        def k_field(name):
+            return np.repeat(np.stack([a[name] for a in per_topo]), rep, axis=0)
+
+        demand = np.repeat(np.stack(demand_rows), p_n, axis=0)
+        game = RoutingGame(
+            demand=demand,
+            latency=Latency(**{f: k_field(f) for f in _LATENCY_FIELDS}),
+            tokens=np.broadcast_to(tokens, (n, tokens.size)).copy(),
+            shareable=np.broadcast_to(share, (n, share.size)).copy(),
+            residency=k_field("residency"),
+            cache_size=k_field("cache_size"),
+            prefill=PrefillTime(**{f: k_field(f"prefill.{f}") for f in _PREFILL_FIELDS}),
+            worker_mask=k_field("mask"),
+        )
+        policy = _policies.Policy(**{f: np.tile(v, n // p_n) for f, v in pol_rows.items()})
+        return Batch(game, policy, labels)
+
+
+_INT_KEYS = {"workers", "points", "starts", "max_iters", "optimum_starts"}
+
+
+def _jsonable(v, key: str = ""):
+    """JSON-ready copy: numbers as floats (ints only for counts, so ``8000`` ≡ ``8000.0``)."""
+    if isinstance(v, dict):
+        return {k: _jsonable(x, k) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_jsonable(x, key) for x in v]
+    if _is_int(v) and key in _INT_KEYS:
+        return int(v)
+    if _is_number(v):
+        v = float(v)
+        return v if math.isfinite(v) else repr(v)  # "inf": JSON has no infinity
+    return v
+
+
+# --------------------------------------------------------------------------- value rules
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, int | float | np.floating | np.integer) and not isinstance(v, bool)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int | np.integer) and not isinstance(v, bool)
+
+
+class _Check:
+    """Raises :class:`InputError` as ``<source>: <key path> = <value>: <rule>``."""
+
+    def __init__(self, source: str):
+        self.source = source or "Scenario"
+
+    def fail(self, path: str, rule: str, value: Any = dataclasses.MISSING):
+        shown = "" if value is dataclasses.MISSING else f" = {value!r}"
+        raise InputError(f"{self.source}: {path}{shown}: {rule}")
+
+    def number(self, path, v, rule="finite", *, allow_inf=False):
+        if not _is_number(v):
+            self.fail(path, f"must be a number, got {type(v).__name__}", v)
+        v = float(v)
+        if math.isnan(v) or (math.isinf(v) and not (allow_inf and v > 0)):
+            self.fail(path, "must be finite" + (" (or inf)" if allow_inf else ""), v)
+        tests = {
+            "finite": (lambda x: True, ""),
+            "ge0": (lambda x: x >= 0, "must be >= 0"),
+            "gt0": (lambda x: x > 0, "must be > 0"),
+            "ge1": (
+                lambda x: x >= 1,
+                "must be >= 1 (the latency family is convex only for p >= 1)",
+            ),
+            "unit": (lambda x: 0 <= x <= 1, "must be in [0, 1]"),
+            "open_unit": (lambda x: 0 < x < 1, "must be in (0, 1)"),
+        }
+        ok, text = tests[rule]
+        if not ok(v):
+            self.fail(path, text, v)
+
+    def integer(self, path, v, minimum=1):
+        if not _is_int(v):
+            self.fail(path, f"must be an integer, got {type(v).__name__}", v)
+        if v < minimum:
+            self.fail(path, f"must be an integer >= {minimum}", v)
+
+    def string(self, path, v):
+        if not isinstance(v, str) or not v.strip():
+            self.fail(path, "must be a non-empty string", v)
+
+
+_WORKER_RULES = dict(
+    a="ge0", b="ge0", c="ge0", p="ge1", d="ge0", kappa="gt0", rho_max="open_unit",
+    residency="gt0", cache_size="gt0",
+)  # fmt: skip
+
+
+def _policy_params(name: str) -> list[str]:
+    """Keyword parameters of the policy constructor ``name``."""
+    makers = {
+        "selfish": _policies.selfish,
+        "dynamo": _policies.dynamo,
+        "load_balanced": _policies.load_balanced,
+    }
+    return list(inspect.signature(makers[name]).parameters)
+
+
+def _validate(s: Scenario) -> None:
+    """Every value rule of a scenario, with TOML key paths in the messages."""
+    ck = _Check(s.source)
+    ck.string("name", s.name)
+    if not isinstance(s.description, str):
+        ck.fail("description", "must be a string", s.description)
+
+    if not s.classes:
+        ck.fail("workload.classes", "needs at least one request class")
+    seen = set()
+    for i, c in enumerate(s.classes):
+        p = f"workload.classes[{i}]"
+        if not isinstance(c, RequestClass):
+            ck.fail(p, f"must be a RequestClass, got {type(c).__name__}")
+        ck.string(f"{p}.name", c.name)
+        if c.name in seen:
+            ck.fail(f"{p}.name", "duplicate class name", c.name)
+        seen.add(c.name)
+        ck.number(f"{p}.tokens", c.tokens, "gt0")
+        ck.number(f"{p}.shareable", c.shareable, "unit")
+        ck.number(f"{p}.mix", c.mix, "gt0")
+
+    w = s.worker
+    if not isinstance(w, WorkerModel):
+        ck.fail("worker", f"must be a WorkerModel, got {type(w).__name__}")
+    for f, rule in _WORKER_RULES.items():
+        ck.number(f"worker.{f}", getattr(w, f), rule, allow_inf=f == "cache_size")
+    if not isinstance(w.prefill, PrefillTime):
+        ck.fail("worker.prefill", f"must be a PrefillTime, got {type(w.prefill).__name__}")
+    for f in _PREFILL_FIELDS:
+        ck.number(f"worker.prefill.{f}", getattr(w.prefill, f), "ge0")
+
+    if not s.topologies:
+        ck.fail("topologies", "needs at least one topology")
+    seen = set()
+    for i, t in enumerate(s.topologies):
+        p = f"topologies[{i}]"
+        if not isinstance(t, Topology):
+            ck.fail(p, f"must be a Topology, got {type(t).__name__}")
+        ck.string(f"{p}.name", t.name)
+        if t.name in seen:
+            ck.fail(f"{p}.name", "duplicate topology name", t.name)
+        seen.add(t.name)
+        ck.integer(f"{p}.workers", t.workers, 1)
+        if t.worker != () and not isinstance(t.worker, _FrozenMap):
+            ck.fail(f"{p}.worker", "must be a table of worker fields", _thaw(t.worker))
+        over = t.overrides()
+        for f, v in over.items():
+            if f == "prefill":
+                if not isinstance(v, dict):
+                    ck.fail(f"{p}.worker.prefill", "must be a table of a, b, c", v)
+                for g, x in v.items():
+                    if g not in _PREFILL_FIELDS:
+                        ck.fail(f"{p}.worker.prefill.{g}", "unknown key (allowed: a, b, c)")
+                    _per_worker(ck, f"{p}.worker.prefill.{g}", x, t.workers, "ge0", False)
+            elif f in _WORKER_RULES:
+                rule = _WORKER_RULES[f]
+                _per_worker(ck, f"{p}.worker.{f}", v, t.workers, rule, f == "cache_size")
+            else:
+                allowed = ", ".join(_WORKER_FIELDS + ("prefill",))
+                ck.fail(f"{p}.worker.{f}", f"unknown key (allowed: {allowed})")
+
+    ld = s.load
+    if not isinstance(ld, LoadAxis):
+        ck.fail("load", f"must be a LoadAxis, got {type(ld).__name__}")
+    if ld.values is not None:
+        if len(ld.values) == 0:
+            ck.fail("load.values", "needs at least one utilisation value")
+        for i, v in enumerate(ld.values):
+            ck.number(f"load.values[{i}]", v, "gt0")
+    else:
+        ck.number("load.min", ld.min, "gt0")
+        ck.number("load.max", ld.max, "gt0")
+        if ld.max < ld.min:
+            ck.fail("load.max", f"must be >= load.min = {ld.min!r}", ld.max)
+        ck.integer("load.points", ld.points, 1)
+
+    if not s.policies:
+        ck.fail("policies", "needs at least one policy")
+    seen = set()
+    for i, pol in enumerate(s.policies):
+        p = f"policies[{i}]"
+        if not isinstance(pol, PolicySpec):
+            ck.fail(p, f"must be a PolicySpec, got {type(pol).__name__}")
+        if not isinstance(pol.name, str) or pol.name not in _policies.NAMES:
+            ck.fail(
+                f"{p}.name",
+                f"unknown policy: must be one of {', '.join(_policies.NAMES)}",
+                pol.name,
+            )
+        if pol.label is not None:
+            ck.string(f"{p}.label", pol.label)
+        if pol.params != () and not isinstance(pol.params, _FrozenMap):
+            ck.fail(f"{p}.params", "must be a table of parameters", _thaw(pol.params))
+        allowed = _policy_params(pol.name)
+        for k, v in pol.kwargs().items():
+            if k not in allowed:
+                names = ", ".join(allowed) or "none"
+                ck.fail(f"{p}.params.{k}", f"unknown parameter of {pol.name} (allowed: {names})")
+            if k == "credits":
+                if not isinstance(v, list) or len(v) != 3:
+                    ck.fail(f"{p}.params.credits", "must be a list of 3 numbers (G1, G2, G3)", v)
+                for j, x in enumerate(v):
+                    ck.number(f"{p}.params.credits[{j}]", x, "ge0")
+            else:
+                ck.number(f"{p}.params.{k}", v, "ge0")
+        label = pol.display()
+        if label in seen:
+            ck.fail(f"{p}.label", "duplicate policy label (give each policy its own label)", label)
+        seen.add(label)
+
+    sv = s.solver
+    if not isinstance(sv, SolverSettings):
+        ck.fail("solver", f"must be a SolverSettings, got {type(sv).__name__}")
+    ck.integer("solver.starts", sv.starts, 1)
+    ck.integer("solver.optimum_starts", sv.optimum_starts, 1)
+    if sv.tol is not None:
+        ck.number("solver.tol", sv.tol, "gt0")
+    if sv.max_iters is not None:
+        ck.integer("solver.max_iters", sv.max_iters, 1)
+    if sv.dtype not in DTYPES:
+        ck.fail("solver.dtype", f"must be one of {', '.join(DTYPES)}", sv.dtype)
+
+
+def _per_worker(ck: _Check, path, v, n, rule, allow_inf):
+    if isinstance(v, list | tuple):
+        if len(v) != n:
+            ck.fail(path, f"has {len(v)} values: must be one number or one per worker ({n})")
+        for i, x in enumerate(v):
+            ck.number(f"{path}[{i}]", x, rule, allow_inf=allow_inf)
+    else:
+        ck.number(path, v, rule, allow_inf=allow_inf)
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+_TOP = {"name", "description", "workload", "worker", "topologies", "load", "policies", "solver"}
+_TOP_REQUIRED = ("workload", "worker")
+
+
+def _table(ck: _Check, path: str, v, allowed=None, required=()) -> dict:
+    """``v`` as a dict; unknown keys (when ``allowed`` is given) and missing keys raise."""
+    if not isinstance(v, Mapping):
+        ck.fail(path or "scenario", f"must be a table, got {type(v).__name__}")
+    pre = f"{path}." if path else ""
+    for k in v:
+        if allowed is not None and k not in allowed:
+            ck.fail(f"{pre}{k}", f"unknown key (allowed: {', '.join(sorted(allowed))})")
+    for k in required:
+        if k not in v:
+            ck.fail(path or "scenario", f"missing required key {k!r}")
+    return dict(v)
+
+
+def _array(ck: _Check, path: str, v) -> list:
+    if not isinstance(v, list | tuple):
+        ck.fail(path, f"must be an array of tables, got {type(v).__name__}")
+    return list(v)
+
+
+def _parse(data: Mapping, source: str) -> Scenario:
+    ck = _Check(source)
+    top = _table(ck, "", data, _TOP, _TOP_REQUIRED)
+    stem = os.path.splitext(os.path.basename(source))[0] if source else ""
+    name = top.get("name", stem)
+
+    wl = _table(ck, "workload", top["workload"], {"classes"}, ("classes",))
+    classes = []
+    for i, c in enumerate(_array(ck, "workload.classes", wl["classes"])):
+        p = f"workload.classes[{i}]"
+        c = _table(ck, p, c, {"name", "tokens", "shareable", "mix"}, ("name", "tokens"))
+        classes.append(RequestClass(**c))
+
+    wk = _table(ck, "worker", top["worker"], set(_WORKER_FIELDS) | {"prefill"}, ("kappa",))
+    pre = _table(ck, "worker.prefill", wk.pop("prefill", {}), set(_PREFILL_FIELDS))
+    worker = WorkerModel(**wk, prefill=PrefillTime(**pre))
+
+    topologies = []
+    for i, t in enumerate(_array(ck, "topologies", top.get("topologies", DEFAULT_TOPOLOGIES))):
+        if isinstance(t, Topology):
+            topologies.append(t)
+            continue
+        p = f"topologies[{i}]"
+        t = _table(ck, p, t, {"name", "workers", "worker"}, ("name", "workers"))
+        over = _table(ck, f"{p}.worker", t.get("worker", {}), set(_WORKER_FIELDS) | {"prefill"})
+        if "prefill" in over:
+            _table(ck, f"{p}.worker.prefill", over["prefill"], set(_PREFILL_FIELDS))
+        topologies.append(Topology(name=t["name"], workers=t["workers"], worker=over))
+
+    ld = _table(ck, "load", top.get("load", {}), {"min", "max", "points", "values"})
+    if "values" in ld:
+        if set(ld) & {"min", "max", "points"}:
+            ck.fail("load", "give either values or min/max/points, not both")
+        if not isinstance(ld["values"], list | tuple):
+            ck.fail("load.values", "must be an array of numbers", ld["values"])
+    load = LoadAxis(**ld)
+
+    pols = []
+    for i, p_ in enumerate(_array(ck, "policies", top.get("policies", DEFAULT_POLICIES))):
+        if isinstance(p_, PolicySpec):
+            pols.append(p_)
+            continue
+        p = f"policies[{i}]"
+        p_ = _table(ck, p, p_, {"name", "params", "label"}, ("name",))
+        # Parameter names are checked per policy in _validate, which knows the constructor.
+        params = _table(ck, f"{p}.params", p_.get("params", {}))
+        pols.append(PolicySpec(name=p_["name"], params=params, label=p_.get("label")))
+
+    sv = _table(
+        ck, "solver", top.get("solver", {}), {f.name for f in dataclasses.fields(SolverSettings)}
+    )
+    return Scenario(
+        name=name,
+        description=top.get("description", ""),
+        classes=tuple(classes),
+        worker=worker,
+        topologies=tuple(topologies),
+        load=load,
+        policies=tuple(pols),
+        solver=SolverSettings(**sv),
+        source=source,
+    )
+
+
+def load_scenario(path: str | os.PathLike) -> Scenario:
+    """Reads a scenario TOML file.
+
+    Raises:
+      InputError: missing file, invalid TOML, or a key or value breaking a rule (the message
+        names the file, the key path and the rule).
+    """
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such scenario file") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a directory, not a scenario file") from None
+    except tomllib.TOMLDecodeError as e:
+        raise InputError(f"{path}: invalid TOML: {e}") from None
+    except OSError as e:
+        raise InputError(f"{path}: cannot read: {e.strerror}") from None
+    return Scenario.from_dict(data, source=path)
+
+
+def default_scenario() -> Scenario:
+    """The built-in scenario (``poa_jax/data/default.toml``; illustrative numbers)."""
+    text = importlib.resources.files("poa_jax.data").joinpath("default.toml").read_text("utf-8")
+    return Scenario.from_dict(tomllib.loads(text), source="default.toml")

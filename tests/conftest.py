@@ -1,0 +1,131 @@
+"""Test configuration: strict numerics, the ``gpu`` marker, seeded random games.
+
+Strict numerics at import (STYLE 11, as in optimistix's ``tests/conftest.py``): float64 on, and
+implicit rank promotion is an error, so a shape bug fails here on the CPU instead of broadcasting
+silently on a GPU.
+
+Compile time dominates this suite (one jitted solver costs seconds to compile on CPU, then
+milliseconds to run), so the fixtures below fix a few batch shapes that the test files share:
+
+* ``(8, 3, 4)`` — eight games of 3 classes × 4 workers: the scipy reference (no cache term), the
+  batched/looped, dtype, policy and overload checks (cache term on);
+* ``(64, 5, 6)`` — the cache-on random family for the invariants of ``price_of_anarchy``.
+"""
+
+from __future__ import annotations
+
+import jax
+
+jax.config.update("jax_enable_x64", True)
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from poa_jax.synthetic import random_games  # noqa: E402
+
+#: Batch shape (instances, classes, workers) shared by the small-batch tests.
+SMALL = (8, 3, 4)
+#: Batch shape of the cache-on invariant family.
+LARGE = (64, 5, 6)
+
+
+def _has_gpu() -> bool:
+    try:
+        return any(d.platform == "gpu" for d in jax.devices())
+    except RuntimeError:
+        return False
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: needs a GPU; skipped on CPU")
+
+
+def pytest_collection_modifyitems(config, items):
+    if _has_gpu():
+        return
+    skip = pytest.mark.skip(reason="needs a GPU (jax.devices() has none)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def make_games():
+    """``make_games(seed, batch, classes, workers, cache=...)``: seeded random game batches."""
+    return random_games
+
+
+@pytest.fixture(scope="session")
+def plain_games():
+    """``SMALL`` batch without the cache term (classic routing games), seed 11."""
+    return random_games(11, *SMALL, cache=False)
+
+
+@pytest.fixture(scope="session")
+def cache_games():
+    """``SMALL`` batch with the cache term, seed 12."""
+    return random_games(12, *SMALL, cache=True)
+
+
+@pytest.fixture(scope="session")
+def cache_games_other():
+    """A second ``SMALL`` cache-on batch with different numbers (seed 13), same shapes."""
+    return random_games(13, *SMALL, cache=True)
+
+
+@pytest.fixture(scope="session")
+def large_cache_games():
+    """``LARGE`` batch with the cache term, seed 0."""
+    return random_games(0, *LARGE, cache=True)
+
+
+class CompileCounter:
+    """Counts XLA compilations (``jax.monitoring`` backend-compile events) while registered.
+
+    Independent of how the library arranges its jitted functions: any new executable, for any
+    function, counts.
+    """
+
+    EVENT = "/jax/core/compile/backend_compile_duration"
+    #: JAX's own one-op helpers (host-to-device staging, dtype conversion), not solver code.
+    HELPERS = frozenset({"jit(stage)", "jit(convert_element_type)", "jit(broadcast_in_dim)"})
+
+    def __init__(self):
+        self.names: list[str] = []
+
+    @property
+    def count(self) -> int:
+        """Executables compiled so far."""
+        return len(self.names)
+
+    @property
+    def solver_count(self) -> int:
+        """Executables compiled so far, JAX's one-op transfer helpers left out."""
+        return sum(n not in self.HELPERS for n in self.names)
+
+    def __call__(self, event: str, duration: float, **kwargs) -> None:
+        if event == self.EVENT:
+            self.names.append(str(kwargs.get("fun_name", "?")))
+
+
+@pytest.fixture
+def compile_counter():
+    """A :class:`CompileCounter` registered for the duration of the test."""
+    counter = CompileCounter()
+    jax.monitoring.register_event_duration_secs_listener(counter)
+    try:
+        yield counter
+    finally:
+        jax.monitoring.unregister_event_duration_listener(counter)
+
+
+def take(tree, idx):
+    """Instances ``idx`` of a batched pytree (scalar leaves, which broadcast, are kept)."""
+    return jax.tree_util.tree_map(lambda a: np.asarray(a)[idx] if np.ndim(a) else a, tree)
+
+
+@pytest.fixture(scope="session")
+def take_instances():
+    """``take_instances(game, idx)``: a sub-batch of a batched game (see :func:`take`)."""
+    return take

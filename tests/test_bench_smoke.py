@@ -1,0 +1,83 @@
+"""The benchmark cannot rot: its smoke mode runs, and the SciPy reference's calculus is right."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `benchmarks` is a folder of the repository, not installed
+    sys.path.insert(0, str(ROOT))
+
+pytest.importorskip("scipy")
+
+import poa_jax as pj  # noqa: E402
+from benchmarks import bench_routing  # noqa: E402
+from benchmarks import scipy_reference as sr  # noqa: E402
+from poa_jax.synthetic import random_games  # noqa: E402
+
+
+def test_smoke_mode_reports_everything(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    res = bench_routing.main(["--smoke", "--json", str(out)])
+    text = capsys.readouterr().out
+
+    assert set(res) == {"meta", "sizes", "scipy", "speedup", "agreement"}
+    for key in ("date", "device", "jax", "cpu_count", "dtype", "tol", "git"):
+        assert key in res["meta"]
+    (row,) = res["sizes"]
+    assert row["n"] == 16 and row["repeats"] >= 1
+    for part in ("first_call_s", "steady_s", "rate"):
+        assert all(v > 0 for v in row[part].values()), part
+    assert set(row["rate"]) == {"equilibrium", "optimum", "both"}
+    for solver in ("equilibrium", "optimum"):
+        conv = row[solver]
+        assert 0.0 <= conv["converged_share"] <= 1.0
+        assert conv["iterations_max"] >= conv["iterations_median"] >= 0
+
+    sp = res["scipy"]
+    assert sp["instances"] == 2
+    assert all(v > 0 for v in sp["rate"].values())
+    assert all(0.0 <= v <= 1.0 for v in sp["reached_tol"].values())
+    assert res["speedup"]["16"] > 0
+    assert {"equilibrium_sc", "optimum_sc", "poa"} <= set(res["agreement"])
+
+    assert json.loads(out.read_text())["sizes"][0]["n"] == 16
+    for heading in ("Throughput", "Convergence", "SciPy reference", "Speed-up", "Agreement"):
+        assert heading in text
+
+
+def _central(f, x, eps=1e-6):
+    """Central differences of ``f: (J, K) → (...)``, derivative axes last."""
+    cols = []
+    for idx in np.ndindex(x.shape):
+        e = np.zeros_like(x)
+        e[idx] = eps
+        cols.append((np.asarray(f(x + e)) - np.asarray(f(x - e))) / (2 * eps))
+    return np.stack(cols, -1).reshape(np.shape(f(x)) + x.shape)
+
+
+@pytest.mark.parametrize("i", [0, 3])
+def test_reference_derivatives_match_differences(i):
+    inst = sr.instance(random_games(11, 8, 5, 6, cache=True), i)
+    rng = np.random.default_rng(i)
+    x = inst.demand[:, None] * rng.dirichlet(np.full(6, 5.0), 5)  # away from the kinks
+    grad = sr.social_cost_grad(inst, x)
+    np.testing.assert_allclose(grad, _central(lambda z: sr.social_cost(inst, z), x), rtol=1e-5)
+    jac = sr.cost_jacobian(inst, x)
+    num = _central(lambda z: sr.true_cost(inst, z), x)
+    np.testing.assert_allclose(jac, num, rtol=1e-5, atol=1e-8 * np.abs(jac).max())
+
+
+def test_reference_on_pigou():
+    """Pigou: equilibrium all on the variable link (SC 1), optimum half/half (SC 3/4)."""
+    inst = sr.instance(pj.RoutingGame(demand=[1.0], latency=pj.Latency(a=[0.0, 1.0], b=[1.0, 0.0])))
+    eq = sr.equilibrium(inst, tol=1e-9)
+    opt = sr.optimum(inst, tol=1e-9)
+    assert eq.success and opt.success
+    assert eq.social_cost == pytest.approx(1.0, rel=1e-8)
+    assert opt.social_cost == pytest.approx(0.75, rel=1e-8)

@@ -1,0 +1,458 @@
+"""The ``poa-jax`` command line end to end: sweeps, resuming, ``solve``, and bad input.
+
+Compile time dominates, so the sweep tests share one tiny scenario (2 topologies × 3 loads × 2
+policies, 2 starts, chunks of 8 points: one full and one padded part) solved once per module;
+the reruns reuse its executables. One test runs the real default scenario, and one runs the
+installed console script in a subprocess.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import io
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from poa_jax import cli, sweep
+from poa_jax import scenario as S
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+GAME = ROOT / "examples" / "game.json"
+PIGOU = 4.0 / 3.0
+
+TINY = """\
+name = "tiny"
+description = "two classes, a 1-worker and a 2-worker topology, three loads, two policies"
+
+[[workload.classes]]
+name = "short"
+tokens = 128
+shareable = 0.5
+mix = 0.7
+
+[[workload.classes]]
+name = "long"
+tokens = 1024
+shareable = 0.2
+mix = 0.3
+
+[worker]
+a = 8.0
+d = 40.0
+kappa = 8000.0
+rho_max = 0.95
+residency = 1.0
+cache_size = 2.0
+prefill = { a = 18.10, b = 0.1019, c = 7.12e-6 }
+
+[[topologies]]
+name = "1D"
+workers = 1
+
+[[topologies]]
+name = "2D"
+workers = 2
+worker = { kappa = [9000.0, 7000.0] }
+
+[load]
+values = [0.3, 0.7, 1.0]
+
+[[policies]]
+name = "selfish"
+
+[[policies]]
+name = "load_balanced"
+label = "balanced"
+
+[solver]
+starts = 2
+dtype = "float32"
+"""
+CHUNK = "8"  # 12 points: parts of 8 and 4 (padded to 8)
+
+
+class Run(collections.namedtuple("Run", "rc out err")):
+    """Exit status and captured output of one ``cli.main`` call."""
+
+
+def run(*argv) -> Run:
+    """``cli.main(argv)`` in process, capturing stdout and stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = cli.main([str(a) for a in argv])
+    return Run(rc, out.getvalue(), err.getvalue())
+
+
+def _table_text(stdout: str) -> str:
+    """The printed table without the timing line and the output paths (which vary)."""
+    keep = [
+        ln
+        for ln in stdout.splitlines()
+        if not ln.startswith(("converged ", "results:", "summary:"))
+    ]
+    return "\n".join(keep)
+
+
+@pytest.fixture(scope="module")
+def tiny_toml(tmp_path_factory):
+    path = tmp_path_factory.mktemp("scenario") / "tiny.toml"
+    path.write_text(TINY, encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_toml, tmp_path_factory):
+    """The tiny sweep, solved once, with the batch shapes handed to the solver."""
+    out = tmp_path_factory.mktemp("sweep") / "tiny"
+    calls = []
+    solve = sweep.price_of_anarchy
+
+    def spy(game, policy, **kw):
+        tau = np.asarray(policy.tau)
+        calls.append((np.shape(game.demand), np.shape(game.latency.a), int((tau > 0).sum())))
+        return solve(game, policy, **kw)
+
+    sweep.price_of_anarchy = spy
+    try:
+        res = run("sweep", tiny_toml, "--out", out, "--chunk", CHUNK, "--no-progress")
+    finally:
+        sweep.price_of_anarchy = solve
+    assert res.rc == 0, res.err
+    return {"out": out, "run": res, "calls": calls}
+
+
+def _summary(folder) -> dict:
+    return json.loads((pathlib.Path(folder) / "summary.json").read_text())
+
+
+# --------------------------------------------------------------------------- sweep
+
+
+def test_tiny_sweep_prints_a_table(tiny_run):
+    res = tiny_run["run"]
+    for text in ("scenario tiny", "1D (1 worker) · selfish", "2D (2 workers) · balanced", "PoA"):
+        assert text in res.out
+    assert "max PoA per topology and policy" in res.out
+    assert f"results: {tiny_run['out'] / 'results.parquet'}" in res.out
+    assert f"summary: {tiny_run['out'] / 'summary.json'}" in res.out
+    # one row per load in each of the 4 blocks
+    rows = [ln for ln in res.out.splitlines() if ln.startswith(("   0.30", "   0.70", "   1.00"))]
+    assert len(rows) == 12
+
+
+def test_tiny_sweep_results_table(tiny_run, tiny_toml):
+    table = pq.read_table(tiny_run["out"] / "results.parquet")
+    assert table.num_rows == 12
+    assert table.column_names == list(sweep.COLUMNS)
+    d = table.to_pydict()
+    assert d["point"] == list(range(12))
+    assert set(d["topology"]) == {"1D", "2D"} and set(d["policy"]) == {"selfish", "balanced"}
+    assert sorted(set(d["utilisation"])) == [0.3, 0.7, 1.0]
+    poa, pos = np.array(d["poa"]), np.array(d["price_of_stability"])
+    assert np.all(np.isfinite(poa)) and np.all(poa >= 1.0 - 1e-6), poa
+    assert np.all(pos >= 1.0 - 1e-6) and np.all(pos <= poa + 1e-9)
+    assert np.all(np.array(d["opt_cost"]) <= np.array(d["eq_cost"]) * (1 + 1e-9))
+    # One optimum per game: every policy of a (topology, load) is measured against it.
+    opt = np.array(d["opt_cost"]).reshape(6, 2)
+    assert np.all(opt[:, 0] == opt[:, 1])
+    assert set(d["eq_status"]) | set(d["opt_status"]) <= set(sweep.STATUS.values())
+    assert all(0 <= c <= 2 for c in d["converged_starts"])
+    assert d["omega"][0] is None and d["omega"][1] == 0.0  # selfish has no ω
+    # A 1-worker topology has one routing: equilibrium = optimum.
+    one = [i for i in range(12) if d["topology"][i] == "1D"]
+    np.testing.assert_allclose(poa[one], 1.0, atol=1e-6)
+    sc = S.load_scenario(tiny_toml)
+    np.testing.assert_allclose(d["demand_total"], [lb.demand_total for lb in sc.build().labels])
+
+
+def test_tiny_sweep_summary(tiny_run, tiny_toml):
+    s = _summary(tiny_run["out"])
+    sc = S.load_scenario(tiny_toml)
+    assert s["scenario"] == "tiny" and s["points"] == 12
+    assert s["scenario_hash"] == sc.hash()
+    assert s["shape"] == {"topologies": 2, "loads": 3, "policies": 2}
+    assert s["utilisation"] == [0.3, 0.7, 1.0]
+    assert 0.0 <= s["converged_share"] <= 1.0
+    assert s["jax_version"] == jax.__version__
+    assert s["device"]["platform"] == jax.devices()[0].platform
+    assert s["device"]["device_kind"] == jax.devices()[0].device_kind
+    wt = s["wall_time_s"]
+    assert wt["parts_computed"] == 2 and wt["parts_reused"] == 0
+    assert 0 < wt["first_call"] <= wt["total"]
+    per = s["per_topology_policy"]
+    assert [(p["topology"], p["policy"]) for p in per] == [
+        ("1D", "selfish"),
+        ("1D", "balanced"),
+        ("2D", "selfish"),
+        ("2D", "balanced"),
+    ]
+    for p in per:
+        assert len(p["poa"]) == 3 and p["max_poa"] == max(p["poa"])
+        assert p["utilisation_at_max_poa"] == s["utilisation"][int(np.argmax(p["poa"]))]
+        assert 0.0 <= p["converged_share"] <= 1.0
+    manifest = json.loads((tiny_run["out"] / "parts" / "manifest.json").read_text())
+    assert manifest["scenario_hash"] == sc.hash() and manifest["parts"] == 2
+
+
+def test_every_chunk_has_the_same_shape(tiny_run):
+    # 12 points in chunks of 8: the last chunk (4 points) is padded to 8, so JAX sees one
+    # batch shape (and one split into argmin / logit policies) and compiles once.
+    assert tiny_run["calls"] == [((8, 2), (8, 2), 0)] * 2
+
+
+def test_rerun_reuses_every_part(tiny_run, tiny_toml, tmp_path):
+    out = tmp_path / "again"
+    shutil.copytree(tiny_run["out"], out)
+    stamps = {p.name: p.stat().st_mtime_ns for p in (out / "parts").glob("part-*.parquet")}
+    res = run("sweep", tiny_toml, "--out", out, "--chunk", CHUNK)  # with the progress bar
+    assert res.rc == 0, res.err
+    assert "12/12" in res.err and "converged=" in res.err
+    wt = _summary(out)["wall_time_s"]
+    assert wt["parts_computed"] == 0 and wt["parts_reused"] == 2 and wt["first_call"] is None
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "parts").glob("part-*")} == stamps
+    assert pq.read_table(out / "results.parquet").equals(
+        pq.read_table(tiny_run["out"] / "results.parquet")
+    )
+    assert _table_text(res.out) == _table_text(tiny_run["run"].out)
+
+
+def test_deleted_part_is_recomputed_alone(tiny_run, tiny_toml, tmp_path):
+    out = tmp_path / "resume"
+    shutil.copytree(tiny_run["out"], out)
+    kept = out / "parts" / "part-00000.parquet"
+    stamp = kept.stat().st_mtime_ns
+    (out / "parts" / "part-00001.parquet").unlink()
+    (out / "results.parquet").unlink()
+    res = run("sweep", tiny_toml, "--out", out, "--chunk", CHUNK, "--no-progress")
+    assert res.rc == 0, res.err
+    wt = _summary(out)["wall_time_s"]
+    assert wt["parts_computed"] == 1 and wt["parts_reused"] == 1
+    assert kept.stat().st_mtime_ns == stamp
+    assert (out / "parts" / "part-00001.parquet").exists()
+    assert pq.read_table(out / "results.parquet").equals(
+        pq.read_table(tiny_run["out"] / "results.parquet")
+    )
+    assert _table_text(res.out) == _table_text(tiny_run["run"].out)
+
+
+def test_other_scenario_discards_old_parts(tiny_run, tmp_path):
+    out = tmp_path / "changed"
+    shutil.copytree(tiny_run["out"], out)
+    other = tmp_path / "other.toml"
+    other.write_text(TINY.replace("values = [0.3, 0.7, 1.0]", "values = [0.3, 0.7, 0.9]"))
+    res = run("sweep", other, "--out", out, "--chunk", CHUNK, "--no-progress")
+    assert res.rc == 0, res.err
+    assert "discarding 2 part(s)" in res.err
+    s = _summary(out)
+    assert s["wall_time_s"]["parts_computed"] == 2 and s["utilisation"] == [0.3, 0.7, 0.9]
+    assert sorted(set(pq.read_table(out / "results.parquet")["utilisation"].to_pylist())) == [
+        0.3,
+        0.7,
+        0.9,
+    ]
+
+
+def test_default_output_folder(tiny_run, tiny_toml, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    res = run("sweep", tiny_toml, "--chunk", CHUNK, "--no-progress")
+    assert res.rc == 0, res.err
+    assert (tmp_path / "out" / "tiny" / "results.parquet").exists()
+    assert f"results: {os.path.join('out', 'tiny', 'results.parquet')}" in res.out
+
+
+@pytest.mark.slow
+def test_default_scenario_through_the_cli(tmp_path):
+    t0 = time.perf_counter()
+    res = run("sweep", "--out", tmp_path / "default", "--no-progress")
+    elapsed = time.perf_counter() - t0
+    assert res.rc == 0, res.err
+    sc = S.default_scenario()
+    for label in sc.policy_labels():
+        assert f"1P/2D (2 workers) · {label}" in res.out
+        assert f"1P/5D (5 workers) · {label}" in res.out
+    table = pq.read_table(tmp_path / "default" / "results.parquet")
+    assert table.num_rows == 192
+    poa = np.array(table["poa"].to_pylist())
+    assert np.all(np.isfinite(poa)) and np.all(poa >= 1.0 - 1e-6)
+    s = _summary(tmp_path / "default")
+    assert s["points"] == 192 and s["converged_share"] >= 0.9
+    # Token-balancing routers overload the slower workers at high load; selfish routing not yet.
+    d = table.to_pydict()
+    at = {
+        (d["topology"][i], d["policy"][i]): d["poa"][i]
+        for i in range(192)
+        if d["utilisation"][i] == 1.0
+    }
+    assert at[("1P/2D", "load_balanced")] > 2 * at[("1P/2D", "selfish")]
+    print(f"default scenario through the CLI: {elapsed:.1f} s")
+
+
+# --------------------------------------------------------------------------- solve
+
+
+def test_solve_batch_in_float64(tmp_path, capsys):
+    # Pigou at demand 1 and 2: PoA 4/3 and 8/7 (x + y = 2, SC = x² + y: optimum x = 1/2).
+    game = json.loads(GAME.read_text())
+    game["demand"] = [[1.0], [2.0]]
+    path = tmp_path / "batch.json"
+    path.write_text(json.dumps(game))
+    rc = cli.main(["solve", str(path), "--dtype", "float64"])
+    r = json.loads(capsys.readouterr().out)
+    assert rc == 0
+    np.testing.assert_allclose(r["poa"], [PIGOU, 8.0 / 7.0], rtol=1e-8)
+    assert r["status"] == ["converged", "converged"] and r["converged"] == [True, True]
+    assert np.shape(r["flows"]) == (2, 1, 2)
+
+
+def test_console_script_solves_pigou():
+    # The installed entry point, once, in a subprocess: float32 Pigou, PoA 4/3 to 1e-4.
+    exe = pathlib.Path(sys.executable).with_name("poa-jax")
+    if not exe.exists():
+        pytest.skip("console script poa-jax is not installed next to this Python")
+    proc = subprocess.run(
+        [str(exe), "solve", str(GAME)], capture_output=True, text=True, timeout=600, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(proc.stdout)
+    assert abs(r["poa"] - PIGOU) < 1e-4
+    assert abs(r["equilibrium_cost"] - 1.0) < 1e-4 and abs(r["optimum_cost"] - 0.75) < 1e-6
+    np.testing.assert_allclose(r["flows"], [[1.0, 0.0]], atol=1e-4)
+    np.testing.assert_allclose(r["optimum_flows"], [[0.5, 0.5]], atol=1e-4)
+    assert r["converged"] is True and r["status"] == "converged" and r["dtype"] == "float32"
+    for key in ("price_of_stability", "gap", "optimum_gap", "optimum_status"):
+        assert key in r
+    bad = subprocess.run(
+        [str(exe), "solve", "no-such-game.json"], capture_output=True, text=True, check=False
+    )
+    assert bad.returncode == 2
+    assert bad.stderr == "poa-jax: error: no-such-game.json: no such game file\n"
+
+
+# --------------------------------------------------------------------------- bad input
+
+PIGOU_GAME = {"demand": [1.0], "latency": {"a": [0.0, 1.0], "b": [1.0, 0.0]}}
+
+
+def _game(**changes):
+    g = json.loads(json.dumps(PIGOU_GAME))
+    for key, value in changes.items():
+        if key.startswith("latency_"):
+            g["latency"][key[len("latency_") :]] = value
+        else:
+            g[key] = value
+    return json.dumps(g)
+
+
+BAD_GAMES = {
+    "malformed JSON": ('{"demand": [1.0],', ["invalid JSON", "line 1"]),
+    "not an object": ("[1, 2]", ["game: must be an object, got array"]),
+    "missing latency": ('{"demand": [1.0]}', ["missing required key 'latency'"]),
+    "unknown key": (_game(colour="red"), ["colour: unknown key"]),
+    "unknown latency key": (_game(latency_q=[1.0, 1.0]), ["latency.q: unknown key"]),
+    # (the library writes the value as a NumPy repr, e.g. np.float64(-1.0): not matched exactly)
+    "negative demand": (_game(demand=[-1.0]), ["demand[0] = ", "-1.0", "must be finite and >= 0"]),
+    "kappa zero": (_game(latency_kappa=[1.0, 0.0]), ["latency.kappa[1] = ", "0.0", "must be > 0"]),
+    "p below one": (_game(latency_p=[0.5, 1.0]), ["latency.p[0] = ", "0.5", ">= 1"]),
+    "unknown policy": (
+        _game(policy={"name": "round_robin"}),
+        ["policy.name = 'round_robin'", "unknown policy"],
+    ),
+    "unknown policy parameter": (
+        _game(policy={"name": "dynamo", "omgea": 1.0}),
+        ["policy.omgea", "unknown parameter of dynamo"],
+    ),
+    "negative tau": (_game(policy={"name": "dynamo", "tau": -1.0}), ["policy.tau", ">= 0"]),
+    "mismatched shapes": (
+        _game(latency_b=[1.0, 0.0, 0.0]),
+        ["mismatched shapes", "latency.a (2,)", "latency.b (3,)"],
+    ),
+    "string for a number": (_game(demand=["1.0"]), ["demand[0] = '1.0'", "must be a number"]),
+    "ragged array": (_game(demand=[[1.0], [1.0, 2.0]]), ["demand", "array of numbers"]),
+    "starts zero": (_game(starts=0), ["starts = 0", "integer >= 1"]),
+    "tol zero": (_game(tol=0.0), ["tol = 0.0", "> 0"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_GAMES))
+def test_bad_game_is_one_line_and_status_2(tmp_path, case):
+    text, expected = BAD_GAMES[case]
+    path = tmp_path / "game.json"
+    path.write_text(text)
+    res = run("solve", path)
+    assert res.rc == 2, (case, res)
+    assert res.out == ""
+    lines = res.err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"poa-jax: error: {path}: "), res.err
+    for part in expected:
+        assert part in lines[0], (case, lines[0])
+
+
+def test_missing_game_file(tmp_path):
+    res = run("solve", tmp_path / "nope.json")
+    assert res.rc == 2
+    assert res.err == f"poa-jax: error: {tmp_path / 'nope.json'}: no such game file\n"
+
+
+BAD_SWEEPS = {
+    "missing file": (None, ["nope.toml: no such scenario file"]),
+    "malformed TOML": ("name = [", ["invalid TOML"]),
+    "unknown key": (TINY + "\ncolour = 1\n", ["solver.colour: unknown key"]),
+    "unknown policy": (
+        TINY.replace('"load_balanced"', '"round_robin"'),
+        ["policies[1].name = 'round_robin'", "unknown policy"],
+    ),
+    "non-positive workers": (
+        TINY.replace("workers = 2", "workers = -2"),
+        ["topologies[1].workers = -2", ">= 1"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SWEEPS))
+def test_bad_scenario_is_one_line_and_status_2(tmp_path, case):
+    text, expected = BAD_SWEEPS[case]
+    path = tmp_path / "nope.toml"
+    if text is not None:
+        path.write_text(text)
+    out = tmp_path / "out"
+    res = run("sweep", path, "--out", out, "--no-progress")
+    assert res.rc == 2, (case, res)
+    lines = res.err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"poa-jax: error: {path}: "), res.err
+    for part in expected:
+        assert part in lines[0], (case, lines[0])
+    assert not out.exists()  # rejected before anything was written or compiled
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["sweep", "--dtype", "float16"], "argument --dtype: invalid choice: 'float16'"),
+        (["sweep", "--chunk", "0"], "--chunk = 0: must be an integer >= 1"),
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+        (["solve"], "the following arguments are required: game"),
+        ([], "the following arguments are required: command"),
+    ],
+)
+def test_usage_errors(argv, expected, tmp_path):
+    res = run(*argv, *(["--out", tmp_path / "o"] if argv[:1] == ["sweep"] else []))
+    assert res.rc == 2
+    lines = res.err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("poa-jax: error: "), res.err
+    assert expected in lines[0]
+
+
+def test_help_exits_zero():
+    res = run("--help")
+    assert res.rc == 0 and "sweep" in res.out and "solve" in res.out

@@ -1,0 +1,278 @@
+"""Kernels: simplex projection (against optax and a scipy QP), the relative gap, the loop driver
+and the VI solvers on a game with a known answer."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from scipy import optimize
+
+from poa_jax import kernels
+
+loop, vi = kernels.loop, kernels.vi
+
+project = jax.jit(kernels.project_simplex)
+project_weighted = jax.jit(lambda z, t, w, m: kernels.project_simplex(z, t, w, m))
+
+
+def _random_inputs(seed: int, k: int):
+    rng = np.random.default_rng(seed)
+    z = rng.normal(0.0, 2.0, k) * rng.choice([0.01, 1.0, 100.0])
+    total = float(rng.choice([0.0, 0.3, 1.0, 7.5]))
+    w = np.exp(rng.normal(0.0, 1.5, k))
+    mask = rng.uniform(size=k) < 0.7
+    mask[rng.integers(k)] = True  # at least one allowed coordinate
+    return z, total, w, mask
+
+
+def _qp(z, total, w, mask):
+    """Reference: min Σ w (y − z)²/2 s.t. Σ y = total, y ≥ 0, y[~mask] = 0, by SLSQP."""
+    k = len(z)
+    best = None
+    for start in (np.where(mask, total / mask.sum(), 0.0), np.where(mask, np.maximum(z, 0), 0)):
+        res = optimize.minimize(
+            lambda y: 0.5 * np.sum(w * (y - z) ** 2),
+            start,
+            jac=lambda y: w * (y - z),
+            method="SLSQP",
+            bounds=[(0.0, None) if m else (0.0, 0.0) for m in mask],
+            constraints=[
+                {"type": "eq", "fun": lambda y: np.sum(y) - total, "jac": lambda y: np.ones(k)}
+            ],
+            options={"ftol": 1e-15, "maxiter": 500},
+        )
+        if best is None or res.fun < best.fun:
+            best = res
+    return best.x
+
+
+def _check_kkt(y, z, total, w, mask, tol):
+    """``y`` is the projection iff ``w_k (z_k − y_k) = θ`` on its support, ``w_k z_k ≤ θ`` off."""
+    y, z, w = (np.asarray(a, np.float64) for a in (y, z, w))
+    assert np.all(y >= 0) and np.all(y[~mask] == 0)
+    np.testing.assert_allclose(y.sum(), total, rtol=1e-12, atol=1e-13)
+    if total == 0:
+        assert np.all(y == 0)
+        return
+    support = mask & (y > 0)
+    theta = w[support] * (z[support] - y[support])
+    scale = max(1.0, np.max(np.abs(w * z)))
+    assert np.ptp(theta) <= tol * scale, theta
+    off = mask & ~support
+    assert np.all(w[off] * z[off] <= theta.mean() + tol * scale)
+
+
+optax_projection = jax.jit(jax.vmap(optax.projections.projection_simplex))
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 7, 16])
+def test_project_simplex_matches_optax(k):
+    inputs = [_random_inputs(100 * k + seed, k) for seed in range(20)]
+    z = np.stack([i[0] for i in inputs])
+    # optax returns NaN for scale 0 (the library's zero total is checked in the QP test)
+    totals = np.array([i[1] or 1.0 for i in inputs])
+    got = np.asarray(jax.jit(jax.vmap(kernels.project_simplex))(z, totals))
+    want = np.asarray(optax_projection(z, totals))
+    for i in range(len(inputs)):
+        np.testing.assert_allclose(got[i], want[i], rtol=1e-10, atol=1e-12 * max(1.0, totals[i]))
+        _check_kkt(got[i], z[i], totals[i], np.ones(k), np.ones(k, bool), 1e-10)
+
+
+@pytest.mark.parametrize("k", [2, 4, 9])
+def test_project_simplex_weighted_masked_matches_scipy_qp(k):
+    for seed in range(12):
+        z, total, w, mask = _random_inputs(7 * k + seed, k)
+        got = np.asarray(project_weighted(jnp.asarray(z), total, jnp.asarray(w), jnp.asarray(mask)))
+        _check_kkt(got, z, total, w, mask, 1e-9)
+        want = _qp(z, total, w, mask)
+        np.testing.assert_allclose(got, want, atol=1e-6 * max(1.0, total, np.abs(z).max()))
+
+
+def test_project_simplex_weights_change_the_answer():
+    # The metric matters: a heavy coordinate moves less (non-tautology guard for the QP test).
+    z = jnp.array([1.0, 1.0, 0.0])
+    eu = np.asarray(project(z, 1.0))
+    heavy = np.asarray(project_weighted(z, 1.0, jnp.array([10.0, 1.0, 1.0]), jnp.ones(3, bool)))
+    np.testing.assert_allclose(eu, [0.5, 0.5, 0.0], atol=1e-15)
+    assert heavy[0] > heavy[1]  # coordinate 0 is "expensive to move" and stays nearer z
+    # closed form: y_k = z_k − θ/w_k on the support {0, 1}: θ(1/10 + 1) = 1 → θ = 10/11
+    np.testing.assert_allclose(heavy, [1 - 1 / 11, 1 - 10 / 11, 0.0], rtol=1e-14, atol=1e-16)
+
+
+def test_project_simplex_feasible_on_extreme_inputs():
+    rng = np.random.default_rng(5)
+    k = 6
+    for _ in range(50):
+        z = rng.normal(0, 1, k) * 10.0 ** rng.integers(-8, 9)
+        total = float(10.0 ** rng.integers(-6, 7))
+        w = 10.0 ** rng.uniform(-6, 6, k)
+        mask = rng.uniform(size=k) < 0.6
+        mask[rng.integers(k)] = True
+        y = np.asarray(project_weighted(jnp.asarray(z), total, jnp.asarray(w), jnp.asarray(mask)))
+        assert np.all(np.isfinite(y)) and np.all(y >= 0)
+        assert np.all(y[~mask] == 0)
+        np.testing.assert_allclose(y.sum(), total, rtol=1e-12)
+
+
+def test_project_simplex_fully_masked_row_is_zero():
+    y = project_weighted(jnp.array([0.3, -1.0]), 2.0, jnp.ones(2), jnp.array([False, False]))
+    assert np.all(np.asarray(y) == 0.0)
+
+
+def test_project_rows_is_row_wise():
+    rng = np.random.default_rng(2)
+    z = rng.normal(size=(4, 5))
+    totals = np.array([1.0, 0.0, 2.5, 0.1])
+    w = np.exp(rng.normal(size=(4, 5)))
+    mask = rng.uniform(size=(4, 5)) < 0.7
+    mask[:, 0] = True
+    rows = np.asarray(jax.jit(kernels.project_rows)(jnp.asarray(z), totals, jnp.asarray(w), mask))
+    for j in range(4):
+        one = project_weighted(jnp.asarray(z[j]), totals[j], jnp.asarray(w[j]), mask[j])
+        np.testing.assert_allclose(rows[j], np.asarray(one), rtol=1e-15, atol=1e-300)
+
+
+# --------------------------------------------------------------------------- relative gap
+
+
+def test_relative_gap_zero_at_equilibrium_positive_elsewhere():
+    # Pigou: costs (x, 1); the equilibrium puts everything on link 0 (costs 1 and 1).
+    demand = jnp.array([1.0])
+    mask = jnp.ones((1, 2), bool)
+    cost = lambda x: jnp.stack([x[:, 0], jnp.ones_like(x[:, 1])], axis=-1)
+    x_eq = jnp.array([[1.0, 0.0]])
+    assert float(vi.relative_gap(x_eq, cost(x_eq), demand, mask)) == 0.0
+    # at the optimum (1/2, 1/2): Σxc = 3/4, d·min c = 1/2 → gap 1/3
+    x = jnp.array([[0.5, 0.5]])
+    np.testing.assert_allclose(float(vi.relative_gap(x, cost(x), demand, mask)), 1 / 3, rtol=1e-15)
+    for s in np.linspace(0.0, 0.95, 20):
+        x = jnp.array([[s, 1 - s]])
+        assert float(vi.relative_gap(x, cost(x), demand, mask)) > 0.0
+
+
+def test_relative_gap_ignores_masked_and_empty_rows():
+    # Two classes; class 1 has no demand; worker 2 is masked and very cheap.
+    demand = jnp.array([2.0, 0.0])
+    mask = jnp.array([[True, True, False], [True, True, False]])
+    c = jnp.array([[3.0, 3.0, 0.0], [1.0, 5.0, 0.0]])
+    x = jnp.array([[1.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
+    assert float(vi.relative_gap(x, c, demand, mask)) == 0.0
+    x2 = jnp.array([[2.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    c2 = jnp.array([[4.0, 3.0, 0.0], [1.0, 5.0, 0.0]])
+    np.testing.assert_allclose(float(vi.relative_gap(x2, c2, demand, mask)), (8 - 6) / 8)
+
+
+# --------------------------------------------------------------------------- loop driver
+
+
+def _run(step, x0, tol, max_steps, error0=None):
+    return jax.jit(lambda s: loop.iterate(step, s, tol=tol, max_steps=max_steps, error0=error0))(x0)
+
+
+def test_iterate_converged():
+    out = _run(lambda s: (s / 2, s / 2), jnp.float64(1.0), 1e-3, 100)
+    assert int(out.status) == loop.CONVERGED == 0
+    assert int(out.steps) == 10  # 2^-10 ≤ 1e-3 < 2^-9
+    np.testing.assert_allclose(float(out.error), 2.0**-10)
+    np.testing.assert_allclose(float(out.state), 2.0**-10)
+
+
+def test_iterate_max_iterations():
+    out = _run(lambda s: (s * 0.99, s * 0.99), jnp.float64(1.0), 1e-3, 7)
+    assert int(out.status) == loop.MAX_ITERS == 1
+    assert int(out.steps) == 7
+    np.testing.assert_allclose(float(out.state), 0.99**7)
+
+
+def test_iterate_non_finite_stops_at_once():
+    def step(s):
+        k = s[1] + 1
+        err = jnp.where(k == 3, jnp.nan, 1.0 / k)
+        return (s[0] * 2, k), err
+
+    out = _run(step, (jnp.float64(1.0), jnp.int32(0)), 1e-12, 50)
+    assert int(out.status) == loop.NONFINITE == 2
+    assert int(out.steps) == 3  # stops on the NaN, does not run on to max_steps
+    assert np.isnan(float(out.error))
+
+
+def test_iterate_already_converged_start_takes_no_step():
+    out = _run(lambda s: (s + 1, jnp.float64(1.0)), jnp.float64(0.0), 1e-3, 10, error0=0.0)
+    assert int(out.steps) == 0 and int(out.status) == loop.CONVERGED
+    assert float(out.state) == 0.0
+
+
+def test_iterate_under_vmap_reports_each_lane_exactly():
+    # Lane i halves its error from 10^i; the while_loop runs to the slowest lane, but each
+    # lane's steps and state are its own.
+    x0 = jnp.array([1.0, 10.0, 1e4, jnp.inf])
+    out = jax.jit(
+        jax.vmap(lambda s: loop.iterate(lambda t: (t / 2, t / 2), s, tol=1e-3, max_steps=20))
+    )(x0)
+    want_steps = [int(np.ceil(np.log2(v / 1e-3))) if v < 1e4 else 20 for v in [1.0, 10.0, 1e4]]
+    np.testing.assert_array_equal(np.asarray(out.steps)[:3], want_steps)
+    np.testing.assert_array_equal(np.asarray(out.status), [0, 0, 1, 2])
+
+
+def test_status_of():
+    got = loop.status_of(jnp.array([0.0, 1e-9, 2e-9, jnp.inf, jnp.nan]), 1e-9)
+    np.testing.assert_array_equal(np.asarray(got), [0, 0, 1, 2, 2])
+
+
+# --------------------------------------------------------------------------- VI solvers
+
+
+def _two_links():
+    """Links 2x and x + 1, demand 1: equilibrium (2/3, 1/3); ∇Φ = F (potential game)."""
+    cost = lambda x: jnp.stack([2 * x[:, 0], x[:, 1] + 1], axis=-1)
+    slope = lambda x: jnp.broadcast_to(jnp.array([2.0, 1.0]), x.shape)
+    return cost, slope, jnp.array([1.0]), jnp.ones((1, 2), bool), jnp.array([[0.1, 0.9]])
+
+
+@pytest.mark.parametrize("solver", ["projection", "extragradient", "frank_wolfe"])
+def test_vi_solvers_reach_known_equilibrium(solver):
+    cost, slope, demand, mask, x0 = _two_links()
+    fn = {
+        "projection": functools.partial(vi.projection, cost, slope),
+        "extragradient": functools.partial(vi.extragradient, cost, slope),
+        "frank_wolfe": functools.partial(vi.frank_wolfe, cost),
+    }[solver]
+    res = jax.jit(lambda x: fn(x, demand, mask, tol=1e-12, max_steps=500))(x0)
+    assert int(res.status) == loop.CONVERGED
+    assert float(res.gap) <= 1e-12
+    np.testing.assert_allclose(np.asarray(res.x), [[2 / 3, 1 / 3]], atol=1e-10)
+
+
+def test_smoothed_response_fixed_point():
+    # R(x) = d·softmax(−c(x)) with c = (2x0, x1 + 1): a contraction; check x = R(x) directly.
+    demand = jnp.array([1.0])
+    mask = jnp.ones((1, 2), bool)
+    resp = lambda x: (
+        demand[:, None] * jax.nn.softmax(-jnp.stack([2 * x[:, 0], x[:, 1] + 1], axis=-1), axis=-1)
+    )
+    res = jax.jit(lambda x: vi.smoothed_response(resp, x, demand, mask, tol=1e-12, max_steps=500))(
+        jnp.array([[1.0, 0.0]])
+    )
+    assert int(res.status) == loop.CONVERGED
+    np.testing.assert_allclose(np.asarray(resp(res.x)), np.asarray(res.x), atol=1e-11)
+
+
+def test_minimize_on_simplices_never_worse_than_start():
+    target = jnp.array([[0.2, 0.5, 0.3]])
+    obj = lambda x: jnp.sum((x - target) ** 2)
+    x0 = jnp.array([[1.0, 0.0, 0.0]])
+    mask = jnp.ones((1, 3), bool)
+    x, f = jax.jit(
+        lambda x0: kernels.minimize_on_simplices(
+            obj, x0, jnp.array([1.0]), mask, optimizer=optax.adam(0.1), steps=300
+        )
+    )(x0)
+    assert float(f) <= float(obj(x0))
+    np.testing.assert_allclose(float(f), float(obj(x)), rtol=1e-9, atol=1e-15)
+    np.testing.assert_allclose(np.asarray(x), np.asarray(target), atol=1e-3)
+    np.testing.assert_allclose(float(jnp.sum(x)), 1.0, rtol=1e-12)

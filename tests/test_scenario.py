@@ -1,0 +1,319 @@
+"""Scenarios: the built-in default, TOML parsing, validation messages and the batch build.
+
+Nothing here compiles a solver: a scenario is host-side data until a sweep solves it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.resources
+import math
+import pathlib
+
+import numpy as np
+import pytest
+
+import poa_jax as pj
+from poa_jax import batching
+from poa_jax import scenario as S
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+TINY = """\
+name = "tiny"
+description = "two classes, a 1-worker and a 2-worker topology, three loads, two policies"
+
+[[workload.classes]]
+name = "short"
+tokens = 128
+shareable = 0.5
+mix = 0.7
+
+[[workload.classes]]
+name = "long"
+tokens = 1024
+shareable = 0.2
+mix = 0.3
+
+[worker]
+a = 8.0
+d = 40.0
+kappa = 8000.0
+rho_max = 0.95
+residency = 1.0
+cache_size = 2.0
+prefill = { a = 18.10, b = 0.1019, c = 7.12e-6 }
+
+[[topologies]]
+name = "1D"
+workers = 1
+
+[[topologies]]
+name = "2D"
+workers = 2
+worker = { kappa = [9000.0, 7000.0] }
+
+[load]
+values = [0.3, 0.7, 1.0]
+
+[[policies]]
+name = "selfish"
+
+[[policies]]
+name = "load_balanced"
+label = "balanced"
+
+[solver]
+starts = 2
+dtype = "float32"
+"""
+
+
+def _write(tmp_path, text, name="scenario.toml"):
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+# --------------------------------------------------------------------------- the default
+
+
+def test_examples_default_is_the_embedded_default():
+    embedded = importlib.resources.files("poa_jax.data").joinpath("default.toml").read_bytes()
+    assert (ROOT / "examples" / "default.toml").read_bytes() == embedded
+
+
+def test_default_scenario_contents():
+    sc = S.default_scenario()
+    assert sc.name == "default"
+    assert sc.shape == (2, 24, 4)
+    assert sc.num_points == 192
+    assert [(t.name, t.workers) for t in sc.topologies] == [("1P/2D", 2), ("1P/5D", 5)]
+    u = sc.load.utilisation()
+    assert u[0] == 0.05 and u[-1] == 1.2 and len(u) == 24
+    assert u[7] == 0.4  # grid points read as typed
+    assert [p.name for p in sc.policies] == ["selfish", "dynamo", "dynamo", "load_balanced"]
+    assert sc.policies[1].kwargs() == {"omega": 1.0, "tau": 0.0}
+    assert sc.policies[2].kwargs() == {"omega": 0.1, "tau": 0.8}
+    assert len(set(sc.policy_labels())) == 4
+    pre = sc.worker.prefill
+    assert (pre.a, pre.b, pre.c) == (18.10, 0.1019, 7.12e-6)  # DistServe OPT-13B anchor
+    assert sc.solver.starts == 4 and sc.solver.dtype == "float32"
+    assert len(sc.classes) == 5 and all(c.tokens > 0 for c in sc.classes)
+
+
+def test_examples_default_loads_to_the_same_scenario():
+    sc = S.load_scenario(ROOT / "examples" / "default.toml")
+    assert sc == S.default_scenario()
+    assert sc.hash() == S.default_scenario().hash()
+    assert sc.source.endswith("default.toml")
+
+
+def test_build_layout_and_demand():
+    sc = S.default_scenario()
+    b = sc.build()
+    t_n, u_n, p_n = sc.shape
+    n = t_n * u_n * p_n
+    assert b.game.demand.shape == (n, 5)
+    assert np.shape(b.game.latency.kappa) == (n, 5)
+    assert len(b.labels) == n
+    # Policy fastest, then load, then topology.
+    assert [lb.policy for lb in b.labels[:p_n]] == sc.policy_labels()
+    assert b.labels[p_n].utilisation == sc.load.utilisation()[1]
+    assert b.labels[u_n * p_n].topology == "1P/5D"
+    # 1P/2D is padded from 2 to 5 workers; padded workers have finite, valid parameters.
+    mask = np.asarray(b.game.worker_mask)
+    assert mask[: u_n * p_n].sum(-1).tolist() == [2] * (u_n * p_n)
+    assert mask[u_n * p_n :].all()
+    assert np.isfinite(b.game.latency.kappa).all() and np.isfinite(b.game.latency.a).all()
+    # Offered prompt tokens = utilisation × the topology's capacity Σκ over existing workers.
+    tokens = (b.game.demand * b.game.tokens).sum(-1)
+    cap = np.where(mask, b.game.latency.kappa, 0.0).sum(-1)
+    util = np.array([lb.utilisation for lb in b.labels])
+    np.testing.assert_allclose(tokens, util * cap, rtol=1e-12)
+    np.testing.assert_allclose([lb.demand_total for lb in b.labels], b.game.demand.sum(-1))
+    # Policy fields stacked per instance; labels carry ω and τ.
+    assert np.asarray(b.policy.tau)[:p_n].tolist() == [0.0, 0.0, 0.8, 0.0]
+    assert math.isnan(b.labels[0].omega) and b.labels[2].omega == 0.1 and b.labels[2].tau == 0.8
+    # The library accepts the batch as it is (checks only, nothing compiled).
+    prep = batching.prepare(b.game, b.policy, np.float32)
+    assert prep.batch_shape == (n,)
+
+
+def test_round_trip_and_hash():
+    sc = S.default_scenario()
+    again = S.Scenario.from_dict(sc.to_dict())
+    assert again == sc and again.hash() == sc.hash()
+    assert hash(sc) == hash(again)  # frozen and hashable
+    # The hash names the computation: not the name or the description ...
+    renamed = dataclasses.replace(sc, name="other", description="something else")
+    assert renamed.hash() == sc.hash()
+    # ... but every number and setting.
+    assert sc.with_solver(dtype="float64").hash() != sc.hash()
+    assert dataclasses.replace(sc, load=S.LoadAxis(points=12)).hash() != sc.hash()
+    d = sc.to_dict()
+    d["worker"]["d"] = 41.0
+    assert S.Scenario.from_dict(d).hash() != sc.hash()
+
+
+def test_integer_and_float_spellings_hash_alike(tmp_path):
+    a = S.load_scenario(_write(tmp_path, TINY, "a.toml"))
+    b = S.load_scenario(_write(tmp_path, TINY.replace("kappa = 8000.0", "kappa = 8000"), "b.toml"))
+    assert a.hash() == b.hash()
+
+
+def test_tiny_scenario_build(tmp_path):
+    sc = S.load_scenario(_write(tmp_path, TINY))
+    assert sc.shape == (2, 3, 2)
+    assert sc.policy_labels() == ["selfish", "balanced"]
+    b = sc.build()
+    assert b.game.demand.shape == (12, 2)
+    assert np.asarray(b.game.latency.kappa)[6].tolist() == [9000.0, 7000.0]
+    assert np.asarray(b.game.worker_mask)[0].tolist() == [True, False]
+
+
+def test_built_in_python():
+    sc = S.Scenario(
+        name="py",
+        classes=(S.RequestClass("chat", tokens=128, shareable=0.5),),
+        worker=S.WorkerModel(a=5.0, d=20.0, kappa=4000.0),
+        topologies=(S.Topology("2D", 2, worker={"a": [5.0, 9.0]}),),
+        load=S.LoadAxis(values=(0.5, 0.9)),
+        policies=(S.PolicySpec("selfish"), S.PolicySpec("dynamo", {"omega": 0.5, "tau": 0.2})),
+    )
+    assert sc.policy_labels() == ["selfish", "dynamo(omega=0.5, tau=0.2)"]
+    assert sc.topologies[0].overrides() == {"a": [5.0, 9.0]}
+    b = sc.build()
+    assert np.asarray(b.game.latency.a)[0].tolist() == [5.0, 9.0]
+    with pytest.raises(pj.InputError, match=r"^Scenario: topologies\[0\]\.workers = 0: .*>= 1"):
+        dataclasses.replace(sc, topologies=(S.Topology("none", 0),))
+
+
+# --------------------------------------------------------------------------- validation
+
+BAD = {
+    "unknown top-level key": (
+        'name = "tiny"',
+        'name = "tiny"\ncolour = "red"',
+        ["colour: unknown key"],
+    ),
+    "unknown worker key": ("a = 8.0", "a = 8.0\nspeed = 3.0", ["worker.speed: unknown key"]),
+    "unknown policy": (
+        'name = "load_balanced"',
+        'name = "round_robin"',
+        ["policies[1].name = 'round_robin'", "unknown policy", "selfish, dynamo, load_balanced"],
+    ),
+    "unknown policy parameter": (
+        'name = "selfish"',
+        'name = "selfish"\nparams = { omega = 1.0 }',
+        ["policies[0].params.omega", "unknown parameter of selfish"],
+    ),
+    "duplicate policy label": (
+        'label = "balanced"',
+        'label = "selfish"',
+        ["policies[1].label = 'selfish'", "duplicate"],
+    ),
+    "zero workers": ("workers = 1", "workers = 0", ["topologies[0].workers = 0", ">= 1"]),
+    "workers not an integer": (
+        "workers = 2",
+        'workers = "2"',
+        ["topologies[1].workers = '2'", "must be an integer"],
+    ),
+    "override of the wrong length": (
+        "kappa = [9000.0, 7000.0]",
+        "kappa = [9000.0, 7000.0, 5000.0]",
+        ["topologies[1].worker.kappa", "one number or one per worker (2)"],
+    ),
+    "utilisation zero": (
+        "values = [0.3, 0.7, 1.0]",
+        "values = [0.3, 0.0, 1.0]",
+        ["load.values[1] = 0.0", "must be > 0"],
+    ),
+    "utilisation negative": (
+        "values = [0.3, 0.7, 1.0]",
+        "min = -0.1\nmax = 1.0",
+        ["load.min = -0.1", "must be > 0"],
+    ),
+    "values and a range": (
+        "values = [0.3, 0.7, 1.0]",
+        "values = [0.3]\npoints = 4",
+        ["load:", "either values or min/max/points"],
+    ),
+    "missing tokens": (
+        "tokens = 1024\n",
+        "",
+        ["workload.classes[1]", "missing required key 'tokens'"],
+    ),
+    "tokens not a number": (
+        "tokens = 1024",
+        'tokens = "long"',
+        ["workload.classes[1].tokens = 'long'", "must be a number, got str"],
+    ),
+    "shareable above one": (
+        "shareable = 0.5",
+        "shareable = 1.5",
+        ["workload.classes[0].shareable = 1.5", "[0, 1]"],
+    ),
+    "kappa zero": ("kappa = 8000.0", "kappa = 0.0", ["worker.kappa = 0.0", "must be > 0"]),
+    "p below one": ("a = 8.0", "a = 8.0\np = 0.5", ["worker.p = 0.5", ">= 1"]),
+    "rho_max one": ("rho_max = 0.95", "rho_max = 1.0", ["worker.rho_max = 1.0", "(0, 1)"]),
+    "negative prefill": ("b = 0.1019", "b = -0.1", ["worker.prefill.b = -0.1", ">= 0"]),
+    "dtype": ('dtype = "float32"', 'dtype = "float16"', ["solver.dtype = 'float16'", "float32"]),
+    "starts zero": ("starts = 2", "starts = 0", ["solver.starts = 0", ">= 1"]),
+    "load not a table": (
+        "[load]\nvalues = [0.3, 0.7, 1.0]",
+        "[solver2]\nx = 1",
+        ["solver2: unknown key"],
+    ),
+    "invalid TOML": ('name = "tiny"', 'name = "tiny', ["invalid TOML", "line 1"]),
+    "missing workload": (
+        "[[workload.classes]]",
+        "[[workloads.classes]]",
+        ["workloads: unknown key"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_scenario_names_file_key_and_rule(tmp_path, case):
+    old, new, expected = BAD[case]
+    assert old in TINY, case
+    path = _write(tmp_path, TINY.replace(old, new, 1))
+    with pytest.raises(pj.InputError) as err:
+        S.load_scenario(path)
+    msg = str(err.value)
+    assert msg.startswith(f"{path}: "), msg
+    for part in expected:
+        assert part in msg, (case, msg)
+    assert "\n" not in msg
+
+
+def test_structure_errors(tmp_path):
+    text = "load = 3\n" + TINY.replace("[load]\nvalues = [0.3, 0.7, 1.0]\n", "")
+    with pytest.raises(pj.InputError, match=r"scenario.toml: load: must be a table, got int"):
+        S.load_scenario(_write(tmp_path, text))
+    lines = TINY.splitlines(keepends=True)
+    start = lines.index("[[workload.classes]]\n")
+    text = "".join(lines[:start] + lines[lines.index("[worker]\n") :])
+    with pytest.raises(pj.InputError, match=r"scenario: missing required key 'workload'"):
+        S.load_scenario(_write(tmp_path, text))
+    text = TINY.replace("[[policies]]", "[[policy]]")
+    with pytest.raises(pj.InputError, match=r"policy: unknown key \(allowed: description, load"):
+        S.load_scenario(_write(tmp_path, text))
+
+
+def test_omitted_sections_take_defaults(tmp_path):
+    text = TINY.split("[[topologies]]")[0]  # workload and worker only
+    sc = S.load_scenario(_write(tmp_path, text))
+    assert sc.topologies == S.DEFAULT_TOPOLOGIES
+    assert [(t.name, t.workers) for t in sc.topologies] == [("1P/2D", 2), ("1P/5D", 5)]
+    assert sc.policies == S.DEFAULT_POLICIES
+    assert sc.policy_labels() == S.default_scenario().policy_labels()
+    assert sc.shape == (2, 24, 4) and sc.solver == S.SolverSettings()
+    named = S.load_scenario(_write(tmp_path, text.replace('name = "tiny"\n', ""), "mine.toml"))
+    assert named.name == "mine"  # the file stem when no name is given
+
+
+def test_missing_scenario_file(tmp_path):
+    with pytest.raises(pj.InputError, match="no such scenario file"):
+        S.load_scenario(tmp_path / "nope.toml")

@@ -1,0 +1,238 @@
+"""Bad input is rejected eagerly with pj.InputError naming the field, the index and the rule —
+before anything is compiled. Demand above capacity is not an error."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import numpy as np
+import pytest
+
+import poa_jax as pj
+from poa_jax.policies import Policy
+
+J, K = 3, 4
+N = 5
+
+
+def base_game() -> pj.RoutingGame:
+    """A valid batch of N games, every field a full array."""
+    rng = np.random.default_rng(0)
+    return pj.RoutingGame(
+        demand=rng.uniform(0.1, 0.5, (N, J)),
+        latency=pj.Latency(
+            a=rng.uniform(0.1, 1, (N, K)), b=rng.uniform(0, 1, (N, K)),
+            c=rng.uniform(0, 1, (N, K)), p=np.full((N, K), 2.0), d=rng.uniform(0, 1, (N, K)),
+            kappa=rng.uniform(2, 3, (N, K)),
+        ),
+        tokens=np.ones((N, J)),
+        shareable=np.full((N, J), 0.5),
+        residency=np.ones((N, K)),
+        cache_size=np.full((N, K), 4.0),
+        worker_mask=np.ones((N, K), bool),
+    )  # fmt: skip
+
+
+def with_value(field: str, index: tuple, value) -> pj.RoutingGame:
+    """``base_game()`` with ``field[index] = value`` (``latency.kappa`` style paths)."""
+    g = base_game()
+    parts = field.split(".")
+    owner = g if len(parts) == 1 else getattr(g, parts[0])
+    shape = (N, J) if parts[-1] in ("demand", "tokens", "shareable") else (N, K)
+    arr = np.array(np.broadcast_to(getattr(owner, parts[-1]), shape), np.float64)
+    arr[index] = value
+    owner = dataclasses.replace(owner, **{parts[-1]: arr})
+    if len(parts) == 1:
+        return owner
+    return dataclasses.replace(g, **{parts[0]: owner})
+
+
+SOLVERS = {
+    "solve_equilibrium": lambda g, **kw: pj.solve_equilibrium(g, **kw),
+    "solve_optimum": lambda g, **kw: pj.solve_optimum(g, **kw),
+    "price_of_anarchy": lambda g, **kw: pj.price_of_anarchy(g, **kw),
+}
+
+
+@pytest.fixture
+def no_compile(compile_counter):
+    """Fails the test if anything was compiled during it: bad input never reaches XLA.
+
+    JAX's one-op staging helpers are allowed: ``tol`` and ``max_iters`` are checked after the
+    game has been moved to the device, which compiles a trivial transfer the first time a
+    shape is seen (see the report); no solver may compile.
+    """
+    yield
+    assert compile_counter.solver_count == 0, compile_counter.names
+
+
+BAD_VALUES = [
+    # field, index, value, text the message must contain besides the field and index
+    ("demand", (2, 1), -0.5, ">= 0"),
+    ("demand", (4, 0), np.nan, "finite"),
+    ("demand", (0, 2), np.inf, "finite"),
+    ("latency.kappa", (3, 2), 0.0, "> 0"),
+    ("latency.kappa", (1, 0), -2.0, "> 0"),
+    ("latency.p", (2, 3), 0.5, ">= 1"),
+    ("latency.a", (0, 1), -1.0, ">= 0"),
+    ("latency.rho_max", (1, 1), 1.0, "(0, 1)"),
+    ("shareable", (3, 1), 1.5, "[0, 1]"),
+    ("shareable", (0, 0), -0.1, "[0, 1]"),
+    ("tokens", (1, 2), 0.0, "> 0"),
+    ("residency", (4, 3), 0.0, "> 0"),
+    ("cache_size", (2, 0), -1.0, "> 0"),
+]
+
+
+@pytest.mark.usefixtures("no_compile")
+@pytest.mark.parametrize("solver", sorted(SOLVERS))
+@pytest.mark.parametrize(("field", "index", "value", "rule"), BAD_VALUES)
+def test_bad_value_names_field_and_index(solver, field, index, value, rule):
+    g = with_value(field, index, value)
+    with pytest.raises(pj.InputError) as err:
+        SOLVERS[solver](g)
+    msg = str(err.value)
+    name = f"RoutingGame.{field}[{', '.join(map(str, index))}]"
+    assert name in msg, msg
+    assert rule in msg, msg
+
+
+@pytest.mark.usefixtures("no_compile")
+def test_first_offending_index_is_reported():
+    g = with_value("demand", (3, 2), -1.0)
+    g = dataclasses.replace(g, demand=np.where(np.arange(N * J).reshape(N, J) == 4, -2.0,
+                                               np.asarray(g.demand)))  # fmt: skip
+    with pytest.raises(pj.InputError, match=re.escape("RoutingGame.demand[1, 1]")):
+        pj.solve_equilibrium(g)
+
+
+def test_messages_use_plain_numbers():
+    with pytest.raises(pj.InputError) as err:
+        pj.solve_equilibrium(with_value("demand", (1, 3 % J), -2.0))
+    assert f"RoutingGame.demand[1, {3 % J}] = -2.0: must be finite and >= 0" in str(err.value)
+    mask = np.ones((N, K), bool)
+    mask[3] = False
+    with pytest.raises(pj.InputError) as err:
+        pj.solve_equilibrium(dataclasses.replace(base_game(), worker_mask=mask))
+    assert "RoutingGame.worker_mask[3]" in str(err.value), str(err.value)
+
+
+@pytest.mark.usefixtures("no_compile")
+def test_bad_policy_field():
+    with pytest.raises(pj.InputError, match=re.escape("policy.tau[2]")):
+        pj.solve_equilibrium(base_game(), Policy(tau=np.array([0.0, 0.1, -1.0, 0.0, 0.0])))
+    with pytest.raises(pj.InputError, match="w_true"):
+        pj.solve_equilibrium(base_game(), Policy(w_true=0.0, w_prefill=0.0, w_decode=0.0))
+
+
+@pytest.mark.usefixtures("no_compile")
+@pytest.mark.parametrize("solver", sorted(SOLVERS))
+def test_mismatched_class_shapes(solver):
+    g = dataclasses.replace(base_game(), tokens=np.ones((N, J + 1)))
+    with pytest.raises(pj.InputError) as err:
+        SOLVERS[solver](g)
+    msg = str(err.value)
+    assert "class" in msg and "RoutingGame.demand" in msg and "RoutingGame.tokens" in msg, msg
+    assert f"({N}, {J + 1})" in msg, msg
+
+
+@pytest.mark.usefixtures("no_compile")
+@pytest.mark.parametrize("solver", sorted(SOLVERS))
+def test_mismatched_worker_shapes(solver):
+    g = base_game()
+    g = dataclasses.replace(g, latency=dataclasses.replace(g.latency, kappa=np.ones((N, K + 2))))
+    with pytest.raises(pj.InputError) as err:
+        SOLVERS[solver](g)
+    msg = str(err.value)
+    assert "worker" in msg and "RoutingGame.latency.kappa" in msg, msg
+
+
+@pytest.mark.usefixtures("no_compile")
+@pytest.mark.parametrize("solver", sorted(SOLVERS))
+def test_non_broadcastable_batch_axes(solver):
+    g = base_game()
+    g = dataclasses.replace(g, residency=np.ones((N + 1, K)))  # batch 6 against batch 5
+    with pytest.raises(pj.InputError) as err:
+        SOLVERS[solver](g)
+    msg = str(err.value)
+    assert "batch" in msg and "RoutingGame.residency" in msg and f"({N + 1},)" in msg, msg
+
+
+@pytest.mark.usefixtures("no_compile")
+def test_non_broadcastable_policy_batch():
+    with pytest.raises(pj.InputError, match="policy.tau"):
+        pj.solve_equilibrium(base_game(), Policy(tau=np.zeros(N + 2)))
+
+
+def test_unknown_policy_name():
+    with pytest.raises(pj.InputError, match=r"'greedy'.*selfish"):
+        pj.policies.from_name("greedy")
+
+
+@pytest.mark.usefixtures("no_compile")
+@pytest.mark.parametrize("solver", ["solve_equilibrium", "price_of_anarchy"])
+def test_unknown_method(solver):
+    with pytest.raises(pj.InputError, match="'newton'"):
+        SOLVERS[solver](base_game(), method="newton")
+
+
+@pytest.mark.usefixtures("no_compile")
+@pytest.mark.parametrize("solver", sorted(SOLVERS))
+@pytest.mark.parametrize("tol", [0.0, -1e-6, float("nan"), float("inf")])
+def test_bad_tol(solver, tol):
+    with pytest.raises(pj.InputError, match="tol"):
+        SOLVERS[solver](base_game(), tol=tol)
+
+
+@pytest.mark.usefixtures("no_compile")
+@pytest.mark.parametrize("max_iters", [0, -3, 2.5])
+def test_bad_max_iters(max_iters):
+    with pytest.raises(pj.InputError, match="max_iters"):
+        pj.solve_equilibrium(base_game(), max_iters=max_iters)
+
+
+@pytest.mark.usefixtures("no_compile")
+@pytest.mark.parametrize("solver", sorted(SOLVERS))
+def test_instance_without_worker(solver):
+    mask = np.ones((N, K), bool)
+    mask[3] = False
+    g = dataclasses.replace(base_game(), worker_mask=mask)
+    with pytest.raises(pj.InputError, match=r"RoutingGame\.worker_mask\[.*3.*\].*worker"):
+        SOLVERS[solver](g)
+
+
+@pytest.mark.usefixtures("no_compile")
+def test_other_bad_inputs():
+    with pytest.raises(pj.InputError, match="class axis"):
+        pj.solve_equilibrium(pj.RoutingGame(demand=1.0, latency=pj.Latency(b=[1.0, 1.0])))
+    with pytest.raises(pj.InputError, match="RoutingGame.demand"):
+        pj.solve_equilibrium(pj.RoutingGame(demand=["a"], latency=pj.Latency(b=[1.0])))
+    with pytest.raises(pj.InputError, match="dtype"):
+        pj.solve_equilibrium(base_game(), dtype=np.int32)
+    with pytest.raises(pj.InputError, match="starts"):
+        pj.solve_optimum(base_game(), starts=0)
+    with pytest.raises(pj.InputError, match="x0"):
+        pj.solve_equilibrium(base_game(), x0=-np.ones((N, J, K)))
+    with pytest.raises(pj.InputError, match="x0"):
+        pj.solve_equilibrium(base_game(), x0=np.ones((N, J, K + 1)))
+    with pytest.raises(pj.InputError, match="game"):
+        pj.solve_equilibrium("not a game")
+
+
+def test_input_error_is_a_value_error():
+    assert issubclass(pj.InputError, ValueError)
+
+
+def test_demand_above_capacity_is_not_an_error(cache_games):
+    # Every worker saturated: total uncached work exceeds total capacity whatever the routing
+    # (h ≤ η, so W ≥ Σ d·L·(1 − η) > Σ κ). Finite costs and a flag, not an exception.
+    eta = np.asarray(cache_games.shareable)
+    tokens = np.asarray(cache_games.tokens)
+    demand = np.asarray(cache_games.demand)
+    cap = np.asarray(cache_games.latency.kappa).sum(-1)
+    floor_work = (demand * tokens * (1 - eta)).sum(-1)
+    g = dataclasses.replace(cache_games, demand=demand * (2.0 * cap / floor_work)[:, None])
+    sol = pj.solve_equilibrium(g)
+    assert sol.overloaded.all()
+    assert np.all(np.isfinite(sol.social_cost)) and np.all(np.isfinite(sol.flows))
