@@ -192,14 +192,10 @@ def format_table(table, scenario, summary: dict | None = None) -> str:
         lines.append(f"  {scenario.description}")
     head = f"  {'util':>5}  {'PoA':>8}  {'PoS':>8}  {'eq ms':>9}  {'opt ms':>9}  {'conv':>5}  flags"
     best = []
-    for t in scenario.topologies:
-        for label in scenario.policy_labels():
-            rows = [
-                i for i in range(n) if cols["topology"][i] == t.name and cols["policy"][i] == label
-            ]
-            rows.sort(key=lambda i: cols["utilisation"][i])
-            if not rows:
-                continue
+    from poa_jax.sweep import groups  # imports JAX; kept out of argument parsing
+
+    for t, label, rows in groups(scenario, cols):
+        if rows:
             workers = f"{t.workers} worker{'s' if t.workers != 1 else ''}"
             lines += ["", f"{t.name} ({workers}) · {label}", head]
             for i in rows:

@@ -251,18 +251,28 @@ def _device() -> dict:
     }
 
 
-def _summarise(scenario: Scenario, table: pa.Table, timing: dict, chunk: int) -> dict:
-    cols = table.to_pydict()
-    n = table.num_rows
-    conv = np.asarray(cols["converged"], bool)
-    util = [float(u) for u in scenario.load.utilisation()]
-    per = []
+def groups(scenario: Scenario, cols: dict) -> list[tuple[object, str, list[int]]]:
+    """``(topology, policy label, row indices sorted by utilisation)`` for every group."""
+    n = len(cols["topology"])
+    out = []
     for t in scenario.topologies:
         for label in scenario.policy_labels():
             rows = [
                 i for i in range(n) if cols["topology"][i] == t.name and cols["policy"][i] == label
             ]
             rows.sort(key=lambda i: cols["utilisation"][i])
+            out.append((t, label, rows))
+    return out
+
+
+def _summarise(scenario: Scenario, table: pa.Table, timing: dict, chunk: int) -> dict:
+    cols = table.to_pydict()
+    n = table.num_rows
+    conv = np.asarray(cols["converged"], bool)
+    util = [float(u) for u in scenario.load.utilisation()]
+    per = []
+    for t, label, rows in groups(scenario, cols):
+        if rows:
             poa = [float(cols["poa"][i]) for i in rows]
             finite = [p if math.isfinite(p) else -math.inf for p in poa]
             k = int(np.argmax(finite))  # NaN (a non-finite solve) never counts as the max
