@@ -211,6 +211,33 @@ def _agreement(sp: list[dict], eq: pj.Solution, opt: pj.Solution) -> dict:
     )
 
 
+def _model_check(insts: list[sr.Instance], eq: pj.Solution, opt: pj.Solution) -> dict:
+    """poa_jax's own points, re-evaluated by the reference model (no second solve involved).
+
+    Independent of which equilibrium / local optimum each side finds: the SC poa_jax reports
+    against the reference's SC at the same flow, and the gap of the points poa_jax calls
+    converged as the reference measures it.
+    """
+    out = {}
+    for name, sol, gap_fn in (
+        ("equilibrium", eq, sr.equilibrium_gap),
+        ("optimum", opt, sr.optimum_gap),
+    ):
+        diff, gaps = [], []
+        for i, inst in enumerate(insts):
+            x = np.asarray(sol.flows[i], np.float64)[:, inst.workers]
+            diff.append(abs(float(sol.social_cost[i]) - sr.social_cost(inst, x)))
+            diff[-1] /= max(abs(sr.social_cost(inst, x)), np.finfo(float).tiny)
+            if sol.converged[i]:
+                gaps.append(gap_fn(inst, x))
+        out[name] = dict(
+            sc_rel_diff_max=float(max(diff)),
+            converged=len(gaps),
+            reference_gap_max=float(max(gaps)) if gaps else float("nan"),
+        )
+    return out
+
+
 def _progress(msg: str) -> None:
     print(f"[bench_routing {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
@@ -315,6 +342,7 @@ def run(args) -> dict:
     both = result["scipy"]["rate"]["both"]
     result["speedup"] = {str(r["n"]): r["rate"]["both"] / both for r in rows}
     result["agreement"] = _agreement(sp, eq, opt)
+    result["agreement"]["model"] = _model_check([sr.instance(g, i) for i in range(m)], eq, opt)
     meta["load_average_end"] = _loadavg()
     return result
 
@@ -404,6 +432,13 @@ def format_report(res: dict) -> str:
         f"  poa_jax optimum not worse than SciPy's (≤ +{AGREE:g}): "
         f"{_pct(a['optimum_poa_jax_not_worse'])}"
     )
+    for k, label in (("equilibrium", "eq"), ("optimum", "opt")):
+        d = a["model"][k]
+        out.append(
+            f"  poa_jax's {label} flows in the reference model: SC rel diff max "
+            f"{d['sc_rel_diff_max']:.1e}; gap of its {d['converged']} converged points as the "
+            f"reference measures it: max {d['reference_gap_max']:.1e}"
+        )
     out.append(
         "  (with the cache term equilibria are not unique and SC is not convex: differences can "
         "be different equilibria / local optima, not errors)"

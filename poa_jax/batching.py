@@ -185,10 +185,14 @@ def take(p: Prepared, idx: np.ndarray) -> Prepared:
 
 ROUND_ITERS = 32
 COMPACT_ABOVE = 256
-MAX_CHUNK = 2048
+#: Lanes per call. On CPU the cost per lane-iteration is flat from ~100 lanes up (measured:
+#: 1.7–3 µs per lane-iteration at 100–4000 lanes), so small chunks waste nothing and let the
+#: stragglers of a round run in a small program; accelerators want wide calls.
+MAX_CHUNK = {"cpu": 256}
+MAX_CHUNK_ACCELERATOR = 65536
 #: Rounds use two chunk sizes per phase, C and C / SMALL_RATIO: each compiles once, and the
 #: few stragglers at the end of a batch do not pay for a full chunk.
-SMALL_RATIO = 16
+SMALL_RATIO = 8
 
 
 def _vmap_eq(fn, **kw):
@@ -254,7 +258,8 @@ def _put(tree, idx, sub):
 
 
 def _buckets(n: int) -> list[int]:
-    big = min(n, MAX_CHUNK)
+    cap = MAX_CHUNK.get(jax.default_backend(), MAX_CHUNK_ACCELERATOR)
+    big = min(n, cap)
     return [big, max(big // SMALL_RATIO, 1)]
 
 

@@ -83,16 +83,16 @@ def starting_flows(
     rng = np.random.default_rng(seed)
     shares = [uniform]
     herd_i = 0
-    while len(shares) < starts - (1 if greedy else 0):
+    while len(shares) < starts:
         herd = (rank == herd_i) & mask & (herd_i < count)[:, None]
         rand = rng.dirichlet(np.ones(k), size=n) * mask
         rand /= rand.sum(-1, keepdims=True)
         shares.append(np.where(herd.any(-1, keepdims=True), 0.9 * herd + 0.1 * uniform, rand))
         herd_i += 1
     x0 = demand[:, None, :, None] * np.stack(shares, 1)[:, :, None, :]
-    if greedy:
+    if greedy:  # the greedy start replaces the last generated one: still `starts` in all
         g0 = np.asarray(batching.greedy_starts(prep.game, prep.policy), np.float64)
-        x0 = np.concatenate([g0[:, None], x0], axis=1)
+        x0 = np.concatenate([g0[:, None], x0[:, : starts - 1]], axis=1)
     return x0.astype(prep.dtype)
 
 

@@ -44,7 +44,10 @@ def test_smoke_mode_reports_everything(tmp_path, capsys):
     assert all(v > 0 for v in sp["rate"].values())
     assert all(0.0 <= v <= 1.0 for v in sp["reached_tol"].values())
     assert res["speedup"]["16"] > 0
-    assert {"equilibrium_sc", "optimum_sc", "poa"} <= set(res["agreement"])
+    assert {"equilibrium_sc", "optimum_sc", "poa", "model"} <= set(res["agreement"])
+    # The model itself must agree: poa_jax's SC at its own flows vs the reference's.
+    for solver in ("equilibrium", "optimum"):
+        assert res["agreement"]["model"][solver]["sc_rel_diff_max"] < 1e-9
 
     assert json.loads(out.read_text())["sizes"][0]["n"] == 16
     for heading in ("Throughput", "Convergence", "SciPy reference", "Speed-up", "Agreement"):
