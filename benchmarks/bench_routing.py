@@ -15,7 +15,10 @@ and, in the same run, the per-instance SciPy reference (:mod:`benchmarks.scipy_r
 the first ``M`` instances of the first steady-state batch with ``N ≥ M``, to the same tolerance:
 instances/s, share that reached the tolerance, and agreement of the social costs with poa_jax.
 
-The optimum is warm-started from the equilibrium just computed (DESIGN §2.2: the optimum's starts
+Both sides start the equilibrium from the same point: poa_jax's default greedy start (classes
+placed one at a time on their cheapest worker), re-implemented in the reference
+(``--scipy-eq-start uniform`` starts SciPy from the uniform split instead). The optimum is
+warm-started from the equilibrium just computed (DESIGN §2.2: the optimum's starts
 always include the equilibrium, so ``SC(opt) ≤ SC(eq)``) in addition to its ``--opt-starts``
 generated starts (uniform, then herds onto worker 1, 2, …); the SciPy optimum uses the same
 starts (re-created here) and keeps the best. ``--cold-optimum`` drops the warm start on both
@@ -29,6 +32,8 @@ Run ``python -m benchmarks.bench_routing --help``; ``--smoke`` is the tiny CI mo
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import datetime
 import json
 import os
@@ -63,6 +68,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--opt-starts", type=int, default=2, help="generated optimum starts")
     p.add_argument("--cold-optimum", action="store_true", help="no equilibrium warm start")
     p.add_argument("--scipy-instances", type=int, default=20, help="M; 0 skips SciPy")
+    p.add_argument(
+        "--scipy-eq-start", default="greedy", choices=("greedy", "uniform"),
+        help="start of the SciPy equilibrium (greedy = poa_jax's default start)",
+    )  # fmt: skip
     p.add_argument("--repeats", type=int, default=3, help="steady-state repeats (at most)")
     p.add_argument(
         "--repeat-budget", type=float, default=60.0,
@@ -125,6 +134,7 @@ def _meta(args) -> dict:
         max_iters=args.max_iters,
         opt_starts=args.opt_starts,
         warm_optimum=not args.cold_optimum,
+        scipy_eq_start=args.scipy_eq_start,
     )
 
 
@@ -154,7 +164,8 @@ def _herd_starts(inst: sr.Instance, starts: int) -> list[np.ndarray]:
 
 
 def _scipy_one(inst: sr.Instance, args) -> dict:
-    eq = sr.equilibrium(inst, None, args.tol)
+    start = sr.greedy_start(inst) if args.scipy_eq_start == "greedy" else sr.uniform_start(inst)
+    eq = sr.equilibrium(inst, start, args.tol)
     starts = _herd_starts(inst, args.opt_starts)
     if not args.cold_optimum:
         starts.append(eq.flows)
@@ -238,6 +249,45 @@ def _model_check(insts: list[sr.Instance], eq: pj.Solution, opt: pj.Solution) ->
     return out
 
 
+@contextlib.contextmanager
+def _single_threaded_blas():
+    """Sets every loaded OpenBLAS to one thread for the duration; yields the thread count set.
+
+    The reference solves 30-variable problems: multithreaded BLAS only adds synchronisation,
+    and when other processes hold the cores OpenBLAS's spinning threads made SLSQP calls up to
+    ~10× slower and the SciPy timings erratic. NumPy and SciPy each bundle their own OpenBLAS;
+    both are found in ``/proc/self/maps`` (Linux) and set through their
+    ``*_set_num_threads`` entry points, as threadpoolctl does. Elsewhere nothing changes.
+    """
+    restore = []
+    try:
+        maps = Path("/proc/self/maps").read_text().splitlines()
+    except OSError:
+        maps = []
+    paths = {ln.split()[-1] for ln in maps if len(ln.split()) >= 6 and "openblas" in ln.lower()}
+    for path in sorted(paths):
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for prefix in ("scipy_openblas", "openblas"):
+            for suffix in ("64_", ""):
+                get = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
+                put = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
+                if get is not None and put is not None:
+                    restore.append((put, int(get())))
+                    put(1)
+                    break
+            else:
+                continue
+            break
+    try:
+        yield 1 if restore else None
+    finally:
+        for put, n in restore:
+            put(n)
+
+
 def _progress(msg: str) -> None:
     print(f"[bench_routing {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
@@ -311,13 +361,15 @@ def run(args) -> dict:
     g, eq, opt = agreement_src
     m = min(m_req, scipy_n)
     sp = []
-    for i in range(m):
-        sp.append(_scipy_one(sr.instance(g, i), args))
-        r = sp[-1]
-        _progress(
-            f"SciPy {i + 1}/{m}: eq {r['eq_seconds']:.2f}s gap {r['eq_gap']:.0e}, "
-            f"opt {r['opt_seconds']:.2f}s gap {r['opt_gap']:.0e}"
-        )
+    with _single_threaded_blas() as threads:
+        meta["scipy_blas_threads"] = threads
+        for i in range(m):
+            sp.append(_scipy_one(sr.instance(g, i), args))
+            r = sp[-1]
+            _progress(
+                f"SciPy {i + 1}/{m}: eq {r['eq_seconds']:.2f}s gap {r['eq_gap']:.0e}, "
+                f"opt {r['opt_seconds']:.2f}s gap {r['opt_gap']:.0e}"
+            )
     t_eq = np.array([r["eq_seconds"] for r in sp])
     t_opt = np.array([r["opt_seconds"] for r in sp])
 
@@ -405,7 +457,8 @@ def format_report(res: dict) -> str:
     out += [
         "",
         f"SciPy reference, per instance, {sp['instances']} instances of the N = {sp['batch_n']} "
-        "batch (seconds per instance: mean / median / max)",
+        f"batch, equilibrium from the {m['scipy_eq_start']} start, BLAS threads "
+        f"{m.get('scipy_blas_threads') or 'as found'} (seconds per instance: mean / median / max)",
     ]
     for k, label in (("equilibrium", "eq"), ("optimum", "opt"), ("both", "eq+opt")):
         reached = f"  reached tol {_pct(sp['reached_tol'][k])}" if k in sp["reached_tol"] else ""

@@ -61,6 +61,7 @@ __all__ = [
     "Result",
     "instance",
     "uniform_start",
+    "greedy_start",
     "true_cost",
     "social_cost",
     "social_cost_grad",
@@ -141,6 +142,26 @@ def uniform_start(inst: Instance) -> np.ndarray:
     """Every class spread evenly over the workers, ``(J, K)``."""
     J, K = inst.shape
     return np.repeat(inst.demand[:, None] / K, K, axis=1)
+
+
+def greedy_start(inst: Instance) -> np.ndarray:
+    """Classes in decreasing order of demand, each wholly on its cheapest worker, ``(J, K)``.
+
+    "Cheapest" is the true cost of the class on that worker given the classes already placed
+    (ties to the lower index), as a system filling up from empty would route them. This is the
+    start poa_jax's equilibrium solver uses by default; re-implemented here from that
+    description so that both sides can start from the same point.
+    """
+    J, K = inst.shape
+    x = np.zeros((J, K))
+    for j in np.argsort(-inst.demand, kind="stable"):
+        cost = np.empty(K)
+        for k in range(K):
+            trial = x.copy()
+            trial[j, k] = inst.demand[j]
+            cost[k] = true_cost(inst, trial)[j, k]
+        x[j, int(np.argmin(cost))] = inst.demand[j]
+    return x
 
 
 # --------------------------------------------------------------------------- the model

@@ -63,7 +63,7 @@ def price_of_anarchy(
     tol: float | None = None,
     max_iters: int | None = None,
     method: str = "auto",
-    optimum_starts: int = 1,
+    optimum_starts: int = 4,
     descent_steps: int = 0,
     seed: int = 0,
     dtype=None,
@@ -75,7 +75,9 @@ def price_of_anarchy(
       policy: router policy (default selfish), fields broadcast with the batch.
       starts: equilibrium starts per instance.
       tol, max_iters, method, dtype: as :func:`~poa_jax.solve_equilibrium`.
-      optimum_starts: generated optimum starts, in addition to the equilibria found.
+      optimum_starts: generated optimum starts (uniform, herds, random), in addition to the
+        equilibria found. With the cache term SC is not convex and has several local minima:
+        more starts find lower optima (benchmarks/RESULTS.md).
       descent_steps: optax Adam steps per optimum start before the polish.
       seed: seed for random starts.
 
