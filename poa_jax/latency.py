@@ -114,12 +114,15 @@ def _xbar(kappa, rho):
     return jnp.where(jnp.isinf(kappa), jnp.inf, rho * kappa)
 
 
+def _singular(x, d, kappa):
+    """``(κ, d, x)`` for the singular term, made inert (``κ = 1, d = 0, x = 0``) where κ = ∞."""
+    finite = ~jnp.isinf(kappa)
+    return jnp.where(finite, kappa, 1.0), jnp.where(finite, d, 0.0), jnp.where(finite, x, 0.0)
+
+
 def _base(x, a, b, c, p, d, kappa):
     """Value and slope of the un-continued family at ``x ≤ x̄`` (``x ≥ 0``)."""
-    finite = ~jnp.isinf(kappa)
-    k = jnp.where(finite, kappa, 1.0)
-    dd = jnp.where(finite, d, 0.0)
-    xs = jnp.where(finite, x, 0.0)  # the singular term only exists for finite κ
+    k, dd, xs = _singular(x, d, kappa)
     gap = k - xs
     xp1 = jnp.power(x, p - 1.0)  # x^(p−1); p ≥ 1 so 0^0 = 1 gives the right slope at 0
     val = a + b * x + c * x * xp1 + dd * xs / gap
@@ -150,10 +153,7 @@ def _derivative(x, a, b, c, p, d, kappa, rho):
 
 def _second(x, a, b, c, p, d, kappa, rho):
     x, xc, over = _split(x, kappa, rho)
-    finite = ~jnp.isinf(kappa)
-    k = jnp.where(finite, kappa, 1.0)
-    dd = jnp.where(finite, d, 0.0)
-    xs = jnp.where(finite, xc, 0.0)
+    k, dd, xs = _singular(xc, d, kappa)
     # c·p·(p−1)·x^(p−2): zero for p = 1, and taken as 0 at x = 0 (where it may be infinite).
     pos = xc > 0
     poly = jnp.where(
@@ -165,10 +165,7 @@ def _second(x, a, b, c, p, d, kappa, rho):
 
 def _integral(x, a, b, c, p, d, kappa, rho):
     x, xc, over = _split(x, kappa, rho)
-    finite = ~jnp.isinf(kappa)
-    k = jnp.where(finite, kappa, 1.0)
-    dd = jnp.where(finite, d, 0.0)
-    xs = jnp.where(finite, xc, 0.0)
+    k, dd, xs = _singular(xc, d, kappa)
     lam = (
         a * xc
         + b * xc**2 / 2

@@ -579,6 +579,22 @@ def _policy_params(name: str) -> list[str]:
     return list(inspect.signature(makers[name]).parameters)
 
 
+def _named(ck, items, path: str, cls: type, what: str):
+    """Checks a non-empty list of ``cls`` with unique ``name``s; yields ``(key path, item)``."""
+    if not items:
+        ck.fail(path, f"needs at least one {what}")
+    seen = set()
+    for i, item in enumerate(items):
+        p = f"{path}[{i}]"
+        if not isinstance(item, cls):
+            ck.fail(p, f"must be a {cls.__name__}, got {type(item).__name__}")
+        ck.string(f"{p}.name", item.name)
+        if item.name in seen:
+            ck.fail(f"{p}.name", f"duplicate {what.split()[-1]} name", item.name)
+        seen.add(item.name)
+        yield p, item
+
+
 def _validate(s: Scenario) -> None:
     """Every value rule of a scenario, with TOML key paths in the messages."""
     ck = _Check(s.source)
@@ -586,17 +602,7 @@ def _validate(s: Scenario) -> None:
     if not isinstance(s.description, str):
         ck.fail("description", "must be a string", s.description)
 
-    if not s.classes:
-        ck.fail("workload.classes", "needs at least one request class")
-    seen = set()
-    for i, c in enumerate(s.classes):
-        p = f"workload.classes[{i}]"
-        if not isinstance(c, RequestClass):
-            ck.fail(p, f"must be a RequestClass, got {type(c).__name__}")
-        ck.string(f"{p}.name", c.name)
-        if c.name in seen:
-            ck.fail(f"{p}.name", "duplicate class name", c.name)
-        seen.add(c.name)
+    for p, c in _named(ck, s.classes, "workload.classes", RequestClass, "request class"):
         ck.number(f"{p}.tokens", c.tokens, "gt0")
         ck.number(f"{p}.shareable", c.shareable, "unit")
         ck.number(f"{p}.mix", c.mix, "gt0")
@@ -611,17 +617,7 @@ def _validate(s: Scenario) -> None:
     for f in _PREFILL_FIELDS:
         ck.number(f"worker.prefill.{f}", getattr(w.prefill, f), "ge0")
 
-    if not s.topologies:
-        ck.fail("topologies", "needs at least one topology")
-    seen = set()
-    for i, t in enumerate(s.topologies):
-        p = f"topologies[{i}]"
-        if not isinstance(t, Topology):
-            ck.fail(p, f"must be a Topology, got {type(t).__name__}")
-        ck.string(f"{p}.name", t.name)
-        if t.name in seen:
-            ck.fail(f"{p}.name", "duplicate topology name", t.name)
-        seen.add(t.name)
+    for p, t in _named(ck, s.topologies, "topologies", Topology, "topology"):
         ck.integer(f"{p}.workers", t.workers, 1)
         if t.worker != () and not isinstance(t.worker, _FrozenMap):
             ck.fail(f"{p}.worker", "must be a table of worker fields", _thaw(t.worker))
