@@ -239,7 +239,9 @@ def format_table(table, scenario, summary: dict | None = None) -> str:
         lines.append(
             f"converged {conv:.1%} of points; wall time {wt['total']:.1f} s{first} "
             f"({wt['parts_computed']} parts computed, {wt['parts_reused']} reused) on "
-            f"{dev['platform']} {dev['device_kind']}, jax {summary['jax_version']}"
+            f"{dev['platform']}"
+            f"{'' if dev['device_kind'] == dev['platform'] else ' ' + dev['device_kind']}, "
+            f"jax {summary['jax_version']}"
         )
     return "\n".join(lines)
 
