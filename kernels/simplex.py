@@ -9,9 +9,19 @@ The projection is taken in the diagonal metric ``‖v‖²_w = Σ_k w_k v_k²`` 
 
 KKT gives ``y_k = max(0, z_k − θ/w_k)`` with the scalar ``θ`` fixed by ``Σ_k y_k = d``. The sum is
 piecewise linear and decreasing in ``θ`` with breakpoints ``θ_k = w_k z_k``; on the support
-``S``, ``θ = (Σ_S z_i − d) / (Σ_S 1/w_i)``. The support is found without sorting by Michelot's
-finite algorithm (Michelot 1986; Condat 2016 surveys the alternatives). With ``w = 1`` this is the
-Euclidean projection, the same map as ``optax.projections.projection_simplex``.
+``S``, ``θ = (Σ_S z_i − d) / (Σ_S 1/w_i)``. With ``w = 1`` this is the Euclidean projection,
+the same map as ``optax.projections.projection_simplex``.
+
+The support is found without sorting and without a loop. For any set ``A`` let ``θ_A`` solve
+``Σ_A (z_i − θ/w_i) = d``. Since ``Σ_A (z_i − θ/w_i) ≤ Σ_k max(0, z_k − θ/w_k)`` for every ``θ``
+and both sides decrease in ``θ``, ``θ_A ≤ θ*``, with equality for the true support, which is a
+top set ``A_k = {i : θ_i ≥ θ_k}`` of the breakpoints. Hence
+
+    θ* = max_k θ_{A_k},
+
+``K`` candidate thresholds from one ``K × K`` comparison — exact, branch-free and, for the small
+``K`` of a game, several times faster under ``vmap`` on a CPU than sorting or Michelot's
+iterative support elimination (Michelot 1986; Condat 2016 surveys the alternatives).
 
 Everything here acts on one row (``z: (K,)``); callers ``vmap`` over rows and instances.
 """
@@ -23,6 +33,10 @@ import jax.numpy as jnp
 
 __all__ = ["project_simplex", "project_rows"]
 
+#: Rows up to this length are projected with unrolled scalar code (O(K²) elementwise ops);
+#: longer rows use a K × K comparison matrix.
+UNROLL_MAX = 16
+
 
 def project_simplex(
     z: jax.Array,
@@ -32,11 +46,7 @@ def project_simplex(
 ) -> jax.Array:
     """Projects ``z (K,)`` onto ``{y ≥ 0, Σ y = total, y[~mask] = 0}`` in the metric ``weights``.
 
-    Michelot's algorithm (1986), sort-free: start with every allowed coordinate in the support,
-    compute ``θ`` for that support, drop the coordinates with ``z_k − θ/w_k ≤ 0`` and repeat. The
-    support only shrinks and ``θ`` only grows, so at most ``K`` passes reach the exact
-    projection; all ``K`` are run (a fixed-shape loop, cheap for the small ``K`` of a game, and
-    without the sort that dominates on CPU backends).
+    ``θ* = max_k θ_{A_k}`` over the top sets of the breakpoints (see the module docstring).
 
     Args:
       z: point to project, ``(K,)``.
@@ -60,20 +70,25 @@ def project_simplex(
     inv_w = jnp.where(m, 1.0 / w, 0.0)
     zm = jnp.where(m, z, 0.0)
     tiny = jnp.finfo(dtype).tiny
-
-    def theta_of(support):
-        num = jnp.sum(jnp.where(support, zm, 0.0)) - total
-        return num / jnp.maximum(jnp.sum(jnp.where(support, inv_w, 0.0)), tiny)
-
-    def body(_, support):
-        # Never empty the support: the coordinate with the largest breakpoint always stays.
-        keep = support & (zm - theta_of(support) * inv_w > 0)
-        top = jnp.argmax(jnp.where(m, w * z, -jnp.inf))
-        return keep | (jnp.arange(z.shape[-1]) == top) & m
-
-    support = jax.lax.fori_loop(0, z.shape[-1], body, m, unroll=True)
-    theta = theta_of(support)
-    y = jnp.where(support, jnp.maximum(zm - theta * inv_w, 0.0), 0.0)
+    brk = jnp.where(m, w * z, -jnp.inf)  # breakpoints θ_k
+    K = z.shape[-1]
+    if K <= UNROLL_MAX:
+        # Scalar slices, unrolled: elementwise ops only, which XLA fuses into one pass over the
+        # batch (reductions over a length-K minor axis are slow on CPU backends).
+        zs, ivs, bs = ([a[i] for i in range(K)] for a in (zm, inv_w, brk))
+        theta = jnp.asarray(-jnp.inf, dtype)
+        for k in range(K):
+            num, den = -total, jnp.zeros((), dtype)
+            for i in range(K):
+                top = bs[i] >= bs[k]
+                num, den = num + jnp.where(top, zs[i], 0.0), den + jnp.where(top, ivs[i], 0.0)
+            theta = jnp.where(m[k], jnp.maximum(theta, num / jnp.maximum(den, tiny)), theta)
+    else:
+        top = (brk[None, :] >= brk[:, None]) & m[None, :]  # top[k, i]: i ∈ A_k
+        num = jnp.sum(jnp.where(top, zm[None, :], 0.0), axis=-1) - total
+        den = jnp.sum(jnp.where(top, inv_w[None, :], 0.0), axis=-1)
+        theta = jnp.max(jnp.where(m, num / jnp.maximum(den, tiny), -jnp.inf))
+    y = jnp.where(m, jnp.maximum(zm - theta * inv_w, 0.0), 0.0)
     # Restore the exact total lost to rounding by rescaling (y ≥ 0 keeps it on the simplex).
     s = jnp.sum(y)
     y = jnp.where(s > 0, y * (total / jnp.where(s > 0, s, 1.0)), y)

@@ -177,6 +177,7 @@ def _newton_point(cost_fn, x, c, demand, mask):
 class _PState(NamedTuple):
     x: jax.Array  # (J, K) current iterate
     c: jax.Array  # (J, K) F(x)
+    s: jax.Array  # (J, K) metric at x (evaluated with F(x), so common terms are computed once)
     alpha: jax.Array  # () step size
     step: jax.Array  # (J, K) previous projection step, for oscillation detection
     best_x: jax.Array  # (J, K) point of smallest gap seen
@@ -218,7 +219,7 @@ def projection_iteration(
         gap_fn = lambda x, c: relative_gap(x, c, demand, mask)
 
     def step(st: _PState):
-        s = _metric(scale_fn(st.x), mask)
+        s = st.s
         c = _centred(st.c, st.x, demand, mask)
         y = project_rows(st.x - st.alpha * c / s, demand, s, mask)
         cy = cost_fn(y)
@@ -248,6 +249,7 @@ def projection_iteration(
         new = _PState(
             x=jnp.where(finite, y, st.x),
             c=jnp.where(finite, cy, st.c),
+            s=jnp.where(finite, _metric(scale_fn(y), mask), st.s),
             alpha=jnp.where(finite, alpha, st.alpha * 0.5),
             step=jnp.where(finite, dx, 0.0),
             best_x=jnp.where(improved, y, st.best_x),
@@ -260,7 +262,8 @@ def projection_iteration(
         c0 = cost_fn(x0)
         g0 = gap_fn(x0, c0)
         alpha = jnp.asarray(alpha0, x0.dtype)
-        return _PState(x0, c0, alpha, jnp.zeros_like(x0), x0, g0), g0
+        s0 = _metric(scale_fn(x0), mask)
+        return _PState(x0, c0, s0, alpha, jnp.zeros_like(x0), x0, g0), g0
 
     return Iteration(init, step, lambda st: st.best_x)
 

@@ -16,7 +16,8 @@ unfinished instances between rounds. They wire the game's costs into :mod:`poa_j
   (``method="logit"``); its error is the residual ``‖d·p(r(x)) − x‖₁ / Σd``.
 * optimum: ``min SC(x)`` from several starts. Each start takes ``descent_steps`` optax Adam
   steps over the softmax parametrisation (global exploration; 0 by default), then projection
-  dynamics with Newton on the marginal cost ``∇SC`` (autodiff) to the gap
+  dynamics with Newton on the marginal cost ``∇SC`` (closed form,
+  :func:`poa_jax.game.social_cost_gradient`) to the gap
   ``(Σ x·∇SC − Σ_j d_j min_k ∇SC_jk) / SC(x)``, which for convex ``SC`` bounds the relative
   suboptimality. The best candidate among the polished points *and the starts themselves* is
   returned, so warm-starting from an equilibrium guarantees ``SC(opt) ≤ SC(eq)``.
@@ -196,7 +197,7 @@ def marginal_gap(g, x: jax.Array, grad: jax.Array) -> jax.Array:
 
 def _optimum_iteration(g, phase: int = 2) -> vi.Iteration:
     mask = _mask(g, jnp.zeros((g.demand.shape[-1], g.worker_mask.shape[-1]), bool))
-    grad = jax.grad(functools.partial(_game.social_cost, g))
+    grad = functools.partial(_game.social_cost_gradient, g)
     scale = functools.partial(_game.social_cost_curvature, g)
     gap_fn = functools.partial(marginal_gap, g)
     return vi.projection_iteration(
@@ -205,67 +206,52 @@ def _optimum_iteration(g, phase: int = 2) -> vi.Iteration:
     )  # fmt: skip
 
 
-class OptCarry(NamedTuple):
-    """Multi-start optimum carry: one :class:`Carry` per start plus the raw starts."""
+def optimum_init(g, x0, *, descent_steps: int, lr: float) -> Carry:
+    """Starts the optimum polish from one start ``x0 (J, K)`` (after optional optax descent).
 
-    starts: Carry  # leading axis S
-    x0: jax.Array  # (S, J, K) the starts themselves (candidates too)
-
-
-def optimum_init(g, x0s, *, descent_steps: int, lr: float) -> OptCarry:
-    """Starts the optimum from ``x0s (S, J, K)`` (after optional optax descent per start)."""
-    mask = _mask(g, x0s[0])
-    sc = functools.partial(_game.social_cost, g)
-    it = _optimum_iteration(g)
-
-    def one(x0):
-        x = x0
-        if descent_steps > 0:
-            x, _ = descent.minimize_on_simplices(
-                sc, x0, g.demand, mask, optimizer=optax.adam(lr), steps=descent_steps
-            )
-        state, err = it.init(x)
-        return Carry(state, err, jnp.int32(0))
-
-    return OptCarry(jax.vmap(one)(x0s), x0s)
+    Each start is its own lane: the batch edge compacts starts independently, so a slow start
+    does not hold its instance's other starts (they would otherwise run, masked, as long).
+    """
+    x = x0
+    if descent_steps > 0:
+        mask = _mask(g, x0)
+        sc = functools.partial(_game.social_cost, g)
+        x, _ = descent.minimize_on_simplices(
+            sc, x0, g.demand, mask, optimizer=optax.adam(lr), steps=descent_steps
+        )
+    state, err = _optimum_iteration(g).init(x)
+    return Carry(state, err, jnp.int32(0))
 
 
-def optimum_advance(g, carry: OptCarry, *, tol, max_iters, budget, phase) -> OptCarry:
-    """At most ``budget`` more iterations of ``phase`` for every start."""
+def optimum_advance(g, carry: Carry, *, tol, max_iters, budget, phase) -> Carry:
+    """At most ``budget`` more iterations of ``phase`` for one start."""
     it = _optimum_iteration(g, phase)
     stop = OPT_NEWTON_BELOW if phase == 1 else 0.0
-
-    def one(c: Carry) -> Carry:
-        return Carry(
-            *loop.advance(
-                it.step, c.state, c.error, c.steps,
-                tol=tol, max_steps=max_iters, budget=budget, stop_below=stop,
-            )
-        )  # fmt: skip
-
-    return OptCarry(jax.vmap(one)(carry.starts), carry.x0)
+    return Carry(
+        *loop.advance(
+            it.step, carry.state, carry.error, carry.steps,
+            tol=tol, max_steps=max_iters, budget=budget, stop_below=stop,
+        )
+    )  # fmt: skip
 
 
-def optimum_pending(carry: OptCarry, *, tol, max_iters) -> jax.Array:
-    """Work left for this instance: 0 none, else the phase (1 if any pending start is in phase
-    1, else 2)."""
-    c = carry.starts
-    p = loop.pending(c.error, c.steps, tol, max_iters)
-    in1 = jnp.any(p & (phase_of(c.error, OPT_NEWTON_BELOW) == 1))
-    return jnp.where(jnp.any(p), jnp.where(in1, 1, 2), 0)
+def optimum_pending(carry: Carry, *, tol, max_iters) -> jax.Array:
+    """Work left for one start: 0 none, else the phase it is in (1 or 2)."""
+    p = loop.pending(carry.error, carry.steps, tol, max_iters)
+    return jnp.where(p, phase_of(carry.error, OPT_NEWTON_BELOW), 0)
 
 
-def optimum_finish(g, carry: OptCarry, *, tol) -> dict:
-    """The best candidate among polished starts and raw starts."""
+def optimum_finish(g, carry: Carry, x0s: jax.Array, *, tol) -> dict:
+    """The best candidate among the polished starts (``carry`` with a leading start axis ``S``)
+    and the raw starts ``x0s (S, J, K)``."""
     sc = functools.partial(_game.social_cost, g)
-    grad = jax.grad(sc)
+    grad = functools.partial(_game.social_cost_gradient, g)
     it = _optimum_iteration(g)
-    polished = jax.vmap(it.solution)(carry.starts.state)
-    x0s = carry.x0
+    polished = jax.vmap(it.solution)(carry.state)
     raw_gap = jax.vmap(lambda x: marginal_gap(g, x, grad(x)))(x0s)
     cand_x = jnp.concatenate([polished, x0s])
-    cand_gap = jnp.concatenate([carry.starts.error, raw_gap])
-    cand_steps = jnp.concatenate([carry.starts.steps, jnp.zeros_like(carry.starts.steps)])
+    cand_gap = jnp.concatenate([carry.error, raw_gap])
+    cand_steps = jnp.concatenate([carry.steps, jnp.zeros_like(carry.steps)])
     cand_sc = jax.vmap(sc)(cand_x)
     # The lowest cost wins, but a converged candidate is preferred over one that is cheaper by
     # no more than the tolerance (a raw start can win by rounding alone). NaN never wins.
@@ -288,7 +274,11 @@ def optimum_finish(g, carry: OptCarry, *, tol) -> dict:
 
 def optimum(g, x0s, *, tol: float, max_iters: int, descent_steps: int, lr: float) -> dict:
     """Optimum in one call (no compaction)."""
-    c = optimum_init(g, x0s, descent_steps=descent_steps, lr=lr)
-    for phase in (1, 2):
-        c = optimum_advance(g, c, tol=tol, max_iters=max_iters, budget=max_iters, phase=phase)
-    return optimum_finish(g, c, tol=tol)
+
+    def one(x0):
+        c = optimum_init(g, x0, descent_steps=descent_steps, lr=lr)
+        for phase in (1, 2):
+            c = optimum_advance(g, c, tol=tol, max_iters=max_iters, budget=max_iters, phase=phase)
+        return c
+
+    return optimum_finish(g, jax.vmap(one)(x0s), x0s, tol=tol)

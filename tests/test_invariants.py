@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 import poa_jax as pj
+from poa_jax import batching, game
 from poa_jax import policies as P
 
 TOL64 = 1e-9  # the float64 default tolerance (poa_jax.tolerances)
@@ -260,6 +261,33 @@ def test_optimum_satisfies_first_order_conditions(large, poa_large):
     ok = poa_large.optimum.converged
     assert ok.mean() > 0.9
     assert np.all(gap[ok] <= 1e-6), gap[ok].max()
+
+
+@pytest.mark.parametrize("variant", ["as_drawn", "infinite_cache", "overloaded"])
+def test_social_cost_gradient_matches_finite_differences(large, variant):
+    # The optimum solver's closed-form marginal cost against central differences of the NumPy
+    # social cost, at random interior flows (padded workers included: their entries are 0).
+    g = large
+    if variant == "infinite_cache":
+        g = dataclasses.replace(g, cache_size=np.inf)
+    elif variant == "overloaded":
+        g = overload(g, 1.5)
+    f = _full(g)
+    rng = np.random.default_rng(5)
+    n, j = f["demand"].shape
+    k = f["mask"].shape[-1]
+    share = rng.dirichlet(np.ones(k), (n, j)) * f["mask"][:, None, :]
+    x = f["demand"][:, :, None] * share / share.sum(-1, keepdims=True)
+    prep = batching.prepare(g, None, np.float64)
+    got = np.asarray(jax.jit(jax.vmap(game.social_cost_gradient))(prep.game, jnp.asarray(x)))
+    want = np.zeros_like(x)
+    for a in range(j):
+        for b in range(k):
+            e = np.zeros_like(x)
+            e[:, a, b] = 1e-6 * np.maximum(x[:, a, b], 1e-3)
+            diff = np_social_cost(f, x + e) - np_social_cost(f, x - e)
+            want[:, a, b] = np.where(f["mask"][:, b], diff / (2 * e[:, a, b]), 0.0)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6 * np.abs(want).max())
 
 
 def test_converged_share_above_floor(poa_large):

@@ -70,7 +70,8 @@ def _check_kkt(y, z, total, w, mask, tol):
 optax_projection = jax.jit(jax.vmap(optax.projections.projection_simplex))
 
 
-@pytest.mark.parametrize("k", [1, 2, 3, 7, 16])
+# 16 is the last unrolled size, 17 and 40 take the K × K comparison branch
+@pytest.mark.parametrize("k", [1, 2, 3, 7, 16, 17, 40])
 def test_project_simplex_matches_optax(k):
     inputs = [_random_inputs(100 * k + seed, k) for seed in range(20)]
     z = np.stack([i[0] for i in inputs])
@@ -83,7 +84,7 @@ def test_project_simplex_matches_optax(k):
         _check_kkt(got[i], z[i], totals[i], np.ones(k), np.ones(k, bool), 1e-10)
 
 
-@pytest.mark.parametrize("k", [2, 4, 9])
+@pytest.mark.parametrize("k", [2, 4, 9, 20])
 def test_project_simplex_weighted_masked_matches_scipy_qp(k):
     for seed in range(12):
         z, total, w, mask = _random_inputs(7 * k + seed, k)
