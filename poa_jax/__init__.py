@@ -10,14 +10,18 @@ One import: ``import poa_jax as pj``.
 
 __version__ = "0.1.0"
 
-from poa_jax import latency, policies, scenario, sweep, synthetic
+from poa_jax import latency, policies, scenario, sweep, synthetic, tntp, topology
 from poa_jax.errors import InputError
 from poa_jax.game import RoutingGame
+from poa_jax.graph import GraphGame, read_tntp, write_tntp_flows
+from poa_jax.graph_solve import GraphSolution
 from poa_jax.latency import Latency, PrefillTime
 from poa_jax.poa import PoAResult, price_of_anarchy
 from poa_jax.solve import Solution, solve_equilibrium, solve_optimum
 
 __all__ = [
+    "GraphGame",
+    "GraphSolution",
     "InputError",
     "Latency",
     "PoAResult",
@@ -27,9 +31,13 @@ __all__ = [
     "latency",
     "policies",
     "price_of_anarchy",
+    "read_tntp",
     "scenario",
     "solve_equilibrium",
     "solve_optimum",
     "sweep",
     "synthetic",
+    "tntp",
+    "topology",
+    "write_tntp_flows",
 ]

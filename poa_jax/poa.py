@@ -18,6 +18,7 @@ import numpy as np
 
 from poa_jax import batching, solve, tolerances
 from poa_jax.game import RoutingGame
+from poa_jax.graph import GraphGame
 from poa_jax.kernels.loop import CONVERGED
 from poa_jax.policies import Policy, selfish
 
@@ -71,7 +72,11 @@ def price_of_anarchy(
     """PoA and price of stability of ``policy`` for every game in the batch.
 
     Args:
-      game: a :class:`~poa_jax.RoutingGame` batch.
+      game: a :class:`~poa_jax.RoutingGame` batch, or a :class:`~poa_jax.graph.GraphGame` batch
+        (selfish policy; one equilibrium — the link flows are unique for increasing latencies —
+        so PoS = PoA; ``equilibrium`` and ``optimum`` are
+        :class:`~poa_jax.graph_solve.GraphSolution`; ``starts`` and the optimum options do not
+        apply).
       policy: router policy (default selfish), fields broadcast with the batch.
       starts: equilibrium starts per instance.
       tol, max_iters, method, dtype: as :func:`~poa_jax.solve_equilibrium`.
@@ -91,6 +96,8 @@ def price_of_anarchy(
       >>> round(float(pj.price_of_anarchy(mm1).poa), 6)
       1.5
     """
+    if isinstance(game, GraphGame):
+        return _graph_poa(game, policy, tol, max_iters, method, dtype)
     if method not in solve.METHODS:
         raise solve.InputError(f"method {method!r} is unknown: must be one of {solve.METHODS}")
     tol, max_iters = solve._resolve(dtype, tol, max_iters)
@@ -141,4 +148,34 @@ def price_of_anarchy(
         equilibrium_costs=costs.reshape(shape + (starts,)),
         converged_starts=ok.sum(-1).reshape(shape),
         converged=w.converged & o.converged,
+    )
+
+
+def _graph_poa(game, policy, tol, max_iters, method, dtype) -> PoAResult:
+    """PoA of a graph game: one Wardrop equilibrium and the system optimum."""
+    solve._selfish_only(policy)
+    eq = solve._graph(game, False, tol, max_iters, method, dtype)
+    opt = solve._graph(game, True, tol, max_iters, method, dtype)
+    # SC(opt) ≤ SC(eq) exactly: where the equilibrium is cheaper (PoA = 1 up to the tolerance),
+    # it is the better optimum.
+    lower = eq.social_cost < opt.social_cost
+    if np.any(lower):
+        fix = {}
+        for f in ("link_flows", "social_cost", "potential", "mean_latency", "overloaded"):
+            a, b = np.asarray(getattr(opt, f)).copy(), np.asarray(getattr(eq, f))
+            sel = lower.reshape(lower.shape + (1,) * (a.ndim - lower.ndim))
+            fix[f] = np.where(sel, b, a)
+        opt = dataclasses.replace(opt, **fix)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        poa = np.where(opt.social_cost > 0, eq.social_cost / opt.social_cost, 1.0)
+    ok = eq.converged
+    return PoAResult(
+        poa=poa,
+        price_of_stability=poa,
+        equilibrium=eq,
+        best_equilibrium=eq,
+        optimum=opt,
+        equilibrium_costs=np.where(ok, eq.social_cost, np.nan)[..., None],
+        converged_starts=ok.astype(np.int64),
+        converged=ok & opt.converged,
     )

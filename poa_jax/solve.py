@@ -16,6 +16,7 @@ import numpy as np
 from poa_jax import batching, tolerances
 from poa_jax.errors import InputError
 from poa_jax.game import RoutingGame
+from poa_jax.graph import GraphGame
 from poa_jax.kernels.loop import CONVERGED
 from poa_jax.policies import Policy, selfish
 
@@ -162,13 +163,17 @@ def solve_equilibrium(
     cost (``τ = 0``), or routes by the logit response (``τ > 0``).
 
     Args:
-      game: a :class:`~poa_jax.RoutingGame`, fields with leading batch axes ``...``.
+      game: a :class:`~poa_jax.RoutingGame`, fields with leading batch axes ``...``, or a
+        :class:`~poa_jax.graph.GraphGame` (Wardrop equilibrium; result a
+        :class:`~poa_jax.graph_solve.GraphSolution` with ``link_flows`` and ``potential``).
       policy: a :class:`~poa_jax.policies.Policy` (default selfish); fields broadcast with ``...``.
+        Graph games take the selfish policy only.
       tol: relative-gap tolerance (default by dtype, :mod:`poa_jax.tolerances`).
       max_iters: iteration bound (default 1000).
       method: ``auto`` (= ``projection``: projection dynamics with an endgame Newton step;
         logit averaging for τ > 0), ``projection``, ``extragradient`` or ``frank_wolfe``
-        (needs a potential: no cache term, or load-balanced).
+        (needs a potential: no cache term, or load-balanced). Graph games: ``auto``
+        (= ``paths``), ``paths`` or ``frank_wolfe`` (:mod:`poa_jax.graph_solve`).
       x0: optional start flows ``(..., J, K)``; default uniform over existing workers.
       dtype: float32 or float64 (default: JAX's default float).
 
@@ -182,6 +187,9 @@ def solve_equilibrium(
       >>> sol.flows.round(4).tolist(), bool(sol.converged)
       ([[1.0, 0.0]], True)
     """
+    if isinstance(game, GraphGame):
+        _selfish_only(policy)
+        return _graph(game, False, tol, max_iters, method, dtype)
     if method not in METHODS:
         raise InputError(f"method {method!r} is unknown: must be one of {', '.join(METHODS)}")
     tol, max_iters = _resolve(dtype, tol, max_iters)
@@ -220,6 +228,7 @@ def solve_optimum(
     x0=None,
     seed: int = 0,
     dtype=None,
+    method: str = "auto",
 ) -> Solution:
     """Coordinated optimum ``argmin SC(x)`` for every game in the batch, multi-start.
 
@@ -233,10 +242,18 @@ def solve_optimum(
       x0: optional extra warm starts ``(..., S', J, K)`` or ``(..., J, K)``, e.g. equilibria.
       seed: seed of the random starts.
       dtype: float32 or float64.
+      method: for a :class:`~poa_jax.graph.GraphGame`, ``auto`` (= ``paths``), ``paths`` or
+        ``frank_wolfe`` on the marginal link costs (``starts``, ``descent_steps``, ``x0`` do not
+        apply: with the convex link costs of the family the optimum is unique).
 
     Returns:
-      A :class:`Solution` (``social_cost`` is the optimum; ``gap`` its optimality gap).
+      A :class:`Solution` (``social_cost`` is the optimum; ``gap`` its optimality gap), or a
+      :class:`~poa_jax.graph_solve.GraphSolution` for a graph game.
     """
+    if isinstance(game, GraphGame):
+        return _graph(game, True, tol, max_iters, method, dtype)
+    if method != "auto":
+        raise InputError(f"method {method!r}: routing-game optima take method 'auto' only")
     tol, max_iters = _resolve(dtype, tol, max_iters)
     prep = batching.prepare(game, None, dtype)
     x0s = starting_flows(prep, starts, seed)
@@ -251,3 +268,26 @@ def solve_optimum(
         lr=float(lr),
     )  # fmt: skip
     return _to_solution(out, prep)
+
+
+def _selfish_only(policy) -> None:
+    if policy is None:
+        return
+    if not isinstance(policy, Policy):
+        raise InputError(f"policy: expected a pj.policies.Policy, got {type(policy).__name__}")
+    ref = selfish()
+    same = all(
+        np.all(np.asarray(getattr(policy, f)) == getattr(ref, f))
+        for f in ("w_true", "w_prefill", "w_decode", "tau")
+    )
+    if not same:
+        raise InputError("policy: graph games are solved for the selfish (Wardrop) policy only")
+
+
+def _graph(game, optimum: bool, tol, max_iters, method: str, dtype):
+    from poa_jax.graph_solve import solve_graph
+
+    return solve_graph(
+        game, optimum=optimum, tol=tol, max_iters=max_iters,
+        method="paths" if method == "auto" else method, dtype=dtype,
+    )  # fmt: skip

@@ -1,0 +1,643 @@
+r"""Equilibria and optima of graph games (:mod:`poa_jax.graph`), batched.
+
+Two methods, one result type (:class:`GraphSolution`):
+
+* ``"paths"`` (default) — **path-based projection dynamics with column generation.** Each OD
+  pair ``w`` keeps a set of paths ``Π_w`` (the union over the batch, padded to ``P`` per pair,
+  with a mask per instance). On the restricted sets the equilibrium is the variational
+  inequality of the path costs ``c = Δᵀ t(Δ x)`` on the product of the OD simplices, solved by
+  the scaled projection dynamics of :mod:`poa_jax.kernels.vi` with the diagonal metric
+  ``s_π = Σ_{e∈π} t'_e(f_e)`` (Jayakrishnan et al.'s gradient projection, Jacobi form, step
+  controlled by oscillation). Every round of ``ROUND_ITERS`` iterations ends with a shortest-path
+  computation at the current link costs (:func:`poa_jax.kernels.graphs.shortest_paths`): its
+  distances give the *true* gap (minimum over all paths of the graph, not only the stored
+  ones) and its tree paths that are not yet stored are added (column generation). An instance
+  has converged when its true gap is at most ``tol``.
+* ``"frank_wolfe"`` — **link-based Frank–Wolfe**: all-or-nothing loading on the shortest-path
+  trees, exact line search by bisection on ``⟨t(f + α(y − f)), y − f⟩`` (the derivative of the
+  Beckmann potential along the direction). The classic method; it converges sublinearly and is
+  kept as the reference and for comparison (benchmarks/RESULTS.md).
+
+The optimum is the same computation on the marginal link cost ``t_e + f_e t'_e`` (metric
+``2t'_e + f_e t''_e``), whose "potential" is ``SC`` itself; its gap is measured with marginal
+costs, divided by ``SC``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from poa_jax.errors import InputError
+from poa_jax.graph import GraphGame
+from poa_jax.kernels import graphs, loop, ragged
+from poa_jax.latency import Latency
+from poa_jax.validation import as_array, check
+
+__all__ = ["GraphSolution", "solve_graph", "GRAPH_METHODS"]
+
+GRAPH_METHODS = ("paths", "frank_wolfe")
+#: Projection iterations between two shortest-path (column generation / true gap) checks.
+ROUND_ITERS = 25
+ALPHA_MAX = 4.0
+_LAT = ("a", "b", "c", "p", "d", "kappa", "rho_max")
+_LAT_RULES = dict(
+    a="finite_ge0", b="finite_ge0", c="finite_ge0", p="p", d="finite_ge0",
+    kappa="pos_or_inf", rho_max="open_unit",
+)  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class GraphSolution:
+    """Per-instance results of a graph game; ``...`` is the batch shape.
+
+    Attributes:
+      link_flows: ``(..., E)`` link flows ``f``.
+      path_flows: ``(..., P)`` flows on the stored paths (not unique: never compare them).
+      paths: the stored paths, ``((od_pair, (link, link, …)), …)`` in the order of
+        ``path_flows`` (shared by the batch; empty for Frank–Wolfe, which keeps link flows only).
+      social_cost: ``(...)`` total travel time ``Σ_e f_e t_e(f_e)``.
+      potential: ``(...)`` Beckmann objective ``Σ_e ∫_0^{f_e} t_e``.
+      mean_latency: ``(...)`` ``SC / Σ_w d_w``.
+      gap: ``(...)`` relative gap against the shortest paths of the graph (marginal costs for the
+        optimum).
+      average_excess_cost: ``(...)`` ``(Σ x·c − Σ_w d_w min c_w) / Σ_w d_w``.
+      iterations: ``(...)`` projection (or Frank–Wolfe) iterations.
+      status: ``(...)`` 0 converged, 1 max iterations, 2 non-finite.
+      converged: ``(...)`` bool.
+      overloaded: ``(...)`` a link runs past ``ρ_max·κ``.
+    """
+
+    link_flows: np.ndarray
+    path_flows: np.ndarray
+    paths: tuple[tuple[int, tuple[int, ...]], ...]
+    social_cost: np.ndarray
+    potential: np.ndarray
+    mean_latency: np.ndarray
+    gap: np.ndarray
+    average_excess_cost: np.ndarray
+    iterations: np.ndarray
+    status: np.ndarray
+    converged: np.ndarray
+    overloaded: np.ndarray
+
+
+# --------------------------------------------------------------------------- preparation
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _Topology:
+    """Static structure shared by a batch (hashed by identity of its content digest)."""
+
+    tail: np.ndarray
+    head: np.ndarray
+    inlinks: np.ndarray
+    thru: np.ndarray
+    origins: np.ndarray  # (O,) distinct origins
+    origin_index: np.ndarray  # (W,) row in `origins` per pair
+    destinations: np.ndarray  # (W,)
+    key: bytes
+
+    def __hash__(self):
+        return hash(self.key)
+
+    def __eq__(self, other):
+        return isinstance(other, _Topology) and self.key == other.key
+
+    @property
+    def num_links(self) -> int:
+        return self.tail.shape[0]
+
+
+class _Prepared(NamedTuple):
+    latency: Latency  # fields (N, E)
+    demand: jax.Array  # (N, W)
+    link_mask: jax.Array  # (N, E) bool
+    topo: _Topology
+    batch_shape: tuple[int, ...]
+    dtype: np.dtype
+
+
+def _ints(name: str, value, n: int | None = None) -> np.ndarray:
+    a = np.asarray(value)
+    if a.ndim != 1 or (a.size and not np.issubdtype(a.dtype, np.integer)):
+        raise InputError(f"{name}: must be a 1-D array of integers, got shape {a.shape} {a.dtype}")
+    if n is not None and a.shape[0] != n:
+        raise InputError(f"{name} has {a.shape[0]} entries: must have {n}")
+    return a.astype(np.int64)
+
+
+def prepare_graph(game: GraphGame, dtype) -> _Prepared:
+    """Checks and flattens a graph game batch. Raises :class:`InputError` before compiling."""
+    from poa_jax.batching import float_dtype
+
+    dt = float_dtype(dtype)
+    v = int(game.num_nodes)
+    if v < 2:
+        raise InputError(f"GraphGame.num_nodes = {v}: must be >= 2")
+    tail = _ints("GraphGame.tail", game.tail)
+    e = tail.shape[0]
+    if e == 0:
+        raise InputError("GraphGame.tail: the graph needs at least one link")
+    head = _ints("GraphGame.head", game.head, e)
+    origins = _ints("GraphGame.origins", game.origins)
+    w = origins.shape[0]
+    if w == 0:
+        raise InputError("GraphGame.origins: at least one OD pair is needed")
+    dest = _ints("GraphGame.destinations", game.destinations, w)
+    for name, a in (("tail", tail), ("head", head), ("origins", origins), ("destinations", dest)):
+        bad = np.flatnonzero((a < 0) | (a >= v))
+        if bad.size:
+            i = int(bad[0])
+            raise InputError(
+                f"GraphGame.{name}[{i}] = {int(a[i])}: unknown node (must be in 0..{v - 1})"
+            )
+    loops = np.flatnonzero(tail == head)
+    if loops.size:
+        raise InputError(f"GraphGame.tail/head[{int(loops[0])}]: a link from a node to itself")
+    same = np.flatnonzero(origins == dest)
+    if same.size:
+        raise InputError(f"GraphGame.origins/destinations[{int(same[0])}]: origin = destination")
+    ftn = int(game.first_thru_node)
+    if not 0 <= ftn <= v:
+        raise InputError(f"GraphGame.first_thru_node = {ftn}: must be in 0..{v}")
+
+    demand = as_array("GraphGame.demand", game.demand)
+    if demand.ndim == 0 or demand.shape[-1] != w:
+        raise InputError(f"GraphGame.demand has shape {demand.shape}: last axis must be W = {w}")
+    check("GraphGame.demand", demand, "finite_ge0")
+    lat = {}
+    for f in _LAT:
+        name = f"GraphGame.latency.{f}"
+        lat[f] = as_array(name, getattr(game.latency, f))
+        check(name, lat[f], _LAT_RULES[f])
+        if lat[f].ndim and lat[f].shape[-1] not in (1, e):
+            raise InputError(f"{name} has shape {lat[f].shape}: last axis must be E = {e} (or 1)")
+    mask = as_array("GraphGame.link_mask", game.link_mask, dtype=bool)
+    if mask.ndim and mask.shape[-1] not in (1, e):
+        raise InputError(f"GraphGame.link_mask has shape {mask.shape}: last axis must be E = {e}")
+    parts = [demand.shape[:-1], mask.shape[:-1]] + [a.shape[:-1] for a in lat.values()]
+    try:
+        batch = tuple(np.broadcast_shapes(*parts))
+    except ValueError:
+        raise InputError(
+            f"GraphGame: leading (batch) axes do not broadcast: demand {demand.shape}, "
+            f"link_mask {mask.shape}, latency {[a.shape for a in lat.values()]}"
+        ) from None
+    n = int(np.prod(batch, dtype=np.int64))
+
+    def flat(a, last):
+        a = a.reshape(1) if a.ndim == 0 else a
+        return np.broadcast_to(a, batch + (last,)).reshape(n, last)
+
+    to = functools.partial(jnp.asarray, dtype=dt)
+    thru = np.arange(v) >= ftn
+    uorig, oidx = np.unique(origins, return_inverse=True)
+    inl = graphs.in_links(head, v)
+    key = (
+        b"".join(a.astype(np.int64).tobytes() for a in (tail, head, origins, dest))
+        + bytes([v % 256, ftn % 256])
+        + np.array([v, ftn, e, w], np.int64).tobytes()
+    )
+    topo = _Topology(tail, head, inl, thru, uorig, oidx.astype(np.int64), dest, key)
+    mask_f = flat(mask, e)
+    demand_f = flat(demand, w)
+    _check_connected(topo, mask_f, demand_f, v)
+    return _Prepared(
+        Latency(**{f: to(flat(lat[f], e)) for f in _LAT}),
+        to(demand_f),
+        jnp.asarray(mask_f),
+        topo,
+        batch,
+        dt,
+    )
+
+
+def _check_connected(topo: _Topology, mask: np.ndarray, demand: np.ndarray, v: int) -> None:
+    """Every OD pair with demand > 0 must have a path in its instance (host BFS per pattern)."""
+    for pattern in np.unique(mask, axis=0):
+        rows = np.flatnonzero((mask == pattern).all(-1))
+        need = (demand[rows] > 0).any(0)
+        adj = [[] for _ in range(v)]
+        for e_ in np.flatnonzero(pattern):
+            adj[topo.tail[e_]].append(topo.head[e_])
+        for oi, o in enumerate(topo.origins):
+            seen = np.zeros(v, bool)
+            seen[o] = True
+            stack = [o]
+            while stack:
+                u = stack.pop()
+                if u != o and not topo.thru[u]:
+                    continue
+                for h in adj[u]:
+                    if not seen[h]:
+                        seen[h] = True
+                        stack.append(h)
+            pairs = np.flatnonzero((topo.origin_index == oi) & need & ~seen[topo.destinations])
+            if pairs.size:
+                wi = int(pairs[0])
+                raise InputError(
+                    f"GraphGame.demand[..., {wi}] > 0 from node {int(o)} to node "
+                    f"{int(topo.destinations[wi])}, but no path connects them"
+                    + (" (with this instance's link_mask)" if not pattern.all() else "")
+                )
+
+
+# --------------------------------------------------------------------------- link costs
+
+
+def _link_cost(lat: Latency, f: jax.Array, marginal: bool) -> jax.Array:
+    t = lat.value(f)
+    return t + f * lat.derivative(f) if marginal else t
+
+
+def _link_slope(lat: Latency, f: jax.Array, marginal: bool) -> jax.Array:
+    d1 = lat.derivative(f)
+    return 2.0 * d1 + f * lat.second_derivative(f) if marginal else d1
+
+
+def _measures(lat, demand, link_mask, f, topo: _Topology, marginal: bool):
+    """True gap, AEC, SC, potential and the tree paths at link flows ``f`` (one instance)."""
+    t = _link_cost(lat, f, marginal)
+    cost = jnp.where(link_mask, t, jnp.inf)
+    dist, pred = graphs.shortest_paths(cost, topo.tail, topo.origins, topo.inlinks, topo.thru)
+    best = dist[jnp.asarray(topo.origin_index), jnp.asarray(topo.destinations)]  # (W,)
+    true_t = lat.value(f)
+    sc = jnp.sum(jnp.where(link_mask, f * true_t, 0.0))
+    total = jnp.sum(jnp.where(link_mask, f * t, 0.0))
+    shortfall = total - jnp.sum(jnp.where(demand > 0, demand * best, 0.0))
+    tiny = jnp.finfo(f.dtype).tiny
+    gap = jnp.maximum(shortfall, 0.0) / jnp.maximum(jnp.abs(sc), tiny)
+    aec = jnp.maximum(shortfall, 0.0) / jnp.maximum(jnp.sum(demand), tiny)
+    potential = jnp.sum(jnp.where(link_mask, lat.integral(f), 0.0))
+    over = jnp.any(link_mask & (f > lat.saturation()))
+    gap = jnp.where(jnp.isfinite(gap), gap, jnp.inf)
+    return gap, aec, sc, potential, over, pred
+
+
+# --------------------------------------------------------------------------- path-based
+#
+# Paths are stored flat, in the order they were found (each with its OD pair as its group), with
+# a dense incidence matrix (P, E): f = xᵀΔ and c = Δt are matrix products, which vmap turns into
+# (N, P) × (P, E) products. Measured on SiouxFalls (100 instances, 2 048 path slots, CPU): 1.2 ms
+# for the link flows against 3.8 ms with gather tables and more with scatter (segment sums); the
+# flat layout avoids padding every OD pair to the largest one (6× the slots on SiouxFalls).
+# The paths of each OD pair are a gather table (W, M) for the per-pair reductions.
+
+
+class _PathCarry(NamedTuple):
+    state: object
+    error: jax.Array
+    steps: jax.Array
+
+
+class _Paths(NamedTuple):
+    """The stored paths as arrays (shared by the batch); sizes padded to powers of two."""
+
+    group: jax.Array  # (P,) OD pair of each path (padding: 0)
+    valid: jax.Array  # (P,) real path
+    incidence: jax.Array  # (P, E) number of times each path uses each link (0/1)
+    members: jax.Array  # (W, M) paths of each OD pair (padding: P)
+    common: jax.Array  # (W, E) links on every stored path of the pair (1) or not (0)
+
+
+def _path_maps(lat, link_mask, paths: _Paths):
+    inc = paths.incidence.astype(lat.a.dtype)
+
+    def flows(x):
+        return x @ inc
+
+    def path_sum(t):
+        return inc @ t
+
+    # A stored path through a link absent in this instance is not a strategy here.
+    absent = path_sum(jnp.where(link_mask, 0.0, 1.0).astype(lat.a.dtype))
+    return flows, path_sum, paths.valid & (absent == 0)
+
+
+def _path_iteration(lat, demand, link_mask, paths: _Paths, marginal: bool):
+    flows, path_sum, valid = _path_maps(lat, link_mask, paths)
+    common = paths.common.astype(lat.a.dtype)
+    cost = lambda x: path_sum(_link_cost(lat, flows(x), marginal))
+
+    def scale(x):
+        # Curvature of moving flow between paths of a pair: links every one of its paths uses
+        # (a shared prefill link, a common first mile) see no change, so they are left out;
+        # counting them made the unit step ~100× too short on a 5-path cluster.
+        slope = _link_slope(lat, flows(x), marginal)
+        return path_sum(slope) - (common @ slope)[paths.group]
+
+    it = ragged.projection_iteration(
+        cost, scale, demand, paths.group, paths.members, valid, alpha_max=ALPHA_MAX
+    )
+    return it, flows
+
+
+def _path_init(lat, demand, link_mask, x0, alpha, paths, *, marginal):
+    it, _ = _path_iteration(lat, demand, link_mask, paths, marginal)
+    state, err = it.init(x0)
+    return _PathCarry(state._replace(alpha=alpha), err, jnp.int32(0))
+
+
+def _path_advance(lat, demand, link_mask, carry, tol, paths, *, marginal, budget, max_iters):
+    it, _ = _path_iteration(lat, demand, link_mask, paths, marginal)
+    return _PathCarry(
+        *loop.advance(
+            it.step, carry.state, carry.error, carry.steps,
+            tol=tol, max_steps=max_iters, budget=budget,
+        )
+    )  # fmt: skip
+
+
+def _path_check(lat, demand, link_mask, carry, paths, *, marginal, topo):
+    it, flows = _path_iteration(lat, demand, link_mask, paths, marginal)
+    x = it.solution(carry.state)
+    f = flows(x)
+    gap, aec, sc, pot, over, pred = _measures(lat, demand, link_mask, f, topo, marginal)
+    tree = graphs.trace_paths(pred, topo.tail, topo.origin_index, topo.destinations)
+    return dict(x=x, f=f, gap=gap, aec=aec, sc=sc, potential=pot, over=over, tree=tree)
+
+
+_V = jax.vmap
+
+
+@functools.partial(jax.jit, static_argnames=("marginal",))
+def _j_path_init(lat, demand, link_mask, x0, alpha, paths, *, marginal):
+    fn = functools.partial(_path_init, marginal=marginal)
+    return _V(fn, in_axes=(0, 0, 0, 0, 0, None))(lat, demand, link_mask, x0, alpha, paths)
+
+
+@functools.partial(jax.jit, static_argnames=("marginal", "budget", "max_iters"))
+def _j_path_advance(lat, demand, link_mask, carry, tol, paths, *, marginal, budget, max_iters):
+    fn = functools.partial(_path_advance, marginal=marginal, budget=budget, max_iters=max_iters)
+    return _V(fn, in_axes=(0, 0, 0, 0, 0, None))(lat, demand, link_mask, carry, tol, paths)
+
+
+@functools.partial(jax.jit, static_argnames=("marginal", "topo"))
+def _j_path_check(lat, demand, link_mask, carry, paths, *, marginal, topo):
+    fn = functools.partial(_path_check, marginal=marginal, topo=topo)
+    return _V(fn, in_axes=(0, 0, 0, 0, None))(lat, demand, link_mask, carry, paths)
+
+
+@functools.partial(jax.jit, static_argnames=("topo", "marginal"))
+def _j_trees(lat, link_mask, *, topo, marginal):
+    def one(lat, link_mask):
+        t = _link_cost(lat, jnp.zeros_like(lat.a), marginal)
+        cost = jnp.where(link_mask, t, jnp.inf)
+        _, pred = graphs.shortest_paths(cost, topo.tail, topo.origins, topo.inlinks, topo.thru)
+        return graphs.trace_paths(pred, topo.tail, topo.origin_index, topo.destinations)
+
+    return _V(one)(lat, link_mask)
+
+
+class _PathSet:
+    """Host-side union of the paths found: flat, in the order found, each with its OD pair."""
+
+    def __init__(self, num_pairs: int, num_links: int):
+        self.index: dict[tuple[int, tuple[int, ...]], int] = {}
+        self.num_pairs = num_pairs
+        self.num_links = num_links
+
+    @property
+    def size(self) -> int:
+        return len(self.index)
+
+    def add_trees(self, trees: np.ndarray) -> np.ndarray:
+        """Adds the tree paths ``trees (n, W, V−1)`` (links from the destination back, −1 padded);
+        returns the ``(n, W)`` flat index of each (−1 for an empty path)."""
+        n, w, depth = trees.shape
+        keys = np.concatenate(
+            [np.broadcast_to(np.arange(w)[None, :, None], (n, w, 1)), trees], axis=-1
+        ).reshape(n * w, depth + 1)
+        uniq, inv = np.unique(keys, axis=0, return_inverse=True)
+        flat = np.full(uniq.shape[0], -1, np.int64)
+        for u, row in enumerate(uniq):
+            path = tuple(int(e) for e in row[:0:-1] if e >= 0)
+            if path:
+                flat[u] = self.index.setdefault((int(row[0]), path), len(self.index))
+        return flat[inv.reshape(-1)].reshape(n, w)
+
+    def arrays(self) -> _Paths:
+        """Gather tables; every size is rounded up to a power of two (few compiled shapes)."""
+        p = _bucket(self.size + 1)  # ≥ one padding slot
+        group = np.zeros(p, np.int32)
+        valid = np.zeros(p, bool)
+        incidence = np.zeros((p, self.num_links), np.float32)
+        by_pair = [[] for _ in range(self.num_pairs)]
+        for (w, path), k in self.index.items():
+            group[k], valid[k] = w, True
+            by_pair[w].append(k)
+            np.add.at(incidence[k], list(path), 1.0)
+        common = np.zeros((self.num_pairs, self.num_links), np.float32)
+        for w, ks in enumerate(by_pair):
+            if ks:
+                common[w] = np.all(incidence[ks] > 0, axis=0)
+        return _Paths(
+            jnp.asarray(group),
+            jnp.asarray(valid),
+            jnp.asarray(incidence),
+            jnp.asarray(_table(by_pair, p)),
+            jnp.asarray(common),
+        )
+
+    def paths(self) -> tuple[tuple[int, tuple[int, ...]], ...]:
+        return tuple(sorted(self.index, key=self.index.get))
+
+
+def _table(rows: list[list[int]], pad: int) -> np.ndarray:
+    """Ragged rows as a rectangle padded with ``pad`` (width rounded up to a power of two)."""
+    out = np.full((len(rows), _bucket(max((len(r) for r in rows), default=1))), pad, np.int32)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+    return out
+
+
+def _bucket(n: int) -> int:
+    return 1 << max(int(n) - 1, 0).bit_length()
+
+
+def _chunks(idx: np.ndarray, cap: int):
+    """``idx`` in chunks of ``cap`` or ``cap / 8`` lanes, padded by repeating the first lane."""
+    small = max(cap // 8, 1)
+    size = small if idx.size <= small else cap
+    for lo in range(0, idx.size, size):
+        part = idx[lo : lo + size]
+        yield np.concatenate([part, np.full(size - part.size, part[0], part.dtype)]), part.size
+
+
+def _solve_paths(prep: _Prepared, *, marginal: bool, tol: float, max_iters: int) -> dict:
+    from poa_jax.batching import MAX_CHUNK, MAX_CHUNK_ACCELERATOR, _put, _take
+
+    topo = prep.topo
+    lat, demand, mask = prep.latency, prep.demand, prep.link_mask
+    n, w = demand.shape
+    cap = min(n, MAX_CHUNK.get(jax.default_backend(), MAX_CHUNK_ACCELERATOR))
+    pathset = _PathSet(w, topo.num_links)
+    flat = pathset.add_trees(np.asarray(_j_trees(lat, mask, topo=topo, marginal=marginal)))
+    paths = pathset.arrays()
+    x0 = np.zeros((n, paths.group.shape[0]), prep.dtype)
+    rows, cols = np.nonzero(flat >= 0)
+    x0[rows, flat[rows, cols]] = np.asarray(demand)[rows, cols]
+    alpha = jnp.ones(n, prep.dtype)
+    carry = _j_path_init(lat, demand, mask, jnp.asarray(x0), alpha, paths, marginal=marginal)
+    check = functools.partial(_j_path_check, marginal=marginal, topo=topo)
+    out = {
+        k: np.array(v) for k, v in jax.device_get(check(lat, demand, mask, carry, paths)).items()
+    }
+    # The inner solver stops a little below tol so that the true gap (never below the
+    # restricted one) lands under tol once the path sets are complete.
+    inner = np.full(n, 0.5 * tol)
+    todo = np.flatnonzero(~(out["gap"] <= tol))
+    while todo.size:
+        for idx, _ in _chunks(todo, cap):
+            args = _take((lat, demand, mask), idx)
+            sub = _j_path_advance(
+                *args, _take(carry, idx), jnp.asarray(inner[idx], prep.dtype), paths,
+                marginal=marginal, budget=ROUND_ITERS, max_iters=max_iters,
+            )  # fmt: skip
+            res = jax.device_get(check(*args, sub, paths))
+            carry = _put(carry, idx, sub)
+            for k, v in res.items():
+                out[k][idx] = v
+        steps = np.asarray(carry.steps)
+        gap = out["gap"][todo]
+        todo = todo[~(gap <= tol) & (steps[todo] < max_iters) & ~np.isnan(gap)]
+        if not todo.size:
+            break
+        before = pathset.size
+        pathset.add_trees(out["tree"][todo])
+        if pathset.size != before:
+            new = pathset.arrays()
+            x = out["x"]
+            if new.group.shape[0] != x.shape[1]:
+                x = np.pad(x, ((0, 0), (0, new.group.shape[0] - x.shape[1])))
+            paths, old = new, carry
+            # Restart from the current flows with the step size reached (added paths carry no
+            # flow yet); iteration counts continue.
+            carry = _j_path_init(lat, demand, mask, jnp.asarray(x), old.state.alpha, paths,
+                                 marginal=marginal)  # fmt: skip
+            carry = carry._replace(steps=old.steps)
+            out["x"] = x
+        else:
+            # No new path and still above tol: the restricted problems need a tighter solve.
+            err = np.asarray(carry.error)
+            tight = todo[err[todo] <= inner[todo]]
+            inner[tight] *= 0.1
+            if np.all(inner[todo] < 1e-4 * tol):
+                break
+    out["steps"] = np.asarray(carry.steps)
+    out["paths"] = pathset.paths()
+    out["x"] = out["x"][:, : pathset.size]
+    return out
+
+
+# --------------------------------------------------------------------------- Frank–Wolfe
+
+
+class _FWState(NamedTuple):
+    f: jax.Array  # (E,) link flows
+    gap: jax.Array
+
+
+def _fw_step(lat, demand, link_mask, st: _FWState, *, topo: _Topology, marginal: bool):
+    t = _link_cost(lat, st.f, marginal)
+    cost = jnp.where(link_mask, t, jnp.inf)
+    _, pred = graphs.shortest_paths(cost, topo.tail, topo.origins, topo.inlinks, topo.thru)
+    y = graphs.all_or_nothing(pred, topo.tail, topo.origin_index, topo.destinations, demand,
+                              topo.num_links)  # fmt: skip
+    d = y - st.f
+
+    def slope(a):
+        return jnp.sum(jnp.where(link_mask, d * _link_cost(lat, st.f + a * d, marginal), 0.0))
+
+    def bisect(_, lo_hi):
+        lo, hi = lo_hi
+        mid = 0.5 * (lo + hi)
+        neg = slope(mid) < 0
+        return jnp.where(neg, mid, lo), jnp.where(neg, hi, mid)
+
+    lo, hi = jax.lax.fori_loop(0, 40, bisect, (jnp.zeros((), t.dtype), jnp.ones((), t.dtype)))
+    alpha = jnp.where(slope(jnp.ones((), t.dtype)) <= 0, 1.0, 0.5 * (lo + hi))
+    f = st.f + alpha * d
+    gap = _measures(lat, demand, link_mask, f, topo, marginal)[0]
+    return _FWState(f, gap), gap
+
+
+@functools.partial(jax.jit, static_argnames=("topo", "marginal", "tol", "max_iters"))
+def _j_fw(lat, demand, link_mask, *, topo, marginal, tol, max_iters):
+    def one(lat, demand, link_mask):
+        cost = jnp.where(link_mask, _link_cost(lat, jnp.zeros_like(lat.a), marginal), jnp.inf)
+        _, pred = graphs.shortest_paths(cost, topo.tail, topo.origins, topo.inlinks, topo.thru)
+        f0 = graphs.all_or_nothing(pred, topo.tail, topo.origin_index, topo.destinations, demand,
+                                   topo.num_links)  # fmt: skip
+        g0 = _measures(lat, demand, link_mask, f0, topo, marginal)[0]
+        step = functools.partial(_fw_step, lat, demand, link_mask, topo=topo, marginal=marginal)
+        res = loop.iterate(step, _FWState(f0, g0), tol=tol, max_steps=max_iters, error0=g0)
+        gap, aec, sc, pot, over, _ = _measures(lat, demand, link_mask, res.state.f, topo, marginal)
+        return dict(f=res.state.f, gap=gap, aec=aec, sc=sc, potential=pot, over=over,
+                    steps=res.steps)  # fmt: skip
+
+    return _V(one)(lat, demand, link_mask)
+
+
+# --------------------------------------------------------------------------- public
+
+
+def solve_graph(
+    game: GraphGame,
+    *,
+    optimum: bool,
+    tol: float | None = None,
+    max_iters: int | None = None,
+    method: str = "paths",
+    dtype=None,
+) -> GraphSolution:
+    """Wardrop equilibrium (``optimum=False``) or system optimum of every graph game in a batch.
+
+    Called by :func:`poa_jax.solve_equilibrium` / :func:`poa_jax.solve_optimum` for a
+    :class:`~poa_jax.graph.GraphGame`; see the module docstring for the methods.
+    """
+    if method not in GRAPH_METHODS:
+        raise InputError(f"method {method!r} is unknown for graph games: must be one of "
+                         f"{', '.join(GRAPH_METHODS)}")  # fmt: skip
+    from poa_jax.solve import _resolve
+
+    tol, max_iters = _resolve(dtype, tol, max_iters)
+    prep = prepare_graph(game, dtype)
+    if method == "paths":
+        out = _solve_paths(prep, marginal=optimum, tol=tol, max_iters=max_iters)
+        paths = out["paths"]
+        x = np.asarray(out["x"])
+    else:
+        out = jax.device_get(_j_fw(prep.latency, prep.demand, prep.link_mask, topo=prep.topo,
+                                   marginal=optimum, tol=tol, max_iters=max_iters))  # fmt: skip
+        paths = ()
+        x = np.zeros((np.shape(prep.demand)[0], 0), prep.dtype)
+    shape = prep.batch_shape
+    r = lambda a: np.asarray(a).reshape(shape + np.asarray(a).shape[1:])
+    gap = r(out["gap"])
+    status = np.where(np.isnan(gap) | np.isinf(gap), loop.NONFINITE,
+                      np.where(gap <= tol, loop.CONVERGED, loop.MAX_ITERS))  # fmt: skip
+    total = r(np.asarray(prep.demand).sum(-1))
+    sc = r(out["sc"])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean = np.where(total > 0, sc / np.where(total > 0, total, 1), 0.0)
+    return GraphSolution(
+        link_flows=r(out["f"]),
+        path_flows=r(x),
+        paths=paths,
+        social_cost=sc,
+        potential=r(out["potential"]),
+        mean_latency=mean,
+        gap=gap,
+        average_excess_cost=r(out["aec"]),
+        iterations=r(out.get("steps")),
+        status=status.astype(np.int32),
+        converged=status == loop.CONVERGED,
+        overloaded=r(out["over"]),
+    )

@@ -1,0 +1,283 @@
+"""Graph games: shortest-path kernels, Braess, the TNTP networks, the parallel special case,
+the disaggregated topologies, and bad input.
+
+Published answers (Bar-Gera's TNTP repository): SiouxFalls UE Beckmann objective
+4 231 335.28710744 and link flows (``SiouxFalls_flow.tntp``), system optimum total travel time
+7 194 256.05; the TNTP Braess example's flows 4, 2, 2, 2, 4, cost 552, optimum 498, PoA 92/83.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from poa_jax.kernels import graphs
+from scipy.sparse import csr_matrix
+from scipy.sparse.csgraph import dijkstra
+
+import poa_jax as pj
+from poa_jax import topology as T
+
+SIOUX_UE_BECKMANN = 4_231_335.28710744
+SIOUX_SO_TSTT = 7_194_256.05
+
+
+# --------------------------------------------------------------------------- kernels
+
+
+def _random_graph(rng, v, e):
+    tail = rng.integers(0, v, e)
+    head = (tail + rng.integers(1, v, e)) % v  # no self-loops
+    return tail, head
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_shortest_paths_match_scipy_dijkstra(seed):
+    rng = np.random.default_rng(seed)
+    v, e = 12, 40
+    tail, head = _random_graph(rng, v, e)
+    cost = rng.uniform(0.1, 5.0, e)
+    cost[rng.uniform(size=e) < 0.15] = np.inf  # absent links
+    origins = np.array([0, 3, 7])
+    inl = graphs.in_links(head, v)
+    thru = np.ones(v, bool)
+    sp = jax.jit(lambda c: graphs.shortest_paths(c, tail, origins, inl, thru))
+    dist, pred = sp(jnp.asarray(cost))
+    # scipy keeps the cheapest of parallel links
+    w = np.full((v, v), np.inf)
+    for t, h, c in zip(tail, head, cost, strict=True):
+        w[t, h] = min(w[t, h], c)
+    fin = np.isfinite(w)
+    ref = dijkstra(csr_matrix((w[fin], np.nonzero(fin)), shape=(v, v)), indices=origins)
+    np.testing.assert_allclose(np.asarray(dist), ref, rtol=1e-12)
+    # predecessor links are consistent with the distances
+    dist, pred = np.asarray(dist), np.asarray(pred)
+    for oi in range(len(origins)):
+        for node in range(v):
+            if pred[oi, node] >= 0:
+                link = pred[oi, node]
+                assert head[link] == node
+                assert dist[oi, tail[link]] + cost[link] == pytest.approx(dist[oi, node])
+
+
+def test_shortest_paths_respect_centroids_and_aon_matches_brute_force():
+    # 0 → 1 → 3 is short but node 1 is a centroid (below first thru node 2): only 0 → 2 → 3.
+    tail = np.array([0, 1, 0, 2])
+    head = np.array([1, 3, 2, 3])
+    cost = jnp.array([1.0, 1.0, 5.0, 5.0])
+    thru = np.array([False, False, True, True])
+    inl = graphs.in_links(head, 4)
+    origins = np.array([0])
+    dist, pred = graphs.shortest_paths(cost, tail, origins, inl, thru)
+    assert float(dist[0, 3]) == 10.0 and float(dist[0, 1]) == 1.0
+    flows = graphs.all_or_nothing(pred, tail, np.array([0, 0]), np.array([3, 1]),
+                                  jnp.array([2.0, 0.5]), 4)  # fmt: skip
+    np.testing.assert_array_equal(np.asarray(flows), [0.5, 0.0, 2.0, 2.0])
+
+
+# --------------------------------------------------------------------------- Braess
+
+
+def _braess(bridge: list[bool]):
+    # s=0, a=1, b=2, t=3; s→a: x, s→b: 1, a→t: 1, b→t: x, a→b: 0 (the bridge)
+    lat = pj.Latency(a=[0.0, 1.0, 1.0, 0.0, 0.0], b=[1.0, 0.0, 0.0, 1.0, 0.0])
+    mask = np.ones((len(bridge), 5), bool)
+    mask[:, 4] = bridge
+    return pj.GraphGame(
+        tail=np.array([0, 0, 1, 2, 1]), head=np.array([1, 2, 3, 3, 2]), latency=lat,
+        origins=np.array([0]), destinations=np.array([3]), demand=np.ones((len(bridge), 1)),
+        num_nodes=4, link_mask=mask,
+    )  # fmt: skip
+
+
+def test_braess_unit_form_poa():
+    r = pj.price_of_anarchy(_braess([True, False]), tol=1e-10)
+    np.testing.assert_allclose(r.poa, [4 / 3, 1.0], rtol=1e-8)
+    np.testing.assert_allclose(r.equilibrium.social_cost, [2.0, 1.5], rtol=1e-8)
+    np.testing.assert_allclose(r.equilibrium.link_flows[0], [1, 0, 0, 1, 1], atol=1e-7)
+    # SC is flat to first order in the bridge flow at the optimum (linear links): flows to 1e-4
+    np.testing.assert_allclose(r.optimum.link_flows[0], [0.5, 0.5, 0.5, 0.5, 0], atol=1e-4)
+    assert r.converged.all()
+    # without the bridge its link carries nothing
+    assert r.equilibrium.link_flows[1, 4] == 0.0
+
+
+def test_tntp_braess_example():
+    net, trips, _ = pj.tntp.bundled("Braess-Example")
+    g = pj.read_tntp(net, trips)
+    r = pj.price_of_anarchy(g, tol=1e-10)
+    np.testing.assert_allclose(r.equilibrium.link_flows, [4, 2, 2, 2, 4], atol=1e-6)
+    np.testing.assert_allclose(r.equilibrium.social_cost, 552.0, rtol=1e-8)
+    np.testing.assert_allclose(r.optimum.social_cost, 498.0, rtol=1e-8)
+    np.testing.assert_allclose(r.poa, 92 / 83, rtol=1e-8)
+    # the Frank–Wolfe method reaches the same equilibrium
+    fw = pj.solve_equilibrium(g, method="frank_wolfe", tol=1e-8)
+    assert fw.converged
+    np.testing.assert_allclose(fw.link_flows, [4, 2, 2, 2, 4], atol=1e-4)
+
+
+def test_batched_demand_scalings_equal_looped_and_potential_is_beckmann():
+    net, trips, _ = pj.tntp.bundled("Braess-Example")
+    scales = np.array([0.5, 1.0, 3.0])
+    batch = pj.solve_equilibrium(pj.read_tntp(net, trips, demand_scale=scales), tol=1e-10)
+    for i, s in enumerate(scales):
+        one = pj.solve_equilibrium(pj.read_tntp(net, trips, demand_scale=s), tol=1e-10)
+        np.testing.assert_allclose(batch.link_flows[i], one.link_flows, atol=1e-7)
+        np.testing.assert_allclose(batch.social_cost[i], one.social_cost, rtol=1e-9)
+    # Beckmann potential by quadrature of the BPR links (independent of the library)
+    tn = pj.tntp.read_net(net)
+    f = batch.link_flows
+    grid = np.linspace(0.0, 1.0, 2001)
+    t = tn.travel_time(f[..., None, :] * grid[:, None])  # (N, G, E)
+    beck = (np.trapezoid(t, grid, axis=-2) * f).sum(-1)
+    np.testing.assert_allclose(batch.potential, beck, rtol=1e-6)
+    assert np.all(batch.gap <= 1e-10) and np.all(batch.average_excess_cost >= 0)
+
+
+def test_write_tntp_flows_round_trip(tmp_path):
+    net, trips, _ = pj.tntp.bundled("Braess-Example")
+    g = pj.read_tntp(net, trips)
+    sol = pj.solve_equilibrium(g, tol=1e-10)
+    out = tmp_path / "braess_flow.tntp"
+    pj.write_tntp_flows(out, g, sol.link_flows)
+    back = pj.tntp.read_flows(out)
+    np.testing.assert_array_equal(back.volume, sol.link_flows)
+    np.testing.assert_allclose(back.cost, pj.tntp.read_net(net).travel_time(sol.link_flows))
+
+
+# --------------------------------------------------------------------------- SiouxFalls
+
+
+@pytest.fixture(scope="module")
+def sioux():
+    net, trips, flow = pj.tntp.bundled("SiouxFalls")
+    return pj.read_tntp(net, trips), pj.tntp.read_flows(flow)
+
+
+def test_siouxfalls_user_equilibrium(sioux):
+    g, published = sioux
+    sol = pj.solve_equilibrium(g, tol=1e-7)
+    assert sol.converged and sol.gap <= 1e-7
+    np.testing.assert_allclose(sol.potential, SIOUX_UE_BECKMANN, rtol=1e-6)
+    carries = published.volume > 0
+    np.testing.assert_allclose(sol.link_flows[carries], published.volume[carries], rtol=1e-3)
+    # the path flows reproduce the link flows
+    inc = np.zeros((len(sol.paths), g.num_links))
+    for k, (_, links) in enumerate(sol.paths):
+        inc[k, list(links)] = 1
+    np.testing.assert_allclose(sol.path_flows @ inc, sol.link_flows, rtol=1e-9, atol=1e-6)
+
+
+def test_siouxfalls_system_optimum(sioux):
+    g, _ = sioux
+    sol = pj.solve_optimum(g, tol=1e-7)
+    assert sol.converged
+    np.testing.assert_allclose(sol.social_cost, SIOUX_SO_TSTT, rtol=1e-5)
+
+
+# --------------------------------------------------------------------------- parallel links
+
+
+def test_parallel_links_equal_the_parallel_worker_solver():
+    games = pj.synthetic.random_games(11, 6, classes=3, workers=4, cache=False)
+    k = 4
+    j = 3
+    g = pj.GraphGame(
+        tail=np.zeros(k, np.int64), head=np.ones(k, np.int64), latency=games.latency,
+        origins=np.zeros(j, np.int64), destinations=np.ones(j, np.int64),
+        demand=games.demand, num_nodes=2,
+    )  # fmt: skip
+    for optimum in (False, True):
+        if optimum:
+            ref = pj.solve_optimum(games, tol=1e-10, starts=4)
+            got = pj.solve_optimum(g, tol=1e-10)
+        else:
+            ref = pj.solve_equilibrium(games, tol=1e-10)
+            got = pj.solve_equilibrium(g, tol=1e-10)
+        assert ref.converged.all() and got.converged.all()
+        np.testing.assert_allclose(got.social_cost, ref.social_cost, rtol=1e-8)
+        np.testing.assert_allclose(got.link_flows, ref.flows.sum(-2), rtol=1e-5, atol=1e-7)
+
+
+# --------------------------------------------------------------------------- topologies
+
+
+@pytest.mark.parametrize("preset", ["paper_340b_1p2d", "paper_70b_1p2d", "paper_70b_1p5d"])
+def test_disaggregated_presets_kv_traffic_and_poa(preset):
+    cluster = getattr(T, preset)()
+    cap = sum(w.capacity for w in cluster.decode_workers)
+    loads = cap * np.array([0.1, 0.5, 0.8, 0.95])
+    g = T.cluster_game(cluster, loads)
+    r = pj.price_of_anarchy(g, tol=1e-8)
+    assert r.converged.all()
+    assert np.all(r.poa >= 1.0) and np.all(np.isfinite(r.poa))
+    # every stored path is a (prefill, KV link, decode) path of the cluster
+    order = {p: i for i, p in enumerate(T.paths(cluster))}
+    assert all(links in order for _, links in r.equilibrium.paths)
+    x = np.zeros((len(loads), len(order)))
+    for k, (_, links) in enumerate(r.equilibrium.paths):
+        x[:, order[links]] += r.equilibrium.path_flows[:, k]
+    traffic = T.kv_link_traffic(cluster, x)
+    names = list(g.names)
+    for name, bytes_s in traffic.items():
+        link = r.equilibrium.link_flows[:, names.index(name)]
+        np.testing.assert_allclose(link * cluster.kv_bytes_per_request, bytes_s, rtol=1e-9)
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def _line(**over):
+    base = dict(
+        tail=np.array([0, 1]), head=np.array([1, 2]), latency=pj.Latency(a=[1.0, 1.0]),
+        origins=np.array([0]), destinations=np.array([2]), demand=np.array([1.0]), num_nodes=3,
+    )  # fmt: skip
+    base.update(over)
+    return pj.GraphGame(**base)
+
+
+@pytest.mark.parametrize(
+    ("over", "match"),
+    [
+        (dict(head=np.array([1, 5])), r"GraphGame.head\[1\] = 5: unknown node"),
+        (dict(tail=np.array([0, 2])), r"link from a node to itself"),
+        (dict(destinations=np.array([0])), r"origin = destination"),
+        (dict(demand=np.array([-1.0])), r"GraphGame.demand\[0\] = -1.0: must be finite and >= 0"),
+        (dict(demand=np.array([1.0, 2.0])), r"last axis must be W = 1"),
+        (dict(latency=pj.Latency(a=[1.0, 1.0, 1.0])), r"last axis must be E = 2"),
+        (dict(latency=pj.Latency(b=[-1.0, 1.0])), r"latency.b\[0\] = -1.0"),
+        (dict(link_mask=np.array([True, False])), r"no path connects them"),
+        (dict(first_thru_node=2), r"no path connects them"),
+        (dict(tail=np.array([0.5, 1.0])), r"GraphGame.tail: must be a 1-D array of integers"),
+    ],
+)
+def test_bad_graph_input_is_named(over, match):
+    with pytest.raises(pj.InputError, match=match):
+        pj.solve_equilibrium(_line(**over))
+
+
+def test_graph_games_take_selfish_policy_and_known_methods():
+    with pytest.raises(pj.InputError, match="selfish"):
+        pj.solve_equilibrium(_line(), pj.policies.dynamo())
+    with pytest.raises(pj.InputError, match="method 'newton' is unknown for graph games"):
+        pj.solve_equilibrium(_line(), method="newton")
+    ok = pj.solve_equilibrium(_line(), pj.policies.selfish())
+    assert ok.converged and ok.social_cost == pytest.approx(2.0)
+
+
+def test_tntp_power_below_one_is_rejected(tmp_path):
+    net, trips, _ = pj.tntp.bundled("Braess-Example")
+    text = net.read_text().replace("0.02\t1\t0\t0\t1\t;", "0.02\t0.5\t0\t0\t1\t;", 1)
+    bad = tmp_path / "Braess_net.tntp"
+    bad.write_text(text)
+    with pytest.raises(pj.InputError, match=r"Braess_net.tntp:\d+: power = 0.5"):
+        pj.read_tntp(bad, trips)
+
+
+def test_dataclass_replace_keeps_working():
+    g = dataclasses.replace(_line(), demand=np.array([[1.0], [2.0]]))
+    sol = pj.solve_equilibrium(g)
+    assert sol.social_cost.shape == (2,)
