@@ -44,6 +44,8 @@ __all__ = ["GraphSolution", "solve_graph", "GRAPH_METHODS"]
 GRAPH_METHODS = ("paths", "frank_wolfe")
 #: Projection iterations between two shortest-path (column generation / true gap) checks.
 ROUND_ITERS = 25
+#: CPU chunks hold about this many bytes of path state (8 path-sized arrays per lane).
+CPU_CHUNK_BYTES = 2 << 20
 ALPHA_MAX = 4.0
 _LAT = ("a", "b", "c", "p", "d", "kappa", "rho_max")
 _LAT_RULES = dict(
@@ -287,7 +289,7 @@ def _measures(lat, demand, link_mask, f, topo: _Topology, marginal: bool):
 # (N, P) × (P, E) products. Measured on SiouxFalls (100 instances, 2 048 path slots, CPU): 1.2 ms
 # for the link flows against 3.8 ms with gather tables and more with scatter (segment sums); the
 # flat layout avoids padding every OD pair to the largest one (6× the slots on SiouxFalls).
-# The paths of each OD pair are a gather table (W, M) for the per-pair reductions.
+# Per-pair reductions are segment reductions over the pair index of each path.
 
 
 class _PathCarry(NamedTuple):
@@ -302,7 +304,6 @@ class _Paths(NamedTuple):
     group: jax.Array  # (P,) OD pair of each path (padding: 0)
     valid: jax.Array  # (P,) real path
     incidence: jax.Array  # (P, E) number of times each path uses each link (0/1)
-    members: jax.Array  # (W, M) paths of each OD pair (padding: P)
     common: jax.Array  # (W, E) links on every stored path of the pair (1) or not (0)
 
 
@@ -332,9 +333,7 @@ def _path_iteration(lat, demand, link_mask, paths: _Paths, marginal: bool):
         slope = _link_slope(lat, flows(x), marginal)
         return path_sum(slope) - (common @ slope)[paths.group]
 
-    it = ragged.projection_iteration(
-        cost, scale, demand, paths.group, paths.members, valid, alpha_max=ALPHA_MAX
-    )
+    it = ragged.projection_iteration(cost, scale, demand, paths.group, valid, alpha_max=ALPHA_MAX)
     return it, flows
 
 
@@ -441,7 +440,6 @@ class _PathSet:
             jnp.asarray(group),
             jnp.asarray(valid),
             jnp.asarray(incidence),
-            jnp.asarray(_table(by_pair, p)),
             jnp.asarray(common),
         )
 
@@ -449,34 +447,41 @@ class _PathSet:
         return tuple(sorted(self.index, key=self.index.get))
 
 
-def _table(rows: list[list[int]], pad: int) -> np.ndarray:
-    """Ragged rows as a rectangle padded with ``pad`` (width rounded up to a power of two)."""
-    out = np.full((len(rows), _bucket(max((len(r) for r in rows), default=1))), pad, np.int32)
-    for i, r in enumerate(rows):
-        out[i, : len(r)] = r
-    return out
-
-
 def _bucket(n: int) -> int:
     return 1 << max(int(n) - 1, 0).bit_length()
 
 
 def _chunks(idx: np.ndarray, cap: int):
-    """``idx`` in chunks of ``cap`` or ``cap / 8`` lanes, padded by repeating the first lane."""
-    small = max(cap // 8, 1)
-    size = small if idx.size <= small else cap
+    """``idx`` in chunks of ``cap`` lanes or, for the remainder, of the smallest of ``cap / 2``,
+    ``cap / 4``, ``cap / 8`` that holds it, padded by repeating the first lane (four compiled
+    shapes at most; one size for all would run a few stragglers in a full-width program)."""
+    ladder = [max(cap >> i, 1) for i in range(4)]
+    size = next((s for s in reversed(ladder) if s >= idx.size), cap)
     for lo in range(0, idx.size, size):
         part = idx[lo : lo + size]
         yield np.concatenate([part, np.full(size - part.size, part[0], part.dtype)]), part.size
 
 
+def _chunk_cap(n: int, num_paths: int, dtype) -> int:
+    """Lanes per call: the backend's cap, and on a CPU few enough that a chunk's path arrays
+    (8 per lane) stay near ``CPU_CHUNK_BYTES``. SiouxFalls UE, 2 048 path slots, 2-core CPU:
+    4.5 instances/s in 1 024-lane chunks; 8.8/s (16 MB budget, 64 lanes), 10.3/s (4 MB, 32),
+    11.0/s (2 MB, 16) and 10.4/s (1 MB, 8)."""
+    from poa_jax.batching import MAX_CHUNK, MAX_CHUNK_ACCELERATOR
+
+    cap = min(n, MAX_CHUNK.get(jax.default_backend(), MAX_CHUNK_ACCELERATOR))
+    if jax.default_backend() == "cpu":
+        per_lane = 8 * np.dtype(dtype).itemsize * num_paths
+        cap = min(cap, max(_bucket(CPU_CHUNK_BYTES // per_lane + 1) // 2, 8))
+    return cap
+
+
 def _solve_paths(prep: _Prepared, *, marginal: bool, tol: float, max_iters: int) -> dict:
-    from poa_jax.batching import MAX_CHUNK, MAX_CHUNK_ACCELERATOR, _put, _take
+    from poa_jax.batching import _put, _take
 
     topo = prep.topo
     lat, demand, mask = prep.latency, prep.demand, prep.link_mask
     n, w = demand.shape
-    cap = min(n, MAX_CHUNK.get(jax.default_backend(), MAX_CHUNK_ACCELERATOR))
     pathset = _PathSet(w, topo.num_links)
     flat = pathset.add_trees(np.asarray(_j_trees(lat, mask, topo=topo, marginal=marginal)))
     paths = pathset.arrays()
@@ -494,7 +499,7 @@ def _solve_paths(prep: _Prepared, *, marginal: bool, tol: float, max_iters: int)
     inner = np.full(n, 0.5 * tol)
     todo = np.flatnonzero(~(out["gap"] <= tol))
     while todo.size:
-        for idx, _ in _chunks(todo, cap):
+        for idx, _ in _chunks(todo, _chunk_cap(n, paths.group.shape[0], prep.dtype)):
             args = _take((lat, demand, mask), idx)
             sub = _j_path_advance(
                 *args, _take(carry, idx), jnp.asarray(inner[idx], prep.dtype), paths,
