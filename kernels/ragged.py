@@ -46,6 +46,8 @@ __all__ = [
     "relative_gap",
     "project_groups",
     "projection_iteration",
+    "softmax_flows",
+    "minimize_on_groups",
 ]
 
 #: Bound on Michelot's support-elimination passes (exact once a pass changes nothing, which
@@ -195,3 +197,34 @@ def projection_iteration(
         return _GState(x0, c0, cmin0, metric(x0), alpha, jnp.zeros_like(x0), x0, g0), g0
 
     return Iteration(init, step, lambda st: st.best_x)
+
+
+def softmax_flows(z, demand, group, valid) -> jax.Array:
+    """``x_p = d_g · softmax_g(z)_p`` over the valid members of each group, ``(P,)``."""
+    num_groups = demand.shape[0]
+    zm = jnp.where(valid, z, -jnp.inf)
+    top = group_max(zm, group, num_groups)
+    e = jnp.where(valid, jnp.exp(zm - jnp.where(jnp.isfinite(top), top, 0.0)[group]), 0.0)
+    total = group_sum(e, group, num_groups)
+    return demand[group] * e / jnp.where(total > 0, total, 1.0)[group]
+
+
+def minimize_on_groups(objective, z0, demand, group, valid, *, optimizer, steps: int):
+    """Minimises ``objective(x)`` over the ragged simplices with an optax optimiser on the
+    logits of :func:`softmax_flows`, ``steps`` steps; returns the best ``x`` seen and its value.
+    """
+    loss = lambda z: objective(softmax_flows(z, demand, group, valid))
+    grad = jax.value_and_grad(loss)
+
+    def body(_, c):
+        z, opt, best_x, best = c
+        val, g = grad(z)
+        x = softmax_flows(z, demand, group, valid)
+        better = val < best
+        updates, opt = optimizer.update(g, opt, z)
+        return (z + updates, opt, jnp.where(better, x, best_x), jnp.where(better, val, best))
+
+    x0 = softmax_flows(z0, demand, group, valid)
+    init = (z0, optimizer.init(z0), x0, jnp.asarray(jnp.inf, z0.dtype))
+    _, _, x, val = jax.lax.fori_loop(0, steps, body, init)
+    return x, val

@@ -242,9 +242,10 @@ def solve_optimum(
       x0: optional extra warm starts ``(..., S', J, K)`` or ``(..., J, K)``, e.g. equilibria.
       seed: seed of the random starts.
       dtype: float32 or float64.
-      method: for a :class:`~poa_jax.graph.GraphGame`, ``auto`` (= ``paths``), ``paths`` or
-        ``frank_wolfe`` on the marginal link costs (``starts``, ``descent_steps``, ``x0`` do not
-        apply: with the convex link costs of the family the optimum is unique).
+      method: for a :class:`~poa_jax.graph.GraphGame`: ``auto`` (= ``paths``), ``paths`` or
+        ``frank_wolfe`` on the marginal link costs, or ``descent`` (optax Adam on path
+        logits). ``starts``, ``descent_steps`` and ``x0`` do not apply there: with the convex
+        link costs of the family the optimum is unique.
 
     Returns:
       A :class:`Solution` (``social_cost`` is the optimum; ``gap`` its optimality gap), or a

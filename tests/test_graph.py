@@ -178,6 +178,19 @@ def test_siouxfalls_system_optimum(sioux):
     np.testing.assert_allclose(sol.social_cost, SIOUX_SO_TSTT, rtol=1e-5)
 
 
+def test_descent_optimum_agrees_with_the_published_optimum(sioux):
+    # optax Adam on path logits, from the uniform split: an independent check of the value
+    g, _ = sioux
+    d = pj.solve_optimum(g, method="descent", tol=1e-6)
+    assert SIOUX_SO_TSTT * (1 - 1e-6) <= d.social_cost <= SIOUX_SO_TSTT * (1 + 2e-3)
+    assert d.status in (0, 1) and np.isfinite(d.gap)
+    net, trips, _ = pj.tntp.bundled("Braess-Example")
+    b = pj.solve_optimum(pj.read_tntp(net, trips), method="descent", tol=1e-8)
+    np.testing.assert_allclose(b.social_cost, 498.0, rtol=1e-4)
+    with pytest.raises(pj.InputError, match="optima only"):
+        pj.solve_equilibrium(g, method="descent")
+
+
 # --------------------------------------------------------------------------- parallel links
 
 
