@@ -81,6 +81,17 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="points per solver call (default: 64 on CPU, 1024 on GPU/TPU)",
     )
+    s.add_argument(
+        "--part",
+        type=int,
+        default=None,
+        help="points per Parquet part, the unit of resuming (default: 16384)",
+    )
+    s.add_argument(
+        "--no-merge",
+        action="store_true",
+        help="keep the results as the Parquet dataset DIR/parts only (no results.parquet)",
+    )
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.set_defaults(func=_cmd_sweep)
 
@@ -152,18 +163,27 @@ def _cmd_sweep(args) -> int:
         sc = _scenario.load_scenario(args.scenario)
     if args.dtype is not None:
         sc = sc.with_solver(dtype=args.dtype)
-    if args.chunk is not None and args.chunk < 1:
-        raise InputError(f"--chunk = {args.chunk}: must be an integer >= 1")
+    for flag in ("chunk", "part"):
+        v = getattr(args, flag)
+        if v is not None and v < 1:
+            raise InputError(f"--{flag} = {v}: must be an integer >= 1")
     _use_dtype(sc.solver.dtype)
     out = args.out or os.path.join("out", _folder_name(sc.name))
     res = _sweep.run_sweep(
         sc,
         out,
         chunk_size=args.chunk,
+        part_size=args.part,
+        merge=not args.no_merge,
         progress=not args.no_progress,
         log=lambda m: print(f"{PROG}: {m}", file=sys.stderr),
     )
-    print(format_table(res.table, sc, res.summary))
+    if not res.summary:  # a process other than 0 of a multi-process job
+        return 0
+    if res.table is None or sc.shape[1] * sc.shape[2] > 1:
+        print(format_summary(res.summary))
+    else:
+        print(format_table(res.table, sc, res.summary))
     print(f"results: {res.results_path}")
     print(f"summary: {res.summary_path}")
     return 0
@@ -182,7 +202,7 @@ def format_table(table, scenario, summary: dict | None = None) -> str:
     """
     cols = table.to_pydict()
     n = table.num_rows
-    t_n, u_n, p_n = scenario.shape
+    t_n, _, _, u_n, p_n = scenario.shape
     starts = scenario.solver.starts
     lines = [
         f"scenario {scenario.name}: {n} points = {t_n} topologies x {u_n} loads x {p_n} "
@@ -232,18 +252,61 @@ def format_table(table, scenario, summary: dict | None = None) -> str:
         "eq/opt ms = mean latency per request; conv = equilibrium starts that converged.",
     ]
     if summary is not None:
-        conv = summary["converged_share"]
-        wt = summary["wall_time_s"]
-        dev = summary["device"]
-        first = "" if wt["first_call"] is None else f", first call {wt['first_call']:.1f} s"
-        lines.append(
-            f"converged {conv:.1%} of points; wall time {wt['total']:.1f} s{first} "
-            f"({wt['parts_computed']} parts computed, {wt['parts_reused']} reused) on "
-            f"{dev['platform']}"
-            f"{'' if dev['device_kind'] == dev['platform'] else ' ' + dev['device_kind']}, "
-            f"jax {summary['jax_version']}"
-        )
+        lines.append(_timing_line(summary))
     return "\n".join(lines)
+
+
+def format_summary(summary: dict) -> str:
+    """A text table from ``summary.json`` alone: for sweeps too large to print row by row.
+
+    One block per topology × policy, one row per load point: PoA, price of stability and the
+    latencies averaged over workload variants and seeds, the largest PoA among them, and the
+    converged share.
+    """
+    sh = summary["shape"]
+    lines = [
+        f"scenario {summary['scenario']}: {summary['points']} points = "
+        + " x ".join(f"{v} {k}" for k, v in sh.items())
+        + f", {summary['solver']['dtype']}, {summary['solver']['starts']} starts"
+    ]
+    if summary.get("description"):
+        lines.append(f"  {summary['description']}")
+    util = summary["utilisation"]
+    head = (
+        f"  {'util':>5}  {'PoA':>8}  {'PoA max':>8}  {'PoS':>8}  {'eq ms':>9}  {'opt ms':>9}  conv"
+    )
+    for g in summary["per_topology_policy"]:
+        lines += ["", f"{g['topology']} ({g['workers']} workers) · {g['policy']}", head]
+        mx = g.get("poa_max_over_replicates", g["poa"])
+        conv = g.get("converged_share_per_load", [None] * len(util))
+        for m, u in enumerate(util):
+            c = "" if conv[m] is None else f"{conv[m]:4.0%}"
+            lines.append(
+                f"  {u:5.2f}  {_num(g['poa'][m], 8, 4)}  {_num(mx[m], 8, 4)}  "
+                f"{_num(g['price_of_stability'][m], 8, 4)}  {_num(g['eq_mean_latency'][m], 9, 1)}  "
+                f"{_num(g['opt_mean_latency'][m], 9, 1)}  {c}".rstrip()
+            )
+    lines += [
+        "",
+        "PoA, PoS, eq/opt ms: means over workload variants and seeds; PoA max: the largest.",
+        _timing_line(summary),
+    ]
+    return "\n".join(lines)
+
+
+def _timing_line(summary: dict) -> str:
+    conv = summary["converged_share"]
+    wt = summary["wall_time_s"]
+    dev = summary["device"]
+    first = "" if wt["first_call"] is None else f", first call {wt['first_call']:.1f} s"
+    kind = "" if dev["device_kind"] == dev["platform"] else " " + dev["device_kind"]
+    count = f" x{dev['count']}" if dev.get("count", 1) > 1 else ""
+    procs = f", {dev['processes']} processes" if dev.get("processes", 1) > 1 else ""
+    return (
+        f"converged {conv:.1%} of points; wall time {wt['total']:.1f} s{first} "
+        f"({wt['parts_computed']} parts computed, {wt['parts_reused']} reused) on "
+        f"{dev['platform']}{kind}{count}{procs}, jax {summary['jax_version']}"
+    )
 
 
 def _num(v, width: int, digits: int) -> str:

@@ -20,15 +20,21 @@ request rate is ``u·Σ_k κ_k / Σ_j mix_j L_j`` (requests/s), split over class
 work, so overload (a worker past ``ρ_max·κ``) starts near ``u = 1``, later where more hits are
 kept.
 
-:meth:`Scenario.build` turns a scenario into one flat batch of ``N = T·U·P`` instances (policy
-fastest, then load, then topology), topologies padded to the largest worker count with
-``worker_mask`` False, with a label per instance.
+:meth:`Scenario.build` turns any set of point indices into a batch of instances (the flat order
+is topology, workload variant, seed, load, policy — policy fastest), topologies padded to the
+largest worker count with ``worker_mask`` False, with columnar labels. A point is rebuilt from its
+index alone, so sweeps of any size are expanded lazily, chunk by chunk.
+
+Besides topologies, load and policies, a scenario may have workload variants (``[[variants]]``:
+per-class replacements of ``mix``, ``tokens``, ``shareable``), random replicates (``[seeds]``:
+``count`` seeds jittering the class mix and the worker capacities by log-normal factors) and
+policy grids (``[[policy_grid]]``: one policy per combination of listed parameter values).
 
 Example:
   >>> from poa_jax import scenario
   >>> sc = scenario.default_scenario()
-  >>> sc.shape                       # topologies × load points × policies
-  (2, 24, 4)
+  >>> sc.axes                        # topologies × variants × seeds × loads × policies
+  {'topology': 2, 'variant': 1, 'seed': 1, 'load': 24, 'policy': 4}
   >>> batch = sc.build()
   >>> batch.game.demand.shape, batch.labels[0].policy
   ((192, 5), 'selfish')
@@ -40,6 +46,7 @@ import dataclasses
 import hashlib
 import importlib.resources
 import inspect
+import itertools
 import json
 import math
 import os
@@ -61,8 +68,11 @@ __all__ = [
     "LoadAxis",
     "PolicySpec",
     "SolverSettings",
+    "WorkloadVariant",
+    "SeedAxis",
     "Scenario",
     "PointLabel",
+    "Labels",
     "Batch",
     "load_scenario",
     "default_scenario",
@@ -242,6 +252,55 @@ def _fmt(v) -> str:
 
 
 @dataclasses.dataclass(frozen=True)
+class WorkloadVariant:
+    """A variant of the workload: per-class replacements of ``mix``, ``tokens``, ``shareable``.
+
+    Each given field is a list with one value per request class (in the order of
+    ``workload.classes``); fields left out keep the base workload's values.
+    """
+
+    name: str
+    mix: tuple[float, ...] | None = None
+    tokens: tuple[float, ...] | None = None
+    shareable: tuple[float, ...] | None = None
+
+    def __post_init__(self):
+        for f in _VARIANT_FIELDS:
+            v = getattr(self, f)
+            if isinstance(v, list):
+                object.__setattr__(self, f, tuple(v))
+
+
+_VARIANT_FIELDS = ("mix", "tokens", "shareable")
+
+
+@dataclasses.dataclass(frozen=True)
+class SeedAxis:
+    r"""Random replicates of every point: ``count`` seeds, each jittering the workload and workers.
+
+    Seed ``s`` draws, from ``numpy.random.default_rng([seed, s])``, one log-normal factor
+    ``exp(jitter·z)`` (``z ~ N(0, 1)``) per request class, multiplying its ``mix`` (then
+    renormalised), and one per worker slot, multiplying its capacity ``kappa``. With
+    ``jitter = 0`` (the default) every seed is the base scenario. The draws depend only on
+    ``(seed, s)``, so any chunk of a sweep is rebuilt identically on any machine.
+    """
+
+    count: int = 1
+    jitter: float = 0.0
+    seed: int = 0
+
+    def factors(self, s: int, num_classes: int, num_workers: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(mix factors (J,), kappa factors (K,))`` of seed ``s``."""
+        if self.jitter == 0:
+            return np.ones(num_classes), np.ones(num_workers)
+        z = np.random.default_rng([int(self.seed), int(s)]).standard_normal(
+            num_classes + num_workers
+        )
+        f = np.exp(float(self.jitter) * z)
+        return f[:num_classes], f[num_classes:]
+
+
+@dataclasses.dataclass(frozen=True)
 class SolverSettings:
     """Options passed to :func:`poa_jax.price_of_anarchy`.
 
@@ -282,6 +341,34 @@ class PointLabel(NamedTuple):
     policy: str  # the policy's label
     omega: float  # Dynamo's prefill weight ω (NaN for selfish)
     tau: float  # router temperature τ
+    variant: str = "base"  # the workload variant's name
+    seed: int = 0  # the seed index
+
+
+class Labels:
+    """Columnar labels of a batch: ``columns[name]`` is an ``(N,)`` array per label field.
+
+    Indexing gives one :class:`PointLabel`; ``len`` the number of instances.
+    """
+
+    def __init__(self, columns: dict[str, np.ndarray]):
+        self.columns = columns
+
+    def __len__(self) -> int:
+        return len(self.columns["topology"])
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        c = self.columns
+        return PointLabel(
+            str(c["topology"][i]), int(c["workers"][i]), float(c["utilisation"][i]),
+            float(c["demand_total"][i]), str(c["policy"][i]), float(c["omega"][i]),
+            float(c["tau"][i]), str(c["variant"][i]), int(c["seed"][i]),
+        )  # fmt: skip
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
 
 
 class Batch(NamedTuple):
@@ -289,7 +376,8 @@ class Batch(NamedTuple):
 
     game: RoutingGame  # fields (N, J) / (N, K), NumPy float64
     policy: _policies.Policy  # fields (N,)
-    labels: list[PointLabel]  # N labels, in batch order
+    labels: Labels  # N labels, in batch order
+    points: np.ndarray | None = None  # (N,) the instances' indices in the scenario's flat order
 
 
 # --------------------------------------------------------------------------- scenario
@@ -297,11 +385,16 @@ class Batch(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class Scenario:
-    """A sweep: topologies × load points × policies on one workload and worker model.
+    """A sweep: topologies × workload variants × seeds × load points × policies.
 
     Built directly (values are checked here) or by :func:`load_scenario` /
     :meth:`from_dict` (keys and types checked there too). ``source`` names where it came from
     (a file path) for error messages; it is not part of the scenario's identity.
+
+    The flat order of the points is :data:`AXES` (topology slowest, policy fastest): the
+    policies of one game are consecutive, and so is a load curve. A point's index is all that
+    is needed to rebuild it (:meth:`build`), so a sweep of any size is expanded lazily, one
+    chunk at a time.
 
     Attributes:
       name: scenario name (default output folder ``out/<name>``).
@@ -312,6 +405,8 @@ class Scenario:
       load: the utilisation axis (``U`` points; default 0.05 to 1.20 in 24 points).
       policies: the router policies (``P``; default :data:`DEFAULT_POLICIES`).
       solver: solver settings.
+      variants: workload variants (``V``; none: the base workload alone).
+      seeds: random replicates (``S``; default one seed, no jitter).
     """
 
     name: str
@@ -323,9 +418,11 @@ class Scenario:
     solver: SolverSettings = dataclasses.field(default_factory=SolverSettings)
     description: str = ""
     source: str = dataclasses.field(default="", compare=False, repr=False)
+    variants: tuple[WorkloadVariant, ...] = ()
+    seeds: SeedAxis = dataclasses.field(default_factory=SeedAxis)
 
     def __post_init__(self):
-        for f in ("classes", "topologies", "policies"):
+        for f in ("classes", "topologies", "policies", "variants"):
             v = getattr(self, f)
             if isinstance(v, list):
                 object.__setattr__(self, f, tuple(v))
@@ -334,15 +431,29 @@ class Scenario:
     # -- shape and identity
 
     @property
-    def shape(self) -> tuple[int, int, int]:
-        """``(T, U, P)``: topologies × load points × policies."""
-        return (len(self.topologies), len(self.load.utilisation()), len(self.policies))
+    def axes(self) -> dict[str, int]:
+        """The named axes and their sizes, slowest first (see :data:`AXES`)."""
+        return dict(zip(AXES, self.shape, strict=True))
+
+    @property
+    def shape(self) -> tuple[int, int, int, int, int]:
+        """``(T, V, S, U, P)``: topologies, variants, seeds, load points, policies."""
+        return (
+            len(self.topologies),
+            max(len(self.variants), 1),
+            int(self.seeds.count),
+            len(self.load.utilisation()),
+            len(self.policies),
+        )
 
     @property
     def num_points(self) -> int:
-        """``T·U·P``, the number of instances."""
-        t, u, p = self.shape
-        return t * u * p
+        """``T·V·S·U·P``, the number of instances."""
+        return math.prod(self.shape)
+
+    def variant_names(self) -> list[str]:
+        """Each workload variant's name (``["base"]`` when there are none)."""
+        return [v.name for v in self.variants] or ["base"]
 
     def policy_labels(self) -> list[str]:
         """Each policy's display label, in order."""
@@ -366,7 +477,7 @@ class Scenario:
             else {"min": self.load.min, "max": self.load.max, "points": self.load.points}
         )
         solver = {k: v for k, v in dataclasses.asdict(self.solver).items() if v is not None}
-        return {
+        out = {
             "name": self.name,
             "description": self.description,
             "workload": {"classes": [dataclasses.asdict(c) for c in self.classes]},
@@ -390,6 +501,16 @@ class Scenario:
             ],
             "solver": solver,
         }
+        # Written only when used, so a scenario without them keeps its hash.
+        if self.variants:
+            out["variants"] = [
+                {"name": v.name}
+                | {f: list(getattr(v, f)) for f in _VARIANT_FIELDS if getattr(v, f) is not None}
+                for v in self.variants
+            ]
+        if self.seeds != SeedAxis():
+            out["seeds"] = dataclasses.asdict(self.seeds)
+        return out
 
     def canonical_json(self) -> str:
         """Canonical JSON of everything that determines the results (not name/description)."""
@@ -424,73 +545,118 @@ class Scenario:
         base.update(over)
         return {f: np.broadcast_to(np.asarray(v, np.float64), (n,)).copy() for f, v in base.items()}
 
-    def build(self) -> Batch:
-        """The flat batch: ``N = T·U·P`` instances, policy fastest, then load, then topology.
-
-        Topologies with fewer workers than the largest are padded with copies of their first
-        worker (valid, finite parameters) and ``worker_mask`` False.
-
-        Returns:
-          A :class:`Batch` ``(game, policy, labels)``; game fields are NumPy float64 arrays
-          ``(N, J)`` / ``(N, K)``, policy fields ``(N,)``.
-        """
-        util = self.load.utilisation()
-        u_n, p_n = len(util), len(self.policies)
+    def _tables(self) -> dict:
+        """Per-axis tables that :meth:`build` indexes (small: one row per axis value)."""
         k_max = max(t.workers for t in self.topologies)
-        mix = np.array([c.mix for c in self.classes], np.float64)
-        mix = mix / mix.sum()
-        tokens = np.array([c.tokens for c in self.classes], np.float64)
-        share = np.array([c.shareable for c in self.classes], np.float64)
-        mean_tokens = float(mix @ tokens)
-
-        pols = [p.policy() for p in self.policies]
-        pol_rows = {
-            f.name: np.array([float(np.asarray(getattr(p, f.name))) for p in pols])
-            for f in dataclasses.fields(_policies.Policy)
-        }
-        labels_p = self.policy_labels()
-        omega = [
-            float("nan") if p.name == "selfish" else float(np.asarray(q.w_prefill))
-            for p, q in zip(self.policies, pols, strict=True)
-        ]
-        tau = [float(np.asarray(q.tau)) for q in pols]
-
-        per_topo, demand_rows, labels = [], [], []
+        per_topo = []
         for t in self.topologies:
             arr = self.worker_arrays(t)
             pad = k_max - t.workers
             arr = {f: np.concatenate([v, np.repeat(v[:1], pad)]) for f, v in arr.items()}
             arr["mask"] = np.arange(k_max) < t.workers
             per_topo.append(arr)
-            capacity = float(arr["kappa"][: t.workers].sum())
-            for u in util:
-                total = float(u) * capacity / mean_tokens
-                demand_rows.append(total * mix)
-                for i in range(p_n):
-                    labels.append(
-                        PointLabel(
-                            t.name, t.workers, float(u), total, labels_p[i], omega[i], tau[i]
-                        )
-                    )
-        n = len(labels)
-        rep = u_n * p_n  # instances per topology
+        topo = {f: np.stack([a[f] for a in per_topo]) for f in per_topo[0]}  # (T, K)
+        base = {
+            "mix": [c.mix for c in self.classes],
+            "tokens": [c.tokens for c in self.classes],
+            "shareable": [c.shareable for c in self.classes],
+        }
+        variants = self.variants or (WorkloadVariant("base"),)
+        var = {
+            f: np.array(
+                [base[f] if getattr(v, f) is None else getattr(v, f) for v in variants], np.float64
+            )
+            for f in _VARIANT_FIELDS
+        }  # (V, J)
+        pols = [p.policy() for p in self.policies]
+        pol_rows = {
+            f.name: np.array([float(np.asarray(getattr(p, f.name))) for p in pols])
+            for f in dataclasses.fields(_policies.Policy)
+        }
+        omega = [
+            float("nan") if p.name == "selfish" else float(np.asarray(q.w_prefill))
+            for p, q in zip(self.policies, pols, strict=True)
+        ]
+        return {
+            "topo": topo,
+            "var": var,
+            "pol": pol_rows,
+            "omega": np.array(omega),
+            "tau": pol_rows["tau"],
+            "k_max": k_max,
+        }
+
+    def build(self, points: np.ndarray | None = None) -> Batch:
+        """The instances ``points`` (indices in the flat order; default all of them).
+
+        Instance ``i`` is ``np.unravel_index(i, shape)`` = (topology, variant, seed, load point,
+        policy). Topologies with fewer workers than the largest are padded with copies of their
+        first worker (valid, finite parameters) and ``worker_mask`` False. Work and memory are
+        proportional to ``len(points)``, not to the size of the sweep.
+
+        Returns:
+          A :class:`Batch` ``(game, policy, labels, points)``; game fields are NumPy float64
+          arrays ``(N, J)`` / ``(N, K)``, policy fields ``(N,)``.
+        """
+        n_all = self.num_points
+        if points is None:
+            points = np.arange(n_all, dtype=np.int64)
+        points = np.asarray(points, np.int64)
+        if points.ndim != 1 or (points.size and (points.min() < 0 or points.max() >= n_all)):
+            raise InputError(f"points: must be a 1-D array of indices in [0, {n_all})")
+        tb = self._tables()
+        t, v, s, u, p = np.unravel_index(points, self.shape)
+        util = self.load.utilisation()[u]
+        topo, var = tb["topo"], tb["var"]
+        j, k = len(self.classes), tb["k_max"]
+
+        # Seed factors: computed once per distinct seed in the chunk.
+        seeds, s_inv = np.unique(s, return_inverse=True)
+        fac = [self.seeds.factors(int(x), j, k) for x in seeds]
+        mix_f = np.stack([f[0] for f in fac])[s_inv]  # (N, J)
+        kap_f = np.stack([f[1] for f in fac])[s_inv]  # (N, K)
+
+        mix = var["mix"][v] * mix_f
+        mix = mix / mix.sum(-1, keepdims=True)
+        tokens = var["tokens"][v]
+        kappa = topo["kappa"][t] * kap_f
+        mask = topo["mask"][t]
+        capacity = np.where(mask, kappa, 0.0).sum(-1)
+        total = util * capacity / np.einsum("nj,nj->n", mix, tokens)
 
         def k_field(name):
-            return np.repeat(np.stack([a[name] for a in per_topo]), rep, axis=0)
+            return kappa if name == "kappa" else topo[name][t]
 
-        demand = np.repeat(np.stack(demand_rows), p_n, axis=0)
         game = RoutingGame(
-            demand=demand,
+            demand=total[:, None] * mix,
             latency=Latency(**{f: k_field(f) for f in _LATENCY_FIELDS}),
-            tokens=np.broadcast_to(tokens, (n, tokens.size)).copy(),
-            shareable=np.broadcast_to(share, (n, share.size)).copy(),
+            tokens=tokens,
+            shareable=var["shareable"][v],
             residency=k_field("residency"),
             cache_size=k_field("cache_size"),
             prefill=PrefillTime(**{f: k_field(f"prefill.{f}") for f in _PREFILL_FIELDS}),
-            worker_mask=k_field("mask"),
+            worker_mask=mask,
         )
-        policy = _policies.Policy(**{f: np.tile(v, n // p_n) for f, v in pol_rows.items()})
-        return Batch(game, policy, labels)
+        policy = _policies.Policy(**{f: rows[p] for f, rows in tb["pol"].items()})
+        names = np.array([x.name for x in self.topologies], dtype=object)
+        labels = Labels(
+            {
+                "topology": names[t],
+                "workers": np.array([x.workers for x in self.topologies], np.int64)[t],
+                "utilisation": util,
+                "demand_total": total,
+                "policy": np.array(self.policy_labels(), dtype=object)[p],
+                "omega": tb["omega"][p],
+                "tau": tb["tau"][p],
+                "variant": np.array(self.variant_names(), dtype=object)[v],
+                "seed": s.astype(np.int64),
+            }
+        )
+        return Batch(game, policy, labels, points)
+
+
+#: The axes of a scenario, slowest first: a point's index is ``ravel_multi_index`` over these.
+AXES = ("topology", "variant", "seed", "load", "policy")
 
 
 _INT_KEYS = {"workers", "points", "starts", "max_iters", "optimum_starts"}
@@ -686,6 +852,28 @@ def _validate(s: Scenario) -> None:
             ck.fail(f"{p}.label", "duplicate policy label (give each policy its own label)", label)
         seen.add(label)
 
+    j = len(s.classes)
+    rules = {"mix": "gt0", "tokens": "gt0", "shareable": "unit"}
+    for p, var in (
+        _named(ck, s.variants, "variants", WorkloadVariant, "workload variant")
+        if (s.variants)
+        else ()
+    ):
+        for f in _VARIANT_FIELDS:
+            vals = getattr(var, f)
+            if vals is None:
+                continue
+            if not isinstance(vals, tuple) or len(vals) != j:
+                ck.fail(f"{p}.{f}", f"must be a list of one number per request class ({j})", vals)
+            for i, x in enumerate(vals):
+                ck.number(f"{p}.{f}[{i}]", x, rules[f])
+    sd = s.seeds
+    if not isinstance(sd, SeedAxis):
+        ck.fail("seeds", f"must be a SeedAxis, got {type(sd).__name__}")
+    ck.integer("seeds.count", sd.count, 1)
+    ck.number("seeds.jitter", sd.jitter, "ge0")
+    ck.integer("seeds.seed", sd.seed, 0)
+
     sv = s.solver
     if not isinstance(sv, SolverSettings):
         ck.fail("solver", f"must be a SolverSettings, got {type(sv).__name__}")
@@ -712,7 +900,10 @@ def _per_worker(ck: _Check, path, v, n, rule, allow_inf):
 # --------------------------------------------------------------------------- parsing
 
 
-_TOP = {"name", "description", "workload", "worker", "topologies", "load", "policies", "solver"}
+_TOP = {
+    "name", "description", "workload", "worker", "topologies", "load", "policies", "solver",
+    "variants", "seeds", "policy_grid",
+}  # fmt: skip
 _TOP_REQUIRED = ("workload", "worker")
 
 
@@ -774,7 +965,8 @@ def _parse(data: Mapping, source: str) -> Scenario:
     load = LoadAxis(**ld)
 
     pols = []
-    for i, p_ in enumerate(_array(ck, "policies", top.get("policies", DEFAULT_POLICIES))):
+    default_pols = () if "policy_grid" in top else DEFAULT_POLICIES
+    for i, p_ in enumerate(_array(ck, "policies", top.get("policies", default_pols))):
         if isinstance(p_, PolicySpec):
             pols.append(p_)
             continue
@@ -783,6 +975,20 @@ def _parse(data: Mapping, source: str) -> Scenario:
         # Parameter names are checked per policy in _validate, which knows the constructor.
         params = _table(ck, f"{p}.params", p_.get("params", {}))
         pols.append(PolicySpec(name=p_["name"], params=params, label=p_.get("label")))
+
+    pols += _policy_grid(ck, top.get("policy_grid", []))
+    if not pols:
+        ck.fail("policies", "needs at least one policy (or a policy_grid)")
+
+    variants = []
+    for i, v in enumerate(_array(ck, "variants", top.get("variants", []))):
+        p = f"variants[{i}]"
+        v = _table(ck, p, v, {"name", *_VARIANT_FIELDS}, ("name",))
+        for f in _VARIANT_FIELDS:
+            if f in v and not isinstance(v[f], list | tuple):
+                ck.fail(f"{p}.{f}", "must be an array of numbers, one per request class", v[f])
+        variants.append(WorkloadVariant(**v))
+    seeds = SeedAxis(**_table(ck, "seeds", top.get("seeds", {}), {"count", "jitter", "seed"}))
 
     sv = _table(
         ck, "solver", top.get("solver", {}), {f.name for f in dataclasses.fields(SolverSettings)}
@@ -797,7 +1003,32 @@ def _parse(data: Mapping, source: str) -> Scenario:
         policies=tuple(pols),
         solver=SolverSettings(**sv),
         source=source,
+        variants=tuple(variants),
+        seeds=seeds,
     )
+
+
+def _policy_grid(ck: _Check, grid) -> list[PolicySpec]:
+    """``[[policy_grid]]`` tables → one policy per combination of the listed parameter values.
+
+    ``{name = "dynamo", omega = [0.1, 1.0], tau = [0.0, 0.8]}`` gives four Dynamo policies,
+    labelled ``dynamo(omega=0.1, tau=0)`` and so on (the last parameter varies fastest).
+    """
+    out = []
+    for i, g in enumerate(_array(ck, "policy_grid", grid)):
+        p = f"policy_grid[{i}]"
+        g = _table(ck, p, g, None, ("name",))
+        name = g.pop("name")
+        lists = {}
+        for k, v in g.items():
+            vals = list(v) if isinstance(v, list | tuple) else [v]
+            if not vals:
+                ck.fail(f"{p}.{k}", "must list at least one value", v)
+            lists[k] = vals
+        keys = list(lists)
+        for combo in itertools.product(*(lists[k] for k in keys)):
+            out.append(PolicySpec(name=name, params=dict(zip(keys, combo, strict=True))))
+    return out
 
 
 def load_scenario(path: str | os.PathLike) -> Scenario:

@@ -31,6 +31,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -62,6 +63,8 @@ COLUMNS = {
     "point": pa.int64(),  # index in the scenario's flat order (policy fastest)
     "topology": pa.string(),
     "workers": pa.int64(),
+    "variant": pa.string(),  # the workload variant's name ("base" without variants)
+    "seed": pa.int64(),  # the seed index (0 without seeds)
     "utilisation": pa.float64(),
     "demand_total": pa.float64(),  # requests/s
     "policy": pa.string(),  # the policy's label
@@ -118,14 +121,20 @@ def _chunk_points(chunk_size: int | None, scenario: Scenario) -> int:
     return min(c, n)
 
 
-def _status_names(codes: np.ndarray) -> list[str]:
-    return [STATUS.get(int(c), f"status_{int(c)}") for c in codes]
+def _status_names(codes: np.ndarray) -> np.ndarray:
+    names = np.array([STATUS.get(c, f"status_{c}") for c in range(3)], dtype=object)
+    codes = np.asarray(codes)
+    known = (codes >= 0) & (codes < 3)
+    out = names[np.where(known, codes, 0)]
+    if not known.all():
+        out[~known] = [f"status_{int(c)}" for c in codes[~known]]
+    return out
 
 
-def _solve_chunk(scenario: Scenario, batch, idx: np.ndarray, n_real: int) -> pa.Table:
-    """Solves points ``idx`` (``len(idx)`` constant; the first ``n_real`` are real) to rows."""
-    take = lambda tree: jax.tree_util.tree_map(lambda a: np.asarray(a)[idx], tree)
-    game, policy = take(batch.game), take(batch.policy)
+def _solve_chunk(scenario: Scenario, points: np.ndarray, n_real: int) -> pa.Table:
+    """Solves ``points`` (``len(points)`` constant; the first ``n_real`` are real) to rows."""
+    batch = scenario.build(points)
+    game, policy = batch.game, batch.policy
     sv = scenario.solver
     res = price_of_anarchy(
         game,
@@ -138,7 +147,7 @@ def _solve_chunk(scenario: Scenario, batch, idx: np.ndarray, n_real: int) -> pa.
     )
     eq, best, opt = res.equilibrium, res.best_equilibrium, res.optimum
     p = len(scenario.policies)
-    g = len(idx) // p  # games in the chunk; the policies of a game are consecutive
+    g = len(points) // p  # games in the chunk; the policies of a game are consecutive
 
     # One optimum per game: the best any policy's run found.
     opt_sc = np.where(np.isfinite(opt.social_cost), opt.social_cost, np.inf).reshape(g, p)
@@ -155,16 +164,19 @@ def _solve_chunk(scenario: Scenario, batch, idx: np.ndarray, n_real: int) -> pa.
         pos = np.where(opt_c > 0, best_sc / opt_c, 1.0)
 
     r = slice(0, n_real)
-    labels = [batch.labels[i] for i in idx[r]]
+    lab = {k: v[r] for k, v in batch.labels.columns.items()}
+    omega = lab["omega"]
     cols = {
-        "point": idx[r].astype(np.int64),
-        "topology": [lb.topology for lb in labels],
-        "workers": [lb.workers for lb in labels],
-        "utilisation": [lb.utilisation for lb in labels],
-        "demand_total": [lb.demand_total for lb in labels],
-        "policy": [lb.policy for lb in labels],
-        "omega": [None if math.isnan(lb.omega) else lb.omega for lb in labels],
-        "tau": [lb.tau for lb in labels],
+        "point": points[r],
+        "topology": lab["topology"],
+        "workers": lab["workers"],
+        "variant": lab["variant"],
+        "seed": lab["seed"],
+        "utilisation": lab["utilisation"],
+        "demand_total": lab["demand_total"],
+        "policy": lab["policy"],
+        "omega": pa.array(omega, mask=np.isnan(omega), type=pa.float64()),
+        "tau": lab["tau"],
         "poa": poa[r],
         "price_of_stability": pos[r],
         "eq_cost": eq_sc[r],
@@ -182,7 +194,13 @@ def _solve_chunk(scenario: Scenario, batch, idx: np.ndarray, n_real: int) -> pa.
         "opt_overloaded": np.asarray(o["overloaded"], bool)[r],
         "converged_starts": np.asarray(res.converged_starts, np.int64)[r],
     }
-    return pa.table({k: pa.array(v, type=COLUMNS[k]) for k, v in cols.items()}, schema=SCHEMA)
+    return pa.table(
+        {
+            k: v if isinstance(v, pa.Array) else pa.array(v, type=COLUMNS[k])
+            for k, v in cols.items()
+        },
+        schema=SCHEMA,
+    )
 
 
 def _write_atomic(path: str, write) -> None:
@@ -228,27 +246,44 @@ def _prepare_parts(parts_dir: str, manifest: dict, log) -> None:
         except (OSError, ValueError):
             old = None
     keep = old is not None and all(old.get(k) == manifest[k] for k in _MANIFEST_KEYS)
-    if not keep and os.path.isdir(parts_dir):
-        stale = [f for f in os.listdir(parts_dir) if f.startswith("part-")]
+    if os.path.isdir(parts_dir):
+        names = os.listdir(parts_dir)
+        stale = [f for f in names if f.startswith("part-")] if not keep else []
         if stale and log:
             log(f"discarding {len(stale)} part(s) of another scenario or chunking in {parts_dir}")
+        # Temporary files of writes that were killed are never results: always removed.
+        stale += [f for f in names if ".tmp-" in f and f not in stale]
         for f in stale:
-            os.remove(os.path.join(parts_dir, f))
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(parts_dir, f))
     os.makedirs(parts_dir, exist_ok=True)
     if not keep:
         _write_json(path, manifest)
 
 
-_MANIFEST_KEYS = ("scenario_hash", "chunk_points", "points", "parts", "columns")
+_MANIFEST_KEYS = ("scenario_hash", "chunk_points", "part_points", "points", "parts", "columns")
 
 
 def _device() -> dict:
-    d = jax.devices()[0]
+    d = jax.local_devices()[0]
     return {
         "platform": d.platform,
         "device_kind": d.device_kind,
-        "count": jax.device_count(),
+        "count": jax.local_device_count(),
+        "processes": jax.process_count(),
     }
+
+
+def _read_part(path: str, rows: int) -> pa.Table | None:
+    """A finished part, or None when it is missing, unreadable or not the expected rows."""
+    if not os.path.exists(path):
+        return None
+    try:
+        if pq.ParquetFile(path).metadata.num_rows != rows:
+            return None
+        return pq.read_table(path, schema=SCHEMA)
+    except (OSError, pa.ArrowException):
+        return None
 
 
 def groups(scenario: Scenario, cols: dict) -> list[tuple[object, str, list[int]]]:
@@ -265,51 +300,132 @@ def groups(scenario: Scenario, cols: dict) -> list[tuple[object, str, list[int]]
     return out
 
 
-def _summarise(scenario: Scenario, table: pa.Table, timing: dict, chunk: int) -> dict:
-    cols = table.to_pydict()
-    n = table.num_rows
-    conv = np.asarray(cols["converged"], bool)
-    util = [float(u) for u in scenario.load.utilisation()]
-    per = []
-    for t, label, rows in groups(scenario, cols):
-        if rows:
-            poa = [float(cols["poa"][i]) for i in rows]
-            finite = [p if math.isfinite(p) else -math.inf for p in poa]
-            k = int(np.argmax(finite))  # NaN (a non-finite solve) never counts as the max
-            per.append(
-                {
+class _Summary:
+    """Per (topology, policy, load point) sums over variants and seeds, fed part by part.
+
+    Memory is ``O(T·P·U)`` whatever the number of variants, seeds and parts: a sweep of any
+    size is summarised in one pass over its parts.
+    """
+
+    _MEAN = ("poa", "price_of_stability", "eq_mean_latency", "opt_mean_latency")
+
+    def __init__(self, scenario: Scenario):
+        self.shape = scenario.shape
+        t, _, _, u, p = self.shape
+        self.n = np.zeros((t, p, u), np.int64)
+        self.finite = np.zeros((t, p, u), np.int64)
+        self.sums = {k: np.zeros((t, p, u)) for k in self._MEAN}
+        self.max_poa = np.full((t, p, u), -np.inf)
+        self.converged = np.zeros((t, p, u), np.int64)
+        self.overloaded = np.zeros((t, p, u), np.int64)
+        self.starts = np.zeros((t, p, u), np.int64)
+
+    def add(self, tab: pa.Table) -> None:
+        t, _, _, u, p = np.unravel_index(tab.column("point").to_numpy(), self.shape)
+        key = np.ravel_multi_index((t, p, u), self.n.shape)
+        size = self.n.size
+
+        def count(w):
+            return np.bincount(key, weights=w, minlength=size).reshape(self.n.shape)
+
+        col = {k: tab.column(k).to_numpy(zero_copy_only=False) for k in tab.column_names}
+        poa = np.asarray(col["poa"], np.float64)
+        ok = np.isfinite(poa)
+        self.n += count(None).astype(np.int64)
+        self.finite += count(ok).astype(np.int64)
+        for k in self._MEAN:
+            v = np.asarray(col[k], np.float64)
+            self.sums[k] += count(np.where(ok, v, 0.0))
+        np.maximum.at(self.max_poa.reshape(-1), key[ok], poa[ok])
+        self.converged += count(col["converged"].astype(np.float64)).astype(np.int64)
+        self.overloaded += count(col["overloaded"].astype(np.float64)).astype(np.int64)
+        self.starts += count(col["converged_starts"].astype(np.float64)).astype(np.int64)
+
+    def per_group(self, scenario: Scenario) -> list[dict]:
+        util = [float(x) for x in scenario.load.utilisation()]
+        reps = self.shape[1] * self.shape[2]  # variants × seeds per (topology, policy, load)
+        out = []
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = {k: self.sums[k] / self.finite for k in self._MEAN}
+        for i, t in enumerate(scenario.topologies):
+            for j, label in enumerate(scenario.policy_labels()):
+                if not self.n[i, j].any():
+                    continue
+                poa = np.where(self.finite[i, j] > 0, mean["poa"][i, j], np.nan).tolist()
+                finite = [x if math.isfinite(x) else -math.inf for x in poa]
+                k = int(np.argmax(finite))  # NaN (a non-finite solve) never counts as the max
+                entry = {
                     "topology": t.name,
                     "workers": t.workers,
                     "policy": label,
                     "max_poa": poa[k] if math.isfinite(finite[k]) else None,
-                    "utilisation_at_max_poa": float(cols["utilisation"][rows[k]]),
+                    "utilisation_at_max_poa": util[k],
                     "poa": poa,
-                    "price_of_stability": [float(cols["price_of_stability"][i]) for i in rows],
-                    "eq_mean_latency": [float(cols["eq_mean_latency"][i]) for i in rows],
-                    "opt_mean_latency": [float(cols["opt_mean_latency"][i]) for i in rows],
-                    "converged_share": float(np.mean(conv[rows])),
+                    "price_of_stability": [float(x) for x in mean["price_of_stability"][i, j]],
+                    "eq_mean_latency": [float(x) for x in mean["eq_mean_latency"][i, j]],
+                    "opt_mean_latency": [float(x) for x in mean["opt_mean_latency"][i, j]],
+                    "converged_share": float(self.converged[i, j].sum() / self.n[i, j].sum()),
                     "overloaded_from": next(
-                        (float(cols["utilisation"][i]) for i in rows if cols["overloaded"][i]), None
+                        (util[m] for m in range(len(util)) if self.overloaded[i, j, m]), None
                     ),
                 }
-            )
+                if reps > 1:  # the curves above are means over variants and seeds
+                    entry["poa_max_over_replicates"] = [
+                        float(x) if math.isfinite(x) else None for x in self.max_poa[i, j]
+                    ]
+                    entry["converged_share_per_load"] = [
+                        float(c / n) if n else None
+                        for c, n in zip(self.converged[i, j], self.n[i, j], strict=True)
+                    ]
+                    entry["replicates"] = reps
+                out.append(entry)
+        return out
+
+
+def _summarise(scenario: Scenario, acc: _Summary, timing: dict, chunk: int, part: int) -> dict:
+    n = int(acc.n.sum())
+    conv = int(acc.converged.sum())
+    t, v, s, u, p = scenario.shape
     return {
         "scenario": scenario.name,
         "description": scenario.description,
         "scenario_hash": scenario.hash(),
         "source": scenario.source,
         "points": n,
-        "shape": dict(zip(("topologies", "loads", "policies"), scenario.shape, strict=True)),
-        "utilisation": util,
-        "converged_share": float(conv.mean()) if n else 0.0,
+        "shape": {"topologies": t, "variants": v, "seeds": s, "loads": u, "policies": p},
+        "axes": {
+            "topology": [x.name for x in scenario.topologies],
+            "variant": scenario.variant_names(),
+            "seed": {"count": s, "jitter": scenario.seeds.jitter, "seed": scenario.seeds.seed},
+            "load": [float(x) for x in scenario.load.utilisation()],
+            "policy": scenario.policy_labels(),
+        },
+        "utilisation": [float(x) for x in scenario.load.utilisation()],
+        "converged_share": conv / n if n else 0.0,
         "solver": {k: v for k, v in dataclasses.asdict(scenario.solver).items()},
         "chunk_points": chunk,
+        "part_points": part,
         "wall_time_s": timing,
         "device": _device(),
         "jax_version": jax.__version__,
         "poa_jax_version": __version__,
-        "per_topology_policy": per,
+        "per_topology_policy": acc.per_group(scenario),
     }
+
+
+#: Default points per Parquet part: big enough that a 10⁸-point sweep has ~6 000 files, small
+#: enough that an interrupted sweep loses at most a few seconds to minutes of work.
+PART_POINTS = 16384
+#: ``SweepResult.table`` is loaded into memory only up to this many rows.
+TABLE_MAX_ROWS = 2_000_000
+
+
+def _barrier(name: str) -> None:
+    """Waits for every process of a multi-process JAX job (no-op with one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
 
 
 def run_sweep(
@@ -318,8 +434,18 @@ def run_sweep(
     chunk_size: int | None = None,
     progress: bool = True,
     log=None,
+    part_size: int | None = None,
+    merge: bool = True,
 ) -> SweepResult:
-    """Solves every point of ``scenario`` and writes ``results.parquet`` and ``summary.json``.
+    """Solves every point of ``scenario`` and writes the results and ``summary.json``.
+
+    The points are expanded lazily (:meth:`~poa_jax.scenario.Scenario.build` per chunk), so
+    host memory does not grow with the size of the sweep. Every part of ``part_size`` points is
+    written to ``out_dir/parts/part-NNNNNN.parquet`` (atomically: to a temporary name, then
+    renamed) as soon as it is solved; a rerun skips the parts that exist and are whole, and
+    redoes the rest. In a multi-process JAX job (after ``jax.distributed.initialize``) process
+    ``i`` of ``n`` solves the parts ``i, i + n, …`` on its own devices; process 0 then writes
+    the summary and the merged table.
 
     Args:
       scenario: the sweep (see :mod:`poa_jax.scenario`).
@@ -328,14 +454,20 @@ def run_sweep(
         multiple of the number of policies and capped at the number of points. Every chunk has
         this shape, so JAX compiles once: the last one is padded by repeating its own points,
         and the padding is dropped.
-      progress: show a tqdm progress bar (on stderr) with the converged share.
+      progress: show a tqdm progress bar (on stderr): points per second, time left and the
+        converged share.
       log: optional ``callable(str)`` for notes (e.g. discarded stale parts).
+      part_size: points per Parquet part (default :data:`PART_POINTS`), rounded up to a
+        multiple of the chunk.
+      merge: also write the whole table to ``out_dir/results.parquet`` (streamed part by part,
+        so memory stays bounded); the parts folder is a Parquet dataset either way.
 
     Returns:
-      A :class:`SweepResult`.
+      A :class:`SweepResult` (on processes other than 0 of a multi-process job, with an empty
+      summary and no table).
 
     Raises:
-      InputError: bad chunk size, or float64 requested without ``jax_enable_x64``.
+      InputError: bad chunk or part size, or float64 requested without ``jax_enable_x64``.
     """
     t_start = time.perf_counter()
     if scenario.solver.dtype == "float64" and not jax.config.jax_enable_x64:
@@ -344,9 +476,10 @@ def run_sweep(
             "before any JAX computation (the CLI does it for --dtype float64)"
         )
     chunk = _chunk_points(chunk_size, scenario)
-    batch = scenario.build()
-    n = len(batch.labels)
-    n_parts = -(-n // chunk)
+    n = scenario.num_points
+    part = _part_points(part_size, chunk, n)
+    n_parts = -(-n // part)
+    rank, world = jax.process_index(), jax.process_count()
 
     out_dir = os.fspath(out_dir)
     parts_dir = os.path.join(out_dir, "parts")
@@ -354,57 +487,100 @@ def run_sweep(
         "scenario": scenario.name,
         "scenario_hash": scenario.hash(),
         "chunk_points": chunk,
+        "part_points": part,
         "points": n,
         "parts": n_parts,
         "columns": list(COLUMNS),
         "poa_jax_version": __version__,
     }
-    os.makedirs(out_dir, exist_ok=True)
-    _prepare_parts(parts_dir, manifest, log)
+    if rank == 0:
+        os.makedirs(out_dir, exist_ok=True)
+        _prepare_parts(parts_dir, manifest, log)
+    _barrier("poa_jax.sweep.prepared")
 
+    mine = range(rank, n_parts, world)
+    todo_points = sum(min(part, n - k * part) for k in mine)
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=n, unit="pt", desc=scenario.name, disable=not progress, leave=True)
-    tables, done_conv, done = [], 0, 0
-    first_call, computed, skipped = None, 0, 0
+    bar = tqdm(total=todo_points, unit="pt", desc=scenario.name, disable=not progress, leave=True)
+    acc = _Summary(scenario)
+    first_call, computed, skipped, solve_s = None, 0, 0, 0.0
     try:
-        for part in range(n_parts):
-            path = os.path.join(parts_dir, f"part-{part:05d}.parquet")
-            start = part * chunk
-            n_real = min(chunk, n - start)
-            if os.path.exists(path):
-                tab = pq.read_table(path, schema=SCHEMA)
+        for k in mine:
+            path = _part_path(parts_dir, k)
+            lo, hi = k * part, min((k + 1) * part, n)
+            tab = _read_part(path, hi - lo)
+            if tab is not None:
                 skipped += 1
+                bar.update(tab.num_rows)
             else:
-                # Pad by cycling the chunk's own points: whole games, so every chunk has the
-                # same shape and the same policy composition (one compile per sub-batch).
-                idx = start + np.arange(chunk) % n_real
-                t0 = time.perf_counter()
-                tab = _solve_chunk(scenario, batch, idx, n_real)
-                dt = time.perf_counter() - t0
-                first_call = dt if first_call is None else first_call
-                computed += 1
+                tables = []
+                for c0 in range(lo, hi, chunk):
+                    n_real = min(chunk, hi - c0)
+                    # Pad by cycling the chunk's own points: whole games, so every chunk has
+                    # the same shape and the same policy composition (one compile).
+                    idx = c0 + np.arange(chunk, dtype=np.int64) % n_real
+                    t0 = time.perf_counter()
+                    tables.append(_solve_chunk(scenario, idx, n_real))
+                    dt = time.perf_counter() - t0
+                    first_call = dt if first_call is None else first_call
+                    solve_s += dt
+                    bar.update(n_real)
+                tab = pa.concat_tables(tables)
                 _write_atomic(path, lambda tmp, tab=tab: pq.write_table(tab, tmp))
-            tables.append(tab)
-            done += tab.num_rows
-            done_conv += int(np.sum(tab.column("converged").to_numpy(zero_copy_only=False)))
-            bar.set_postfix(converged=f"{done_conv / max(done, 1):.0%}", refresh=False)
-            bar.update(tab.num_rows)
+                computed += 1
+            acc.add(tab)
+            conv = int(acc.converged.sum()) / max(int(acc.n.sum()), 1)
+            bar.set_postfix(converged=f"{conv:.0%}", refresh=False)
     finally:
         bar.close()
+    _barrier("poa_jax.sweep.solved")
 
-    table = pa.concat_tables(tables).sort_by("point")
     results_path = os.path.join(out_dir, "results.parquet")
-    _write_atomic(results_path, lambda tmp: pq.write_table(table, tmp))
+    summary_path = os.path.join(out_dir, "summary.json")
+    if rank != 0:
+        return SweepResult(None, {}, results_path, summary_path)
+    if world > 1:  # the other processes' parts
+        acc = _Summary(scenario)
+        for k in range(n_parts):
+            acc.add(_read_part(_part_path(parts_dir, k), min(part, n - k * part)))
+    if merge:
+        _merge(parts_dir, n_parts, results_path)
     total = time.perf_counter() - t_start
     timing = {
         "total": total,
         "first_call": first_call,  # compile + first chunk (None if every part was reused)
         "after_first_call": None if first_call is None else total - first_call,
+        "solve": solve_s,  # inside the solver calls (the rest is expansion, I/O, summary)
         "parts_computed": computed,
         "parts_reused": skipped,
     }
-    summary = _summarise(scenario, table, timing, chunk)
-    summary_path = os.path.join(out_dir, "summary.json")
+    summary = _summarise(scenario, acc, timing, chunk, part)
     _write_json(summary_path, summary)
-    return SweepResult(table, summary, results_path, summary_path)
+    table = None
+    if merge and n <= TABLE_MAX_ROWS:
+        table = pq.read_table(results_path, schema=SCHEMA)
+    return SweepResult(table, summary, results_path if merge else parts_dir, summary_path)
+
+
+def _part_path(parts_dir: str, k: int) -> str:
+    return os.path.join(parts_dir, f"part-{k:06d}.parquet")
+
+
+def _part_points(part_size: int | None, chunk: int, n: int) -> int:
+    """Points per part: a multiple of the chunk, capped at the number of points."""
+    part = PART_POINTS if part_size is None else part_size
+    if isinstance(part, bool) or int(part) != part or part < 1:
+        raise InputError(f"part_size = {part_size!r}: must be an integer >= 1")
+    return min(-(-int(part) // chunk) * chunk, -(-n // chunk) * chunk)
+
+
+def _merge(parts_dir: str, n_parts: int, path: str) -> None:
+    """``results.parquet`` from the parts, one part in memory at a time, in point order."""
+
+    def write(tmp):
+        with pq.ParquetWriter(tmp, SCHEMA) as w:
+            for k in range(n_parts):
+                w.write_table(pq.read_table(_part_path(parts_dir, k), schema=SCHEMA))
+
+    _write_atomic(path, write)

@@ -78,7 +78,7 @@ def tiny_run(tiny_toml, tmp_path_factory):
 
     sweep.price_of_anarchy = spy
     try:
-        res = run("sweep", tiny_toml, "--out", out, "--chunk", CHUNK, "--no-progress")
+        res = run("sweep", tiny_toml, "--out", out, "--chunk", CHUNK, "--part", CHUNK, "--no-progress")
     finally:
         sweep.price_of_anarchy = solve
     assert res.rc == 0, res.err
@@ -134,7 +134,7 @@ def test_tiny_sweep_summary(tiny_run, tiny_toml):
     sc = S.load_scenario(tiny_toml)
     assert s["scenario"] == "tiny" and s["points"] == 12
     assert s["scenario_hash"] == sc.hash()
-    assert s["shape"] == {"topologies": 2, "loads": 3, "policies": 2}
+    assert s["shape"] == {"topologies": 2, "variants": 1, "seeds": 1, "loads": 3, "policies": 2}
     assert s["utilisation"] == [0.3, 0.7, 1.0]
     assert 0.0 <= s["converged_share"] <= 1.0
     assert s["jax_version"] == jax.__version__
@@ -168,7 +168,7 @@ def test_rerun_reuses_every_part(tiny_run, tiny_toml, tmp_path):
     out = tmp_path / "again"
     shutil.copytree(tiny_run["out"], out)
     stamps = {p.name: p.stat().st_mtime_ns for p in (out / "parts").glob("part-*.parquet")}
-    res = run("sweep", tiny_toml, "--out", out, "--chunk", CHUNK)  # with the progress bar
+    res = run("sweep", tiny_toml, "--out", out, "--chunk", CHUNK, "--part", CHUNK)  # with the progress bar
     assert res.rc == 0, res.err
     assert "12/12" in res.err and "converged=" in res.err
     wt = _summary(out)["wall_time_s"]
@@ -183,16 +183,16 @@ def test_rerun_reuses_every_part(tiny_run, tiny_toml, tmp_path):
 def test_deleted_part_is_recomputed_alone(tiny_run, tiny_toml, tmp_path):
     out = tmp_path / "resume"
     shutil.copytree(tiny_run["out"], out)
-    kept = out / "parts" / "part-00000.parquet"
+    kept = out / "parts" / "part-000000.parquet"
     stamp = kept.stat().st_mtime_ns
-    (out / "parts" / "part-00001.parquet").unlink()
+    (out / "parts" / "part-000001.parquet").unlink()
     (out / "results.parquet").unlink()
-    res = run("sweep", tiny_toml, "--out", out, "--chunk", CHUNK, "--no-progress")
+    res = run("sweep", tiny_toml, "--out", out, "--chunk", CHUNK, "--part", CHUNK, "--no-progress")
     assert res.rc == 0, res.err
     wt = _summary(out)["wall_time_s"]
     assert wt["parts_computed"] == 1 and wt["parts_reused"] == 1
     assert kept.stat().st_mtime_ns == stamp
-    assert (out / "parts" / "part-00001.parquet").exists()
+    assert (out / "parts" / "part-000001.parquet").exists()
     assert pq.read_table(out / "results.parquet").equals(
         pq.read_table(tiny_run["out"] / "results.parquet")
     )
@@ -204,7 +204,7 @@ def test_other_scenario_discards_old_parts(tiny_run, tmp_path):
     shutil.copytree(tiny_run["out"], out)
     other = tmp_path / "other.toml"
     other.write_text(TINY.replace("values = [0.3, 0.7, 1.0]", "values = [0.3, 0.7, 0.9]"))
-    res = run("sweep", other, "--out", out, "--chunk", CHUNK, "--no-progress")
+    res = run("sweep", other, "--out", out, "--chunk", CHUNK, "--part", CHUNK, "--no-progress")
     assert res.rc == 0, res.err
     assert "discarding 2 part(s)" in res.err
     s = _summary(out)
@@ -218,7 +218,7 @@ def test_other_scenario_discards_old_parts(tiny_run, tmp_path):
 
 def test_default_output_folder(tiny_run, tiny_toml, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    res = run("sweep", tiny_toml, "--chunk", CHUNK, "--no-progress")
+    res = run("sweep", tiny_toml, "--chunk", CHUNK, "--part", CHUNK, "--no-progress")
     assert res.rc == 0, res.err
     assert (tmp_path / "out" / "tiny" / "results.parquet").exists()
     assert f"results: {os.path.join('out', 'tiny', 'results.parquet')}" in res.out

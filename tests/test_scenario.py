@@ -38,7 +38,7 @@ def test_examples_default_is_the_embedded_default():
 def test_default_scenario_contents():
     sc = S.default_scenario()
     assert sc.name == "default"
-    assert sc.shape == (2, 24, 4)
+    assert sc.shape == (2, 1, 1, 24, 4)
     assert sc.num_points == 192
     assert [(t.name, t.workers) for t in sc.topologies] == [("1P/2D", 2), ("1P/5D", 5)]
     u = sc.load.utilisation()
@@ -64,7 +64,7 @@ def test_examples_default_loads_to_the_same_scenario():
 def test_build_layout_and_demand():
     sc = S.default_scenario()
     b = sc.build()
-    t_n, u_n, p_n = sc.shape
+    t_n, _, _, u_n, p_n = sc.shape
     n = t_n * u_n * p_n
     assert b.game.demand.shape == (n, 5)
     assert np.shape(b.game.latency.kappa) == (n, 5)
@@ -116,7 +116,7 @@ def test_integer_and_float_spellings_hash_alike(tmp_path):
 
 def test_tiny_scenario_build(tmp_path):
     sc = S.load_scenario(_write(tmp_path, TINY))
-    assert sc.shape == (2, 3, 2)
+    assert sc.shape == (2, 1, 1, 3, 2)
     assert sc.policy_labels() == ["selfish", "balanced"]
     b = sc.build()
     assert b.game.demand.shape == (12, 2)
@@ -261,7 +261,7 @@ def test_omitted_sections_take_defaults(tmp_path):
     assert [(t.name, t.workers) for t in sc.topologies] == [("1P/2D", 2), ("1P/5D", 5)]
     assert sc.policies == S.DEFAULT_POLICIES
     assert sc.policy_labels() == S.default_scenario().policy_labels()
-    assert sc.shape == (2, 24, 4) and sc.solver == S.SolverSettings()
+    assert sc.shape == (2, 1, 1, 24, 4) and sc.solver == S.SolverSettings()
     named = S.load_scenario(_write(tmp_path, text.replace('name = "tiny"\n', ""), "mine.toml"))
     assert named.name == "mine"  # the file stem when no name is given
 
