@@ -199,62 +199,114 @@ def _vmap_eq(fn, **kw):
     return jax.vmap(functools.partial(fn, **kw))
 
 
-@jax.jit
-def greedy_starts(game, policy):
-    """:func:`poa_jax.solvers.greedy_start` for every instance, ``(N, J, K)``."""
-    return jax.vmap(solvers.greedy_start)(game, policy)
-
-
-@functools.partial(jax.jit, static_argnames=("method",))
-def _eq_init(game, policy, x0, *, method):
+# The lane programs, unjitted: ``_jit`` compiles them for one device, ``_on_mesh`` for the lane
+# axis sharded over every local device (each device runs its own block of lanes: no
+# communication inside a solve).
+def _eq_init_raw(game, policy, x0, *, method):
     return _vmap_eq(solvers.equilibrium_init, method=method)(game, policy, x0)
 
 
-@functools.partial(jax.jit, static_argnames=("method", "tol", "max_iters", "budget", "phase"))
-def _eq_advance(game, policy, carry, *, method, tol, max_iters, budget, phase):
+def _eq_advance_raw(game, policy, carry, *, method, tol, max_iters, budget, phase):
     kw = dict(method=method, tol=tol, max_iters=max_iters, budget=budget, phase=phase)
     return _vmap_eq(solvers.equilibrium_advance, **kw)(game, policy, carry)
 
 
-@functools.partial(jax.jit, static_argnames=("tol", "max_iters"))
-def _eq_pending(carry, *, tol, max_iters):
+def _eq_pending_raw(carry, *, tol, max_iters):
     return _vmap_eq(solvers.equilibrium_pending, tol=tol, max_iters=max_iters)(carry)
 
 
-@functools.partial(jax.jit, static_argnames=("method", "tol"))
-def _eq_finish(game, policy, carry, *, method, tol):
+def _eq_finish_raw(game, policy, carry, *, method, tol):
     return _vmap_eq(solvers.equilibrium_finish, method=method, tol=tol)(game, policy, carry)
 
 
-@functools.partial(jax.jit, static_argnames=("descent_steps", "lr"))
-def _opt_init(game, x0, *, descent_steps, lr):
+def _opt_init_raw(game, x0, *, descent_steps, lr):
     return _vmap_eq(solvers.optimum_init, descent_steps=descent_steps, lr=lr)(game, x0)
 
 
-@functools.partial(jax.jit, static_argnames=("tol", "max_iters", "budget", "phase"))
-def _opt_advance(game, carry, *, tol, max_iters, budget, phase):
+def _opt_advance_raw(game, carry, *, tol, max_iters, budget, phase):
     kw = dict(tol=tol, max_iters=max_iters, budget=budget, phase=phase)
     return _vmap_eq(solvers.optimum_advance, **kw)(game, carry)
 
 
-@functools.partial(jax.jit, static_argnames=("tol", "max_iters"))
-def _opt_pending(carry, *, tol, max_iters):
+def _opt_pending_raw(carry, *, tol, max_iters):
     return _vmap_eq(solvers.optimum_pending, tol=tol, max_iters=max_iters)(carry)
 
 
-@functools.partial(jax.jit, static_argnames=("tol",))
-def _opt_finish(game, carry, x0, *, tol):
+def _opt_finish_raw(game, carry, x0, *, tol):
     return _vmap_eq(solvers.optimum_finish, tol=tol)(game, carry, x0)
 
 
-@jax.jit
+def _take_raw(tree, idx):  # idx past the end reads the last lane (a pad slot, never written)
+    return jax.tree_util.tree_map(lambda a: jnp.take(a, idx, axis=0, mode="clip"), tree)
+
+
+def _put_raw(tree, idx, sub):  # pad slots (idx past the end) are dropped
+    return jax.tree_util.tree_map(lambda a, b: a.at[idx].set(b, mode="drop"), tree, sub)
+
+
+@functools.cache
+def _jit(fn, **static):
+    donate = (0,) if fn is _put_raw else ()
+    return jax.jit(functools.partial(fn, **static), donate_argnums=donate)
+
+
+@functools.cache
+def _on_mesh(fn, mesh, **static):
+    spec = jax.sharding.PartitionSpec(_AXIS)
+    body = jax.shard_map(
+        functools.partial(fn, **static), mesh=mesh, in_specs=spec, out_specs=spec, check_vma=False
+    )
+    return jax.jit(body, donate_argnums=(0,) if fn is _put_raw else ())
+
+
+_AXIS = "lanes"
+
+
+def _program(fn, mesh, **static):
+    return _jit(fn, **static) if mesh is None else _on_mesh(fn, mesh, **static)
+
+
+# Single-device entry points (kept for callers and tests).
+greedy_starts = jax.jit(jax.vmap(solvers.greedy_start))
+greedy_starts.__doc__ = ":func:`poa_jax.solvers.greedy_start` for every instance, ``(N, J, K)``."
+
+
 def _take(tree, idx):
-    return jax.tree_util.tree_map(lambda a: a[idx], tree)
+    return _jit(_take_raw)(tree, jnp.asarray(idx))
 
 
-@functools.partial(jax.jit, donate_argnums=0)
-def _put(tree, idx, sub):  # donated: the update is in place instead of a copy of the batch
-    return jax.tree_util.tree_map(lambda a, b: a.at[idx].set(b), tree, sub)
+#: Local devices the lane axis is sharded over (None: all of the default backend's).
+_DEVICES: int | None = None
+
+
+def use_devices(count: int | None) -> None:
+    """Shard solver lanes over the first ``count`` local devices (None: all; 1: no sharding).
+
+    On a CPU, ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` (set before JAX starts)
+    makes ``N`` host devices; on a GPU machine every local GPU is one.
+    """
+    global _DEVICES
+    if count is not None and (isinstance(count, bool) or int(count) != count or count < 1):
+        raise InputError(f"devices = {count!r}: must be an integer >= 1 or None")
+    _DEVICES = None if count is None else int(count)
+
+
+def mesh_for(n: int):
+    """The 1-D mesh over local devices that ``n`` instances are sharded on (None: one device)."""
+    devs = jax.local_devices()
+    d = len(devs) if _DEVICES is None else min(_DEVICES, len(devs))
+    if d <= 1 or n < d:
+        return None
+    return jax.sharding.Mesh(np.array(devs[:d]), (_AXIS,))
+
+
+def _pad_instances(tree, n: int, d: int):
+    """Pads the leading (instance) axis to a multiple of ``d`` by repeating the last instance."""
+    extra = -n % d
+    if extra == 0:
+        return tree
+    idx = np.concatenate([np.arange(n), np.full(extra, n - 1)])
+    return jax.tree_util.tree_map(lambda a: np.asarray(a)[idx], tree)
 
 
 def _buckets(n: int) -> list[int]:
@@ -263,44 +315,79 @@ def _buckets(n: int) -> list[int]:
     return [big, max(big // SMALL_RATIO, 1)]
 
 
-def drive(advance, pending, args, carry, n: int, max_iters: int):
+def drive(advance, pending, args, carry, n: int, max_iters: int, mesh=None):
     """Advances ``carry`` (leading axis ``n``) until no lane is pending; see module notes.
 
     ``pending(carry)`` gives per lane 0 (done) or the solver phase (1: projection only, 2: with
     the Newton step); each phase's lanes are advanced by their own compiled program, so the
-    costly Newton step runs only where it can pay.
+    costly Newton step runs only where it can pay. With a ``mesh`` of ``D`` devices the lanes
+    are ``D`` contiguous blocks, one per device, and each device compacts its own block: the
+    gathered sub-batch holds, per device, local indices of that device's pending lanes (padded
+    with an index past the end, whose update is dropped).
     """
-    if n <= COMPACT_ABOVE:
+    d = 1 if mesh is None else mesh.size
+    block = n // d
+    if block <= COMPACT_ABOVE:
         for phase in (1, 2):
             carry = advance(*args, carry, budget=max_iters, phase=phase)
         return carry
-    buckets = _buckets(n)
+    buckets = _buckets(block)
+    take, put = _program(_take_raw, mesh), _program(_put_raw, mesh)
     while True:
-        todo = np.asarray(pending(carry))
+        todo = np.asarray(pending(carry)).reshape(d, block)
         if not todo.any():
             return carry
         for phase in (1, 2):
-            idx = np.flatnonzero(todo == phase)
-            if idx.size == 0:
+            local = [np.flatnonzero(row == phase) for row in todo]
+            most = max(x.size for x in local)
+            if most == 0:
                 continue
-            size = buckets[1] if idx.size <= buckets[1] else buckets[0]
-            for lo in range(0, idx.size, size):
-                part = idx[lo : lo + size]
-                pad = np.concatenate([part, np.full(size - part.size, part[0], part.dtype)])
-                sub = advance(*_take(args, pad), _take(carry, pad), budget=ROUND_ITERS, phase=phase)
-                carry = _put(carry, pad, sub)
+            size = buckets[1] if most <= buckets[1] else buckets[0]
+            for lo in range(0, most, size):
+                idx = np.full((d, size), block, np.int32)  # past the end: a pad slot
+                for r, x in enumerate(local):
+                    part = x[lo : lo + size]
+                    idx[r, : part.size] = part
+                idx = jnp.asarray(idx.reshape(-1))
+                if mesh is not None:
+                    idx = jax.device_put(idx, jax.sharding.NamedSharding(mesh, _SPEC))
+                sub = advance(*take(args, idx), take(carry, idx), budget=ROUND_ITERS, phase=phase)
+                carry = put(carry, idx, sub)
+
+
+_SPEC = jax.sharding.PartitionSpec(_AXIS)
+
+
+def _place(tree, mesh):
+    """Puts a lane-major pytree on the mesh (blocks of lanes per device), or leaves it."""
+    if mesh is None:
+        return tree
+    return jax.device_put(tree, jax.sharding.NamedSharding(mesh, _SPEC))
 
 
 def equilibria(game, policy, x0, *, method: str, tol: float, max_iters: int) -> dict:
-    """Equilibria for ``x0 (N, S, J, K)``: S starts per instance, each its own lane."""
+    """Equilibria for ``x0 (N, S, J, K)``: S starts per instance, each its own lane.
+
+    With several local devices (:func:`mesh_for`) the instances are sharded over them.
+    """
     n, s = x0.shape[:2]
-    (g, p), x = _lanes(game, policy, x0)
-    carry = _eq_init(g, p, x, method=method)
-    advance = functools.partial(_eq_advance, method=method, tol=tol, max_iters=max_iters)
-    pending = functools.partial(_eq_pending, tol=tol, max_iters=max_iters)
-    carry = drive(advance, pending, (g, p), carry, n * s, max_iters)
-    out = _eq_finish(g, p, carry, method=method, tol=tol)
-    return {k: jnp.reshape(v, (n, s) + v.shape[1:]) for k, v in out.items()}
+    mesh = mesh_for(n)
+    if mesh is not None:
+        game, policy, x0 = _pad_instances((game, policy, x0), n, mesh.size)
+    n_pad = x0.shape[0]
+    (g, p), x = _place(_lanes(game, policy, x0), mesh)
+    static = dict(tol=tol, max_iters=max_iters)
+    carry = _program(_eq_init_raw, mesh, method=method)(g, p, x)
+    advance = _stepper(_eq_advance_raw, mesh, method=method, **static)
+    pending = _program(_eq_pending_raw, mesh, **static)
+    carry = drive(advance, pending, (g, p), carry, n_pad * s, max_iters, mesh)
+    out = _program(_eq_finish_raw, mesh, method=method, tol=tol)(g, p, carry)
+    return {k: jnp.reshape(v, (n_pad, s) + v.shape[1:])[:n] for k, v in out.items()}
+
+
+def _stepper(raw, mesh, **static):
+    """``advance(*args, carry, budget=, phase=)`` for :func:`drive`."""
+    return lambda *a, budget, phase: _program(raw, mesh, budget=budget, phase=phase, **static)(*a)
 
 
 def _lanes(game, policy, x0):
@@ -315,13 +402,20 @@ def optima(game, x0, *, tol: float, max_iters: int, descent_steps: int, lr: floa
     """Social optima for ``x0 (N, S, J, K)``: best of S starts per instance.
 
     Every start is its own lane (compacted independently); the best candidate per instance is
-    chosen at the end.
+    chosen at the end. With several local devices the instances are sharded over them.
     """
     n, s = x0.shape[:2]
-    g, x = _lanes(game, None, x0)
-    carry = _opt_init(g, x, descent_steps=descent_steps, lr=lr)
-    advance = functools.partial(_opt_advance, tol=tol, max_iters=max_iters)
-    pending = functools.partial(_opt_pending, tol=tol, max_iters=max_iters)
-    carry = drive(advance, pending, (g,), carry, n * s, max_iters)
-    per_instance = jax.tree_util.tree_map(lambda a: jnp.reshape(a, (n, s) + a.shape[1:]), carry)
-    return _opt_finish(game, per_instance, jnp.asarray(x0), tol=tol)
+    mesh = mesh_for(n)
+    if mesh is not None:
+        game, x0 = _pad_instances((game, x0), n, mesh.size)
+    n_pad = x0.shape[0]
+    g, x = _place(_lanes(game, None, x0), mesh)
+    static = dict(tol=tol, max_iters=max_iters)
+    carry = _program(_opt_init_raw, mesh, descent_steps=descent_steps, lr=lr)(g, x)
+    advance = _stepper(_opt_advance_raw, mesh, **static)
+    pending = _program(_opt_pending_raw, mesh, **static)
+    carry = drive(advance, pending, (g,), carry, n_pad * s, max_iters, mesh)
+    per_instance = jax.tree_util.tree_map(lambda a: jnp.reshape(a, (n_pad, s) + a.shape[1:]), carry)
+    game, x0 = _place((game, jnp.asarray(x0)), mesh)
+    out = _program(_opt_finish_raw, mesh, tol=tol)(game, per_instance, x0)
+    return {k: v[:n] for k, v in out.items()}

@@ -79,7 +79,7 @@ def _parser() -> argparse.ArgumentParser:
         "--chunk",
         type=int,
         default=None,
-        help="points per solver call (default: 64 on CPU, 1024 on GPU/TPU)",
+        help="points per solver call (default: 1024 on CPU, 8192 on GPU/TPU)",
     )
     s.add_argument(
         "--part",
@@ -93,7 +93,30 @@ def _parser() -> argparse.ArgumentParser:
         help="keep the results as the Parquet dataset DIR/parts only (no results.parquet)",
     )
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    # Serving closed-loop sweep (issue 5): --preset routes to poa_jax.serving_sweep.
+    s.add_argument(
+        "--preset",
+        default=None,
+        help="serving preset (e.g. llama70b-1p2d; comma list for several): closed-loop sweep "
+        "over --concurrency instead of a scenario",
+    )
+    s.add_argument(
+        "--concurrency",
+        default=None,
+        help="with --preset: concurrency grid C, comma list (default the paper's "
+        "8,16,32,64,96,128,160,192,256,384,512)",
+    )
     s.set_defaults(func=_cmd_sweep)
+
+    pl = sub.add_parser(
+        "plot",
+        help="draw PoA and TTFT P99 versus load from a serving sweep folder (PNG)",
+        description="Plot PoA and TTFT P99 versus concurrency per policy and topology, regimes "
+        "shaded, from DIR/results.parquet and DIR/summary.json.",
+    )
+    pl.add_argument("out_dir", help="folder written by poa-jax sweep --preset")
+    pl.add_argument("--png", default=None, help="output file (default DIR/poa_ttft.png)")
+    pl.set_defaults(func=_cmd_plot)
 
     g = sub.add_parser(
         "solve",
@@ -153,7 +176,53 @@ def _folder_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "scenario"
 
 
+def _cmd_serving_sweep(args) -> int:
+    """``sweep --preset``: the closed-loop serving sweep (:mod:`poa_jax.serving_sweep`)."""
+    if args.scenario is not None:
+        raise InputError("--preset: give either a scenario file or --preset, not both")
+    if args.dtype == "float32":
+        raise InputError("--preset: the serving sweep runs in float64 (--dtype float32 unsupported)")
+    _use_dtype("float64")
+    from poa_jax import serving_sweep
+
+    names = [n.strip() for n in args.preset.split(",") if n.strip()]
+    if args.concurrency is None:
+        conc = list(serving_sweep.PAPER_GRID)
+    else:
+        try:
+            conc = [float(v) for v in args.concurrency.split(",") if v.strip()]
+        except ValueError:
+            raise InputError(
+                f"--concurrency = {args.concurrency!r}: must be a comma list of numbers"
+            ) from None
+    out = args.out or os.path.join("out", _folder_name("-".join(names) or "serving"))
+    summary = serving_sweep.run_serving_sweep(names, conc, out, chunk=args.chunk)
+    for d in summary["per_topology_policy"]:
+        knee = d["knee_interval"]
+        kn = f"({knee[0]:g}, {knee[1]:g}]" if knee else "none"
+        poa = " ".join(_num(v, 7, 4).strip() for v in d["poa"])
+        bad = d["not_converged_at"]
+        note = f"  NOT CONVERGED at C = {', '.join(f'{c:g}' for c in bad)}" if bad else ""
+        print(f"{d['topology']} · {d['policy']}: knee {kn}; PoA {poa}{note}")
+    print(f"converged {summary['converged_share']:.1%} of points")
+    print(f"results: {summary['results_path']}")
+    print(f"summary: {summary['summary_path']}")
+    return 0
+
+
+def _cmd_plot(args) -> int:
+    from poa_jax import plot
+
+    path = plot.plot_sweep(args.out_dir, args.png)
+    print(f"plot: {path}")
+    return 0
+
+
 def _cmd_sweep(args) -> int:
+    if getattr(args, "preset", None) is not None:
+        return _cmd_serving_sweep(args)
+    if getattr(args, "concurrency", None) is not None:
+        raise InputError("--concurrency: needs --preset NAME")
     from poa_jax import scenario as _scenario
     from poa_jax import sweep as _sweep
 

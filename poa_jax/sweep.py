@@ -100,14 +100,16 @@ class SweepResult(NamedTuple):
 
 
 def default_chunk() -> int:
-    """Default points per chunk: 64 on CPU, 1024 on an accelerator.
+    """Default points per chunk: 1024 on CPU, 8192 on an accelerator.
 
-    Under ``vmap`` a batch's while loops run until its slowest instance is done, so on a CPU
-    (which gains little from wide batches) small chunks waste less work: the default sweep
-    takes ~30% less CPU time in chunks of 64 than in one chunk of 192. An accelerator needs
-    wide batches to be busy.
+    A chunk of ``c`` points is ``c × starts`` solver lanes; above
+    :data:`poa_jax.batching.COMPACT_ABOVE` lanes the solver runs in rounds and drops finished
+    lanes between them, so one slow instance does not hold the batch. Measured on the default
+    scenario replicated to 6 144 points (float32, 2-core CPU, git 13290cc): 139 points/s in
+    chunks of 64 (no compaction), 171 with 256, 222 with 1 024. An accelerator needs wider
+    batches to be busy.
     """
-    return 64 if jax.default_backend() == "cpu" else 1024
+    return 1024 if jax.default_backend() == "cpu" else 8192
 
 
 def _chunk_points(chunk_size: int | None, scenario: Scenario) -> int:
