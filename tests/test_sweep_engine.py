@@ -1,0 +1,248 @@
+"""The sweep engine at scale: lazy expansion, variants and seeds, crash-safe resume, memory.
+
+The solver-free tests replace ``price_of_anarchy`` with the benchmark's stub, so they exercise the
+engine alone (expansion, columns, parts, summary, merge) in milliseconds per part.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tracemalloc
+
+import jax
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+import poa_jax as pj
+from benchmarks.bench_sweep import stub_price_of_anarchy
+from poa_jax import scenario as S
+from poa_jax import sweep
+from tests.scenarios import TINY
+
+
+def _tiny(**changes) -> S.Scenario:
+    sc = S.Scenario.from_dict(__import__("tomllib").loads(TINY), source="tiny.toml")
+    return dataclasses.replace(sc, **changes)
+
+
+VARIANTS = (
+    S.WorkloadVariant("base"),
+    S.WorkloadVariant("long", tokens=(256.0, 2048.0), mix=(0.5, 0.5)),
+)
+
+
+# --------------------------------------------------------------------------- expansion
+
+
+def test_any_chunk_is_built_as_in_the_full_batch():
+    sc = _tiny(variants=VARIANTS, seeds=S.SeedAxis(count=3, jitter=0.2, seed=5))
+    assert sc.axes == {"topology": 2, "variant": 2, "seed": 3, "load": 3, "policy": 2}
+    full = sc.build()
+    idx = np.random.default_rng(0).choice(sc.num_points, 17, replace=False)
+    part = sc.build(idx)
+    for a, b in zip(
+        jax.tree_util.tree_leaves((full.game, full.policy)),
+        jax.tree_util.tree_leaves((part.game, part.policy)),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(np.asarray(a)[idx], b)
+    for k, col in full.labels.columns.items():
+        np.testing.assert_array_equal(col[idx], part.labels.columns[k])  # NaN equals NaN here
+    np.testing.assert_array_equal(part.points, idx)
+
+
+def test_index_order_and_labels():
+    sc = _tiny(variants=VARIANTS, seeds=S.SeedAxis(count=3, jitter=0.2))
+    b = sc.build()
+    t, v, s, u, p = np.unravel_index(np.arange(sc.num_points), sc.shape)
+    c = b.labels.columns
+    assert list(c["policy"][:2]) == sc.policy_labels()  # policy fastest
+    np.testing.assert_array_equal(c["seed"], s)
+    assert list(c["variant"][v == 1][:1]) == ["long"]
+    np.testing.assert_array_equal(c["utilisation"], sc.load.utilisation()[u])
+    np.testing.assert_allclose(c["demand_total"], b.game.demand.sum(-1))
+    # Variant "long" replaces the class tokens and mix.
+    np.testing.assert_array_equal(b.game.tokens[v == 1][0], [256.0, 2048.0])
+    # Offered prompt tokens are utilisation × (jittered) capacity at every point.
+    kappa = np.where(b.game.worker_mask, b.game.latency.kappa, 0).sum(-1)
+    offered = (b.game.demand * b.game.tokens).sum(-1)
+    np.testing.assert_allclose(offered, c["utilisation"] * kappa, rtol=1e-12)
+
+
+def test_seeds_jitter_deterministically_and_zero_jitter_is_the_base():
+    sc = _tiny(seeds=S.SeedAxis(count=2, jitter=0.0))
+    b = sc.build()
+    _, _, s, _, _ = np.unravel_index(np.arange(sc.num_points), sc.shape)
+    np.testing.assert_array_equal(b.game.demand[s == 0], b.game.demand[s == 1])
+    j = _tiny(seeds=S.SeedAxis(count=2, jitter=0.3, seed=1))
+    b1, b2 = j.build(), j.build()
+    np.testing.assert_array_equal(b1.game.latency.kappa, b2.game.latency.kappa)
+    assert not np.array_equal(b1.game.demand[s == 0], b1.game.demand[s == 1])
+    # A scenario without variants and seeds keeps the hash it had before they existed.
+    assert _tiny().hash() == _tiny(seeds=S.SeedAxis()).hash()
+    assert _tiny().hash() != j.hash()
+
+
+def test_a_hundred_million_points_expand_lazily():
+    sc = _tiny(seeds=S.SeedAxis(count=8_333_334, jitter=0.1))
+    assert sc.num_points >= 10**8
+    tracemalloc.start()
+    b = sc.build(np.arange(sc.num_points - 1000, sc.num_points))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert b.game.demand.shape == (1000, 2) and b.labels[999].seed == 8_333_333
+    assert peak < 5e6  # a chunk's worth, not the sweep's
+
+
+def test_policy_grid_and_variants_from_toml(tmp_path):
+    text = TINY.split("[[policies]]")[0] + (
+        '[[policy_grid]]\nname = "dynamo"\nomega = [0.1, 1.0]\ntau = [0.0, 0.8]\n\n'
+        '[[variants]]\nname = "chatty"\nmix = [0.9, 0.1]\n\n'
+        "[seeds]\ncount = 2\njitter = 0.05\n\n"
+        '[solver]\nstarts = 2\ndtype = "float32"\n'
+    )
+    path = tmp_path / "grid.toml"
+    path.write_text(text)
+    sc = S.load_scenario(path)
+    assert [p.kwargs() for p in sc.policies] == [
+        {"omega": 0.1, "tau": 0.0},
+        {"omega": 0.1, "tau": 0.8},
+        {"omega": 1.0, "tau": 0.0},
+        {"omega": 1.0, "tau": 0.8},
+    ]
+    assert sc.variant_names() == ["chatty"] and sc.seeds.count == 2
+    # Round trip through to_dict keeps the identity.
+    assert S.Scenario.from_dict(sc.to_dict()).hash() == sc.hash()
+
+
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        ('[[variants]]\nname = "v"\nmix = [1.0]\n', "variants[0].mix"),
+        ('[[variants]]\nname = "v"\ntokens = [1.0, -2.0]\n', "variants[0].tokens[1]"),
+        ('[[variants]]\nname = "v"\ncolour = "red"\n', "variants[0].colour: unknown key"),
+        ("[seeds]\ncount = 0\n", "seeds.count"),
+        ("[seeds]\njitter = -0.1\n", "seeds.jitter"),
+        ('[[policy_grid]]\nname = "dynamo"\nomega = []\n', "policy_grid[0].omega"),
+    ],
+)
+def test_bad_axes_are_named(tmp_path, extra, expected):
+    path = tmp_path / "bad.toml"
+    path.write_text(TINY + "\n" + extra)
+    with pytest.raises(pj.InputError, match=expected.replace("[", r"\[").replace("]", r"\]")):
+        S.load_scenario(path)
+
+
+# --------------------------------------------------------------------------- engine alone
+
+
+@pytest.fixture
+def stubbed(monkeypatch):
+    monkeypatch.setattr(sweep, "price_of_anarchy", stub_price_of_anarchy)
+
+
+def _peak_during(fn) -> int:
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_host_memory_is_flat_in_the_number_of_parts(stubbed, tmp_path):
+    def run(seeds):
+        sc = _tiny(seeds=S.SeedAxis(count=seeds, jitter=0.1))
+        return lambda: sweep.run_sweep(
+            sc, tmp_path / str(seeds), chunk_size=8, part_size=16, progress=False, merge=False
+        )
+
+    small, large = _peak_during(run(10)), _peak_during(run(200))  # 8 vs 150 parts
+    assert large < 1.5 * small, (small, large)
+
+
+def test_summary_streams_means_over_replicates(stubbed, tmp_path):
+    sc = _tiny(variants=VARIANTS, seeds=S.SeedAxis(count=3, jitter=0.2))
+    res = sweep.run_sweep(sc, tmp_path, chunk_size=8, part_size=8, progress=False)
+    cols = res.table.to_pydict()
+    s = res.summary
+    assert s["points"] == sc.num_points == res.table.num_rows
+    assert s["shape"] == {"topologies": 2, "variants": 2, "seeds": 3, "loads": 3, "policies": 2}
+    g = s["per_topology_policy"][0]
+    rows = [
+        i
+        for i in range(res.table.num_rows)
+        if cols["topology"][i] == g["topology"] and cols["policy"][i] == g["policy"]
+    ]
+    for m, u in enumerate(s["utilisation"]):
+        at = [cols["poa"][i] for i in rows if cols["utilisation"][i] == u]
+        assert len(at) == 6 and g["poa"][m] == pytest.approx(np.mean(at), rel=1e-12)
+        assert g["poa_max_over_replicates"][m] == pytest.approx(max(at), rel=1e-12)
+    assert g["replicates"] == 6
+
+
+# --------------------------------------------------------------------------- resume
+
+
+def test_crash_mid_write_resumes_to_the_identical_table(tmp_path, monkeypatch):
+    sc = _tiny(variants=VARIANTS)  # 24 points: 6 parts of 4
+    kw = dict(chunk_size=4, part_size=4, progress=False)
+    clean = sweep.run_sweep(sc, tmp_path / "clean", **kw)
+
+    out = tmp_path / "crashed"
+    real_write = sweep.pq.write_table
+    writes = []
+
+    def dying_write(table, where, *a, **k):
+        writes.append(where)
+        if len(writes) == 3:  # the third part: half a file, then the process dies
+            real_write(table, where, *a, **k)
+            with open(where, "r+b") as f:
+                f.truncate(os.path.getsize(where) // 2)
+            raise KeyboardInterrupt
+        return real_write(table, where, *a, **k)
+
+    monkeypatch.setattr(sweep.pq, "write_table", dying_write)
+    with pytest.raises(KeyboardInterrupt):
+        sweep.run_sweep(sc, out, **kw)
+    monkeypatch.setattr(sweep.pq, "write_table", real_write)
+    parts = sorted(p.name for p in (out / "parts").iterdir())
+    assert parts[:2] == ["manifest.json", "part-000000.parquet"]
+    assert "part-000002.parquet" not in parts  # the killed write never got its final name
+    assert not (out / "results.parquet").exists()
+    # A part cut short by something other than this engine (a copy, a full disk): redone too.
+    half = out / "parts" / "part-000001.parquet"
+    half.write_bytes(half.read_bytes()[:100])
+
+    res = sweep.run_sweep(sc, out, **kw)
+    wt = res.summary["wall_time_s"]
+    assert wt["parts_reused"] == 1 and wt["parts_computed"] == 5
+    assert not [p for p in os.listdir(out / "parts") if ".tmp-" in p]
+    assert res.table.equals(clean.table)
+    assert pq.read_table(out / "results.parquet").equals(clean.table)
+    strip = lambda s: {k: v for k, v in s.items() if k != "wall_time_s"}  # noqa: E731
+    assert strip(res.summary) == strip(clean.summary)
+
+
+def test_a_hundred_million_point_sweep_starts_in_bounded_memory(tmp_path, monkeypatch):
+    sc = _tiny(seeds=S.SeedAxis(count=8_333_334, jitter=0.1))
+    calls = []
+
+    def three_chunks(*a, **k):
+        calls.append(1)
+        if len(calls) > 3:
+            raise KeyboardInterrupt
+        return stub_price_of_anarchy(*a, **k)
+
+    monkeypatch.setattr(sweep, "price_of_anarchy", three_chunks)
+
+    def run():
+        with pytest.raises(KeyboardInterrupt):
+            sweep.run_sweep(sc, tmp_path, chunk_size=1024, part_size=2048, progress=False)
+
+    peak = _peak_during(run)
+    assert peak < 50e6, peak
+    # The first part was finished and kept; the second was interrupted and left nothing.
+    assert sorted(os.listdir(tmp_path / "parts")) == ["manifest.json", "part-000000.parquet"]
