@@ -536,16 +536,26 @@ def run_sweep(
             bar.set_postfix(converged=f"{conv:.0%}", refresh=False)
     finally:
         bar.close()
+    mine_timing = {"parts_computed": computed, "parts_reused": skipped, "solve": solve_s}
+    if world > 1:  # for process 0's summary: what every process did
+        _write_json(os.path.join(parts_dir, f"process-{rank:04d}.json"), mine_timing)
     _barrier("poa_jax.sweep.solved")
 
     results_path = os.path.join(out_dir, "results.parquet")
     summary_path = os.path.join(out_dir, "summary.json")
     if rank != 0:
         return SweepResult(None, {}, results_path, summary_path)
-    if world > 1:  # the other processes' parts
+    per_process = None
+    if world > 1:  # the other processes' parts and counts
         acc = _Summary(scenario)
         for k in range(n_parts):
             acc.add(_read_part(_part_path(parts_dir, k), min(part, n - k * part)))
+        per_process = []
+        for r in range(world):
+            with open(os.path.join(parts_dir, f"process-{r:04d}.json"), encoding="utf-8") as f:
+                per_process.append(json.load(f))
+        computed = sum(p["parts_computed"] for p in per_process)
+        skipped = sum(p["parts_reused"] for p in per_process)
     if merge:
         _merge(parts_dir, n_parts, results_path)
     total = time.perf_counter() - t_start
@@ -557,6 +567,8 @@ def run_sweep(
         "parts_computed": computed,
         "parts_reused": skipped,
     }
+    if per_process is not None:
+        timing["per_process"] = per_process
     summary = _summarise(scenario, acc, timing, chunk, part)
     _write_json(summary_path, summary)
     table = None
