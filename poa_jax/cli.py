@@ -1,6 +1,6 @@
 """The ``poa-jax`` command line: sweep a scenario, or solve one game from JSON.
 
-Subcommands:
+Subcommands (``poa-jax bench`` times the solvers on the device present and prints a table):
 
 * ``poa-jax sweep [SCENARIO.toml] [--out DIR] [--dtype float32|float64] [--chunk N]
   [--no-progress]`` — runs a scenario (the built-in default without a file) with
@@ -118,6 +118,22 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("--png", default=None, help="output file (default DIR/poa_ttft.png)")
     pl.set_defaults(func=_cmd_plot)
 
+    b = sub.add_parser(
+        "bench",
+        help="measure the solvers on this machine's device and print a table",
+        description="Time the routing solvers (5 classes x 6 workers, cache term) on the "
+        "device present: instances/s, compile time, iterations, converged share.",
+    )
+    b.add_argument(
+        "--batch", default="1000,10000", help="comma-separated batch sizes (default 1000,10000)"
+    )
+    b.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    b.add_argument("--tol", type=float, default=1e-5, help="relative gap (default 1e-5)")
+    b.add_argument("--max-iters", type=int, default=1000)
+    b.add_argument("--repeats", type=int, default=2, help="steady-state calls, best kept")
+    b.add_argument("--json", help="also write the rows to this JSON file")
+    b.set_defaults(func=_cmd_bench)
+
     g = sub.add_parser(
         "solve",
         help="solve one routing game (or a batch) from JSON",
@@ -181,7 +197,9 @@ def _cmd_serving_sweep(args) -> int:
     if args.scenario is not None:
         raise InputError("--preset: give either a scenario file or --preset, not both")
     if args.dtype == "float32":
-        raise InputError("--preset: the serving sweep runs in float64 (--dtype float32 unsupported)")
+        raise InputError(
+            "--preset: the serving sweep runs in float64 (--dtype float32 unsupported)"
+        )
     _use_dtype("float64")
     from poa_jax import serving_sweep
 
@@ -384,6 +402,37 @@ def _num(v, width: int, digits: int) -> str:
     if abs(v) >= 10 ** (width - digits - 2):
         return f"{v:>{width}.3g}"
     return f"{v:>{width}.{digits}f}"
+
+
+# --------------------------------------------------------------------------- bench
+
+
+def _cmd_bench(args) -> int:
+    try:
+        batches = [int(x) for x in args.batch.split(",") if x.strip()]
+    except ValueError:
+        raise InputError(f"--batch = {args.batch!r}: must be comma-separated integers") from None
+    if not batches or min(batches) < 1:
+        raise InputError(f"--batch = {args.batch!r}: batch sizes must be >= 1")
+    if not (math.isfinite(args.tol) and args.tol > 0):
+        raise InputError(f"--tol = {args.tol}: must be finite and > 0")
+    for flag in ("max_iters", "repeats"):
+        if getattr(args, flag) < 1:
+            raise InputError(f"--{flag.replace('_', '-')} = {getattr(args, flag)}: must be >= 1")
+    _use_dtype(args.dtype)
+    from poa_jax import bench
+
+    rows = bench.run(
+        batches, dtype=args.dtype, tol=args.tol, max_iters=args.max_iters,
+        repeats=args.repeats, progress=lambda m: print(f"{PROG}: {m}", file=sys.stderr),
+    )  # fmt: skip
+    print(bench.format_rows(rows))
+    if args.json:
+        import dataclasses
+
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump([dataclasses.asdict(r) for r in rows], f, indent=1)
+    return 0
 
 
 # --------------------------------------------------------------------------- solve

@@ -1,0 +1,160 @@
+"""``poa-jax bench``: how fast the solvers run on whatever device is present.
+
+For the 5 classes × 6 workers cache-on routing family (:func:`poa_jax.synthetic.random_games`,
+loads 0.2–0.9, selfish policy) and each batch size ``N`` it measures
+
+* the **first call** (compile + one run) of :func:`poa_jax.solve_equilibrium` and
+  :func:`poa_jax.solve_optimum` (warm-started from the equilibrium, as a PoA computation does);
+* the **steady state**: the same calls on a *different* batch of the same shape (no recompile),
+  best of ``repeats``; instances per second for each and for the pair (``N / (t_eq + t_opt)``);
+* **convergence**: share converged to the tolerance, median and max iterations, largest gap;
+
+and prints one table row per (N, solver) with the device. Results come back to the host as
+NumPy arrays, so every timed call has finished when its clock stops.
+
+The benchmarks folder has the comparisons against references (SciPy, AequilibraE, the sweep
+engine's overhead); this command is the quick check that a machine is set up and how it does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import jax
+import numpy as np
+
+__all__ = ["Row", "run", "format_rows"]
+
+
+@dataclasses.dataclass
+class Row:
+    """One measurement: a solver at one batch size."""
+
+    solver: str  # "equilibrium", "optimum" or "eq+opt"
+    batch: int
+    dtype: str
+    tol: float
+    compile_s: float  # first call minus a steady-state call: compilation and tracing
+    steady_s: float  # one call on a new batch of the same shape
+    instances_per_s: float
+    iterations_median: float
+    iterations_max: int
+    converged_share: float
+    max_gap: float
+    device: str
+    kernel: str  # which implementation ran ("xla", or "pallas" where the fused kernel ran)
+
+
+def _device() -> str:
+    d = jax.devices()[0]
+    kind = d.device_kind
+    n = jax.local_device_count()
+    return f"{d.platform}:{kind}" + (f" x{n}" if n > 1 else "")
+
+
+def _stats(sol) -> dict:
+    it = np.asarray(sol.iterations)
+    conv = np.asarray(sol.converged)
+    gap = np.asarray(sol.gap, np.float64)
+    return {
+        "iterations_median": float(np.median(it)),
+        "iterations_max": int(it.max()),
+        "converged_share": float(conv.mean()),
+        "max_gap": float(np.nanmax(np.where(conv, gap, np.nan))) if conv.any() else float("nan"),
+    }
+
+
+def _kernel() -> str:
+    try:
+        from poa_jax import fused
+    except ImportError:  # pragma: no cover - the fused module is optional
+        return "xla"
+    try:
+        return "pallas" if fused.use_fused(5, 6, np.float32, 0.0) else "xla"
+    except TypeError:
+        return "xla"
+
+
+def run(
+    batches=(1000, 10000),
+    dtype: str = "float32",
+    tol: float = 1e-5,
+    max_iters: int = 1000,
+    repeats: int = 2,
+    seed: int = 0,
+    progress=None,
+) -> list[Row]:
+    """Measures the routing solvers at each batch size; returns the rows."""
+    import poa_jax as pj
+    from poa_jax.synthetic import random_games
+
+    rows = []
+    dev = _device()
+    for n in batches:
+        games = [random_games(seed + k, n) for k in range(repeats + 1)]
+
+        def pair(g):
+            t0 = time.perf_counter()
+            eq = pj.solve_equilibrium(g, tol=tol, max_iters=max_iters, dtype=dtype)
+            t1 = time.perf_counter()
+            opt = pj.solve_optimum(g, tol=tol, max_iters=max_iters, dtype=dtype, x0=eq.flows)
+            t2 = time.perf_counter()
+            return eq, opt, t1 - t0, t2 - t1
+
+        if progress:
+            progress(f"N={n}: first call (compiles)")
+        _, _, f_eq, f_opt = pair(games[0])
+        best = None
+        for k in range(repeats):
+            if progress:
+                progress(f"N={n}: steady-state call {k + 1}/{repeats}")
+            r = pair(games[k + 1])
+            if best is None or r[2] + r[3] < best[2] + best[3]:
+                best = r
+        eq, opt, t_eq, t_opt = best
+        both = _stats(eq)
+        both.update(
+            converged_share=float(np.mean(np.asarray(eq.converged) & np.asarray(opt.converged))),
+            iterations_median=float(np.median(np.asarray(eq.iterations) + opt.iterations)),
+            iterations_max=int(np.max(np.asarray(eq.iterations) + opt.iterations)),
+            max_gap=max(_stats(eq)["max_gap"], _stats(opt)["max_gap"]),
+        )
+        kernel = _kernel()
+        for name, sol_stats, first, t in (
+            ("equilibrium", _stats(eq), f_eq, t_eq),
+            ("optimum", _stats(opt), f_opt, t_opt),
+            ("eq+opt", both, f_eq + f_opt, t_eq + t_opt),
+        ):
+            rows.append(
+                Row(
+                    solver=name,
+                    batch=n,
+                    dtype=dtype,
+                    tol=tol,
+                    compile_s=max(first - t, 0.0),
+                    steady_s=t,
+                    instances_per_s=n / t,
+                    device=dev,
+                    kernel=kernel,
+                    **sol_stats,
+                )  # fmt: skip
+            )
+    return rows
+
+
+def format_rows(rows: list[Row]) -> str:
+    """A Markdown table of the rows."""
+    head = (
+        "| solver | N | dtype | tol | instances/s | steady s | compile s | iters median | "
+        "iters max | converged | max gap | device | kernel |"
+    )
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        lines.append(
+            f"| {r.solver} | {r.batch} | {r.dtype} | {r.tol:g} | {r.instances_per_s:,.0f} | "
+            f"{r.steady_s:.3f} | {r.compile_s:.1f} | {r.iterations_median:g} | "
+            f"{r.iterations_max} | {r.converged_share:.1%} | {r.max_gap:.1e} | {r.device} | "
+            f"{r.kernel} |"
+        )
+    return "\n".join(lines)
