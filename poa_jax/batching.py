@@ -275,6 +275,10 @@ def _take(tree, idx):
     return _jit(_take_raw)(tree, jnp.asarray(idx))
 
 
+def _put(tree, idx, sub):  # donated: the update is in place instead of a copy of the batch
+    return _jit(_put_raw)(tree, jnp.asarray(idx), sub)
+
+
 #: Local devices the lane axis is sharded over (None: all of the default backend's).
 _DEVICES: int | None = None
 
@@ -365,11 +369,62 @@ def _place(tree, mesh):
     return jax.device_put(tree, jax.sharding.NamedSharding(mesh, _SPEC))
 
 
+#: Which implementation the lane solvers use: "auto" (the fused Pallas kernel where
+#: :func:`poa_jax.fused.use_fused` allows — a GPU, float32, τ = 0, projection — else XLA),
+#: "xla" (always the pure-JAX loop) or "pallas" (the fused kernel, failing loudly).
+KERNEL = "auto"
+_FUSED_BROKEN: list[str] = []  # why the fused kernel failed to build here, once per process
+#: The implementation the last lane solve ran on ("xla" or "pallas"), for benchmarks.
+LAST_KERNEL = {"equilibrium": None, "optimum": None}
+
+
+def use_kernel(kind: str) -> None:
+    """Selects the lane solvers' implementation: ``auto``, ``xla`` or ``pallas``."""
+    global KERNEL
+    if kind not in ("auto", "xla", "pallas"):
+        raise InputError(f"kernel = {kind!r}: must be one of auto, xla, pallas")
+    KERNEL = kind
+
+
+def _fused(kind: str, game, policy, x0, method, **kw):
+    """The fused kernel's result, or None where it does not apply or cannot be built here."""
+    if KERNEL == "xla" or (KERNEL == "auto" and _FUSED_BROKEN):
+        return None
+    from poa_jax import fused
+
+    if KERNEL == "auto" and jax.local_device_count() > 1:
+        return None  # the fused driver runs on one device; sharded XLA wins there
+    dt = np.asarray(x0).dtype
+    if KERNEL == "auto" and not fused.use_fused(game, policy, dtype=dt, method=method):
+        return None
+    try:
+        if kind == "equilibrium":
+            out = fused.fused_equilibria(game, policy, x0, method=method, **kw)
+        else:
+            out = fused.fused_optima(game, x0, **kw)
+        LAST_KERNEL[kind] = "pallas"
+        return out
+    except fused.FusedUnavailable as e:
+        if KERNEL == "pallas":
+            raise
+        import warnings
+
+        _FUSED_BROKEN.append(str(e))
+        warnings.warn(f"fused Pallas kernel unavailable, using the XLA loop: {e}", stacklevel=3)
+        return None
+
+
 def equilibria(game, policy, x0, *, method: str, tol: float, max_iters: int) -> dict:
     """Equilibria for ``x0 (N, S, J, K)``: S starts per instance, each its own lane.
 
-    With several local devices (:func:`mesh_for`) the instances are sharded over them.
+    On a GPU in float32 with ``τ = 0`` the fused Pallas kernel solves them (see
+    :data:`KERNEL`). With several local devices (:func:`mesh_for`) the instances are sharded
+    over them.
     """
+    out = _fused("equilibrium", game, policy, x0, method, tol=tol, max_iters=max_iters)
+    if out is not None:
+        return out
+    LAST_KERNEL["equilibrium"] = "xla"
     n, s = x0.shape[:2]
     mesh = mesh_for(n)
     if mesh is not None:
@@ -404,6 +459,12 @@ def optima(game, x0, *, tol: float, max_iters: int, descent_steps: int, lr: floa
     Every start is its own lane (compacted independently); the best candidate per instance is
     chosen at the end. With several local devices the instances are sharded over them.
     """
+    if descent_steps == 0:
+        kw = dict(tol=tol, max_iters=max_iters)
+        out = _fused("optimum", game, None, x0, "projection", **kw)
+        if out is not None:
+            return out
+    LAST_KERNEL["optimum"] = "xla"
     n, s = x0.shape[:2]
     mesh = mesh_for(n)
     if mesh is not None:

@@ -66,14 +66,11 @@ def _stats(sol) -> dict:
 
 
 def _kernel() -> str:
-    try:
-        from poa_jax import fused
-    except ImportError:  # pragma: no cover - the fused module is optional
-        return "xla"
-    try:
-        return "pallas" if fused.use_fused(5, 6, np.float32, 0.0) else "xla"
-    except TypeError:
-        return "xla"
+    from poa_jax import batching
+
+    k = batching.LAST_KERNEL
+    eq, opt = k["equilibrium"], k["optimum"]
+    return eq if eq == opt else f"{eq}/{opt}"
 
 
 def run(
@@ -120,7 +117,7 @@ def run(
             iterations_max=int(np.max(np.asarray(eq.iterations) + opt.iterations)),
             max_gap=max(_stats(eq)["max_gap"], _stats(opt)["max_gap"]),
         )
-        kernel = _kernel()
+        kernel = _kernel()  # what the steady-state calls ran on
         for name, sol_stats, first, t in (
             ("equilibrium", _stats(eq), f_eq, t_eq),
             ("optimum", _stats(opt), f_opt, t_opt),

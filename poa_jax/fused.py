@@ -1,0 +1,455 @@
+r"""The routing game on the fused Pallas kernel (:mod:`poa_jax.kernels.pallas_vi`).
+
+Drop-in replacements for :func:`poa_jax.batching.equilibria` and :func:`poa_jax.batching.optima`
+(same flattened inputs, same output dicts) that run the scaled projection dynamics of
+:mod:`poa_jax.solvers` inside one GPU kernel per block of instances, the state on chip for all
+iterations. :func:`use_fused` says when they apply; elsewhere the pure-JAX path is the solver and
+the reference.
+
+The cost fields are the game's formulas (DESIGN §2.2, :mod:`poa_jax.game`,
+:mod:`poa_jax.policies`) written for lane vectors (one entry per instance, batch last):
+
+* equilibrium of a policy (``τ = 0``): cost ``r = w_true·c + w_prefill·P + w_decode·D`` with the
+  cache term, metric :func:`poa_jax.policies.perceived_slope`, gap
+  ``(Σ x·r − Σ_j d_j min_k r) / Σ x·r``;
+* optimum: cost ``∇SC`` (:func:`poa_jax.game.social_cost_gradient`), metric
+  :func:`poa_jax.game.social_cost_curvature`, gap ``(Σ x·∇SC − Σ_j d_j min_k ∇SC) / SC(x)``
+  (:func:`poa_jax.solvers.marginal_gap`).
+
+The iteration is the pure-JAX one *without* its active-set Newton endgame, which the pure-JAX
+solvers only try below a gap of 1e-7 (equilibria) and 1e-12 (optima): at the float32 tolerance
+1e-5 both paths run the same iteration, and for tighter tolerances the fused path converges
+linearly where the pure-JAX one finishes with Newton. ``τ > 0`` (logit fixed point), the other
+methods and optax descent before the polish stay on the pure-JAX path.
+
+Slow lanes: a program's loop runs until the slowest lane of its block stops, and iteration
+counts are heavy-tailed (float32 cache-on 5×6: median ~140, 5% at the bound). The driver
+therefore runs the kernel in rounds of :data:`ROUNDS` iterations and compacts the unfinished lanes
+between rounds (the state is resumable, so results do not depend on the rounds).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from poa_jax import game as _game
+from poa_jax import solvers as _solvers
+from poa_jax.game import RoutingGame
+from poa_jax.kernels import loop
+from poa_jax.kernels import pallas_vi as pv
+from poa_jax.policies import Policy
+
+__all__ = [
+    "ROUNDS",
+    "fused_equilibria",
+    "fused_optima",
+    "use_fused",
+    "flops_per_iteration",
+    "FusedUnavailable",
+]
+
+FusedUnavailable = pv.FusedUnavailable
+
+#: Iteration budgets of the successive rounds (the last repeats until ``max_iters``); between
+#: rounds the unfinished lanes are compacted. The first round covers the median lane.
+ROUNDS = (160, 160, 320)
+#: Lanes per kernel call (a few sizes compile: CHUNK, CHUNK/8, …); the GPU wants wide calls.
+CHUNK = {"gpu": 1 << 18, "cpu": 1 << 10, "interpret": 1 << 10}
+#: Lanes per program and Triton warps (one instance per thread).
+BLOCK, NUM_WARPS = 128, 4
+#: Largest J·K the kernel is built for (its state lives in registers: 5 (J, K) arrays).
+MAX_ENTRIES = 64
+
+_LAT = ("a", "b", "c", "p", "d", "kappa", "rho_max")
+_PRE = ("a", "b", "c")
+
+
+def use_fused(
+    game: RoutingGame | None = None,
+    policy: Policy | None = None,
+    *,
+    dtype=np.float32,
+    method: str = "projection",
+    num_classes: int | None = None,
+    num_workers: int | None = None,
+    descent_steps: int = 0,
+) -> bool:
+    """True where the fused kernel applies: a GPU, float32, projection method, ``τ = 0``,
+    ``J·K ≤`` :data:`MAX_ENTRIES`, no descent before the optimum polish.
+
+    ``game``/``policy`` are the flattened (prepared) batch; ``policy=None`` is the optimum.
+    """
+    if jax.default_backend() != "gpu" or np.dtype(dtype) != np.float32:
+        return False
+    if method not in ("projection", "auto") or descent_steps:
+        return False
+    if game is not None:
+        num_classes = np.shape(game.demand)[-1]
+        num_workers = np.shape(game.worker_mask)[-1]
+    if num_classes is not None and num_workers is not None:
+        if num_classes * num_workers > MAX_ENTRIES:
+            return False
+    if policy is not None and np.any(np.asarray(policy.tau) > 0):
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------- lane-form model
+
+
+def _latency(f, w, second: bool = False):
+    """``ℓ(w)``, ``ℓ'(w)`` (and ``ℓ''(w)``) of one worker, fields and ``w`` lane vectors.
+
+    The formulas of :mod:`poa_jax.latency` with one power shared by value and slopes.
+    """
+    a, b, c, p, d, kappa, rho = (f[n] for n in _LAT)
+    finite = ~jnp.isinf(kappa)
+    xbar = jnp.where(finite, rho * kappa, jnp.inf)
+    x = jnp.maximum(w, 0.0)
+    xc = jnp.minimum(x, xbar)
+    over = jnp.where(finite, x - xc, 0.0)
+    k = jnp.where(finite, kappa, 1.0)
+    dd = jnp.where(finite, d, 0.0)
+    xs = jnp.where(finite, xc, 0.0)
+    gap = k - xs
+    xp1 = jnp.power(xc, p - 1.0)
+    sing = dd * k / (gap * gap)
+    der = b + c * p * xp1 + sing
+    val = a + b * xc + c * xc * xp1 + dd * xs / gap + der * over
+    if not second:
+        return val, der
+    pos = xc > 0
+    poly = jnp.where(pos & (p > 1), c * p * (p - 1.0) * xp1 / jnp.where(pos, xc, 1.0), 0.0)
+    sec = jnp.where(over > 0, 0.0, poly + 2.0 * sing / gap)
+    return val, der, sec
+
+
+def _common(x, g):
+    """Hit fractions and loads shared by every field: ``(e, q, h, n, X, W)``, lane form."""
+    J, K = len(x), len(x[0])
+    X = [pv.lane_sum([x[j][k] for j in range(J)]) for k in range(K)]
+    e = [g["residency"][k] * (1.0 + X[k] / g["cache_size"][k]) for k in range(K)]
+    q = [[x[j][k] + e[k] for k in range(K)] for j in range(J)]
+    h = [[g["shareable"][j] * x[j][k] / q[j][k] for k in range(K)] for j in range(J)]
+    n = [[g["tokens"][j] * (1.0 - h[j][k]) for k in range(K)] for j in range(J)]
+    W = [pv.lane_sum([x[j][k] * n[j][k] for j in range(J)]) for k in range(K)]
+    return e, q, h, n, X, W
+
+
+def _worker(g, k):
+    return {f: g["lat_" + f][k] for f in _LAT}
+
+
+def _prefill(g, k, n):
+    return g["pre_a"][k] + g["pre_b"][k] * n + g["pre_c"][k] * n * n
+
+
+def _equilibrium_field(x, g) -> pv.Field:
+    """Perceived cost and slope of the policy (:func:`poa_jax.policies.perceived_cost`)."""
+    J, K = len(x), len(x[0])
+    _, _, h, n, _, W = _common(x, g)
+    D = [pv.lane_sum([x[j][k] * g["tokens"][j] for j in range(J)]) for k in range(K)]
+    wt, wp, wd, credit = (g[f] for f in ("w_true", "w_prefill", "w_decode", "credit"))
+    cost, scale = [], []
+    for j in range(J):
+        tok = g["tokens"][j]
+        cj, sj = [], []
+        for k in range(K):
+            lat, dlat = _latency(_worker(g, k), W[k])
+            c = lat + _prefill(g, k, n[j][k])
+            pre = W[k] + tok * jnp.maximum(1.0 - credit * h[j][k], 0.0)
+            dec = D[k] + tok
+            cj.append(wt * c + wp * pre + wd * dec)
+            sj.append(wt * dlat * n[j][k] + wp * n[j][k] + wd * tok)
+        cost.append(cj)
+        scale.append(sj)
+    return pv.Field(cost, scale)
+
+
+def _optimum_field(x, g) -> pv.Field:
+    """``∇SC``, the diagonal curvature and ``SC`` (:func:`poa_jax.game.social_cost_gradient`)."""
+    J, K = len(x), len(x[0])
+    e, q, _, n, X, W = _common(x, g)
+    cost = [[None] * K for _ in range(J)]
+    scale = [[None] * K for _ in range(J)]
+    sc = []
+    for k in range(K):
+        lat, dlat, d2lat = _latency(_worker(g, k), W[k], second=True)
+        m = g["worker_mask"][k] > 0.5
+        slope_e = g["residency"][k] / g["cache_size"][k]
+        a_own, u, ds, s = [], [], [], []
+        for j in range(J):
+            eta, qq = g["shareable"][j], q[j][k]
+            a_own.append(eta * e[k] / (qq * qq))
+            u.append(eta * x[j][k] / (qq * qq))
+            ds.append(g["pre_b"][k] + 2.0 * g["pre_c"][k] * n[j][k])
+            s.append(_prefill(g, k, n[j][k]))
+        tok = g["tokens"]
+        cross_w = slope_e * pv.lane_sum([x[i][k] * tok[i] * u[i] for i in range(J)])
+        cross_s = slope_e * pv.lane_sum([x[i][k] * ds[i] * tok[i] * u[i] for i in range(J)])
+        for j in range(J):
+            dw = n[j][k] - x[j][k] * tok[j] * a_own[j] + cross_w
+            grad = lat + X[k] * dlat * dw + s[j] - x[j][k] * ds[j] * tok[j] * a_own[j] + cross_s
+            cost[j][k] = jnp.where(m, grad, 0.0)
+            scale[j][k] = 2.0 * dlat * n[j][k] + X[k] * d2lat * n[j][k] * n[j][k]
+            sc.append(jnp.where(m, x[j][k] * (lat + s[j]), 0.0))
+    return pv.Field(cost, scale, pv.lane_sum(sc))
+
+
+#: Arithmetic of the fields at one point, per instance (counted from the code above; the
+#: power and the divisions count one each). Equilibrium: per worker 12 (X, e) + 14 (latency);
+#: per entry 6 (q, h, n) + 2 (W) + 2 (D) + 5 (prefill, c) + 5 (P) + 1 (D + L) + 5 (r) + 5
+#: (slope). Optimum: per worker 12 + 20 (latency with ℓ'') + 4 (e slope, crosses) ; per entry
+#: 6 + 2 + 6 (A, u) + 3 (s') + 4 (s) + 8 (crosses) + 13 (∇SC, mask) + 7 (curvature) + 4 (SC).
+FIELD_FLOPS = {
+    "equilibrium": lambda J, K: K * 26 + J * K * 31,
+    "optimum": lambda J, K: K * 36 + J * K * 53,
+}
+
+
+def flops_per_iteration(kind: str, num_classes: int = 5, num_workers: int = 6) -> int:
+    """Arithmetic per instance-iteration of the fused kernel (``kind``: equilibrium/optimum)."""
+    field = FIELD_FLOPS[kind](num_classes, num_workers)
+    return pv.flops_per_iteration(num_classes, num_workers, field)
+
+
+# --------------------------------------------------------------------------- packing
+
+
+def _params(game: RoutingGame, policy: Policy | None, n: int, dtype) -> dict:
+    """The game's fields batch-last: ``(J, N)`` / ``(K, N)`` / ``(N,)`` arrays."""
+    t = lambda a: jnp.asarray(a, dtype).T
+    p = dict(
+        tokens=t(game.tokens), shareable=t(game.shareable), residency=t(game.residency),
+        cache_size=t(game.cache_size), worker_mask=t(game.worker_mask),
+    )  # fmt: skip
+    for f in _LAT:
+        p["lat_" + f] = t(getattr(game.latency, f))
+    for f in _PRE:
+        p["pre_" + f] = t(getattr(game.prefill, f))
+    if policy is not None:
+        for f in ("w_true", "w_prefill", "w_decode", "credit"):
+            p[f] = jnp.broadcast_to(jnp.asarray(getattr(policy, f), dtype), (n,))
+    return p
+
+
+@functools.cache
+def _kernel(kind: str, tol: float, max_iters: int, interpret: bool, block: int, num_warps):
+    field = _equilibrium_field if kind == "equilibrium" else _optimum_field
+    return pv.projection_kernel(
+        field, tol=tol, max_iters=max_iters, block=block, interpret=interpret,
+        num_warps=None if interpret else num_warps, num_stages=None if interpret else 1,
+    )  # fmt: skip
+
+
+def _sizes(block: int, chunk: int) -> list[int]:
+    """Call sizes, largest first: ``chunk, chunk/8, chunk/64, …`` down to the block."""
+    sizes, size = [], max(chunk, block)
+    while size >= block:
+        sizes.append(size)
+        size //= 8
+    return sizes
+
+
+def _run(kind, params, demand, mask, x0, *, tol, max_iters, interpret, rounds, block, num_warps,
+         chunk=None):  # fmt: skip
+    """Runs the kernel in rounds, compacting unfinished lanes in between; ``x0 (J, K, N)``.
+
+    Every call has one of a few sizes (:func:`_sizes`), so that a handful of programs ever
+    compile; the lanes of a round are cut into calls of those sizes, the last padded with
+    copies of a lane whose result is dropped.
+    """
+    kern = _kernel(kind, float(tol), int(max_iters), bool(interpret), int(block), num_warps)
+    if chunk is None:
+        chunk = CHUNK.get("interpret" if interpret else jax.default_backend(), CHUNK["gpu"])
+    sizes = _sizes(block, chunk)
+    state = pv.start_state(x0, demand, mask)
+    args = (params, demand, mask)
+    rounds = tuple(rounds) or (max_iters,)
+    todo = np.arange(x0.shape[-1])
+    try:
+        r = 0
+        while todo.size:
+            budget = rounds[min(r, len(rounds) - 1)]
+            r += 1
+            lo = 0
+            while lo < todo.size:
+                fits = [z for z in sizes if z >= todo.size - lo]
+                size = fits[-1] if fits else sizes[0]
+                part = todo[lo : lo + size]
+                idx = np.concatenate([part, np.full(size - part.size, part[0], part.dtype)])
+                sub = kern.advance(*_take_lanes(args, idx), _take_lanes(state, idx), budget)
+                state = _put_lanes(state, part, _head(sub, part.size))
+                lo += size
+            todo = np.flatnonzero(np.asarray(_pending(state, tol, max_iters)))
+        return state
+    except pv.FusedUnavailable:
+        raise
+    except Exception as e:  # lowering/compilation failures surface here; the caller falls back
+        if interpret:
+            raise
+        raise pv.FusedUnavailable(f"fused {kind} kernel failed to build or run: {e}") from e
+
+
+def _head(tree, n):
+    return jax.tree_util.tree_map(lambda a: a[..., :n], tree)
+
+
+@functools.partial(jax.jit, static_argnames=("tol", "max_iters"))
+def _pending(state, tol, max_iters):
+    return loop.pending(state.best_gap, state.steps, tol, max_iters)
+
+
+@jax.jit
+def _take_lanes(tree, idx):
+    return jax.tree_util.tree_map(lambda a: a[..., idx], tree)
+
+
+@jax.jit
+def _put_lanes(tree, idx, sub):
+    return jax.tree_util.tree_map(lambda a, b: a.at[..., idx].set(b), tree, sub)
+
+
+def _lanes(game, policy, x0):
+    """One lane per (instance, start), as :func:`poa_jax.batching._lanes`; ``x0 (N, S, J, K)``."""
+    n, s = x0.shape[:2]
+    idx = np.repeat(np.arange(n), s)
+    tree = (game, policy)
+    if s > 1:
+        tree = jax.tree_util.tree_map(lambda a: jnp.asarray(a)[idx] if jnp.ndim(a) else a, tree)
+    return tree, jnp.reshape(jnp.asarray(x0), (n * s,) + x0.shape[2:])
+
+
+def _inputs(game, policy, x):
+    dtype = x.dtype
+    n, J, K = x.shape
+    mask = jnp.broadcast_to(jnp.asarray(game.worker_mask)[:, None, :], (n, J, K))
+    return (
+        _params(game, policy, n, dtype),
+        jnp.asarray(game.demand, dtype).T,
+        jnp.transpose(mask, (1, 2, 0)),
+        jnp.transpose(x, (1, 2, 0)),
+    )
+
+
+_DEFAULTS = dict(rounds=ROUNDS, block=BLOCK, num_warps=NUM_WARPS, chunk=None)
+
+
+def fused_equilibria(
+    game: RoutingGame, policy: Policy, x0, *, tol: float, max_iters: int,
+    interpret: bool = False, method: str = "projection", **kernel_options,
+) -> dict:  # fmt: skip
+    """Equilibria for ``x0 (N, S, J, K)`` on the fused kernel; as :func:`batching.equilibria`.
+
+    Args:
+      game, policy: prepared (flattened) batch, fields ``(N, J)`` / ``(N, K)`` / ``(N,)``;
+        ``policy.tau`` must be 0.
+      x0: starts ``(N, S, J, K)``, each its own lane.
+      tol, max_iters: relative-gap tolerance and iteration bound.
+      interpret: Pallas interpret mode (CPU tests); otherwise compiled (GPU).
+      method: must be ``projection`` (the kernel's iteration).
+      kernel_options: ``rounds``, ``block``, ``num_warps``, ``chunk`` (defaults :data:`ROUNDS`,
+        :data:`BLOCK`, :data:`NUM_WARPS`, :data:`CHUNK`).
+
+    Returns:
+      ``dict(flows (N, S, J, K), social_cost, gap, iterations, status, overloaded (N, S))``.
+
+    Raises:
+      FusedUnavailable: the kernel cannot be compiled here (catch it and use the pure-JAX path).
+      ValueError: ``τ > 0`` or another method.
+    """
+    if method not in ("projection", "auto"):
+        raise ValueError(f"fused equilibria run the projection method, not {method!r}")
+    if np.any(np.asarray(policy.tau) > 0):
+        raise ValueError("fused equilibria need τ = 0 (the logit fixed point is pure-JAX only)")
+    opts = {**_DEFAULTS, **kernel_options}
+    n, s = np.shape(x0)[:2]
+    (g, p), x = _lanes(game, policy, x0)
+    params, demand, mask, xt = _inputs(g, p, x)
+    st = _run("equilibrium", params, demand, mask, xt, tol=tol, max_iters=max_iters,
+              interpret=interpret, **opts)  # fmt: skip
+    out = _eq_finish(g, st, tol=tol)
+    return {k: jnp.reshape(v, (n, s) + v.shape[1:]) for k, v in out.items()}
+
+
+@functools.partial(jax.jit, static_argnames=("tol",))
+def _eq_finish(g, st: pv.FusedState, *, tol):
+    x = jnp.transpose(st.best_x, (2, 0, 1))
+    return dict(
+        flows=x,
+        social_cost=jax.vmap(_game.social_cost)(g, x),
+        gap=st.best_gap,
+        iterations=st.steps,
+        status=loop.status_of(st.best_gap, tol),
+        overloaded=jax.vmap(_solvers.overloaded)(g, x),
+    )
+
+
+def fused_optima(
+    game: RoutingGame, x0, *, tol: float, max_iters: int, descent_steps: int = 0,
+    lr: float = 0.05, interpret: bool = False, **kernel_options,
+) -> dict:  # fmt: skip
+    """Social optima for ``x0 (N, S, J, K)``: best of S starts; as :func:`batching.optima`.
+
+    Every start is polished by the fused kernel; the best candidate among the polished points
+    and the raw starts is chosen exactly as :func:`poa_jax.solvers.optimum_finish` does.
+
+    Args:
+      game: prepared batch, fields ``(N, ...)``.
+      x0: starts ``(N, S, J, K)``.
+      tol, max_iters: gap tolerance and iteration bound.
+      descent_steps: must be 0 (optax descent is pure-JAX only); ``lr`` is accepted and unused.
+      interpret, kernel_options: as :func:`fused_equilibria`.
+
+    Returns:
+      ``dict(flows (N, J, K), social_cost, gap, iterations, status, overloaded (N,))``.
+    """
+    del lr
+    if descent_steps:
+        raise ValueError("fused optima take descent_steps = 0 (optax descent is pure-JAX)")
+    opts = {**_DEFAULTS, **kernel_options}
+    x0 = jnp.asarray(x0)
+    n, s = x0.shape[:2]
+    (g, _), x = _lanes(game, None, x0)
+    params, demand, mask, xt = _inputs(g, None, x)
+    st = _run("optimum", params, demand, mask, xt, tol=tol, max_iters=max_iters,
+              interpret=interpret, **opts)  # fmt: skip
+    return _opt_finish(game, st, x0, tol=tol)
+
+
+@functools.partial(jax.jit, static_argnames=("tol",))
+def _opt_finish(game, st: pv.FusedState, x0s, *, tol):
+    n, s = x0s.shape[:2]
+    polished = jnp.reshape(jnp.transpose(st.best_x, (2, 0, 1)), x0s.shape)
+    gap = jnp.reshape(st.best_gap, (n, s))
+    steps = jnp.reshape(st.steps, (n, s))
+    return jax.vmap(functools.partial(_select, tol=tol))(game, polished, gap, steps, x0s)
+
+
+def _select(g, polished, gap, steps, x0s, *, tol):
+    """:func:`poa_jax.solvers.optimum_finish` on one instance, from polished points."""
+    grad = functools.partial(_game.social_cost_gradient, g)
+    raw_gap = jax.vmap(lambda x: _solvers.marginal_gap(g, x, grad(x)))(x0s)
+    cand_x = jnp.concatenate([polished, x0s])
+    cand_gap = jnp.concatenate([gap, raw_gap])
+    cand_steps = jnp.concatenate([steps, jnp.zeros_like(steps)])
+    cand_sc = jax.vmap(functools.partial(_game.social_cost, g))(cand_x)
+    finite = jnp.where(jnp.isnan(cand_sc), jnp.inf, cand_sc)
+    i_all = jnp.argmin(finite)
+    i_conv = jnp.argmin(jnp.where(cand_gap <= tol, finite, jnp.inf))
+    any_conv = jnp.any(cand_gap <= tol)
+    close = finite[i_conv] <= finite[i_all] * (1.0 + tol)
+    i = jnp.where(any_conv & close, i_conv, i_all)
+    x = cand_x[i]
+    return dict(
+        flows=x,
+        social_cost=cand_sc[i],
+        gap=cand_gap[i],
+        iterations=cand_steps[i],
+        status=loop.status_of(cand_gap[i], tol),
+        overloaded=_solvers.overloaded(g, x),
+    )

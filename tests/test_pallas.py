@@ -1,0 +1,364 @@
+"""The fused Pallas kernel (kernels/pallas_vi.py, poa_jax/fused.py) against the pure-JAX solvers.
+
+On the CPU the kernel runs in Pallas interpret mode; each distinct kernel costs 10–30 s of XLA
+compilation there, so the module fixtures solve a few batches once and the tests share them:
+
+* float64, 5 × 6 cache-on games, selfish and Dynamo policies mixed in one batch, some
+  instances with absent workers (``worker_mask``) and zero-demand classes (padding), 24 lanes
+  (not a multiple of the 128-lane block), run in several rounds with compaction: the fused
+  iteration is the pure-JAX one, so flows, gaps, statuses and iteration counts agree to rounding;
+* the optimum from two starts per instance, float64 (3 × 4, to keep compile time down);
+* float32 equilibria (3 × 4) at the GPU tolerance 1e-5, where rounding makes trajectories differ:
+  solutions are compared where both converged, and every fused answer is checked by the
+  independent gap formula.
+
+The Triton lowering (the GPU code path) is checked on the CPU by lowering for the ``cuda``
+platform; ``@pytest.mark.gpu`` tests run the compiled kernel.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from poa_jax.kernels import pallas_vi as pv
+from poa_jax.kernels import simplex, vi
+
+from poa_jax import batching, fused, solve
+from poa_jax import game as _game
+from poa_jax import policies as _pol
+from poa_jax.synthetic import random_games
+
+N = 24
+J, K = 5, 6
+
+
+def _mixed_batch(seed, n, dtype, classes=J, workers=K):
+    """Cache-on games, half selfish / half Dynamo, with absent workers and empty classes."""
+    g = random_games(seed, n, classes, workers, cache=True)
+    mask = np.ones((n, workers), bool)
+    mask[: n // 4, workers - 2 :] = False  # e.g. a 4-worker topology padded to 6
+    demand = np.array(g.demand)
+    demand[n // 4 : n // 2, classes - 2 :] = 0.0  # e.g. 3 classes padded to 5
+    g = _game.RoutingGame(**{**g.__dict__, "demand": demand, "worker_mask": mask})
+    dyn = np.arange(n) % 2 == 1
+    pol = _pol.Policy(
+        w_true=np.where(dyn, 0.0, 1.0), w_prefill=np.where(dyn, 0.5, 0.0),
+        w_decode=np.where(dyn, 1.0, 0.0), credit=np.ones(n),
+    )  # fmt: skip
+    return batching.prepare(g, pol, dtype)
+
+
+def _independent_gap(prep, flows):
+    """Relative gap of the policy's perceived cost at ``flows`` by the pure-JAX formulas."""
+
+    def one(g, p, x):
+        r = _pol.perceived_cost(p, g, x)
+        mask = jnp.broadcast_to(g.worker_mask[None, :], x.shape)
+        return vi.relative_gap(x, r, g.demand, mask)
+
+    return np.asarray(jax.jit(jax.vmap(one))(prep.game, prep.policy, jnp.asarray(flows)))
+
+
+@pytest.fixture(scope="module")
+def eq64():
+    prep = _mixed_batch(21, N, "float64")
+    x0 = solve.starting_flows(prep, 1, greedy=True)
+    kw = dict(tol=1e-7, max_iters=400)
+    ref = batching.equilibria(prep.game, prep.policy, x0, method="projection", **kw)
+    out = fused.fused_equilibria(prep.game, prep.policy, x0, interpret=True, rounds=(60, 100), **kw)
+    return prep, jax.device_get(ref), jax.device_get(out), kw["tol"]
+
+
+@pytest.fixture(scope="module")
+def opt64():
+    prep = _mixed_batch(22, N // 2, "float64", 3, 4)  # smaller: interpret compiles are slow
+    x0 = solve.starting_flows(prep, 2, seed=3)  # uniform + a herd start: 2 lanes each
+    kw = dict(tol=1e-7, max_iters=400)
+    ref = batching.optima(prep.game, x0, descent_steps=0, lr=0.05, **kw)
+    out = fused.fused_optima(prep.game, x0, interpret=True, rounds=(400,), **kw)
+    return prep, jax.device_get(ref), jax.device_get(out), kw["tol"]
+
+
+@pytest.fixture(scope="module")
+def eq32():
+    prep = _mixed_batch(23, N, "float32", 3, 4)
+    x0 = solve.starting_flows(prep, 1, greedy=True)
+    kw = dict(tol=1e-5, max_iters=300)
+    ref = batching.equilibria(prep.game, prep.policy, x0, method="projection", **kw)
+    out = fused.fused_equilibria(prep.game, prep.policy, x0, interpret=True, **kw)
+    return prep, jax.device_get(ref), jax.device_get(out), kw["tol"]
+
+
+def test_keys_shapes_dtypes(eq64, opt64):
+    for _, ref, out, _ in (eq64, opt64):
+        assert ref.keys() == out.keys()
+        for k in ref:
+            assert np.shape(ref[k]) == np.shape(out[k]), k
+            assert np.asarray(ref[k]).dtype == np.asarray(out[k]).dtype, k
+
+
+def test_equilibria_float64_match_pure_jax(eq64):
+    prep, ref, out, tol = eq64
+    np.testing.assert_array_equal(out["status"], ref["status"])
+    conv = ref["status"][:, 0] == 0
+    assert conv.sum() >= N // 2  # the comparison is meaningful
+    it_r, it_f = ref["iterations"][conv, 0], out["iterations"][conv, 0]
+    assert np.max(np.abs(it_r - it_f)) <= 2, (it_r, it_f)
+    scale = np.max(np.asarray(prep.game.demand), -1)[conv]
+    dx = np.max(np.abs(out["flows"][conv, 0] - ref["flows"][conv, 0]), axis=(-2, -1))
+    assert np.all(dx <= 1e-6 * scale), dx
+    sc_r, sc_f = ref["social_cost"][conv, 0], out["social_cost"][conv, 0]
+    np.testing.assert_allclose(sc_f, sc_r, rtol=1e-9)
+    assert np.all(out["gap"][conv, 0] <= tol)
+    np.testing.assert_array_equal(out["overloaded"], ref["overloaded"])
+
+
+def test_equilibria_feasible_and_independent_gap(eq64):
+    prep, _, out, tol = eq64
+    x = out["flows"][:, 0]
+    mask = np.asarray(prep.game.worker_mask)
+    assert np.all(x >= 0) and np.all(x[~np.broadcast_to(mask[:, None, :], x.shape)] == 0)
+    np.testing.assert_allclose(x.sum(-1), np.asarray(prep.game.demand), rtol=1e-12, atol=1e-14)
+    gap = _independent_gap(prep, x)
+    np.testing.assert_allclose(gap, out["gap"][:, 0], rtol=1e-6, atol=1e-12)
+    conv = out["status"][:, 0] == 0
+    assert np.all(gap[conv] <= tol * (1 + 1e-6))
+
+
+def test_optima_float64_match_pure_jax(opt64):
+    prep, ref, out, tol = opt64
+    np.testing.assert_array_equal(out["status"], ref["status"])
+    conv = ref["status"] == 0
+    assert conv.sum() >= len(conv) // 2
+    np.testing.assert_allclose(out["social_cost"][conv], ref["social_cost"][conv], rtol=1e-9)
+    scale = np.max(np.asarray(prep.game.demand), -1)[conv]
+    dx = np.max(np.abs(out["flows"][conv] - ref["flows"][conv]), axis=(-2, -1))
+    assert np.all(dx <= 1e-6 * scale), dx
+    assert np.max(np.abs(out["iterations"][conv] - ref["iterations"][conv])) <= 2
+    assert np.all(out["gap"][conv] <= tol)
+    # Independent check: the marginal gap by the closed-form gradient of poa_jax.game.
+    grad = jax.vmap(_game.social_cost_gradient)(prep.game, jnp.asarray(out["flows"]))
+    gap = jax.vmap(fused._solvers.marginal_gap)(prep.game, jnp.asarray(out["flows"]), grad)
+    np.testing.assert_allclose(np.asarray(gap), out["gap"], rtol=1e-6, atol=1e-12)
+
+
+def test_equilibria_float32_solutions(eq32):
+    prep, ref, out, tol = eq32
+    conv_f = out["status"][:, 0] == 0
+    conv_r = ref["status"][:, 0] == 0
+    # Rounding makes the float32 trajectories differ; convergence should not.
+    assert abs(int(conv_f.sum()) - int(conv_r.sum())) <= 2
+    gap = _independent_gap(prep, out["flows"][:, 0].astype(np.float64))
+    assert np.all(gap[conv_f] <= 2 * tol), gap[conv_f]
+    both = conv_f & conv_r
+    sc_r, sc_f = ref["social_cost"][both, 0], out["social_cost"][both, 0]
+    rel = np.abs(sc_f - sc_r) / sc_r
+    # Equilibria with the cache term need not be unique: most instances reach the same one.
+    assert np.mean(rel <= 1e-4) >= 0.8, rel
+    scale = np.max(np.asarray(prep.game.demand), -1)[both]
+    dx = np.max(np.abs(out["flows"][both, 0] - ref["flows"][both, 0]), axis=(-2, -1)) / scale
+    assert np.mean(dx <= 1e-3) >= 0.8, dx
+
+
+# --------------------------------------------------------------------------- generic kernel
+
+
+def _proj_kernel(z, total, w, m, block=8):
+    """``project_simplex_lanes`` inside a pallas_call (interpret), rows ``(K, N)``."""
+    k, n = z.shape
+
+    def kernel(z_ref, t_ref, w_ref, m_ref, o_ref):
+        ld = lambda r, i: r[i, :]
+        y = pv.project_simplex_lanes(
+            [ld(z_ref, i) for i in range(k)], ld(t_ref, 0), [ld(w_ref, i) for i in range(k)],
+            [ld(m_ref, i) > 0.5 for i in range(k)],
+        )  # fmt: skip
+        for i in range(k):
+            o_ref[i, :] = y[i]
+
+    spec = lambda r: pl_spec(r, block)
+    return pl_call(kernel, z, (spec(k), spec(1), spec(k), spec(k)), spec(k), n // block)(
+        z, total[None], w, m.astype(z.dtype)
+    )
+
+
+def pl_spec(rows, block):
+    from jax.experimental import pallas as pl
+
+    return pl.BlockSpec((rows, block), lambda i: (0, i))
+
+
+def pl_call(kernel, like, in_specs, out_spec, grid):
+    from jax.experimental import pallas as pl
+
+    return pl.pallas_call(
+        kernel, out_shape=jax.ShapeDtypeStruct(like.shape, like.dtype), grid=(grid,),
+        in_specs=list(in_specs), out_specs=out_spec, interpret=True,
+    )  # fmt: skip
+
+
+def test_simplex_lanes_match_kernels_simplex():
+    rng = np.random.default_rng(5)
+    k, n = 6, 64
+    z = rng.normal(0, 2, (k, n)) * rng.choice([0.01, 1.0, 100.0], n)
+    total = rng.choice([0.0, 0.3, 1.0, 7.5], n)
+    w = np.exp(rng.normal(0, 1.5, (k, n)))
+    m = rng.uniform(size=(k, n)) < 0.7
+    m[rng.integers(k, size=n), np.arange(n)] = True
+    got = np.asarray(_proj_kernel(*(jnp.asarray(a) for a in (z, total, w, m))))
+    want = jax.vmap(simplex.project_simplex)(z.T, total, w.T, m.T)
+    np.testing.assert_allclose(got, np.asarray(want).T, rtol=1e-12, atol=1e-12)
+
+
+def _affine_field(x, p):
+    """``c_jk = a_k + b_k·X_k`` (a congestion game on parallel links), metric ``b_k``."""
+    rows, cols = len(x), len(x[0])
+    load = [pv.lane_sum([x[j][k] for j in range(rows)]) for k in range(cols)]
+    c = [[p["a"][k] + p["b"][k] * load[k] for k in range(cols)] for _ in range(rows)]
+    return pv.Field(c, [[p["b"][k] for k in range(cols)] for _ in range(rows)])
+
+
+def _affine_problem(seed, n, rows, cols):
+    rng = np.random.default_rng(seed)
+    a = rng.uniform(0.1, 1.0, (cols, n))
+    b = rng.uniform(0.1, 2.0, (cols, n))
+    d = rng.uniform(0.2, 1.0, (rows, n))
+    x0 = rng.uniform(0.0, 1.0, (rows, cols, n))
+    return a, b, d, x0
+
+
+def test_masked_padding_and_ragged_batch():
+    """A 2 × 3 problem padded to 4 × 4 (masked workers, zero-demand rows) solves the same,
+    matches kernels.vi.projection, and resumes exactly; 37 lanes, 16-lane blocks."""
+    n, tol = 37, 1e-10
+    a, b, d, x0 = _affine_problem(7, n, 2, 3)
+    kern = pv.projection_kernel(_affine_field, tol=tol, max_iters=200, block=16, interpret=True)
+
+    def solve_(a, b, d, x0, mask):
+        st = pv.start_state(jnp.asarray(x0), jnp.asarray(d), jnp.asarray(mask))
+        return jax.device_get(kern.advance(dict(a=a, b=b), d, mask, st, 200))
+
+    small = solve_(a, b, d, x0, np.ones((2, 3, n), bool))
+
+    def pad(v, shape, fill=0):
+        width = [(0, s - t) for s, t in zip(shape, v.shape, strict=True)]
+        return np.pad(v, width, constant_values=fill)
+
+    mask = pad(np.ones((2, 3, n), bool), (4, 4, n))
+    big = solve_(
+        pad(a, (4, n), 1.0), pad(b, (4, n), 1.0), pad(d, (4, n)), pad(x0, (4, 4, n), 0.5), mask
+    )
+    np.testing.assert_allclose(big.best_x[:2, :3], small.best_x, rtol=1e-12, atol=1e-14)
+    assert np.all(big.best_x[2:] == 0) and np.all(big.best_x[:, 3:] == 0)
+    np.testing.assert_array_equal(big.steps, small.steps)
+    assert np.all(small.best_gap <= tol)
+
+    def ref(a, b, d, x0):
+        cost = lambda x: jnp.broadcast_to(a + b * x.sum(0), x.shape)
+        scale = lambda x: jnp.broadcast_to(b, x.shape)
+        mask = jnp.ones(x0.shape, bool)
+        return vi.projection(cost, scale, x0, d, mask, tol=tol, max_steps=200)
+
+    r = jax.jit(jax.vmap(ref, in_axes=(1, 1, 1, 2)))(a, b, d, x0)
+    np.testing.assert_allclose(small.best_x, np.moveaxis(np.asarray(r.x), 0, -1), atol=1e-9)
+    np.testing.assert_array_equal(small.steps, np.asarray(r.steps))
+
+    # Resumable: rounds of a few iterations end in the state of one call (the driver's
+    # compaction relies on it); the budget is traced, so this reuses the compiled kernel.
+    args = (dict(a=a, b=b), d, np.ones((2, 3, n), bool))
+    st = pv.start_state(jnp.asarray(x0), jnp.asarray(d), jnp.asarray(args[2]))
+    for budget in (1, 3, 7, 200):
+        st = kern.advance(*args, st, budget)
+    for f in st._fields:
+        np.testing.assert_array_equal(np.asarray(getattr(st, f)), getattr(small, f), f)
+
+
+# --------------------------------------------------------------------------- GPU code path
+
+
+def _has_triton_lowering() -> bool:
+    try:
+        from jax._src.pallas.triton import lowering  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _has_triton_lowering(), reason="this jaxlib has no Triton lowering")
+@pytest.mark.parametrize("kind", ["equilibrium", "optimum"])
+def test_triton_lowering_on_cpu(kind):
+    """The compiled (non-interpret) kernel lowers to Triton IR: every primitive it uses has a
+    Triton lowering rule. Checked on the CPU by lowering for the ``cuda`` platform."""
+    prep = _mixed_batch(24, 8, "float32")
+    x0 = solve.starting_flows(prep, 1)
+    pol = prep.policy if kind == "equilibrium" else None
+    (g, p), x = fused._lanes(prep.game, pol, x0)
+    params, demand, mask, xt = fused._inputs(g, p, x)
+    kern = fused._kernel(kind, 1e-5, 100, False, fused.BLOCK, fused.NUM_WARPS)
+    st = pv.start_state(xt, demand, mask)
+    lowered = kern.advance.trace(params, demand, mask, st, 100).lower(lowering_platforms=("cuda",))
+    assert "triton" in lowered.as_text()[:20000]
+
+
+def test_use_fused_predicate():
+    assert not fused.use_fused(dtype=np.float64)  # never in float64
+    if jax.default_backend() != "gpu":
+        assert not fused.use_fused()
+    assert fused.flops_per_iteration("equilibrium") > 1000
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", ["equilibrium", "optimum"])
+def test_compiled_kernel_matches_pure_jax_on_gpu(kind, monkeypatch):
+    """The compiled Triton kernel on a GPU ≡ the pure-JAX solver (float32, tol 1e-5)."""
+    monkeypatch.setattr(batching, "KERNEL", "xla")  # the reference: never the fused kernel
+    n, tol = 4096, 1e-5
+    prep = batching.prepare(random_games(31, n, J, K, cache=True), _pol.selfish(), "float32")
+    if kind == "equilibrium":
+        x0 = solve.starting_flows(prep, 1, greedy=True)
+        run = functools.partial(batching.equilibria, prep.game, prep.policy, x0)
+        ref = run(method="projection", tol=tol, max_iters=1000)
+        out = fused.fused_equilibria(prep.game, prep.policy, x0, tol=tol, max_iters=1000)
+        pick = lambda r, f: np.asarray(r[f])[:, 0]
+    else:
+        x0 = solve.starting_flows(prep, 2)
+        ref = batching.optima(prep.game, x0, tol=tol, max_iters=1000, descent_steps=0, lr=0.05)
+        out = fused.fused_optima(prep.game, x0, tol=tol, max_iters=1000)
+        pick = lambda r, f: np.asarray(r[f])
+    conv_f, conv_r = pick(out, "status") == 0, pick(ref, "status") == 0
+    assert conv_f.mean() >= conv_r.mean() - 0.01
+    assert np.all(pick(out, "gap")[conv_f] <= tol)
+    both = conv_f & conv_r
+    rel = np.abs(pick(out, "social_cost") - pick(ref, "social_cost"))[both]
+    rel /= pick(ref, "social_cost")[both]
+    assert np.mean(rel <= 1e-4) >= 0.95
+
+
+def test_auto_selection_falls_back_to_xla(monkeypatch):
+    """On a GPU in float32 ``batching`` picks the fused kernel; where it cannot be built it warns
+    once and uses the XLA loop, with the same results."""
+    from poa_jax import fused as _fused
+
+    prep = batching.prepare(random_games(5, 8, 3, 4, cache=True), _pol.selfish(), "float32")
+    x0 = solve.starting_flows(prep, 1, greedy=True)
+    kw = dict(method="projection", tol=1e-5, max_iters=300)
+    ref = batching.equilibria(prep.game, prep.policy, x0, **kw)
+    assert batching.LAST_KERNEL["equilibrium"] == "xla"
+
+    def broken(*a, **k):
+        raise _fused.FusedUnavailable("no Triton here")
+
+    monkeypatch.setattr(_fused, "use_fused", lambda *a, **k: True)
+    monkeypatch.setattr(_fused, "fused_equilibria", broken)
+    monkeypatch.setattr(batching, "_FUSED_BROKEN", [])
+    with pytest.warns(UserWarning, match="fused Pallas kernel unavailable"):
+        out = batching.equilibria(prep.game, prep.policy, x0, **kw)
+    assert batching._FUSED_BROKEN and batching.LAST_KERNEL["equilibrium"] == "xla"
+    np.testing.assert_array_equal(np.asarray(out["flows"]), np.asarray(ref["flows"]))
+    monkeypatch.setattr(batching, "KERNEL", "pallas")  # asked for explicitly: the error surfaces
+    with pytest.raises(_fused.FusedUnavailable):
+        batching.equilibria(prep.game, prep.policy, x0, **kw)
