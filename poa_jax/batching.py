@@ -369,10 +369,12 @@ def _place(tree, mesh):
     return jax.device_put(tree, jax.sharding.NamedSharding(mesh, _SPEC))
 
 
-#: Which implementation the lane solvers use: "auto" (the fused Pallas kernel where
-#: :func:`poa_jax.fused.use_fused` allows — a GPU, float32, τ = 0, projection — else XLA),
-#: "xla" (always the pure-JAX loop) or "pallas" (the fused kernel, failing loudly).
-KERNEL = "auto"
+#: Which implementation the lane solvers use: "xla" (the pure-JAX loop; the default), "auto"
+#: (the fused Pallas kernel where :func:`poa_jax.fused.use_fused` allows — a GPU, float32,
+#: τ = 0, projection — else XLA) or "pallas" (the fused kernel, failing loudly). The default is
+#: "xla" because on an H200 (jax 0.11.2, 2026-11-27) Triton took over 4 minutes to compile the
+#: fused kernel, where the XLA loop compiles in ~10 s: see benchmarks/RESULTS.md.
+KERNEL = "xla"
 _FUSED_BROKEN: list[str] = []  # why the fused kernel failed to build here, once per process
 #: The implementation the last lane solve ran on ("xla" or "pallas"), for benchmarks.
 LAST_KERNEL = {"equilibrium": None, "optimum": None}

@@ -57,15 +57,19 @@ def main(n: int) -> None:
         for c in numeric
     )  # fmt: skip
     same_text = all(tabs[0][c].equals(tabs[1][c]) for c in tabs[0].column_names if c not in numeric)
-    print(json.dumps({
-        "devices": jax.local_device_count(),
-        "mesh": None if mesh is None else int(mesh.size),
-        "diff": diff,
-        "converged": float(np.mean(single["status"] == 0)),
-        "sweep_max_diff": sweep_diff,
-        "sweep_other_columns_equal": bool(same_text),
-        "sweep_rows": tabs[0].num_rows,
-    }))
+    print(
+        json.dumps(
+            {
+                "devices": jax.local_device_count(),
+                "mesh": None if mesh is None else int(mesh.size),
+                "diff": diff,
+                "converged": float(np.mean(single["status"] == 0)),
+                "sweep_max_diff": sweep_diff,
+                "sweep_other_columns_equal": bool(same_text),
+                "sweep_rows": tabs[0].num_rows,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -78,7 +78,9 @@ def tiny_run(tiny_toml, tmp_path_factory):
 
     sweep.price_of_anarchy = spy
     try:
-        res = run("sweep", tiny_toml, "--out", out, "--chunk", CHUNK, "--part", CHUNK, "--no-progress")
+        res = run(
+            "sweep", tiny_toml, "--out", out, "--chunk", CHUNK, "--part", CHUNK, "--no-progress"
+        )
     finally:
         sweep.price_of_anarchy = solve
     assert res.rc == 0, res.err
@@ -168,7 +170,9 @@ def test_rerun_reuses_every_part(tiny_run, tiny_toml, tmp_path):
     out = tmp_path / "again"
     shutil.copytree(tiny_run["out"], out)
     stamps = {p.name: p.stat().st_mtime_ns for p in (out / "parts").glob("part-*.parquet")}
-    res = run("sweep", tiny_toml, "--out", out, "--chunk", CHUNK, "--part", CHUNK)  # with the progress bar
+    res = run(
+        "sweep", tiny_toml, "--out", out, "--chunk", CHUNK, "--part", CHUNK
+    )  # with the progress bar
     assert res.rc == 0, res.err
     assert "12/12" in res.err and "converged=" in res.err
     wt = _summary(out)["wall_time_s"]

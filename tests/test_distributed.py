@@ -39,8 +39,12 @@ def runs(tmp_path_factory):
     worker = [sys.executable, "-m", "tests.distributed_worker", address, "2"]
     procs = [
         subprocess.Popen(
-            worker + [str(i), str(toml), str(d / "two")], cwd=ROOT, env=env,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            worker + [str(i), str(toml), str(d / "two")],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )  # fmt: skip
         for i in (0, 1)
     ]

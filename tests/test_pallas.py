@@ -339,8 +339,8 @@ def test_compiled_kernel_matches_pure_jax_on_gpu(kind, monkeypatch):
 
 
 def test_auto_selection_falls_back_to_xla(monkeypatch):
-    """On a GPU in float32 ``batching`` picks the fused kernel; where it cannot be built it warns
-    once and uses the XLA loop, with the same results."""
+    """With ``KERNEL = "auto"`` on a GPU in float32 ``batching`` picks the fused kernel; where it
+    cannot be built it warns once and uses the XLA loop, with the same results."""
     from poa_jax import fused as _fused
 
     prep = batching.prepare(random_games(5, 8, 3, 4, cache=True), _pol.selfish(), "float32")
@@ -352,6 +352,7 @@ def test_auto_selection_falls_back_to_xla(monkeypatch):
     def broken(*a, **k):
         raise _fused.FusedUnavailable("no Triton here")
 
+    monkeypatch.setattr(batching, "KERNEL", "auto")
     monkeypatch.setattr(_fused, "use_fused", lambda *a, **k: True)
     monkeypatch.setattr(_fused, "fused_equilibria", broken)
     monkeypatch.setattr(batching, "_FUSED_BROKEN", [])
