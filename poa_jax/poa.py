@@ -72,7 +72,10 @@ def price_of_anarchy(
     """PoA and price of stability of ``policy`` for every game in the batch.
 
     Args:
-      game: a :class:`~poa_jax.RoutingGame` batch, or a :class:`~poa_jax.graph.GraphGame` batch
+      game: a :class:`~poa_jax.RoutingGame` batch, a caching game
+        (:class:`~poa_jax.SelfishCachingGame`, :class:`~poa_jax.TieredCacheGame`,
+        :class:`~poa_jax.CoupledGame`: their own result types, selfish policy only), or a
+        :class:`~poa_jax.graph.GraphGame` batch
         (selfish policy; one equilibrium — the link flows are unique for increasing latencies —
         so PoS = PoA; ``equilibrium`` and ``optimum`` are
         :class:`~poa_jax.graph_solve.GraphSolution`; ``starts`` and the optimum options do not
@@ -96,6 +99,21 @@ def price_of_anarchy(
       >>> round(float(pj.price_of_anarchy(mm1).poa), 6)
       1.5
     """
+    # --- issue 4: the caching games (poa_jax.caching / tiered_cache / coupled) -------------
+    from poa_jax import caching, coupled, tiered_cache
+
+    if isinstance(game, (caching.SelfishCachingGame, tiered_cache.TieredCacheGame)):
+        solve._selfish_only(policy)
+        if isinstance(game, caching.SelfishCachingGame):
+            return caching.price_of_anarchy(game, starts=max(starts, 16), seed=seed, dtype=dtype)
+        return tiered_cache.price_of_anarchy(game, starts=starts, seed=seed, tol=tol, dtype=dtype)
+    if isinstance(game, coupled.CoupledGame):
+        solve._selfish_only(policy)
+        return coupled.price_of_anarchy(
+            game, tol=tol, max_iters=max_iters, dtype=dtype, starts=starts, method=method,
+            optimum_starts=optimum_starts, descent_steps=descent_steps, seed=seed,
+        )  # fmt: skip
+    # --- end issue 4 ----------------------------------------------------------------------
     if isinstance(game, GraphGame):
         return _graph_poa(game, policy, tol, max_iters, method, dtype)
     if method not in solve.METHODS:

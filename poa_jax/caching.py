@@ -1,0 +1,916 @@
+r"""Γ_KV, discrete form — the selfish caching game of Chun et al. (PODC 2004), batched.
+
+Nodes ``i = 1..n`` (workers) on a topology with a distance (transfer-cost) matrix ``D (n, n)``,
+one object (a prefix block). Each node chooses to cache it (``x_i = 1``) or not. With placement
+cost ``α_i ≥ 0``, demand ``w_i ≥ 0`` and miss cost ``m_i > 0`` (the cost of recomputing when no
+replica is worth fetching; ``+inf`` by default), node ``i``'s cost at profile ``x`` is
+
+    c_i(x) = α_i                                  if x_i = 1,
+           = w_i · min(d_i(x), m_i)               if x_i = 0,      d_i(x) = min_{j: x_j=1} D[i, j]
+
+(``d_i = +inf`` when nobody caches). The social cost is ``SC(x) = Σ_i c_i(x)``. A cached copy
+serves every other node at its distance: the positive externality. ``x`` is a **pure Nash
+equilibrium** when no node gains by switching alone:
+
+    x_i = 1  ⇒  α_i ≤ w_i · min(d_{i,−i}(x), m_i),      x_i = 0  ⇒  w_i · min(d_i(x), m_i) ≤ α_i,
+
+with ``d_{i,−i}`` the distance to the nearest *other* replica. Ties count as equilibria (a node
+switches only when strictly better, by more than ``tie·max(1, α_i)``).
+
+*Miss-cost convention.* With the default ``m = +inf`` a node with no replica anywhere pays
+``+inf``, so the empty profile is never an equilibrium nor an optimum ("at least one replica",
+the setting of Chun et al.'s examples); any finite ``m_i > α_i`` gives the same equilibria and
+optimum. The issue's oracles (two clusters, star, K5, line of 12) hold under it (tests).
+
+**PoA and price of stability.** ``PoA = SC(worst pure NE) / SC(opt)``,
+``PoS = SC(best pure NE) / SC(opt)``.
+
+* ``n ≤ exhaustive_max`` (default 16): all ``2ⁿ`` profiles are enumerated, batched
+  (:func:`poa_jax.kernels.coverage.scan_subsets`: meet-in-the-middle nearest-replica tables,
+  ``2ⁿ`` walked in slabs of ``2¹²``), so every pure NE, their number, the worst and the best,
+  and the optimum are **exact**.
+* Larger ``n``: pure NE by sequential best-response dynamics from ``starts`` profiles (empty,
+  full, random densities); the equilibria are exact NE (verified), but only those found. The
+  optimum is bracketed: an **upper bound** = the best profile found (the equilibria, improved by
+  single-flip local search), and a **lower bound** = the Lagrangian (= LP) relaxation of the
+  equivalent uncapacitated facility-location problem,
+
+      OPT ≥ L(v) = Σ_i v_i + Σ_j min(0, α_j + Σ_i min(0, w_i D[i,j] − v_i))
+                   + Σ_i min(0, w_i m_i − v_i)          for every v ∈ ℝⁿ,
+
+  maximised by optax (Adam on ``−L``, the best value kept: every iterate is a valid bound).
+  ``poa`` is then worst-found / upper bound (a lower bound on the true PoA over the equilibria
+  found) and ``poa_upper`` worst-found / lower bound.
+
+Arrays: ``distance (..., n, n)``, ``placement_cost, demand, miss_cost (..., n)`` or scalars;
+leading axes are batch axes and broadcast. Profiles are reported as booleans ``(..., n)``.
+
+References: B.-G. Chun, K. Chaudhuri, H. Wee, M. Barreno, C. Papadimitriou, J. Kubiatowicz,
+"Selfish caching in distributed systems: a game-theoretic analysis", PODC 2004.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.typing import ArrayLike
+
+from poa_jax.errors import InputError
+from poa_jax.kernels import coverage
+from poa_jax.kernels.loop import CONVERGED, MAX_ITERS
+from poa_jax.validation import as_array, check
+
+__all__ = [
+    "SelfishCachingGame",
+    "CachingPoAResult",
+    "Exhaustive",
+    "BestResponse",
+    "complete_distance",
+    "cluster_distance",
+    "line_distance",
+    "star_distance",
+    "enumerate_profiles",
+    "best_response",
+    "lower_bound",
+    "local_search",
+    "price_of_anarchy",
+    "social_cost",
+    "is_equilibrium",
+    "paradox_search",
+]
+
+#: Largest n solved by exhaustive enumeration by default (2¹⁶ profiles per instance).
+EXHAUSTIVE_MAX = 16
+#: Relative tie tolerance of the equilibrium test, by dtype.
+TIE = {np.dtype(np.float64): 1e-9, np.dtype(np.float32): 1e-5}
+#: Distinct equilibria kept per instance (their total number is always reported).
+KEEP = 64
+#: Slab elements per call (instances × n × 2^{min(n,12)}) on the exhaustive path: 64 instances
+#: of n = 12 (2-core CPU, N = 2048: 3.8k instances/s with 8 per call, 6.0k with 16, 7.0k with 64).
+SLAB_BUDGET = 2**22
+#: Lanes per call of the best-response and local-search kernels.
+LANES = 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class SelfishCachingGame:
+    """A (batch of) selfish caching game(s).
+
+    Attributes:
+      distance: ``(..., n, n)`` transfer cost between nodes; finite, ≥ 0, zero diagonal, and
+        symmetric unless ``symmetric=False``.
+      placement_cost: ``α``, ``(..., n)`` or scalar, finite and ≥ 0.
+      demand: ``w``, ``(..., n)`` or scalar, finite and ≥ 0; default ones.
+      miss_cost: ``m``, ``(..., n)`` or scalar, > 0 (``inf`` allowed); default ``inf``.
+      symmetric: whether the distance must be symmetric (the presets are).
+
+    Example:
+      >>> import poa_jax as pj
+      >>> star = pj.SelfishCachingGame(pj.caching.star_distance(4), 1.5)
+      >>> r = pj.price_of_anarchy(star)
+      >>> round(float(r.poa), 6), float(r.price_of_stability), r.equilibrium_costs[:2].tolist()
+      (1.272727, 1.0, [7.0, 5.5])
+    """
+
+    distance: ArrayLike
+    placement_cost: ArrayLike
+    demand: ArrayLike | None = None
+    miss_cost: ArrayLike | None = None
+    symmetric: bool = True
+
+
+# --------------------------------------------------------------------------- presets
+
+
+def complete_distance(n: int, d: float = 1.0) -> np.ndarray:
+    """``K_n``: every pair at distance ``d`` (NVLink inside one node)."""
+    return d * (1.0 - np.eye(n))
+
+
+def cluster_distance(nodes: int, per_node: int, inside: float = 0.0, across: float = 1.0):
+    """``nodes`` groups of ``per_node`` workers: ``inside`` within a group (NVLink), ``across``
+    between groups (InfiniBand)."""
+    g = np.repeat(np.arange(nodes), per_node)
+    d = np.where(g[:, None] == g[None, :], inside, across).astype(np.float64)
+    np.fill_diagonal(d, 0.0)
+    return d
+
+
+def line_distance(n: int, spacing: float = 1.0) -> np.ndarray:
+    """``n`` nodes on a line, ``spacing`` apart."""
+    p = np.arange(n) * spacing
+    return np.abs(p[:, None] - p[None, :])
+
+
+def star_distance(leaves: int, spoke: float = 1.0, leaf_to_leaf: float | None = None):
+    """Centre (node 0) plus ``leaves``: centre–leaf ``spoke``, leaf–leaf ``2·spoke`` (through
+    the centre) unless given."""
+    ll = 2.0 * spoke if leaf_to_leaf is None else leaf_to_leaf
+    n = leaves + 1
+    d = np.full((n, n), ll, np.float64)
+    d[0, :] = d[:, 0] = spoke
+    np.fill_diagonal(d, 0.0)
+    return d
+
+
+# --------------------------------------------------------------------------- input checks
+
+
+@dataclasses.dataclass(frozen=True)
+class _Prepared:
+    dist: np.ndarray  # (N, n, n)
+    alpha: np.ndarray  # (N, n)
+    demand: np.ndarray  # (N, n)
+    miss: np.ndarray  # (N, n)
+    batch_shape: tuple[int, ...]
+    n: int
+    dtype: np.dtype
+
+
+def _dtype(dtype) -> np.dtype:
+    if dtype is None:
+        return np.dtype(jnp.result_type(float))
+    dt = np.dtype(dtype)
+    if dt not in (np.float32, np.float64):
+        raise InputError(f"dtype {dt}: must be float32 or float64")
+    if dt == np.float64 and not jax.config.jax_enable_x64:
+        raise InputError("dtype float64 needs jax.config.update('jax_enable_x64', True)")
+    return dt
+
+
+def check_distance(name: str, d: np.ndarray, symmetric: bool) -> None:
+    """Finite, ≥ 0, square, zero diagonal and (if asked) symmetric; raises :class:`InputError`."""
+    if d.ndim < 2 or d.shape[-1] != d.shape[-2]:
+        raise InputError(f"{name} has shape {d.shape}: must be (..., n, n)")
+    check(name, d, "finite_ge0")
+    diag = np.diagonal(d, axis1=-2, axis2=-1)
+    if np.any(diag != 0):
+        idx = tuple(int(i) for i in np.argwhere(diag != 0)[0])
+        at = ", ".join(map(str, idx[:-1] + (idx[-1], idx[-1])))
+        raise InputError(f"{name}[{at}] = {diag[idx]!r}: the diagonal must be 0")
+    if symmetric:
+        t = np.swapaxes(d, -1, -2)
+        bad = np.abs(d - t) > 1e-12 * np.maximum(1.0, np.abs(d))
+        if np.any(bad):
+            idx = tuple(int(i) for i in np.argwhere(bad)[0])
+            tr = idx[:-2] + (idx[-1], idx[-2])
+            raise InputError(
+                f"{name}[{', '.join(map(str, idx))}] = {d[idx]!r} but "
+                f"{name}[{', '.join(map(str, tr))}] = {d[tr]!r}: must be symmetric "
+                "(pass symmetric=False for a directed cost)"
+            )
+
+
+def _prepare(game: SelfishCachingGame, dtype=None) -> _Prepared:
+    if not isinstance(game, SelfishCachingGame):
+        raise InputError(f"game: expected a SelfishCachingGame, got {type(game).__name__}")
+    dt = _dtype(dtype)
+    d = as_array("SelfishCachingGame.distance", game.distance)
+    check_distance("SelfishCachingGame.distance", d, bool(game.symmetric))
+    n = d.shape[-1]
+    if n < 1:
+        raise InputError("SelfishCachingGame.distance: needs at least one node")
+    fields = {
+        "placement_cost": (game.placement_cost, "finite_ge0"),
+        "demand": (1.0 if game.demand is None else game.demand, "finite_ge0"),
+        "miss_cost": (np.inf if game.miss_cost is None else game.miss_cost, "pos_or_inf"),
+    }
+    arrs = {}
+    for k, (v, rule) in fields.items():
+        name = f"SelfishCachingGame.{k}"
+        a = as_array(name, v)
+        check(name, a, rule)
+        if a.ndim and a.shape[-1] not in (1, n):
+            raise InputError(
+                f"{name} has shape {a.shape}: its last axis must be the {n} nodes of distance "
+                f"{d.shape} (or 1, or a scalar)"
+            )
+        arrs[k] = a if a.ndim else a[None]
+    try:
+        shape = np.broadcast_shapes(d.shape[:-2], *(a.shape[:-1] for a in arrs.values()))
+    except ValueError:
+        shapes = {k: a.shape for k, a in arrs.items()}
+        raise InputError(
+            f"SelfishCachingGame: batch axes do not broadcast: distance {d.shape}, {shapes}"
+        ) from None
+    big = int(np.prod(shape, dtype=np.int64))
+    d = np.broadcast_to(d, shape + (n, n)).reshape(big, n, n).astype(dt)
+    out = {k: np.broadcast_to(a, shape + (n,)).reshape(big, n).astype(dt) for k, a in arrs.items()}
+    return _Prepared(d, out["placement_cost"], out["demand"], out["miss_cost"], shape, n, dt)
+
+
+# --------------------------------------------------------------------------- one instance
+
+
+def _fetch(near, demand, miss):
+    """``w·min(d, m)``, and 0 (not NaN) for a node without demand."""
+    return jnp.where(demand > 0, demand * jnp.minimum(near, miss), 0.0)
+
+
+def _off(dist):
+    n = dist.shape[-1]
+    return jnp.where(jnp.eye(n, dtype=bool), jnp.asarray(jnp.inf, dist.dtype), dist)
+
+
+def _near(dist_off, x):
+    """``min_{j ∈ x, j ≠ i} D[i, j]``, ``(n,)``, for one profile ``x (n,)``."""
+    return jnp.min(jnp.where(x[None, :], dist_off, jnp.inf), axis=1)
+
+
+def _cost_one(dist, alpha, demand, miss, x):
+    f = _fetch(_near(_off(dist), x), demand, miss)
+    return jnp.sum(jnp.where(x, alpha, f))
+
+
+def _stable_one(dist, alpha, demand, miss, x, tie):
+    f = _fetch(_near(_off(dist), x), demand, miss)
+    t = tie * jnp.maximum(1.0, jnp.abs(alpha))
+    return jnp.all(jnp.where(x, f >= alpha - t, f <= alpha + t))
+
+
+def _exhaustive_one(dist, alpha, demand, miss, *, keep: int, tie: float):
+    """All profiles of one instance: optimum, pure NE count, worst and best NE, and (``keep >
+    0``) the ``keep`` worst NE."""
+    dt = dist.dtype
+    n = dist.shape[0]
+    t = tie * jnp.maximum(1.0, jnp.abs(alpha))
+
+    def fold(carry, near, member, index):
+        opt_sc, opt_ix, count, worst_sc, worst_ix, best_sc, best_ix, top_sc, top_ix = carry
+        sc, viol = 0.0, -jnp.inf
+        for i in range(n):  # unrolled: elementwise over the slab (see scan_subsets)
+            f = _fetch(near(i), demand[i], miss[i])
+            u = f - alpha[i]
+            inside = member(i)
+            sc = sc + jnp.where(inside, alpha[i], f)
+            # x_i = 1 is stable when leaving does not pay (u ≥ −t), x_i = 0 when joining does
+            # not (u ≤ t): the largest violation over i is ≤ 0 exactly at an equilibrium.
+            viol = jnp.maximum(viol, jnp.where(inside, -u, u) - t[i])
+        ne = viol <= 0
+        big = jnp.int32(2**31 - 1)
+
+        # The smallest index attaining the min: two plain reductions, several times faster on
+        # CPU than one argmin (a variadic reduction) over the slab.
+        def first_at(values, target):
+            return jnp.min(jnp.where(values == target, index, big))
+
+        v = jnp.min(sc)
+        better = v < opt_sc
+        opt_ix = jnp.where(better, first_at(sc, v), opt_ix)
+        opt_sc = jnp.minimum(v, opt_sc)
+        count = count + jnp.sum(ne, dtype=jnp.int32)
+        ne_hi = jnp.where(ne, sc, -jnp.inf)
+        v = jnp.max(ne_hi)
+        better = v > worst_sc
+        worst_ix = jnp.where(better, first_at(ne_hi, v), worst_ix)
+        worst_sc = jnp.maximum(v, worst_sc)
+        ne_lo = jnp.where(ne, sc, jnp.inf)
+        v = jnp.min(ne_lo)
+        better = v < best_sc
+        best_ix = jnp.where(better, first_at(ne_lo, v), best_ix)
+        best_sc = jnp.minimum(v, best_sc)
+        ne_hi, index = ne_hi.ravel(), index.ravel()
+        if keep:  # the listing (a top-k over the slab) costs more than everything else here
+            top_sc, pos = jax.lax.top_k(jnp.concatenate([top_sc, ne_hi]), keep)
+            top_ix = jnp.concatenate([top_ix, index])[pos]
+        return opt_sc, opt_ix, count, worst_sc, worst_ix, best_sc, best_ix, top_sc, top_ix
+
+    inf = jnp.asarray(jnp.inf, dt)
+    carry0 = (
+        inf, jnp.int32(0), jnp.int32(0), -inf, jnp.int32(0), inf, jnp.int32(0),
+        jnp.full((keep,), -inf), jnp.zeros((keep,), jnp.int32),
+    )  # fmt: skip
+    out = coverage.scan_subsets(_off(dist), fold, carry0)
+    opt_sc, opt_ix, count, worst_sc, worst_ix, best_sc, best_ix, top_sc, top_ix = out
+    nan = lambda v: jnp.where(jnp.isfinite(v), v, jnp.nan)  # noqa: E731
+    return dict(
+        optimum_cost=opt_sc, optimum_index=opt_ix, count=count,
+        worst_cost=nan(worst_sc), worst_index=worst_ix, best_cost=nan(best_sc),
+        best_index=best_ix, costs=nan(top_sc), indices=top_ix,
+    )  # fmt: skip
+
+
+def _br_one(dist, alpha, demand, miss, x0, *, max_rounds: int, tie: float):
+    """Best-response dynamics from ``x0``; the profile, its SC, rounds and status."""
+    off = _off(dist)
+    t = tie * jnp.maximum(1.0, jnp.abs(alpha))
+
+    def deviation(x, i):
+        near = jnp.min(jnp.where(x & (jnp.arange(x.shape[0]) != i), off[i], jnp.inf))
+        f = _fetch(near, demand[i], miss[i])
+        stay = jnp.where(x[i], alpha[i], f)
+        switch = jnp.where(x[i], f, alpha[i]) + t[i]
+        return stay, switch
+
+    res = coverage.binary_best_response(deviation, x0, max_rounds=max_rounds)
+    x = res.state
+    return dict(
+        profile=x,
+        cost=_cost_one(dist, alpha, demand, miss, x),
+        stable=_stable_one(dist, alpha, demand, miss, x, tie),
+        rounds=res.steps,
+        status=res.status,
+    )
+
+
+def _dedupe_one(profiles, costs, ok, *, keep: int):
+    """Distinct equilibria of one instance's starts, worst first, NaN-padded to ``keep``."""
+    s = profiles.shape[0]
+    same = jnp.all(profiles[:, None, :] == profiles[None, :, :], axis=-1)
+    earlier = jnp.tril(jnp.ones((s, s), bool), k=-1)
+    dup = jnp.any(same & earlier & ok[None, :], axis=1)
+    first = ok & ~dup
+    order = jnp.argsort(-jnp.where(first, costs, -jnp.inf))
+    k = min(keep, s)
+    srt = jnp.where(first[order], costs[order], jnp.nan)[:k]
+    pad = jnp.full((keep - k,), jnp.nan, costs.dtype)
+    return jnp.concatenate([srt, pad]), jnp.sum(first, dtype=jnp.int32), order[:k]
+
+
+def _lagrangian(dist, alpha, demand, miss, v):
+    c = demand[:, None] * dist  # c[i, j]: node i served by a replica at j
+    open_j = jnp.minimum(0.0, alpha + jnp.sum(jnp.minimum(0.0, c - v[:, None]), axis=0))
+    missv = jnp.where(jnp.isinf(miss), 0.0, jnp.minimum(0.0, demand * miss - v))
+    return jnp.sum(v) + jnp.sum(open_j) + jnp.sum(missv)
+
+
+def _bound_one(dist, alpha, demand, miss, *, steps: int, lr: float):
+    """Best Lagrangian lower bound seen by Adam ascent (each iterate is a valid bound)."""
+    off = _off(dist)
+    near = _fetch(jnp.min(off, axis=1), demand, miss)  # w_i·(distance to the nearest other)
+    v0 = jnp.minimum(alpha, near)
+    # Adam's steps are relative to this scale: the typical size of a node's cost.
+    scale = jnp.mean(alpha) + jnp.mean(jnp.where(jnp.isfinite(v0), v0, 0.0))
+    scale = jnp.where(scale > 0, scale, 1.0)
+    opt = optax.adam(optax.cosine_decay_schedule(lr, steps, alpha=0.01))
+    fn = lambda u: -_lagrangian(dist, alpha, demand, miss, u * scale)  # noqa: E731
+    vg = jax.value_and_grad(fn)
+
+    def body(_, carry):
+        u, state, best = carry
+        val, g = vg(u)
+        upd, state = opt.update(g, state, u)
+        return optax.apply_updates(u, upd), state, jnp.maximum(best, -val)
+
+    u0 = v0 / scale
+    u, _, best = jax.lax.fori_loop(0, steps, body, (u0, opt.init(u0), -fn(u0)))
+    return jnp.maximum(best, -fn(u))
+
+
+def _local_search_one(dist, alpha, demand, miss, x0, *, max_steps: int):
+    """Best-improvement single-flip local search on SC from ``x0``."""
+    n = x0.shape[0]
+    flips = jnp.eye(n, dtype=bool)
+    cost = lambda x: _cost_one(dist, alpha, demand, miss, x)  # noqa: E731
+
+    def cond(c):
+        x, sc, k, moved = c
+        return moved & (k < max_steps)
+
+    def body(c):
+        x, sc, k, _ = c
+        cand = x[None, :] ^ flips  # (n, n): profile with bit i flipped
+        scs = jax.vmap(cost)(cand)
+        i = jnp.argmin(scs)
+        better = scs[i] < sc * (1 - 1e-12)
+        return jnp.where(better, cand[i], x), jnp.where(better, scs[i], sc), k + 1, better
+
+    x, sc, _, _ = jax.lax.while_loop(cond, body, (x0, cost(x0), jnp.int32(0), jnp.bool_(True)))
+    return x, sc
+
+
+# --------------------------------------------------------------------------- batch edge
+
+
+def _v(fn, **kw):
+    return jax.vmap(functools.partial(fn, **kw))
+
+
+@functools.partial(jax.jit, static_argnames=("keep", "tie"))
+def _exhaustive_batch(dist, alpha, demand, miss, *, keep, tie):
+    return _v(_exhaustive_one, keep=keep, tie=tie)(dist, alpha, demand, miss)
+
+
+@functools.partial(jax.jit, static_argnames=("max_rounds", "tie"))
+def _br_batch(dist, alpha, demand, miss, x0, *, max_rounds, tie):
+    return _v(_br_one, max_rounds=max_rounds, tie=tie)(dist, alpha, demand, miss, x0)
+
+
+@functools.partial(jax.jit, static_argnames=("keep",))
+def _dedupe_batch(profiles, costs, ok, *, keep):
+    return _v(_dedupe_one, keep=keep)(profiles, costs, ok)
+
+
+@functools.partial(jax.jit, static_argnames=("steps", "lr"))
+def _bound_batch(dist, alpha, demand, miss, *, steps, lr):
+    return _v(_bound_one, steps=steps, lr=lr)(dist, alpha, demand, miss)
+
+
+@functools.partial(jax.jit, static_argnames=("max_steps",))
+def _local_batch(dist, alpha, demand, miss, x0, *, max_steps):
+    return _v(_local_search_one, max_steps=max_steps)(dist, alpha, demand, miss, x0)
+
+
+@functools.partial(jax.jit, static_argnames=("tie",))
+def _check_batch(dist, alpha, demand, miss, x, *, tie):
+    cost = jax.vmap(_cost_one)(dist, alpha, demand, miss, x)
+    stable = jax.vmap(functools.partial(_stable_one, tie=tie))(dist, alpha, demand, miss, x)
+    return cost, stable
+
+
+def _chunked(fn, arrays, chunk: int, **kw):
+    """Calls jitted ``fn(*arrays)`` on fixed-size chunks of the leading axis (one compile per
+    size); ``arrays`` is a tuple of arrays or pytrees of arrays.
+
+    The chunk is ``min(chunk, next power of two ≥ N)``; a short last chunk is padded by
+    repeating its first row.
+    """
+    tm = jax.tree_util.tree_map
+    n = jax.tree_util.tree_leaves(arrays)[0].shape[0]
+    size = max(1, min(chunk, 1 << max(n - 1, 0).bit_length()))
+    parts = []
+    for lo in range(0, n, size):
+        sub = tm(lambda a, lo=lo: a[lo : lo + size], arrays)
+        short = size - min(size, n - lo)
+        if short:
+            pad = lambda s, k=short: np.concatenate(
+                [np.asarray(s), np.repeat(np.asarray(s)[:1], k, 0)]
+            )  # noqa: E731, E501
+            sub = tm(pad, sub)
+        out = jax.device_get(fn(*sub, **kw))
+        parts.append(tm(lambda o, m=size - short: np.asarray(o)[:m], out))
+    return tm(lambda *p: np.concatenate(p), *parts)
+
+
+def _bits_of(index: np.ndarray, n: int) -> np.ndarray:
+    return ((np.asarray(index)[..., None] >> np.arange(n)) & 1).astype(bool)
+
+
+@dataclasses.dataclass(frozen=True)
+class Exhaustive:
+    """Exact results of full enumeration; ``...`` the batch shape, ``E = keep``.
+
+    Attributes:
+      optimum_cost: ``(...)`` min SC over all profiles.
+      optimum: ``(..., n)`` bool, an optimal profile.
+      equilibrium_count: ``(...)`` number of pure Nash equilibria.
+      equilibrium_costs: ``(..., E)`` SC of the ``E`` worst equilibria, worst first, NaN-padded
+        (all of them when ``equilibrium_count ≤ E``).
+      equilibria: ``(..., E, n)`` bool, the corresponding profiles (meaningless where NaN).
+      worst_cost, best_cost: ``(...)`` SC of the worst and best pure equilibrium (NaN if none).
+      worst_equilibrium, best_equilibrium: ``(..., n)`` bool.
+    """
+
+    optimum_cost: np.ndarray
+    optimum: np.ndarray
+    equilibrium_count: np.ndarray
+    equilibrium_costs: np.ndarray
+    equilibria: np.ndarray
+    worst_cost: np.ndarray
+    best_cost: np.ndarray
+    worst_equilibrium: np.ndarray
+    best_equilibrium: np.ndarray
+
+
+def enumerate_profiles(
+    game: SelfishCachingGame, *, keep: int = KEEP, dtype=None, chunk: int | None = None
+) -> Exhaustive:
+    """Exact optimum and pure Nash equilibria by enumerating all ``2ⁿ`` profiles (batched).
+
+    Args:
+      game: a :class:`SelfishCachingGame` batch with ``n ≤ 24`` (``2ⁿ`` work per instance).
+      keep: equilibria listed per instance, ``≥ 0`` (the count, the worst and the best are exact
+        regardless; ``keep = 0`` skips the listing, which is the costliest part).
+      dtype: float32 or float64 (default JAX's default float).
+      chunk: instances per compiled call (default: about ``2²⁰`` slab elements per call).
+
+    Returns:
+      An :class:`Exhaustive`.
+    """
+    p = _prepare(game, dtype)
+    if p.n > 24:
+        raise InputError(f"enumerate_profiles: n = {p.n} nodes: must be <= 24 (2^n profiles)")
+    if int(keep) != keep or keep < 0:
+        raise InputError(f"keep = {keep!r}: must be an integer >= 0")
+    keep = int(keep)
+    slab = p.n * 2 ** sum(coverage.block_split(p.n)[1:])
+    chunk = chunk or max(1, 1 << int(np.log2(max(SLAB_BUDGET // slab, 1))))
+    out = _chunked(
+        _exhaustive_batch, (p.dist, p.alpha, p.demand, p.miss), chunk,
+        keep=keep, tie=TIE[p.dtype],
+    )  # fmt: skip
+    sh = p.batch_shape
+    costs = out["costs"].reshape(sh + (keep,))
+    return Exhaustive(
+        optimum_cost=out["optimum_cost"].reshape(sh),
+        optimum=_bits_of(out["optimum_index"], p.n).reshape(sh + (p.n,)),
+        equilibrium_count=out["count"].reshape(sh),
+        equilibrium_costs=costs,
+        equilibria=_bits_of(out["indices"], p.n).reshape(sh + (keep, p.n)),
+        worst_cost=out["worst_cost"].reshape(sh),
+        best_cost=out["best_cost"].reshape(sh),
+        worst_equilibrium=_bits_of(out["worst_index"], p.n).reshape(sh + (p.n,)),
+        best_equilibrium=_bits_of(out["best_index"], p.n).reshape(sh + (p.n,)),
+    )
+
+
+def _positive_int(name, v) -> int:
+    if int(v) != v or v < 1:
+        raise InputError(f"{name} = {v!r}: must be an integer >= 1")
+    return int(v)
+
+
+def start_profiles(batch: int, n: int, starts: int, seed: int = 0) -> np.ndarray:
+    """``(batch, starts, n)`` bool: start 0 empty, 1 full, then random with random densities."""
+    rng = np.random.default_rng(seed)
+    dens = rng.uniform(0.05, 0.6, size=(batch, starts, 1))
+    x = rng.random((batch, starts, n)) < dens
+    x[:, 0] = False
+    if starts > 1:
+        x[:, 1] = True
+    return x
+
+
+@dataclasses.dataclass(frozen=True)
+class BestResponse:
+    """Best-response dynamics from ``S`` starts; ``...`` the batch shape.
+
+    Attributes:
+      profiles: ``(..., S, n)`` bool, final profile of every start.
+      costs: ``(..., S)`` their SC.
+      stable: ``(..., S)`` bool, the profile is a pure NE (checked independently of the loop).
+      rounds: ``(..., S)`` rounds of best response run.
+      status: ``(..., S)`` 0 converged (a round without a switch), 1 out of rounds.
+      equilibrium_costs: ``(..., E)`` distinct equilibria found, worst first, NaN-padded.
+      equilibrium_count: ``(...)`` number of distinct equilibria found.
+      worst, best: ``(..., n)`` bool, worst and best equilibrium found (start 0's profile if none).
+    """
+
+    profiles: np.ndarray
+    costs: np.ndarray
+    stable: np.ndarray
+    rounds: np.ndarray
+    status: np.ndarray
+    equilibrium_costs: np.ndarray
+    equilibrium_count: np.ndarray
+    worst: np.ndarray
+    best: np.ndarray
+
+
+def best_response(
+    game: SelfishCachingGame,
+    *,
+    starts: int = 16,
+    seed: int = 0,
+    max_rounds: int = 100,
+    keep: int = KEEP,
+    x0=None,
+    dtype=None,
+) -> BestResponse:
+    """Pure Nash equilibria by sequential best-response dynamics from many starts (batched).
+
+    Args:
+      game: a :class:`SelfishCachingGame` batch.
+      starts: starts per instance (:func:`start_profiles`), ignored when ``x0`` is given.
+      seed: seed of the random starts.
+      max_rounds: bound on best-response rounds per start.
+      keep: distinct equilibria listed per instance.
+      x0: optional starts ``(..., S, n)`` bool.
+      dtype: float32 or float64.
+
+    Returns:
+      A :class:`BestResponse`.
+    """
+    p = _prepare(game, dtype)
+    max_rounds = _positive_int("max_rounds", max_rounds)
+    keep = _positive_int("keep", keep)
+    big = p.dist.shape[0]
+    if x0 is None:
+        x = start_profiles(big, p.n, _positive_int("starts", starts), seed)
+    else:
+        x = np.asarray(x0, bool)
+        try:
+            x = np.broadcast_to(x, p.batch_shape + x.shape[-2:]).reshape(big, -1, p.n)
+        except ValueError:
+            raise InputError(f"x0 has shape {np.shape(x0)}: must be (..., S, {p.n})") from None
+    s = x.shape[1]
+    rep = lambda a: np.repeat(a, s, axis=0)  # noqa: E731
+    out = _chunked(
+        _br_batch, (rep(p.dist), rep(p.alpha), rep(p.demand), rep(p.miss), x.reshape(-1, p.n)),
+        LANES, max_rounds=max_rounds, tie=TIE[p.dtype],
+    )  # fmt: skip
+    prof = out["profile"].reshape(big, s, p.n)
+    cost = out["cost"].reshape(big, s)
+    stable = out["stable"].reshape(big, s)
+    costs, count, order = _dedupe_batch(prof, cost, stable, keep=keep)
+    costs, count, order = (np.asarray(a) for a in (costs, count, order))
+    rows = np.arange(big)
+    worst = prof[rows, order[:, 0]]
+    best_i = np.argmin(np.where(stable, cost, np.inf), axis=1)
+    best = prof[rows, best_i]
+    sh = p.batch_shape
+    return BestResponse(
+        profiles=prof.reshape(sh + (s, p.n)),
+        costs=cost.reshape(sh + (s,)),
+        stable=stable.reshape(sh + (s,)),
+        rounds=out["rounds"].reshape(sh + (s,)),
+        status=out["status"].reshape(sh + (s,)),
+        equilibrium_costs=costs.reshape(sh + (keep,)),
+        equilibrium_count=count.reshape(sh),
+        worst=worst.reshape(sh + (p.n,)),
+        best=best.reshape(sh + (p.n,)),
+    )
+
+
+def lower_bound(
+    game: SelfishCachingGame, *, steps: int = 400, lr: float = 0.05, dtype=None
+) -> np.ndarray:
+    """Lagrangian (= LP-relaxation) lower bound on SC(opt), ``(...)``; see the module notes."""
+    p = _prepare(game, dtype)
+    out = _chunked(
+        _bound_batch, (p.dist, p.alpha, p.demand, p.miss), LANES,
+        steps=_positive_int("steps", steps), lr=float(lr),
+    )  # fmt: skip
+    return np.asarray(out).reshape(p.batch_shape)
+
+
+def local_search(
+    game: SelfishCachingGame, x0, *, max_steps: int | None = None, dtype=None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Single-flip best-improvement local search from ``x0 (..., n)``: ``(profile, SC)``."""
+    p = _prepare(game, dtype)
+    x = np.broadcast_to(np.asarray(x0, bool), p.batch_shape + (p.n,)).reshape(-1, p.n)
+    steps = 4 * p.n if max_steps is None else _positive_int("max_steps", max_steps)
+    prof, sc = _chunked(
+        _local_batch, (p.dist, p.alpha, p.demand, p.miss, x), LANES, max_steps=steps
+    )
+    return prof.reshape(p.batch_shape + (p.n,)), sc.reshape(p.batch_shape)
+
+
+def social_cost(game: SelfishCachingGame, x, dtype=None) -> np.ndarray:
+    """``SC(x)`` for profiles ``x (..., n)`` bool, ``(...)``."""
+    return _evaluate(game, x, dtype)[0]
+
+
+def is_equilibrium(game: SelfishCachingGame, x, dtype=None) -> np.ndarray:
+    """Whether profiles ``x (..., n)`` are pure Nash equilibria, ``(...)`` bool."""
+    return _evaluate(game, x, dtype)[1]
+
+
+def _evaluate(game, x, dtype):
+    p = _prepare(game, dtype)
+    x = np.asarray(x, bool)
+    try:
+        shape = np.broadcast_shapes(p.batch_shape, x.shape[:-1])
+    except ValueError:
+        raise InputError(f"x has shape {x.shape}: must broadcast to (..., {p.n})") from None
+    if x.shape[-1] != p.n:
+        raise InputError(f"x has shape {x.shape}: its last axis must be the {p.n} nodes")
+
+    def b(a, tail):
+        a = a.reshape(p.batch_shape + tail)
+        return np.broadcast_to(a, shape + tail).reshape((-1,) + tail)
+
+    xs = np.broadcast_to(x, shape + (p.n,)).reshape(-1, p.n)
+    nn, n1 = (p.n, p.n), (p.n,)
+    cost, stable = _check_batch(
+        b(p.dist, nn), b(p.alpha, n1), b(p.demand, n1), b(p.miss, n1), xs, tie=TIE[p.dtype]
+    )
+    return np.asarray(cost).reshape(shape), np.asarray(stable).reshape(shape)
+
+
+# --------------------------------------------------------------------------- PoA
+
+
+@dataclasses.dataclass(frozen=True)
+class CachingPoAResult:
+    """PoA of a batch of selfish caching games; ``...`` the batch shape.
+
+    Attributes:
+      poa: ``(...)`` SC(worst equilibrium) / SC(opt). Exact where ``exact``; otherwise worst
+        found / best profile found (a lower bound on the true PoA).
+      price_of_stability: ``(...)`` SC(best equilibrium) / SC(opt) (exact where ``exact``;
+        otherwise best found / best profile found, an upper bound on the true PoS).
+      poa_upper: ``(...)`` worst found / ``optimum_lower_bound`` (= ``poa`` where exact).
+      optimum_cost: ``(...)`` SC(opt) (exact), or the best profile found (an upper bound).
+      optimum_lower_bound: ``(...)`` = ``optimum_cost`` where exact, else the LP bound.
+      equilibrium_costs: ``(..., E)`` distinct pure equilibria (all, or all found), worst first,
+        NaN-padded.
+      equilibrium_count: ``(...)`` number of pure equilibria (exact), or distinct ones found.
+      worst_equilibrium, best_equilibrium, optimum: ``(..., n)`` bool profiles.
+      exact: ``(...)`` bool, solved by exhaustive enumeration.
+      converged: ``(...)`` bool, an equilibrium was found (always true when exact).
+      status: ``(...)`` 0 converged, 1 no start converged.
+      iterations: ``(...)`` best-response rounds of the slowest start (0 when exact).
+    """
+
+    poa: np.ndarray
+    price_of_stability: np.ndarray
+    poa_upper: np.ndarray
+    optimum_cost: np.ndarray
+    optimum_lower_bound: np.ndarray
+    equilibrium_costs: np.ndarray
+    equilibrium_count: np.ndarray
+    worst_equilibrium: np.ndarray
+    best_equilibrium: np.ndarray
+    optimum: np.ndarray
+    exact: np.ndarray
+    converged: np.ndarray
+    status: np.ndarray
+    iterations: np.ndarray
+
+
+def _ratio(a, b):
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(b > 0, a / np.where(b > 0, b, 1.0), np.where(a > 0, np.inf, 1.0))
+
+
+def price_of_anarchy(
+    game: SelfishCachingGame,
+    *,
+    starts: int = 16,
+    seed: int = 0,
+    max_rounds: int = 100,
+    keep: int = KEEP,
+    exhaustive_max: int = EXHAUSTIVE_MAX,
+    bound_steps: int = 400,
+    dtype=None,
+) -> CachingPoAResult:
+    """PoA and price of stability of every selfish caching game in the batch.
+
+    ``n ≤ exhaustive_max``: exact, by :func:`enumerate_profiles`. Larger ``n``:
+    :func:`best_response` from ``starts`` starts, :func:`local_search` from the best equilibrium
+    for the optimum's upper bound and :func:`lower_bound` for its lower bound.
+
+    Returns:
+      A :class:`CachingPoAResult` (``exact`` says which numbers are exact).
+    """
+    p = _prepare(game, dtype)
+    sh, n = p.batch_shape, p.n
+    if n <= exhaustive_max:
+        ex = enumerate_profiles(game, keep=keep, dtype=dtype)
+        found = ex.equilibrium_count > 0
+        poa = _ratio(ex.worst_cost, ex.optimum_cost)
+        return CachingPoAResult(
+            poa=poa,
+            price_of_stability=_ratio(ex.best_cost, ex.optimum_cost),
+            poa_upper=poa,
+            optimum_cost=ex.optimum_cost,
+            optimum_lower_bound=ex.optimum_cost,
+            equilibrium_costs=ex.equilibrium_costs,
+            equilibrium_count=ex.equilibrium_count,
+            worst_equilibrium=ex.worst_equilibrium,
+            best_equilibrium=ex.best_equilibrium,
+            optimum=ex.optimum,
+            exact=np.ones(sh, bool),
+            converged=found,
+            status=np.where(found, CONVERGED, MAX_ITERS).astype(np.int32),
+            iterations=np.zeros(sh, np.int32),
+        )
+    br = best_response(game, starts=starts, seed=seed, max_rounds=max_rounds, keep=keep,
+                       dtype=dtype)  # fmt: skip
+    found = br.stable.any(-1)
+    worst = br.equilibrium_costs[..., 0]
+    best_sc = np.where(br.stable, br.costs, np.inf).min(-1)
+    # Upper bound on SC(opt): local search from every start's final profile, best kept.
+    s = br.profiles.shape[-2]
+    rep = lambda a: np.repeat(a[:, None], s, axis=1)  # noqa: E731
+    many = SelfishCachingGame(rep(p.dist), rep(p.alpha), rep(p.demand), rep(p.miss), False)
+    xs, scs = local_search(many, br.profiles.reshape(-1, s, n), dtype=dtype)
+    pick = np.argmin(scs, axis=-1)
+    rows = np.arange(scs.shape[0])
+    opt_x = xs[rows, pick].reshape(sh + (n,))
+    opt_sc = np.minimum(scs[rows, pick].reshape(sh), best_sc)
+    lb = np.minimum(lower_bound(game, steps=bound_steps, dtype=dtype), opt_sc)
+    return CachingPoAResult(
+        poa=_ratio(worst, opt_sc),
+        price_of_stability=_ratio(best_sc, opt_sc),
+        poa_upper=_ratio(worst, lb),
+        optimum_cost=opt_sc,
+        optimum_lower_bound=lb,
+        equilibrium_costs=br.equilibrium_costs,
+        equilibrium_count=br.equilibrium_count,
+        worst_equilibrium=br.worst,
+        best_equilibrium=br.best,
+        optimum=opt_x,
+        exact=np.zeros(sh, bool),
+        converged=found,
+        status=np.where(found, CONVERGED, MAX_ITERS).astype(np.int32),
+        iterations=br.rounds.max(-1),
+    )
+
+
+# --------------------------------------------------------------------------- cache paradox
+
+
+def paradox_search(
+    distance,
+    placement_cost,
+    demand=None,
+    *,
+    dtype=None,
+) -> dict:
+    """Exact search for a discrete cache paradox in a batch of games (``n + 1 ≤ 16`` nodes).
+
+    For each instance, two comparisons, both by exhaustive enumeration:
+
+    * **adding a cache node**: the game on the first ``n`` nodes (the last node removed)
+      against the full game; a paradox when the *original nodes'* cost at the worst (or best)
+      equilibrium rises, i.e. ``SC_{n+1}(x) − c_{new}(x) > SC_n(x')`` for the worst (best)
+      equilibria ``x, x'``;
+    * **adding capacity** (cheaper placement at node 0, ``α_0 → α_0/2``): a paradox when the
+      worst (best) equilibrium's SC rises.
+
+    Args:
+      distance: ``(B, n+1, n+1)``; placement_cost, demand: ``(B, n+1)`` or broadcastable.
+
+    Returns:
+      A dict of ``(B,)`` arrays: ``node_worst``, ``node_best`` (cost rise of the original nodes,
+      > 0 = paradox), ``capacity_worst``, ``capacity_best`` (SC rise), and the counts.
+    """
+    full = SelfishCachingGame(distance, placement_cost, demand)
+    p = _prepare(full, dtype)
+    n1 = p.n
+    if n1 > 16:
+        raise InputError(f"paradox_search: n + 1 = {n1} nodes: must be <= 16")
+    ex_full = enumerate_profiles(full, keep=0, dtype=dtype)
+    small = SelfishCachingGame(p.dist[:, :-1, :-1], p.alpha[:, :-1], p.demand[:, :-1])
+    ex_small = enumerate_profiles(small, keep=0, dtype=dtype)
+    sh = p.batch_shape
+
+    def original_cost(profile):
+        c = _node_costs(p, profile.reshape(-1, n1))
+        return c[:, :-1].sum(-1).reshape(sh)
+
+    node_worst = original_cost(ex_full.worst_equilibrium) - ex_small.worst_cost
+    node_best = original_cost(ex_full.best_equilibrium) - ex_small.best_cost
+    alpha2 = p.alpha.copy()
+    alpha2[:, 0] *= 0.5
+    cheaper = SelfishCachingGame(p.dist, alpha2, p.demand)
+    ex_cheap = enumerate_profiles(cheaper, keep=0, dtype=dtype)
+    cap_worst = ex_cheap.worst_cost.reshape(sh) - ex_full.worst_cost
+    cap_best = ex_cheap.best_cost.reshape(sh) - ex_full.best_cost
+    eps = 1e-9
+    return dict(
+        node_worst=node_worst, node_best=node_best,
+        capacity_worst=cap_worst, capacity_best=cap_best,
+        node_paradox_worst=int(np.sum(node_worst > eps)),
+        node_paradox_best=int(np.sum(node_best > eps)),
+        capacity_paradox_worst=int(np.sum(cap_worst > eps)),
+        capacity_paradox_best=int(np.sum(cap_best > eps)),
+        instances=int(np.prod(sh)),
+    )  # fmt: skip
+
+
+def _node_costs(p: _Prepared, x: np.ndarray) -> np.ndarray:
+    """Per-node costs ``(N, n)`` at profiles ``x (N, n)`` (NumPy; for reports)."""
+    d = np.where(np.eye(p.n, dtype=bool), np.inf, p.dist.astype(np.float64))
+    near = np.where(x[:, None, :], d, np.inf).min(-1)
+    with np.errstate(invalid="ignore"):
+        f = np.where(p.demand > 0, p.demand * np.minimum(near, p.miss), 0.0)
+    return np.where(x, p.alpha, f)

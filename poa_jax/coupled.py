@@ -1,0 +1,450 @@
+r"""Routing ⇄ caching: the combined fixed point of Γ_R (DESIGN §2.2) and fluid Γ_KV (§2.3).
+
+The routing game (classes ``j``, workers ``k``, flow ``x[j, k]``) and the fluid tiered caching
+game (:mod:`poa_jax.tiered_cache`, one prefix block per class) see each other:
+
+* **routing → caching.** The rate at which worker ``k`` requests class ``j``'s prefix is its
+  routed flow, ``r[k, j] = x[j, k]``; a miss recomputes the shareable prefix, ``m[k, j] =
+  η_j·L_j`` tokens (the unit of the uncached work ``W_k``), and the block occupies
+  ``s_j = η_j·L_j`` tokens of tier capacity (``capacity`` is in tokens).
+* **caching → routing.** At the caching equilibrium ``y`` the hit fraction of class ``j`` on
+  worker ``k`` is its covered share of the shareable prefix,
+
+      H[k, j] = 1 − (1 − own[k, j])·(1 − peer[k, j]),        h[j, k] = η_j·H[k, j],
+
+  which replaces the routing game's own hit curve in its cache externality (DESIGN §2.2):
+  ``W_k = Σ_j x[j,k]·L_j·(1 − h[j,k])``, ``c[j,k] = ℓ_k(W_k) + s_k(L_j(1 − h[j,k]))``,
+  ``SC = Σ x·c``. Given ``h`` the routing stage is a congestion game solved by the projection
+  dynamics of :mod:`poa_jax.kernels.vi` to the relative gap ``tol``.
+
+**Fixed point** by alternating the two, damped on the hit fractions:
+
+    x⁰ = routing equilibrium at H⁰ = 0;
+    y^{k+1} = caching equilibrium at rates x^k (warm start y^k);
+    H^{k+1} = (1 − θ)·H^k + θ·H(y^{k+1});
+    x^{k+1} = routing equilibrium at H^{k+1} (warm start x^k);
+    residual^{k+1} = max(‖H^{k+1} − H^k‖_∞, ‖x^{k+1} − x^k‖₁ / Σ_j d_j),
+
+until ``residual ≤ outer_tol`` (per instance; converged instances stop changing) or
+``max_outer`` rounds. The report says, per instance, rounds, residual, status and both stages'
+final gaps.
+
+**Caching switched off** (``caching=False``): the coupled game *is* the routing game, with its own
+hit curve — :func:`solve` and :func:`price_of_anarchy` return exactly what
+:func:`poa_jax.solve_equilibrium` and :func:`poa_jax.price_of_anarchy` return for ``routing``.
+
+**PoA.** ``SC`` at the coupled fixed point over a coordinated optimum found by joint gradient
+descent on the true ``SC(x, y)`` from the fixed point (optax Adam on per-class softmax logits
+for ``x``, projected gradient for ``y`` as in :mod:`poa_jax.tiered_cache`); the fixed point is
+itself a candidate, so ``PoA ≥ 1``. The optimum is local: PoA is a lower estimate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.typing import ArrayLike
+
+from poa_jax import batching, tiered_cache
+from poa_jax.caching import _chunked, check_distance
+from poa_jax.errors import InputError
+from poa_jax.game import RoutingGame
+from poa_jax.kernels import loop, vi
+from poa_jax.kernels.descent import softmax_flows
+from poa_jax.validation import as_array, check
+
+__all__ = ["CoupledGame", "CoupledSolution", "CoupledPoAResult", "solve", "price_of_anarchy"]
+
+LANES = 256
+
+
+@dataclasses.dataclass(frozen=True)
+class CoupledGame:
+    """A routing game whose cache externality comes from a fluid tiered caching game.
+
+    Attributes:
+      routing: a :class:`~poa_jax.RoutingGame` batch (``J`` classes, ``K`` workers).
+      distance: ``(..., K, K)`` worker topology (finite, ≥ 0, zero diagonal, symmetric).
+      capacity: ``(..., K, T)`` tier capacities in tokens, finite, ≥ 0.
+      credit: ``(..., T)`` tier credits (default Dynamo's, see :mod:`poa_jax.tiered_cache`).
+      peer_credit: credit of a peer's copy at distance 0 (default 0.5).
+      caching: ``False`` switches the caching game off (the plain routing game).
+      damping: ``θ ∈ (0, 1]`` on the hit fractions between rounds.
+    """
+
+    routing: RoutingGame
+    distance: ArrayLike
+    capacity: ArrayLike
+    credit: ArrayLike | None = None
+    peer_credit: float = 0.5
+    caching: bool = True
+    damping: float = 0.5
+
+
+@dataclasses.dataclass(frozen=True)
+class CoupledSolution:
+    """The coupled fixed point; ``...`` the batch shape.
+
+    Attributes:
+      flows: ``(..., J, K)``; placement: ``(..., K, T, J)``; hit: ``(..., J, K)`` = ``η·H``.
+      social_cost: ``(...)`` routing SC at (flows, hit).
+      rounds: ``(...)`` alternation rounds until the residual met ``outer_tol``.
+      residual: ``(...)`` last residual.
+      status: ``(...)`` 0 converged, 1 out of rounds, 2 non-finite.
+      converged: ``(...)`` bool.
+      routing_gap, caching_gap: ``(...)`` relative gaps of the two stages at the end.
+    """
+
+    flows: np.ndarray
+    placement: np.ndarray
+    hit: np.ndarray
+    social_cost: np.ndarray
+    rounds: np.ndarray
+    residual: np.ndarray
+    status: np.ndarray
+    converged: np.ndarray
+    routing_gap: np.ndarray
+    caching_gap: np.ndarray
+
+
+# --------------------------------------------------------------------------- one instance
+
+
+def _route_cost(g: RoutingGame, h, x):
+    n = g.tokens[:, None] * (1.0 - h)
+    w = jnp.sum(x * n, axis=0)
+    return g.latency.value(w)[None, :] + g.prefill.value(n)
+
+
+def _route_sc(g, h, x):
+    mask = jnp.broadcast_to(g.worker_mask[None, :], x.shape)
+    return jnp.sum(jnp.where(mask, x * _route_cost(g, h, x), 0.0))
+
+
+def _route_one(g: RoutingGame, h, x0, *, tol, max_iters):
+    """Routing equilibrium with the hit fraction ``h (J, K)`` held fixed."""
+    mask = jnp.broadcast_to(g.worker_mask[None, :], x0.shape)
+
+    def scale(x):
+        n = g.tokens[:, None] * (1.0 - h)
+        return g.latency.derivative(jnp.sum(x * n, axis=0))[None, :] * n
+
+    res = vi.projection(
+        lambda x: _route_cost(g, h, x), scale, x0, g.demand, mask, tol=tol, max_steps=max_iters
+    )
+    return dict(flows=res.x, gap=res.gap, status=res.status, social_cost=_route_sc(g, h, res.x))
+
+
+def _hit(c, y):
+    """``H (K, J)`` at placement ``y (K, T, J)``: ``1 − (1 − own)(1 − peer)``."""
+    reach, credit = c
+    own = jnp.einsum("t,ktj->kj", credit, y)
+    return 1.0 - (1.0 - own) * (1.0 - tiered_cache._peer(reach, y))
+
+
+def _joint_opt_one(g, c, x0, y0, *, steps, lr):
+    """Joint descent on ``SC(x, y)``: Adam on softmax logits of ``x``, projected SGD on ``y``."""
+    reach, credit, capacity, size = c
+    mask = jnp.broadcast_to(g.worker_mask[None, :], x0.shape)
+
+    def sc_of(z, y):
+        x = softmax_flows(z, g.demand, mask)
+        h = g.shareable[:, None] * _hit((reach, credit), y).T
+        return _route_sc(g, h, x)
+
+    scale = jnp.maximum(sc_of(jnp.log(jnp.maximum(x0, 1e-12)), y0), jnp.finfo(x0.dtype).tiny)
+    vg = jax.value_and_grad(lambda z, y: sc_of(z, y) / scale, argnums=(0, 1))
+    share = x0 / jnp.maximum(g.demand[:, None], jnp.finfo(x0.dtype).tiny)
+    z0 = jnp.log(jnp.maximum(share, 1e-9))
+    opt_z = optax.adam(lr)
+    opt_y = optax.sgd(optax.cosine_decay_schedule(lr, steps, 0.02))
+
+    def body(_, carry):
+        z, sz, y, sy, lam, bz, by, best = carry
+        val, (gz, gy) = vg(z, y)
+        better = val < best
+        bz, by, best = jnp.where(better, z, bz), jnp.where(better, y, by), jnp.minimum(val, best)
+        gz = jnp.where(mask, gz, 0.0)
+        uz, sz = opt_z.update(gz, sz, z)
+        gy = gy / jnp.maximum(jnp.max(jnp.abs(gy)), jnp.finfo(gy.dtype).tiny)
+        uy, sy = opt_y.update(gy, sy, y)
+        y, lam = tiered_cache._project(
+            optax.apply_updates(y, uy), capacity, size, lam, tiered_cache.PROJ_ITERS
+        )
+        return optax.apply_updates(z, uz), sz, y, sy, lam, bz, by, best
+
+    lam0 = jnp.zeros(capacity.shape, x0.dtype)
+    init = (z0, opt_z.init(z0), y0, opt_y.init(y0), lam0, z0, y0, sc_of(z0, y0) / scale)
+    z, _, y, _, _, bz, by, best = jax.lax.fori_loop(0, steps, body, init)
+    last = sc_of(z, y) / scale
+    bz = jnp.where(last < best, z, bz)
+    by = jnp.where(last < best, y, by)
+    return dict(
+        flows=softmax_flows(bz, g.demand, mask), placement=by,
+        social_cost=jnp.minimum(best, last) * scale,
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------- batch edge
+
+
+@functools.partial(jax.jit, static_argnames=("tol", "max_iters"))
+def _route_batch(g, h, x0, *, tol, max_iters):
+    return jax.vmap(functools.partial(_route_one, tol=tol, max_iters=max_iters))(g, h, x0)
+
+
+@jax.jit
+def _hit_batch(reach, credit, y):
+    return jax.vmap(lambda r, c, yy: _hit((r, c), yy))(reach, credit, y)
+
+
+@functools.partial(jax.jit, static_argnames=("steps", "lr"))
+def _joint_batch(g, reach, credit, capacity, size, x0, y0, *, steps, lr):
+    f = lambda g, r, c, cap, s, x, y: _joint_opt_one(g, (r, c, cap, s), x, y, steps=steps, lr=lr)  # noqa: E731
+    return jax.vmap(f)(g, reach, credit, capacity, size, x0, y0)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Prepared:
+    route: batching.Prepared
+    reach: np.ndarray  # (N, K, K)
+    capacity: np.ndarray  # (N, K, T)
+    credit: np.ndarray  # (N, T)
+    size: np.ndarray  # (N, J) tokens of each class's shareable prefix (floored > 0)
+    miss: np.ndarray  # (N, J) tokens recomputed on a miss (η·L)
+
+
+def _prepare(game: CoupledGame, dtype=None) -> _Prepared:
+    if not isinstance(game, CoupledGame):
+        raise InputError(f"game: expected a CoupledGame, got {type(game).__name__}")
+    route = batching.prepare(game.routing, None, dtype)
+    n, k = route.game.demand.shape[0], route.num_workers
+    d = as_array("CoupledGame.distance", game.distance)
+    check_distance("CoupledGame.distance", d, True)
+    if d.shape[-1] != k:
+        raise InputError(
+            f"CoupledGame.distance has shape {d.shape}: must be (..., K, K) with K = {k} "
+            "workers of the routing game"
+        )
+    cap = as_array("CoupledGame.capacity", game.capacity)
+    check("CoupledGame.capacity", cap, "finite_ge0")
+    if cap.ndim < 2 or cap.shape[-2] != k:
+        raise InputError(f"CoupledGame.capacity has shape {cap.shape}: must be (..., {k}, T)")
+    t = cap.shape[-1]
+    # Reuse the tiered game's checks for credit and peer_credit on a one-block stand-in.
+    stand_in = tiered_cache.TieredCacheGame(
+        np.zeros((k, k)), np.zeros((k, 1)), np.zeros((k, t)), credit=game.credit,
+        peer_credit=game.peer_credit,
+    )  # fmt: skip
+    tp = tiered_cache._prepare(stand_in, route.dtype)
+    theta = as_array("CoupledGame.damping", game.damping)
+    if theta.ndim or not (0 < float(theta) <= 1):
+        raise InputError(f"CoupledGame.damping = {game.damping!r}: must be a scalar in (0, 1]")
+    batch = route.batch_shape
+    try:
+        shape = np.broadcast_shapes(batch, d.shape[:-2], cap.shape[:-2])
+    except ValueError:
+        raise InputError("CoupledGame: distance/capacity batch axes do not match routing") from None
+    if shape != batch:
+        raise InputError(
+            f"CoupledGame: distance {d.shape} / capacity {cap.shape} must broadcast to the "
+            f"routing game's batch shape {batch}"
+        )
+    dt = route.dtype
+    sigma = float(game.peer_credit)
+    reach = sigma * np.exp(-np.broadcast_to(d, batch + (k, k)).reshape(n, k, k))
+    reach = (reach * (1.0 - np.eye(k))).astype(dt)
+    tokens = np.asarray(route.game.tokens, np.float64)
+    eta = np.asarray(route.game.shareable, np.float64)
+    miss = eta * tokens
+    size = np.maximum(miss, 1e-9 * tokens)
+    return _Prepared(
+        route=route, reach=reach,
+        capacity=np.broadcast_to(cap, batch + (k, t)).reshape(n, k, t).astype(dt),
+        credit=np.broadcast_to(tp.credit[0], (n, t)).astype(dt),
+        size=size.astype(dt), miss=miss.astype(dt),
+    )  # fmt: skip
+
+
+def _uniform(route: batching.Prepared) -> np.ndarray:
+    mask = np.asarray(route.game.worker_mask, np.float64)  # (N, K)
+    share = mask / mask.sum(-1, keepdims=True)
+    d = np.asarray(route.game.demand, np.float64)
+    return (d[:, :, None] * share[:, None, :]).astype(route.dtype)
+
+
+def solve(
+    game: CoupledGame,
+    *,
+    tol: float | None = None,
+    max_iters: int | None = None,
+    outer_tol: float = 1e-6,
+    max_outer: int = 50,
+    caching_rounds: int = 200,
+    dtype=None,
+):
+    """The coupled fixed point for every instance (see the module docstring).
+
+    With ``game.caching`` False this returns :func:`poa_jax.solve_equilibrium` of the routing
+    game unchanged (a :class:`~poa_jax.Solution`).
+
+    Returns:
+      A :class:`CoupledSolution`.
+    """
+    from poa_jax import solve as rsolve
+
+    if not isinstance(game, CoupledGame):
+        raise InputError(f"game: expected a CoupledGame, got {type(game).__name__}")
+    if not game.caching:
+        return rsolve.solve_equilibrium(game.routing, tol=tol, max_iters=max_iters, dtype=dtype)
+    p = _prepare(game, dtype)
+    tol, max_iters = rsolve._resolve(p.route.dtype, tol, max_iters)
+    if int(max_outer) != max_outer or max_outer < 1:
+        raise InputError(f"max_outer = {max_outer!r}: must be an integer >= 1")
+    r = p.route
+    g = r.game
+    n, j, k = g.demand.shape[0], r.num_classes, r.num_workers
+    t = p.capacity.shape[-1]
+    dt = r.dtype
+    theta = float(game.damping)
+    eta = np.asarray(g.shareable, np.float64)
+    total = np.maximum(np.asarray(g.demand, np.float64).sum(-1), np.finfo(float).tiny)
+
+    def route(h, x0):
+        out = _chunked(_route_batch, (g, h.astype(dt), x0), LANES, tol=tol, max_iters=max_iters)
+        return out
+
+    def tiered(x, y0):
+        rm = (np.swapaxes(x, -1, -2) * p.miss[:, None, :]).astype(dt)  # (N, K, J)
+        args = (p.reach, rm, p.capacity, p.credit, p.size, y0.astype(dt))
+        return _chunked(
+            tiered_cache._eq_batch, args, LANES, tol=tiered_cache.TOL[np.dtype(dt)],
+            max_rounds=int(caching_rounds),
+        )  # fmt: skip
+
+    hit = np.zeros((n, j, k))
+    rt = route(hit, _uniform(r))
+    x = rt["flows"]
+    y = np.zeros((n, k, t, j), dt)
+    rounds = np.zeros(n, np.int32)
+    residual = np.full(n, np.inf)
+    done = np.zeros(n, bool)
+    cgap = np.zeros(n)
+    for it in range(1, int(max_outer) + 1):
+        ct = tiered(x, y)
+        y_new = ct["placement"]
+        h_new = eta[:, :, None] * np.swapaxes(
+            np.asarray(_hit_batch(p.reach, p.credit, y_new)), 1, 2
+        )
+        h_next = (1 - theta) * hit + theta * h_new
+        rt_new = route(h_next, x)
+        x_new = rt_new["flows"]
+        res = np.maximum(
+            np.abs(h_next - hit).max((-1, -2)), np.abs(x_new - x).sum((-1, -2)) / total
+        )
+        keep = done  # converged instances stay where they converged
+        hit = np.where(keep[:, None, None], hit, h_next)
+        x = np.where(keep[:, None, None], x, x_new)
+        y = np.where(keep[:, None, None, None], y, y_new)
+        rt = {kk: np.where(keep.reshape((-1,) + (1,) * (v.ndim - 1)), rt[kk], v)
+              for kk, v in rt_new.items()}  # fmt: skip
+        cgap = np.where(keep, cgap, ct["gap"])
+        residual = np.where(keep, residual, res)
+        rounds = np.where(keep, rounds, it)
+        done = done | (res <= outer_tol)
+        if done.all():
+            break
+    status = np.where(
+        np.isfinite(residual), np.where(done, loop.CONVERGED, loop.MAX_ITERS), loop.NONFINITE
+    ).astype(np.int32)
+    sh = r.batch_shape
+    return CoupledSolution(
+        flows=x.reshape(sh + (j, k)),
+        placement=y.reshape(sh + (k, t, j)),
+        hit=hit.reshape(sh + (j, k)),
+        social_cost=rt["social_cost"].reshape(sh),
+        rounds=rounds.reshape(sh),
+        residual=residual.reshape(sh),
+        status=status.reshape(sh),
+        converged=(status == loop.CONVERGED).reshape(sh),
+        routing_gap=rt["gap"].reshape(sh),
+        caching_gap=cgap.reshape(sh),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class CoupledPoAResult:
+    """PoA of the coupled game; ``...`` the batch shape.
+
+    Attributes:
+      poa: ``(...)`` SC(coupled fixed point) / SC(best joint point found), ≥ 1.
+      price_of_stability: ``(...)`` equal to ``poa`` (one fixed point is computed).
+      equilibrium: the :class:`CoupledSolution`.
+      optimum_cost: ``(...)`` SC of the best joint (routing, placement) found.
+      optimum_flows: ``(..., J, K)``; optimum_placement: ``(..., K, T, J)``.
+      converged: ``(...)`` the fixed point converged.
+    """
+
+    poa: np.ndarray
+    price_of_stability: np.ndarray
+    equilibrium: CoupledSolution
+    optimum_cost: np.ndarray
+    optimum_flows: np.ndarray
+    optimum_placement: np.ndarray
+    converged: np.ndarray
+
+
+def price_of_anarchy(
+    game: CoupledGame,
+    *,
+    tol: float | None = None,
+    max_iters: int | None = None,
+    outer_tol: float = 1e-6,
+    max_outer: int = 50,
+    optimum_steps: int = 300,
+    lr: float = 0.05,
+    dtype=None,
+    **routing_kw,
+):
+    """PoA of the coupled game; with ``caching=False`` exactly :func:`poa_jax.price_of_anarchy`
+    of the routing game (``routing_kw``, e.g. ``starts``, ``method``, passed on; ignored with
+    caching on)."""
+    from poa_jax import poa as rpoa
+
+    if not isinstance(game, CoupledGame):
+        raise InputError(f"game: expected a CoupledGame, got {type(game).__name__}")
+    if not game.caching:
+        return rpoa.price_of_anarchy(
+            game.routing, tol=tol, max_iters=max_iters, dtype=dtype, **routing_kw
+        )
+    eq = solve(game, tol=tol, max_iters=max_iters, outer_tol=outer_tol, max_outer=max_outer,
+               dtype=dtype)  # fmt: skip
+    p = _prepare(game, dtype)
+    r = p.route
+    n, j, k = r.game.demand.shape[0], r.num_classes, r.num_workers
+    t = p.capacity.shape[-1]
+    dt = r.dtype
+    x0 = eq.flows.reshape(n, j, k).astype(dt)
+    y0 = eq.placement.reshape(n, k, t, j).astype(dt)
+    out = _chunked(
+        _joint_batch, (r.game, p.reach, p.credit, p.capacity, p.size, x0, y0), LANES,
+        steps=int(optimum_steps), lr=float(lr),
+    )  # fmt: skip
+    sh = r.batch_shape
+    sc_eq = eq.social_cost.reshape(n)
+    better = out["social_cost"] < sc_eq
+    opt_sc = np.where(better, out["social_cost"], sc_eq)
+    opt_x = np.where(better[:, None, None], out["flows"], x0)
+    opt_y = np.where(better[:, None, None, None], out["placement"], y0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        poa = np.where(opt_sc > 0, sc_eq / np.where(opt_sc > 0, opt_sc, 1.0), 1.0)
+    return CoupledPoAResult(
+        poa=poa.reshape(sh), price_of_stability=poa.reshape(sh), equilibrium=eq,
+        optimum_cost=opt_sc.reshape(sh), optimum_flows=opt_x.reshape(sh + (j, k)),
+        optimum_placement=opt_y.reshape(sh + (k, t, j)), converged=eq.converged,
+    )  # fmt: skip

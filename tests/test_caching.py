@@ -1,0 +1,256 @@
+"""Discrete selfish caching (issue 4): oracles and brute force written here, not the solver's code.
+
+The reference below enumerates all 2ⁿ profiles with itertools and checks every unilateral
+deviation node by node in plain Python/NumPy; it shares nothing with ``poa_jax.caching``.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+import poa_jax as pj
+from poa_jax import caching
+
+# --------------------------------------------------------------------------- the reference
+
+
+def _node_cost(d, alpha, w, m, profile, i):
+    if profile[i]:
+        return alpha[i]
+    dist = min((d[i][j] for j in range(len(profile)) if profile[j]), default=np.inf)
+    return 0.0 if w[i] == 0 else w[i] * min(dist, m[i])
+
+
+def brute_force(d, alpha, w=None, m=None):
+    """All pure NE costs (sorted, worst first) and the optimum, by checking every profile."""
+    n = len(d)
+    alpha = np.broadcast_to(alpha, (n,)).tolist()
+    w = [1.0] * n if w is None else list(w)
+    m = [np.inf] * n if m is None else list(m)
+    eq, opt = [], np.inf
+    for prof in itertools.product([False, True], repeat=n):
+        costs = [_node_cost(d, alpha, w, m, prof, i) for i in range(n)]
+        sc = sum(costs)
+        opt = min(opt, sc)
+        stable = True
+        for i in range(n):
+            dev = list(prof)
+            dev[i] = not dev[i]
+            if _node_cost(d, alpha, w, m, dev, i) < costs[i] - 1e-9:
+                stable = False
+                break
+        if stable:
+            eq.append(sc)
+    return sorted(eq, reverse=True), opt
+
+
+def _random_instance(rng, n):
+    pts = rng.random((n, 2)) * rng.uniform(0.5, 3.0)
+    d = np.sqrt(((pts[:, None] - pts[None]) ** 2).sum(-1))
+    alpha = rng.uniform(0.2, 1.5, n)
+    w = rng.uniform(0.0, 2.0, n) * (rng.random(n) > 0.1)
+    m = np.where(rng.random(n) < 0.3, rng.uniform(0.5, 3.0, n), np.inf)
+    return d, alpha, w, m
+
+
+# --------------------------------------------------------------------------- oracles
+
+ORACLES = {
+    # name: (distance, α, PoA, PoS, optimum, equilibrium costs (all, worst first) or None)
+    "two_clusters": (caching.cluster_distance(2, 5, 0.0, 0.9), 1.0, 2.75, 2.75, 2.0, [5.5] * 10),
+    "star": (caching.star_distance(4, 1.0), 1.5, 14 / 11, 1.0, 5.5, [7.0, 5.5]),
+    "k5": (caching.complete_distance(5), 2.0, 1.0, 1.0, 6.0, [6.0] * 5),
+    "line12": (caching.line_distance(12), 4.5, 32 / 25.5, 26.5 / 25.5, 25.5, None),
+}
+
+
+def test_presets_are_the_issue_topologies():
+    star = caching.star_distance(4)
+    assert star[0, 1:].tolist() == [1.0] * 4 and star[1, 2] == 2.0
+    cl = caching.cluster_distance(2, 5, 0.0, 0.9)
+    assert cl[0, 4] == 0.0 and cl[0, 5] == 0.9
+    assert caching.line_distance(12)[0, 11] == 11.0
+
+
+@pytest.mark.parametrize("name", sorted(ORACLES))
+def test_oracles_exact(name):
+    d, alpha, poa, pos, opt, eqs = ORACLES[name]
+    ref_eq, ref_opt = brute_force(d, alpha)
+    assert ref_opt == pytest.approx(opt, abs=1e-12)
+    r = pj.price_of_anarchy(pj.SelfishCachingGame(d, alpha))
+    assert bool(r.exact) and bool(r.converged)
+    assert float(r.poa) == pytest.approx(poa, rel=1e-12)
+    assert float(r.price_of_stability) == pytest.approx(pos, rel=1e-12)
+    assert float(r.optimum_cost) == pytest.approx(opt, rel=1e-12)
+    listed = r.equilibrium_costs[~np.isnan(r.equilibrium_costs)]
+    np.testing.assert_allclose(listed, ref_eq, rtol=1e-12)
+    assert int(r.equilibrium_count) == len(ref_eq)
+    if eqs is not None:
+        np.testing.assert_allclose(listed, eqs, rtol=1e-12)
+    if name == "line12":  # the issue's numbers
+        assert len(ref_eq) == 23 and listed[0] == 32.0 and listed[-1] == 26.5
+
+
+def test_oracles_batched_in_one_call():
+    """The three n = 5 oracles and a padded-free batch: one call, per-instance answers."""
+    d = np.stack([caching.star_distance(4), caching.complete_distance(5)])
+    r = pj.price_of_anarchy(pj.SelfishCachingGame(d, np.array([[1.5], [2.0]])))
+    np.testing.assert_allclose(r.poa, [14 / 11, 1.0], rtol=1e-12)
+    assert r.equilibrium_costs.shape == (2, caching.KEEP)
+    assert r.worst_equilibrium.shape == (2, 5) and r.worst_equilibrium[0].sum() == 4
+
+
+@pytest.mark.parametrize("n,batch,seed", [(6, 6, 0), (9, 4, 1), (12, 1, 2)])
+def test_random_instances_against_brute_force(n, batch, seed):
+    rng = np.random.default_rng(seed)
+    inst = [_random_instance(rng, n) for _ in range(batch)]
+    d, a, w, m = (np.stack(x) for x in zip(*inst, strict=True))
+    game = pj.SelfishCachingGame(d, a, w, m)
+    r = pj.price_of_anarchy(game)
+    ex = caching.enumerate_profiles(game, keep=0)
+    for b in range(batch):
+        ref_eq, ref_opt = brute_force(d[b], a[b], w[b], m[b])
+        assert float(r.optimum_cost[b]) == pytest.approx(ref_opt, rel=1e-12)
+        assert int(r.equilibrium_count[b]) == len(ref_eq)
+        listed = r.equilibrium_costs[b][~np.isnan(r.equilibrium_costs[b])]
+        np.testing.assert_allclose(listed, ref_eq[: caching.KEEP], rtol=1e-12)
+        assert float(r.poa[b]) == pytest.approx(ref_eq[0] / ref_opt, rel=1e-12)
+        assert float(r.price_of_stability[b]) == pytest.approx(ref_eq[-1] / ref_opt, rel=1e-12)
+        # keep = 0 skips the listing but not the exact worst / best / count / optimum
+        assert float(ex.worst_cost[b]) == pytest.approx(ref_eq[0], rel=1e-12)
+        assert float(ex.best_cost[b]) == pytest.approx(ref_eq[-1], rel=1e-12)
+        assert int(ex.equilibrium_count[b]) == len(ref_eq)
+        # the reported profiles are what they claim (checked by the reference)
+        prof = r.optimum[b].tolist()
+        sc = sum(_node_cost(d[b], a[b], w[b], m[b], prof, i) for i in range(n))
+        assert sc == pytest.approx(ref_opt, rel=1e-12)
+
+
+def test_best_response_finds_true_equilibria():
+    rng = np.random.default_rng(5)
+    n = 8
+    inst = [_random_instance(rng, n) for _ in range(5)]
+    d, a, w, m = (np.stack(x) for x in zip(*inst, strict=True))
+    br = caching.best_response(pj.SelfishCachingGame(d, a, w, m), starts=12, seed=3)
+    assert (br.status == 0).all() and br.stable.all()
+    for b in range(5):
+        ref_eq, _ = brute_force(d[b], a[b], w[b], m[b])
+        for s in range(12):
+            prof = br.profiles[b, s].tolist()
+            costs = [_node_cost(d[b], a[b], w[b], m[b], prof, i) for i in range(n)]
+            assert sum(costs) == pytest.approx(br.costs[b, s], rel=1e-12)
+            assert any(abs(sum(costs) - e) < 1e-9 for e in ref_eq)
+        found = br.equilibrium_costs[b][~np.isnan(br.equilibrium_costs[b])]
+        assert len(found) == br.equilibrium_count[b] and np.all(np.diff(found) <= 0)
+
+
+def test_large_n_path_brackets_the_optimum():
+    """The non-exhaustive path on the line of 12: bounds around the exact 25.5."""
+    game = pj.SelfishCachingGame(caching.line_distance(12), 4.5)
+    r = caching.price_of_anarchy(game, exhaustive_max=0, starts=32)
+    assert not bool(r.exact) and bool(r.converged)
+    assert float(r.optimum_lower_bound) <= 25.5 + 1e-9 <= float(r.optimum_cost) + 2e-9
+    assert float(r.optimum_lower_bound) > 25.0  # the LP relaxation is nearly tight here
+    assert 1.0 <= float(r.poa) <= 32 / 25.5 + 1e-12 and float(r.poa_upper) >= float(r.poa)
+    ref_eq, _ = brute_force(caching.line_distance(12), 4.5)
+    found = r.equilibrium_costs[~np.isnan(r.equilibrium_costs)]
+    assert all(any(abs(f - e) < 1e-9 for e in ref_eq) for f in found)
+
+
+def test_lagrangian_bound_matches_scipy_lp():
+    """The bound never exceeds the LP relaxation value (scipy linprog) and nearly reaches it."""
+    linprog = pytest.importorskip("scipy.optimize").linprog
+    rng = np.random.default_rng(7)
+    n = 7
+    d, a, w, _ = _random_instance(rng, n)
+    # variables: y_j (n), then x_ij (n*n); min Σ α y + Σ w_i d_ij x_ij
+    c = np.concatenate([a, (w[:, None] * d).ravel()])
+    a_eq = np.zeros((n, n + n * n))
+    for i in range(n):
+        a_eq[i, n + i * n : n + (i + 1) * n] = 1.0
+    a_ub = np.zeros((n * n, n + n * n))
+    for i in range(n):
+        for j in range(n):
+            a_ub[i * n + j, n + i * n + j] = 1.0
+            a_ub[i * n + j, j] = -1.0
+    lp = linprog(c, A_ub=a_ub, b_ub=np.zeros(n * n), A_eq=a_eq, b_eq=np.ones(n), bounds=(0, 1))
+    lb = float(caching.lower_bound(pj.SelfishCachingGame(d, a, w), steps=2000))
+    assert lb <= lp.fun + 1e-7
+    assert lb >= lp.fun * (1 - 2e-3)
+    _, opt = brute_force(d, a, w)
+    assert lp.fun <= opt + 1e-9
+
+
+def test_no_recompile_for_a_new_batch(compile_counter):
+    rng = np.random.default_rng(9)
+    batches = []
+    for _ in range(2):
+        inst = [_random_instance(rng, 6) for _ in range(3)]
+        batches.append([np.stack(x) for x in zip(*inst, strict=True)])
+    pj.price_of_anarchy(pj.SelfishCachingGame(*batches[0]))
+    before = compile_counter.solver_count
+    pj.price_of_anarchy(pj.SelfishCachingGame(*batches[1]))
+    assert compile_counter.solver_count == before
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(distance=-caching.line_distance(3), placement_cost=1.0), r"distance\[0, 1\].*>= 0"),
+        (dict(distance=[[0, 1, 2], [1, 0, 1], [2.5, 1, 0]], placement_cost=1.0), "symmetric"),
+        (dict(distance=np.ones((3, 3)), placement_cost=1.0), "diagonal must be 0"),
+        (dict(distance=caching.line_distance(3), placement_cost=[1.0, 2.0]), "3 nodes"),
+        (dict(distance=caching.line_distance(3), placement_cost=-1.0), "placement_cost"),
+        (dict(distance=caching.line_distance(3), placement_cost=1.0, demand=[1, 1, 1, 1]),
+         "demand"),
+        (dict(distance=np.ones((2, 3)), placement_cost=1.0), r"\(\.\.\., n, n\)"),
+    ],
+)  # fmt: skip
+def test_bad_input_is_named_before_compiling(kwargs, match, compile_counter):
+    with pytest.raises(pj.InputError, match=match):
+        pj.price_of_anarchy(pj.SelfishCachingGame(**kwargs))
+    assert compile_counter.solver_count == 0
+
+
+def test_directed_costs_allowed_when_asked():
+    d = np.array([[0.0, 1.0], [3.0, 0.0]])
+    r = pj.price_of_anarchy(pj.SelfishCachingGame(d, 2.0, symmetric=False))
+    ref_eq, ref_opt = brute_force(d, 2.0)
+    assert float(r.optimum_cost) == pytest.approx(ref_opt)
+    assert float(r.poa) == pytest.approx(ref_eq[0] / ref_opt)
+
+
+def test_paradox_search_agrees_with_brute_force():
+    rng = np.random.default_rng(11)
+    n1 = 6
+    inst = [_random_instance(rng, n1)[:3] for _ in range(4)]
+    d, a, w = (np.stack(x) for x in zip(*inst, strict=True))
+    out = caching.paradox_search(d, a, w)
+    for b in range(4):
+        full_eq, _ = brute_force(d[b], a[b], w[b])
+        a2 = a[b].copy()
+        a2[0] *= 0.5
+        cheap_eq, _ = brute_force(d[b], a2, w[b])
+        assert out["capacity_worst"][b] == pytest.approx(cheap_eq[0] - full_eq[0], abs=1e-9)
+        assert out["capacity_best"][b] == pytest.approx(cheap_eq[-1] - full_eq[-1], abs=1e-9)
+    assert out["instances"] == 4
+
+
+def test_benchmark_smoke_mode_runs(tmp_path):
+    """``benchmarks/bench_caching.py --smoke`` cannot rot; its reference agrees with poa_jax."""
+    import sys
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parents[1])
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    from benchmarks import bench_caching
+
+    res = bench_caching.main(["--smoke", "--json", str(tmp_path / "b.json")])
+    disc = res["discrete"]
+    assert disc["rate"] > 0 and disc["reference"]["rate"] > 0
+    assert all(v.split("/")[0] == v.split("/")[1] for v in disc["reference"]["agreement"].values())
+    assert res["fluid"]["reference"]["eq_sc_rel_diff_max"] < 1e-9

@@ -1,0 +1,83 @@
+"""Routing ⇄ caching fixed point (issue 4): reduces to the routing game; a real fixed point."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+import poa_jax as pj
+from poa_jax import coupled, tiered_cache
+
+K, T = 4, 2
+
+
+@pytest.fixture(scope="module")
+def routing(cache_games):
+    """The suite's shared SMALL cache-on batch (8 games, 3 classes × 4 workers): its routing
+    executables are compiled once for the whole suite."""
+    return cache_games
+
+
+def _topology():
+    return np.ones((K, K)) - np.eye(K)
+
+
+def test_caching_off_is_the_routing_game_exactly(routing):
+    off = pj.CoupledGame(routing, _topology(), np.ones((K, T)), caching=False)
+    s, e = coupled.solve(off), pj.solve_equilibrium(routing)
+    np.testing.assert_array_equal(s.flows, e.flows)
+    np.testing.assert_array_equal(s.social_cost, e.social_cost)
+    # PoA on Pigou (small: its compile is cheap and shared with the CLI tests)
+    pigou = pj.RoutingGame(demand=[1.0], latency=pj.Latency(a=[0.0, 1.0], b=[1.0, 0.0]))
+    off = pj.CoupledGame(pigou, np.zeros((2, 2)), np.ones((2, T)), caching=False)
+    a, b = pj.price_of_anarchy(off), pj.price_of_anarchy(pigou)
+    np.testing.assert_array_equal(a.poa, b.poa)
+    np.testing.assert_array_equal(a.equilibrium.flows, b.equilibrium.flows)
+    np.testing.assert_array_equal(a.optimum.social_cost, b.optimum.social_cost)
+    assert float(a.poa) == pytest.approx(4 / 3, rel=1e-6)
+
+
+def test_no_capacity_is_the_routing_game_without_cache(routing):
+    """Caching on but nothing fits: the routing stage is the cache-free routing game."""
+    z = coupled.solve(pj.CoupledGame(routing, _topology(), np.zeros((K, T))))
+    e0 = pj.solve_equilibrium(dataclasses.replace(routing, shareable=0.0))
+    assert z.converged.all() and np.all(z.hit == 0)
+    np.testing.assert_allclose(z.social_cost, e0.social_cost, rtol=1e-6)
+
+
+def test_fixed_point_is_consistent(routing):
+    game = pj.CoupledGame(routing, _topology(), np.full((K, T), 1.0), credit=[1.0, 0.5])
+    r = pj.price_of_anarchy(game)
+    s = r.equilibrium
+    assert s.converged.all() and (s.residual <= 1e-6).all() and (s.rounds >= 1).all()
+    assert (s.routing_gap <= 1e-6).all() and (s.caching_gap <= 1e-9).all()
+    assert (r.poa >= 1.0).all() and (r.optimum_cost <= s.social_cost).all()
+    # The caching stage at the fixed point's rates reproduces the hit fractions fed to routing.
+    eta = np.asarray(routing.shareable)
+    tokens = np.asarray(routing.tokens)
+    for b in range(s.flows.shape[0]):
+        size = np.maximum(eta[b] * tokens[b], 1e-9 * tokens[b])
+        tg = pj.TieredCacheGame(
+            _topology(), s.flows[b].T, np.full((K, T), 1.0), credit=[1.0, 0.5],
+            miss_cost=eta[b] * tokens[b], size=size,
+        )  # fmt: skip
+        eq = tiered_cache.solve_equilibrium(tg, y0=s.placement[b])
+        assert eq.converged and eq.gap <= 1e-9
+        own = np.einsum("t,ktj->kj", [1.0, 0.5], eq.placement)
+        reach = 0.5 * np.exp(-_topology()) * (1 - np.eye(K))
+        h = eq.placement.sum(1)
+        peer = 1 - np.prod(1 - reach[:, :, None] * h[None], axis=1)
+        hit = eta[b][:, None] * (1 - (1 - own) * (1 - peer)).T
+        np.testing.assert_allclose(hit, s.hit[b], atol=5e-6)
+
+
+def test_bad_input(routing, compile_counter):
+    with pytest.raises(pj.InputError, match="K = 4"):
+        coupled.solve(pj.CoupledGame(routing, np.zeros((3, 3)), np.ones((K, T))))
+    with pytest.raises(pj.InputError, match="capacity"):
+        coupled.solve(pj.CoupledGame(routing, _topology(), -np.ones((K, T))))
+    with pytest.raises(pj.InputError, match="damping"):
+        coupled.solve(pj.CoupledGame(routing, _topology(), np.ones((K, T)), damping=0.0))
+    assert compile_counter.solver_count == 0

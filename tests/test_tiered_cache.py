@@ -1,0 +1,158 @@
+"""Fluid tiered KV-cache game (issue 4) against scipy: best responses by linprog, optima by SLSQP.
+
+The cost model is re-implemented here in NumPy from the module's equations.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import poa_jax as pj
+from poa_jax import tiered_cache
+
+scipy_opt = pytest.importorskip("scipy.optimize")
+
+W, T, B = 3, 2, 5
+CREDIT = np.array([1.0, 0.4])
+
+
+def _instance(seed):
+    rng = np.random.default_rng(seed)
+    pts = rng.random((W, 2))
+    d = np.sqrt(((pts[:, None] - pts[None]) ** 2).sum(-1))
+    r = rng.random((W, B)) * rng.random(B) * 3
+    cap = rng.uniform(0.5, 2.0, (W, T))
+    size = rng.uniform(0.5, 1.5, B)
+    m = rng.uniform(0.5, 2.0, B)
+    return d, r, cap, size, m
+
+
+def _costs(d, r, m, y, sigma=0.5):
+    reach = sigma * np.exp(-d) * (1 - np.eye(len(d)))
+    h = y.sum(1)
+    peer = 1 - np.prod(1 - reach[:, :, None] * h[None], axis=1)
+    own = np.einsum("t,wtb->wb", CREDIT, y)
+    return (r * m * (1 - own) * (1 - peer)).sum(1)
+
+
+def _best_response_lp(d, r, cap, size, m, y, w, sigma=0.5):
+    """Worker w's best-response cost by linprog over its (T, B) placement."""
+    reach = sigma * np.exp(-d) * (1 - np.eye(len(d)))
+    h = y.sum(1)
+    others = [u for u in range(len(d)) if u != w]
+    peer = 1 - np.prod([1 - reach[w, u] * h[u] for u in others], axis=0)
+    gain = r[w] * m * (1 - peer)
+    c = -(gain[None, :] * CREDIT[:, None]).ravel()
+    a_ub, b_ub = [], []
+    for b in range(B):
+        row = np.zeros((T, B))
+        row[:, b] = 1
+        a_ub.append(row.ravel())
+        b_ub.append(1.0)
+    for t in range(T):
+        row = np.zeros((T, B))
+        row[t] = size
+        a_ub.append(row.ravel())
+        b_ub.append(cap[w, t])
+    lp = scipy_opt.linprog(c, A_ub=a_ub, b_ub=b_ub, bounds=(0, 1))
+    return gain.sum() + lp.fun
+
+
+def _game(d, r, cap, size, m):
+    return pj.TieredCacheGame(d, r, cap, credit=CREDIT, miss_cost=m[..., None, :], size=size)
+
+
+@pytest.fixture(scope="module")
+def solved():
+    insts = [_instance(s) for s in range(3)]
+    d, r, cap, size, m = (np.stack(x) for x in zip(*insts, strict=True))
+    res = pj.price_of_anarchy(_game(d, r, cap, size, m))
+    return insts, res
+
+
+def test_best_response_is_the_lp_optimum():
+    d, r, cap, size, m = _instance(10)
+    rng = np.random.default_rng(1)
+    y = rng.random((W, T, B)) * 0.3
+    for w in range(W):
+        br, cost = tiered_cache.best_response(_game(d, r, cap, size, m), y, w)
+        assert float(cost) == pytest.approx(_best_response_lp(d, r, cap, size, m, y, w), rel=1e-9)
+        # feasible and its cost is what it says
+        assert (br >= 0).all() and (br.sum(0) <= 1 + 1e-12).all()
+        assert (br @ size <= cap[w] + 1e-12).all()
+        y2 = y.copy()
+        y2[w] = br
+        assert _costs(d, r, m, y2)[w] == pytest.approx(float(cost), rel=1e-12)
+
+
+def test_equilibrium_every_worker_best_responds(solved):
+    insts, res = solved
+    eq = res.equilibrium
+    assert eq.converged.all() and (eq.gap <= 1e-9).all()
+    for b, (d, r, cap, size, m) in enumerate(insts):
+        y = eq.placement[b]
+        np.testing.assert_allclose(eq.social_cost[b], _costs(d, r, m, y).sum(), rtol=1e-12)
+        for w in range(W):
+            ref = _best_response_lp(d, r, cap, size, m, y, w)
+            assert _costs(d, r, m, y)[w] == pytest.approx(ref, rel=1e-8, abs=1e-12)
+
+
+def test_optimum_against_scipy(solved):
+    insts, res = solved
+    assert (res.poa >= 1.0).all() and (res.price_of_stability <= res.poa + 1e-12).all()
+    for b, (d, r, cap, size, m) in enumerate(insts):
+        a_ub, b_ub = [], []
+        for w in range(W):
+            for k in range(B):
+                row = np.zeros((W, T, B))
+                row[w, :, k] = 1
+                a_ub.append(row.ravel())
+                b_ub.append(1.0)
+            for t in range(T):
+                row = np.zeros((W, T, B))
+                row[w, t] = size
+                a_ub.append(row.ravel())
+                b_ub.append(cap[w, t])
+        a_ub, b_ub = np.array(a_ub), np.array(b_ub)
+        rng = np.random.default_rng(b)
+        best = np.inf
+
+        def sc(v, d=d, r=r, m=m):
+            return _costs(d, r, m, v.reshape(W, T, B)).sum()
+
+        cons = [
+            dict(type="ineq", fun=lambda v, a=a_ub, c=b_ub: c - a @ v, jac=lambda v, a=a_ub: -a)
+        ]
+        for _ in range(6):
+            o = scipy_opt.minimize(
+                sc, rng.random(W * T * B) * 0.3, method="SLSQP", bounds=[(0, 1)] * (W * T * B),
+                constraints=cons, options=dict(maxiter=500, ftol=1e-12),
+            )  # fmt: skip
+            if o.success and (a_ub @ o.x <= b_ub + 1e-9).all():
+                best = min(best, o.fun)
+        ours = float(res.optimum_cost[b])
+        y = res.optimum.placement[b]
+        assert (a_ub @ y.ravel() <= b_ub + 1e-9).all() and (y >= 0).all()
+        assert ours == pytest.approx(_costs(d, r, m, y).sum(), rel=1e-12)
+        assert ours <= best * (1 + 1e-4)  # a local optimum at least as good as SLSQP's best
+        assert ours <= float(res.equilibrium.social_cost[b]) + 1e-12
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(capacity=-np.ones((W, T))), r"capacity\[0, 0\].*>= 0"),
+        (dict(rates=np.ones((W + 1, B))), "rates has shape"),
+        (dict(distance=np.array([[0, 1, 2], [1, 0, 1], [3, 1, 0.0]])), "symmetric"),
+        (dict(credit=[1.0, 1.5]), "credit"),
+        (dict(size=np.zeros(B)), "size"),
+    ],
+)
+def test_bad_input(kwargs, match, compile_counter):
+    d, r, cap, size, m = _instance(0)
+    base = dict(distance=d, rates=r, capacity=cap, credit=CREDIT, size=size, miss_cost=m)
+    base.update(kwargs)
+    with pytest.raises(pj.InputError, match=match):
+        pj.price_of_anarchy(pj.TieredCacheGame(**base))
+    assert compile_counter.solver_count == 0
