@@ -10,7 +10,27 @@ One import: ``import poa_jax as pj``.
 
 __version__ = "0.1.0"
 
-from poa_jax import latency, policies, scenario, sweep, synthetic, tntp, topology
+from poa_jax import (
+    caching,
+    coupled,
+    latency,
+    load,
+    pd_game,
+    plot,
+    policies,
+    queueing,
+    regimes,
+    scenario,
+    serving,
+    serving_sweep,
+    sweep,
+    synthetic,
+    tiered_cache,
+    tntp,
+    topology,
+)
+from poa_jax.caching import SelfishCachingGame
+from poa_jax.coupled import CoupledGame
 from poa_jax.errors import InputError
 from poa_jax.game import RoutingGame
 from poa_jax.graph import GraphGame, read_tntp, write_tntp_flows
@@ -18,8 +38,10 @@ from poa_jax.graph_solve import GraphSolution
 from poa_jax.latency import Latency, PrefillTime
 from poa_jax.poa import PoAResult, price_of_anarchy
 from poa_jax.solve import Solution, solve_equilibrium, solve_optimum
+from poa_jax.tiered_cache import TieredCacheGame
 
 __all__ = [
+    "CoupledGame",
     "GraphGame",
     "GraphSolution",
     "InputError",
@@ -27,16 +49,28 @@ __all__ = [
     "PoAResult",
     "PrefillTime",
     "RoutingGame",
+    "SelfishCachingGame",
     "Solution",
+    "TieredCacheGame",
+    "caching",
+    "coupled",
     "latency",
+    "load",
+    "pd_game",
+    "plot",
     "policies",
     "price_of_anarchy",
+    "queueing",
     "read_tntp",
+    "regimes",
     "scenario",
+    "serving",
+    "serving_sweep",
     "solve_equilibrium",
     "solve_optimum",
     "sweep",
     "synthetic",
+    "tiered_cache",
     "tntp",
     "topology",
     "write_tntp_flows",

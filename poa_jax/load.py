@@ -1,0 +1,881 @@
+r"""Load: open loop (arrival rate λ) and closed loop (concurrency C) on a P/D deployment.
+
+The serving model (coefficients from :mod:`poa_jax.serving`). One prefill worker serves every
+request; ``K`` decode workers are the router's choice. Request classes ``j`` (prompt templates)
+with mix ``π_j`` (Σ π = 1), ``L_j`` prompt tokens and shareable prefix fraction ``η_j``; a flow
+``x[j, k] = X·π_j·S[j, k]`` (requests/s; ``S`` rows on simplices) at throughput ``X``.
+
+*Prefix cache on the decode workers* (:func:`poa_jax.game.hit_fraction`): a hit means the
+prefix's KV is already on the decode worker, so only the uncached tokens
+``n[j,k] = L_j(1 − h[j,k])`` are prefilled and transferred.
+
+*Prefill (shared).* Uncached token rate ``Λ = Σ x·n`` and token-weighted length
+``n̄ = Σ x·n² / Λ``. An iteration of ``T`` tokens takes ``t_P(T) = a + b·T + c·n̄·T``; the
+per-iteration budget ``B_tok`` limits the worker to ``κ_P = B_tok / t_P(B_tok)`` tokens/s. With
+``ρ_P = Λ/κ_P`` and the amortised per-request service time ``S_P = n̄/κ_P``, the waiting time is
+M/D/1 (Pollaczek–Khinchine with deterministic service):
+
+    W_P = ρ_P·S_P / (2(1 − ρ_P))
+
+*KV transfer.* Link ``l`` carries ``Σ_{k on l} Σ_j x n`` tokens/s against its capacity ``κ_l``;
+a processor-sharing link (M/G/1-PS, as :mod:`poa_jax.topology`): ``τ_kv = L_k + n·s_k/(1 − ρ_l)``.
+
+*TTFT* of class ``j`` on decode worker ``k`` (mean):
+
+    TTFT[j,k] = t_P(n[j,k]) + W_P + τ_kv[j,k]
+
+*Decode* on worker ``k`` with throughput ``X_k = Σ_j x[j,k]``: the batch is the fixed point
+``B = X_k·m·(α + β·B)`` (memory-bound roofline), ``B = X_k·m·α/(1 − X_k·m·β)``, so the
+decode time is ``m·ITL = m·α/(1 − X_k·m·β)``. Capacity: ``μ_k = B*/(m(α + β B*))`` where
+``B* = min(α/(γ − β), B_max)`` is where the step turns compute-bound or the KV cache is full
+(the cliff). Admission waits for a free slot are M/D/1 with service ``1/μ_k``:
+
+    D_k = m·α/(1 − X_k·m·β) + ρ_k/(2μ_k(1 − ρ_k)),     ρ_k = X_k/μ_k.
+
+The reported ITL is the step time at the stage's batch ``B_k = X_k·D_k`` (Little), with the cliff:
+``ITL_k = max(α + β·B_k, γ·B_k)·max(1, B_k/B_max)``.
+
+Every singular term continues linearly (value and slope matched) above ``ρ_max = 0.99`` of its
+capacity, as the latency family does (DESIGN §2.1), so overloaded points are finite and flagged.
+
+*True cost and social cost* (DESIGN §2.2): ``c[j,k] = TTFT[j,k] + D_k``, ``SC = Σ x·c``; mean
+latency ``R = SC/X``. **Little's law**: the number of requests in the system is ``Σ x·c = X·R``.
+
+**Open loop** (``X = λ`` given): the routing equilibrium of a policy (:mod:`poa_jax.policies`:
+``r = w_true·c + w_prefill·P + w_decode·D`` with Dynamo's ``P = W_k + L(1 − credit·h)``,
+``D = Σ_j x L + L``; logit response for ``τ > 0``) at that load.
+
+**Closed loop** (concurrency ``C``): find ``X`` and the equilibrium ``S`` with
+
+    C = X·R(X) = SC(X·π·S)                                                (Little's law)
+
+solved jointly in one bounded loop per point: each iteration takes one step of the routing
+dynamics at the current ``X`` (scaled projection for ``τ = 0`` — and for the optimum, on the
+marginal cost ``∂SC/∂x`` — or averaged logit response for ``τ > 0``) and then Newton steps in
+``X`` on ``g(X) = SC(X·π·S) − C`` (increasing in ``X``: one root). It stops when the routing gap
+is below ``tol`` and ``|g|/C`` below ``little_tol``; a final Newton polish at the final routing
+makes ``|X·R − C|/C`` reach rounding (≤ 1e-12 in float64). The **coordinated optimum** at the
+same ``C`` minimises ``R`` (equivalently maximises ``X``), and ``PoA = R_eq/R_opt = X_opt/X_eq``.
+
+Batching: every function below acts on one point; :func:`solve` flattens a batch of points ×
+starts, pads it to fixed-size chunks and runs ``jit(vmap(·))`` once per chunk shape (no
+recompilation for a new batch of the same shape). Nothing raises inside a batch; each point
+reports ``status`` (0 converged, 1 max iterations, 2 non-finite), gap and iterations.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from poa_jax import serving
+from poa_jax.errors import InputError
+from poa_jax.kernels import loop
+from poa_jax.kernels.simplex import project_rows
+from poa_jax.policies import Policy
+
+__all__ = [
+    "Model",
+    "Workload",
+    "model_arrays",
+    "workload",
+    "workload_variants",
+    "router_settings",
+    "stage_costs",
+    "social_cost",
+    "ClosedLoop",
+    "solve",
+    "closed_loop",
+    "open_loop",
+    "default_chunk",
+]
+
+RHO_MAX = 0.99
+#: Dirichlet concentration of the variants' class mixes: 5 gives mixes whose classes carry
+#: roughly 5–40% of the traffic each (Dirichlet(1) makes classes of 0.1%, whose hit fraction
+#: swings with their routing and slows every solver without changing any latency).
+MIX_CONCENTRATION = 5.0
+#: Quantiles of TTFT reported.
+QUANTILES = (0.5, 0.9, 0.99)
+
+
+class Model(NamedTuple):
+    """Arrays of one deployment (leading batch axes allowed); ``K`` decode-worker slots.
+
+    Fields ``pa, pb, pc, budget, m: ()``; ``alpha, beta, gamma, bmax, kv_lat, kv_spt,
+    residency, cache, link_cap: (K,)``; ``link: (K, K)`` one-hot (worker k uses link l);
+    ``mask: (K,)`` bool, which slots are workers.
+    """
+
+    pa: jax.Array
+    pb: jax.Array
+    pc: jax.Array
+    budget: jax.Array
+    m: jax.Array
+    alpha: jax.Array
+    beta: jax.Array
+    gamma: jax.Array
+    bmax: jax.Array
+    kv_lat: jax.Array
+    kv_spt: jax.Array
+    link: jax.Array
+    link_cap: jax.Array
+    residency: jax.Array
+    cache: jax.Array
+    mask: jax.Array
+
+
+class Workload(NamedTuple):
+    """Request classes: ``tokens L (J,)``, ``shareable η (J,)``, ``mix π (J,)`` (Σ π = 1)."""
+
+    tokens: jax.Array
+    shareable: jax.Array
+    mix: jax.Array
+
+
+def model_arrays(p: serving.ServingPreset | str, workers: int | None = None, fit=None) -> Model:
+    """:class:`Model` (NumPy, float64) of a preset, padded to ``workers`` decode slots."""
+    p = serving.preset(p) if isinstance(p, str) else serving.check_preset(p)
+    co = serving.coefficients(p, fit)
+    k = len(co.decode_alpha)
+    kk = k if workers is None else int(workers)
+    if kk < k:
+        raise InputError(f"workers = {kk}: must be >= the preset's {k} decode workers")
+
+    def pad(v, fill):
+        out = np.full(kk, fill, np.float64)
+        out[:k] = v
+        return out
+
+    onehot = np.zeros((kk, kk))
+    onehot[np.arange(k), co.link] = 1.0
+    return Model(
+        pa=np.float64(co.prefill_a),
+        pb=np.float64(co.prefill_b),
+        pc=np.float64(co.prefill_c),
+        budget=np.float64(co.budget),
+        m=np.float64(co.output_tokens),
+        alpha=pad(co.decode_alpha, 1.0),
+        beta=pad(co.decode_beta, 0.0),
+        gamma=pad(co.decode_gamma, 1.0),
+        bmax=pad(co.decode_bmax, 1.0),
+        kv_lat=pad(co.kv_latency, 0.0),
+        kv_spt=pad(co.kv_sec_per_token, 0.0),
+        link=onehot,
+        link_cap=pad(co.link_tokens_per_s, np.inf),
+        residency=pad(p.residency, 1.0),
+        cache=pad(co.decode_bmax, 1.0),
+        mask=np.arange(kk) < k,
+    )
+
+
+def workload(p: serving.ServingPreset | str) -> Workload:
+    """The preset's base workload: ``templates`` classes of ``prompt_tokens``, equal mix."""
+    p = serving.preset(p) if isinstance(p, str) else serving.check_preset(p)
+    j = p.templates
+    return Workload(
+        tokens=np.full(j, float(p.prompt_tokens)),
+        shareable=np.full(j, float(p.shareable)),
+        mix=np.full(j, 1.0 / j),
+    )
+
+
+def workload_variants(p: serving.ServingPreset | str, count: int, seed: int = 0) -> Workload:
+    """``count`` workload variants ``(count, J)``: variant 0 is the base workload; the others
+    draw the class mix from Dirichlet(``MIX_CONCENTRATION``) and each template's shareable
+    fraction uniformly in ``[η/2, min(1, 3η/2)]`` around the preset's ``η`` (seeded)."""
+    if isinstance(count, bool) or int(count) != count or count < 1:
+        raise InputError(f"variants = {count!r}: must be an integer >= 1")
+    base = workload(p)
+    j = base.tokens.shape[0]
+    rng = np.random.default_rng(seed)
+    eta0 = float(base.shareable[0])
+    mix = np.concatenate(
+        [base.mix[None], rng.dirichlet(np.full(j, MIX_CONCENTRATION), size=count - 1)]
+    )
+    eta = np.concatenate(
+        [base.shareable[None], rng.uniform(eta0 / 2, min(1.0, 1.5 * eta0), size=(count - 1, j))]
+    )
+    return Workload(tokens=np.broadcast_to(base.tokens, (count, j)).copy(), shareable=eta, mix=mix)
+
+
+def router_settings(
+    taus=(0.0, 0.2, 0.5, 0.8), omegas=(0.1, 0.5, 1.0, 2.0)
+) -> tuple[list[str], Policy]:
+    """The (τ, ω) grid of Dynamo KV-router settings (default 4 × 4 = 16): labels and a
+    :class:`~poa_jax.policies.Policy` with fields ``(S,)``."""
+    t, o = np.meshgrid(np.asarray(taus, float), np.asarray(omegas, float), indexing="ij")
+    t, o = t.ravel(), o.ravel()
+    if np.any(t < 0) or np.any(o < 0) or not (np.all(np.isfinite(t)) and np.all(np.isfinite(o))):
+        raise InputError("router settings: tau and omega must be finite and >= 0")
+    labels = [f"dynamo(tau={a:g},omega={b:g})" for a, b in zip(t, o, strict=True)]
+    n = len(labels)
+    pol = Policy(
+        w_true=np.zeros(n), w_prefill=o, w_decode=np.ones(n), tau=t, credit=np.ones(n),
+        span_floor=np.full(n, 0.1),
+    )  # fmt: skip
+    return labels, pol
+
+
+# --------------------------------------------------------------------------- one point
+
+
+def _singular(rho, scale):
+    """``scale·ρ/(1 − ρ)``, continued linearly above ``ρ_max``."""
+    r = jnp.minimum(rho, RHO_MAX)
+    val = scale * r / (1.0 - r)
+    slope = scale / (1.0 - r) ** 2
+    return val + slope * jnp.maximum(rho - RHO_MAX, 0.0)
+
+
+def _ps(rho):
+    """Processor-sharing stretch ``1/(1 − ρ)``, continued linearly above ``ρ_max``."""
+    r = jnp.minimum(rho, RHO_MAX)
+    return 1.0 / (1.0 - r) + jnp.maximum(rho - RHO_MAX, 0.0) / (1.0 - r) ** 2
+
+
+def decode_capacity(md: Model) -> jax.Array:
+    """``μ_k`` requests/s per decode worker ``(K,)`` (roofline ridge or KV cliff)."""
+    ridge = jnp.where(
+        md.gamma > md.beta, md.alpha / jnp.maximum(md.gamma - md.beta, 1e-30), jnp.inf
+    )
+    bstar = jnp.minimum(ridge, md.bmax)
+    return bstar / (md.m * (md.alpha + md.beta * bstar))
+
+
+def _decode_time(md: Model, xk):
+    """``(D_k, memory-bound part m·ITL, ρ_k)`` for worker loads ``xk (K,)``."""
+    mu = decode_capacity(md)
+    rho = xk / mu
+    # m·α/(1 − X m β), continued linearly above ρ_max·μ (where 1 − X m β stays > 0).
+    xbar = RHO_MAX * mu
+    xc = jnp.minimum(xk, xbar)
+    den = 1.0 - xc * md.m * md.beta
+    mem = md.m * md.alpha / den
+    mem = mem + md.m * md.alpha * md.m * md.beta / den**2 * jnp.maximum(xk - xbar, 0.0)
+    wait = _singular(rho, 0.5 / mu)
+    return mem + wait, mem, rho
+
+
+def _prefill_wait(md: Model, lam, nbar):
+    """``(W_P, ρ_P)``: M/D/1 wait at the budget-limited token capacity ``κ_P = B/t_P(B)``."""
+    s_budget = md.pa + (md.pb + md.pc * nbar) * md.budget
+    kappa = md.budget / s_budget
+    rho = lam / kappa
+    return _singular(rho, 0.5 * nbar / kappa), rho
+
+
+class Stages(NamedTuple):
+    """Per-point model quantities at a flow (see module docstring)."""
+
+    cost: jax.Array  # (J, K) c = TTFT + D
+    ttft: jax.Array  # (J, K) mean TTFT
+    shift: jax.Array  # (J, K) TTFT without the prefill wait (own prefill + KV transfer)
+    hit: jax.Array  # (J, K)
+    wait: jax.Array  # () W_P
+    rho_prefill: jax.Array  # ()
+    decode: jax.Array  # (K,) D_k
+    decode_mem: jax.Array  # (K,) m·ITL memory-bound part
+    rho_decode: jax.Array  # (K,)
+    rho_link: jax.Array  # (K,) by link index
+
+
+def stage_costs(md: Model, wl: Workload, x: jax.Array) -> Stages:
+    """All stage quantities at flow ``x (J, K)`` for one point."""
+    mask = md.mask
+    x = jnp.where(mask[None, :], x, 0.0)
+    xk = jnp.sum(x, axis=0)
+    evict = md.residency * (1.0 + xk / md.cache)
+    h = wl.shareable[:, None] * x / (x + evict[None, :])
+    n = wl.tokens[:, None] * (1.0 - h)
+    lam = jnp.sum(x * n)
+    tiny = jnp.finfo(x.dtype).tiny
+    nbar = jnp.where(lam > 0, jnp.sum(x * n * n) / jnp.maximum(lam, tiny), jnp.mean(wl.tokens))
+    wait, rho_p = _prefill_wait(md, lam, nbar)
+    own = md.pa + md.pb * n + md.pc * n * n
+    tok_k = jnp.sum(x * n, axis=0)
+    link_load = md.link.T @ tok_k  # (L,)
+    rho_l = jnp.where(jnp.isinf(md.link_cap), 0.0, link_load / md.link_cap)
+    stretch = md.link @ _ps(rho_l)  # (K,)
+    kv = md.kv_lat[None, :] + n * md.kv_spt[None, :] * stretch[None, :]
+    dec, mem, rho_d = _decode_time(md, xk)
+    shift = own + kv
+    ttft = shift + wait
+    cost = ttft + dec[None, :]
+    return Stages(cost, ttft, shift, h, wait, rho_p, dec, mem, rho_d, rho_l)
+
+
+def social_cost(md: Model, wl: Workload, x: jax.Array) -> jax.Array:
+    """``SC = Σ x·c`` (requests in the system, by Little's law)."""
+    st = stage_costs(md, wl, x)
+    return jnp.sum(jnp.where(md.mask[None, :], x * st.cost, 0.0))
+
+
+def _perceived(md, wl, pol, x, st):
+    tok = wl.tokens[:, None]
+    n = tok * (1.0 - st.hit)
+    w_k = jnp.sum(x * n, axis=0)
+    prefill = w_k[None, :] + tok * jnp.maximum(1.0 - pol.credit * st.hit, 0.0)
+    decode = jnp.sum(x * tok, axis=0)[None, :] + tok
+    return pol.w_true * st.cost + pol.w_prefill * prefill + pol.w_decode * decode
+
+
+def _slope(md, wl, pol, x, st):
+    """Diagonal slope of the perceived cost (cache derivative left out), a metric."""
+    tok = wl.tokens[:, None]
+    n = tok * (1.0 - st.hit)
+    xk = jnp.sum(x, axis=0)
+    ddec = jax.jvp(lambda v: _decode_time(md, v)[0], (xk,), (jnp.ones_like(xk),))[1]
+    true = ddec[None, :] + n * (st.wait / jnp.maximum(jnp.sum(x * n), 1e-30))
+    return pol.w_true * true + pol.w_prefill * n + pol.w_decode * tok
+
+
+def _logit(pol, r, mask, demand):
+    lo = jnp.min(jnp.where(mask, r, jnp.inf), axis=-1, keepdims=True)
+    hi = jnp.max(jnp.where(mask, r, -jnp.inf), axis=-1, keepdims=True)
+    span = jnp.maximum(hi - lo, pol.span_floor * jnp.abs(hi))
+    flat = span <= jnp.finfo(r.dtype).eps * jnp.maximum(jnp.abs(hi), 1.0)
+    tau = jnp.maximum(pol.tau, 1e-30)
+    z = jnp.where(flat, 0.0, -(r - lo) / (jnp.where(flat, 1.0, span) * tau))
+    p = jax.nn.softmax(jnp.where(mask, z, -jnp.inf), axis=-1)
+    return demand[:, None] * jnp.where(mask, p, 0.0)
+
+
+def _rel_gap(x, c, demand, mask):
+    total = jnp.sum(jnp.where(mask, x * c, 0.0))
+    best = jnp.sum(demand * jnp.min(jnp.where(mask, c, jnp.inf), axis=-1))
+    return jnp.maximum(total - best, 0.0) / jnp.maximum(jnp.abs(total), 1e-300)
+
+
+#: Step growth while successive routing steps agree; the projection step may grow to
+#: ``ALPHA_MAX`` (the metric is a conservative diagonal: the cache term's own derivative, which
+#: flattens the cost, is left out), the logit averaging weight to 1.
+GROW = 1.5
+ALPHA_MAX = 4.0
+#: Iterations per round between compactions of the unfinished lanes (:func:`solve`).
+ROUND = 16
+
+
+class _State(NamedTuple):
+    """Loop state of one lane (one point × start)."""
+
+    shares: jax.Array  # (J, K) rows on the unit simplex over workers
+    x_rate: jax.Array  # () throughput X
+    alpha: jax.Array  # () routing step (projection) or averaging weight (logit)
+    prev: jax.Array  # (J, K) previous routing step (oscillation detection)
+    err: jax.Array  # () max(gap/tol, little/little_tol) of this state; ≤ 1 means done
+    gap: jax.Array  # () routing gap of this state
+    k: jax.Array  # () int32 iterations
+
+
+def _little_slope(md, wl, x, st):
+    """``dSC(X·π·S)/dX`` at fixed shares, hit fractions held: ``R + W_P'(Λ)·Λ + Σ_k X_k² D_k'/X``
+    (the link and hit-rate terms, both tiny, left out) — Newton's derivative without a jvp."""
+    xk = jnp.sum(x, axis=0)
+    xr = jnp.maximum(jnp.sum(xk), 1e-300)
+    n = wl.tokens[:, None] * (1.0 - st.hit)
+    lam = jnp.sum(x * n)
+    nbar = jnp.where(lam > 0, jnp.sum(x * n * n) / jnp.maximum(lam, 1e-300), 1.0)
+    dw = jax.jvp(lambda v: _prefill_wait(md, v, nbar)[0], (lam,), (jnp.ones_like(lam),))[1]
+    dd = jax.jvp(lambda v: _decode_time(md, v)[0], (xk,), (jnp.ones_like(xk),))[1]
+    sc = jnp.sum(jnp.where(md.mask[None, :], x * st.cost, 0.0))
+    return sc / xr + dw * lam + jnp.sum(jnp.where(md.mask, xk * xk * dd, 0.0)) / xr
+
+
+def _init_one(md, wl, pol, c_target, s0, *, closed, newton):
+    mask = jnp.broadcast_to(md.mask[None, :], s0.shape)
+    s0 = project_rows(s0, jnp.ones(s0.shape[0], s0.dtype), None, mask)
+    if closed:
+        # X0 = C / R(0), refined by exact Newton steps at the start shares.
+        x_small = 1e-9 * wl.mix[:, None] * s0
+        r0 = jnp.sum(x_small * stage_costs(md, wl, x_small).cost) / 1e-9
+        x0 = _newton_x(md, wl, s0, c_target / jnp.maximum(r0, 1e-300), c_target, newton)
+    else:
+        x0 = c_target
+    dt = s0.dtype
+    return _State(
+        s0, x0, jnp.asarray(1.0, dt), jnp.zeros_like(s0), jnp.asarray(jnp.inf, dt),
+        jnp.asarray(jnp.inf, dt), jnp.int32(0),
+    )  # fmt: skip
+
+
+def _step_one(md, wl, pol, c_target, s: _State, *, closed, optimum, logit, tol, little_tol):
+    """Measures the state; if not done, one routing step at the current ``X`` and one Newton
+    step on ``X``. A done lane is returned unchanged (with its error)."""
+    mask = jnp.broadcast_to(md.mask[None, :], s.shares.shape)
+    tiny = 1e-300
+    demand = s.x_rate * wl.mix
+    x = demand[:, None] * s.shares
+    st = stage_costs(md, wl, x)
+    if optimum:
+        cost = jax.grad(lambda y: social_cost(md, wl, y))(x)
+        slope = 2.0 * _slope(md, wl, Policy(1.0, 0.0, 0.0, 0.0, 1.0, 0.1), x, st)
+    else:
+        cost = _perceived(md, wl, pol, x, st)
+        slope = _slope(md, wl, pol, x, st)
+    if logit:
+        target = _logit(pol, cost, mask, demand)
+        gap = jnp.sum(jnp.abs(target - x)) / jnp.maximum(jnp.sum(demand), tiny)
+    else:
+        gap = _rel_gap(x, cost, demand, mask)
+    sc = jnp.sum(jnp.where(mask, x * st.cost, 0.0))
+    little = jnp.abs(sc - c_target) / c_target if closed else jnp.zeros_like(sc)
+    err = jnp.maximum(gap / tol, little / little_tol)
+    done = err <= 1.0
+    if logit:
+        y = x + s.alpha * (target - x)
+        amax = 1.0
+    else:
+        w = jnp.where(mask, jnp.maximum(slope, 1e-12 * jnp.max(jnp.abs(slope)) + tiny), 1.0)
+        # Each class's step loads a worker that every other class also uses: a Jacobi step
+        # scaled by the number of classes does not overshoot on shared resources.
+        w = w * jnp.sum(wl.mix > 0)
+        mean = jnp.sum(jnp.where(mask, x * cost, 0.0), -1) / jnp.maximum(demand, tiny)
+        cen = jnp.where(mask, cost - mean[:, None], 0.0)
+        y = project_rows(x - s.alpha * cen / w, demand, w, mask)
+        amax = ALPHA_MAX
+    dx = y - x
+    cos = jnp.sum(dx * s.prev) / jnp.maximum(jnp.sqrt(jnp.sum(dx**2) * jnp.sum(s.prev**2)), tiny)
+    alpha = jnp.where(cos < 0, s.alpha * 0.5, jnp.where(cos > 0.5, s.alpha * GROW, s.alpha))
+    alpha = jnp.clip(alpha, 1e-3, amax)
+    shares = jnp.where(demand[:, None] > 0, y / jnp.maximum(demand[:, None], tiny), s.shares)
+    if closed:
+        dg = _little_slope(md, wl, x, st)
+        xr = jnp.clip(s.x_rate - (sc - c_target) / jnp.maximum(dg, tiny), 0.1 * s.x_rate,
+                      10.0 * s.x_rate)  # fmt: skip
+    else:
+        xr = s.x_rate
+    new = _State(shares, xr, alpha, dx, err, gap, s.k + 1)
+    old = s._replace(err=err, gap=gap)
+    return jax.tree_util.tree_map(lambda a, b: jnp.where(done, a, b), old, new)
+
+
+def _advance_one(md, wl, pol, c_target, s, *, budget, max_iters, **kw):
+    def cond(c):
+        st, b = c
+        return loop.pending(st.err, st.k, 1.0, max_iters) & (b < budget)
+
+    def body(c):
+        st, b = c
+        return _step_one(md, wl, pol, c_target, st, **kw), b + 1
+
+    return jax.lax.while_loop(cond, body, (s, jnp.int32(0)))[0]
+
+
+def _newton_x(md, wl, shares, x_rate, c_target, steps: int):
+    """Exact Newton steps (jvp) on ``g(X) = SC(X·π·S) − C`` at fixed shares (safeguarded)."""
+    direction = wl.mix[:, None] * shares
+
+    def body(_, xr):
+        g, dg = jax.jvp(lambda v: social_cost(md, wl, v * direction), (xr,), (jnp.ones_like(xr),))
+        nxt = xr - (g - c_target) / jnp.maximum(dg, 1e-300)
+        return jnp.clip(nxt, 0.1 * xr, 10.0 * xr)
+
+    return jax.lax.fori_loop(0, steps, body, x_rate)
+
+
+def _finish_one(md, wl, pol, c_target, s: _State, *, closed, tol):
+    xr = _newton_x(md, wl, s.shares, s.x_rate, c_target, 4) if closed else s.x_rate
+    if not closed:
+        c_target = social_cost(md, wl, xr * wl.mix[:, None] * s.shares)
+    return _outputs(md, wl, s.shares, xr, c_target, s.gap, s.k, tol)
+
+
+def _outputs(md, wl, shares, xr, c_target, gap, iters, tol):
+    x = xr * wl.mix[:, None] * shares
+    st = stage_costs(md, wl, x)
+    mask = md.mask[None, :]
+    sc = jnp.sum(jnp.where(mask, x * st.cost, 0.0))
+    r = sc / jnp.maximum(xr, 1e-300)
+    w = jnp.where(mask, x, 0.0) / jnp.maximum(xr, 1e-300)
+    q = _ttft_quantiles(w, st.shift, st.wait, st.rho_prefill)
+    xk = jnp.sum(x, axis=0)
+    batch = xk * st.decode
+    itl = jnp.maximum(md.alpha + md.beta * batch, md.gamma * batch) * jnp.maximum(
+        1.0, batch / md.bmax
+    )
+    share_k = xk / jnp.maximum(xr, 1e-300)
+    little = jnp.abs(xr * r - c_target) / jnp.where(c_target > 0, c_target, 1.0)
+    status = loop.status_of(gap, tol)
+    status = jnp.where(jnp.isfinite(r), status, loop.NONFINITE)
+    return dict(
+        throughput=xr,
+        latency=r,
+        ttft_mean=jnp.sum(w * st.ttft),
+        ttft_p50=q[0],
+        ttft_p90=q[1],
+        ttft_p99=q[2],
+        itl=jnp.sum(jnp.where(md.mask, share_k * itl, 0.0)),
+        itl_max=jnp.max(jnp.where(md.mask, itl, 0.0)),
+        decode_batch=jnp.max(jnp.where(md.mask, batch, 0.0)),
+        rho_prefill=st.rho_prefill,
+        rho_decode=jnp.max(jnp.where(md.mask, st.rho_decode, 0.0)),
+        hit_rate=jnp.sum(w * st.hit),
+        little_residual=little,
+        gap=gap,
+        iterations=iters,
+        status=status,
+        overloaded=(st.rho_prefill > RHO_MAX)
+        | jnp.any(md.mask & (st.rho_decode > RHO_MAX))
+        | jnp.any(st.rho_link > RHO_MAX),
+        shares=shares,
+    )
+
+
+def _ttft_quantiles(w, shift, wait, rho):
+    """TTFT quantiles of the mixture over (class, worker) of ``shift + W`` where the prefill
+    wait ``W`` has an atom ``1 − ρ`` at 0 and an exponential tail of mean ``W/ρ``
+    (:func:`poa_jax.queueing.mixture_quantile`)."""
+    from poa_jax.queueing import mixture_quantile
+
+    p = jnp.clip(rho, 0.0, 1.0)
+    theta = p / jnp.maximum(wait, 1e-300)
+    qs = jnp.asarray(QUANTILES, w.dtype)
+    return jax.vmap(
+        lambda q: mixture_quantile(q, w.ravel(), shift.ravel(), jnp.full(w.size, p),
+                                   jnp.full(w.size, theta))
+    )(qs)  # fmt: skip
+
+
+# --------------------------------------------------------------------------- batches
+
+
+class ClosedLoop(NamedTuple):
+    """Batched results; ``...`` the batch shape. Floats in seconds, requests/s, tokens.
+
+    ``throughput`` X, ``latency`` R (mean, = C/X), ``ttft_mean/p50/p90/p99``, ``itl`` (X-weighted
+    over workers) and ``itl_max``, ``decode_batch`` (largest), ``rho_prefill``, ``rho_decode``,
+    ``hit_rate``, ``little_residual`` ``|X·R − C|/C``, ``gap``, ``iterations``, ``status``,
+    ``converged``, ``overloaded``, ``shares (..., J, K)``.
+    """
+
+    throughput: np.ndarray
+    latency: np.ndarray
+    ttft_mean: np.ndarray
+    ttft_p50: np.ndarray
+    ttft_p90: np.ndarray
+    ttft_p99: np.ndarray
+    itl: np.ndarray
+    itl_max: np.ndarray
+    decode_batch: np.ndarray
+    rho_prefill: np.ndarray
+    rho_decode: np.ndarray
+    hit_rate: np.ndarray
+    little_residual: np.ndarray
+    gap: np.ndarray
+    iterations: np.ndarray
+    status: np.ndarray
+    converged: np.ndarray
+    overloaded: np.ndarray
+    shares: np.ndarray
+
+
+def default_chunk() -> int:
+    """Largest lane count per compiled call: 1024 on CPU, 16384 on an accelerator."""
+    return 1024 if jax.default_backend() == "cpu" else 16384
+
+
+_STATIC = ("closed", "optimum", "logit", "tol", "little_tol", "max_iters", "newton", "budget")
+
+
+@functools.partial(jax.jit, static_argnames=("closed", "newton"))
+def _init_batch(md, wl, pol, target, s0, *, closed, newton):
+    fn = functools.partial(_init_one, closed=closed, newton=newton)
+    return jax.vmap(fn)(md, wl, pol, target, s0)
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=("closed", "optimum", "logit", "tol", "little_tol", "max_iters", "budget"),
+)
+def _advance_batch(md, wl, pol, target, s, *, closed, optimum, logit, tol, little_tol,
+                   max_iters, budget):  # fmt: skip
+    fn = functools.partial(
+        _advance_one, budget=budget, max_iters=max_iters, closed=closed, optimum=optimum,
+        logit=logit, tol=tol, little_tol=little_tol,
+    )  # fmt: skip
+    return jax.vmap(fn)(md, wl, pol, target, s)
+
+
+@functools.partial(jax.jit, static_argnames=("closed", "tol"))
+def _finish_batch(md, wl, pol, target, s, *, closed, tol):
+    fn = functools.partial(_finish_one, closed=closed, tol=tol)
+    return jax.vmap(fn)(md, wl, pol, target, s)
+
+
+def starting_shares(j: int, mask: np.ndarray, starts: int, seed: int = 0) -> np.ndarray:
+    """Start shares ``(N, S, J, K)`` for masks ``(N, K)``: uniform, then 90% of every class on
+    worker 0, 1, … (herding, the cache-affine equilibria), then seeded Dirichlet mixes."""
+    if isinstance(starts, bool) or int(starts) != starts or starts < 1:
+        raise InputError(f"starts = {starts!r}: must be an integer >= 1")
+    n, k = mask.shape
+    uni = mask / mask.sum(-1, keepdims=True)
+    rank = np.cumsum(mask, -1) - 1
+    rng = np.random.default_rng(seed)
+    out = [uni]
+    i = 0
+    while len(out) < starts:
+        herd = (rank == i) & mask & (i < mask.sum(-1))[:, None]
+        rnd = rng.dirichlet(np.ones(k), size=n) * mask
+        rnd /= rnd.sum(-1, keepdims=True)
+        out.append(np.where(herd.any(-1, keepdims=True), 0.9 * herd + 0.1 * uni, rnd))
+        i += 1
+    s = np.stack(out, 1)[:, :, None, :]
+    return np.broadcast_to(s, (n, starts, j, k)).copy()
+
+
+def _dtype():
+    return np.float64 if jax.config.jax_enable_x64 else np.float32
+
+
+def _tols(tol, little_tol, dt):
+    f64 = dt == np.float64
+    tol = (1e-6 if f64 else 1e-4) if tol is None else float(tol)
+    little_tol = (1e-11 if f64 else 1e-5) if little_tol is None else float(little_tol)
+    for name, v in (("tol", tol), ("little_tol", little_tol)):
+        if not (np.isfinite(v) and v > 0):
+            raise InputError(f"{name} = {v!r}: must be finite and > 0")
+    return tol, little_tol
+
+
+def _flat(tree, n):
+    return jax.tree_util.tree_map(
+        lambda a: np.broadcast_to(np.asarray(a), (n,) + np.shape(a)[1:]), tree
+    )
+
+
+def _buckets(chunk: int) -> list[int]:
+    """Lane counts compiled for: 64·4^i up to ``chunk`` (and ``chunk`` itself)."""
+    out, b = [], 64
+    while b < chunk:
+        out.append(b)
+        b *= 4
+    return out + [chunk]
+
+
+def _take(tree, idx):
+    return jax.tree_util.tree_map(lambda a: a[idx], tree)
+
+
+def _run_lanes(md, wl, pol, tgt, s0, *, closed, optimum, logit, tol, little_tol, max_iters,
+               newton, chunk):  # fmt: skip
+    """Init, rounds of ``ROUND`` iterations with compaction of unfinished lanes, finish."""
+    total = tgt.shape[0]
+    sizes = _buckets(chunk)
+
+    def pieces(idx):
+        # Split lane indices into padded pieces of a compiled size (padding repeats lanes).
+        out = []
+        for lo in range(0, len(idx), chunk):
+            part = idx[lo : lo + chunk]
+            size = next(b for b in sizes if b >= len(part))
+            out.append((part, np.resize(part, size)))
+        return out
+
+    state = None
+    for part, pad in pieces(np.arange(total)):
+        st = jax.device_get(_init_batch(
+            _take(md, pad), _take(wl, pad), _take(pol, pad), tgt[pad], s0[pad],
+            closed=closed, newton=newton,
+        ))  # fmt: skip
+        keep = len(part)
+        st = jax.tree_util.tree_map(lambda a, m=keep: np.asarray(a)[:m], st)
+        if state is None:
+            state = jax.tree_util.tree_map(lambda a: np.empty((total,) + a.shape[1:], a.dtype), st)
+        for full, piece in zip(state, st, strict=True):
+            full[part] = piece
+    kw = dict(closed=closed, optimum=optimum, logit=logit, tol=tol, little_tol=little_tol,
+              max_iters=max_iters)  # fmt: skip
+    while True:
+        active = np.flatnonzero(~(state.err <= 1.0) & (state.k < max_iters) & ~np.isnan(state.err))
+        if active.size == 0:
+            break
+        for part, pad in pieces(active):
+            st = jax.device_get(_advance_batch(
+                _take(md, pad), _take(wl, pad), _take(pol, pad), tgt[pad], _take(state, pad),
+                budget=ROUND, **kw,
+            ))  # fmt: skip
+            for full, piece in zip(state, st, strict=True):
+                full[part] = np.asarray(piece)[: len(part)]
+    outs = []
+    for part, pad in pieces(np.arange(total)):
+        res = jax.device_get(_finish_batch(
+            _take(md, pad), _take(wl, pad), _take(pol, pad), tgt[pad], _take(state, pad),
+            closed=closed, tol=tol,
+        ))  # fmt: skip
+        outs.append({k: np.asarray(v)[: len(part)] for k, v in res.items()})
+    return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+
+
+def solve(
+    md: Model,
+    wl: Workload,
+    pol: Policy,
+    target,
+    *,
+    closed: bool = True,
+    optimum: bool = False,
+    starts: int = 1,
+    seed: int = 0,
+    tol: float | None = None,
+    little_tol: float | None = None,
+    max_iters: int = 400,
+    newton: int = 3,
+    chunk: int | None = None,
+) -> ClosedLoop:
+    """Solves ``N`` points (every argument has a leading axis ``N``), ``starts`` starts each.
+
+    Lanes (point × start) with ``τ > 0`` (logit response) and ``τ = 0`` (projection) are
+    solved by separately compiled loops. Every lane runs rounds of ``ROUND`` iterations; between
+    rounds the unfinished lanes are compacted into the smallest compiled batch size
+    (64·4^i ≤ ``chunk``) that holds them, so a few slow lanes do not hold a whole batch
+    (jax-ml/jax#20628). Shapes are fixed per size: a new batch of the same size does not
+    recompile.
+
+    Args:
+      md, wl, pol: :class:`Model`, :class:`Workload`, :class:`~poa_jax.policies.Policy` with
+        leading axis ``N`` on every field (use :func:`numpy.broadcast_to` to share).
+      target: ``(N,)`` concurrency ``C`` (closed loop) or rate ``λ`` (open loop), > 0.
+      closed: closed loop (Little's law) or open loop.
+      optimum: the coordinated optimum instead of the policy's equilibrium.
+      starts: starts per point (see :func:`starting_shares`).
+      tol, little_tol: routing-gap and Little's-law tolerances (defaults by dtype: 1e-6 and
+        1e-11 in float64).
+      max_iters: iteration bound per start.
+      newton: exact Newton steps on ``X`` from the start (closed loop).
+      chunk: largest lanes per compiled call (default :func:`default_chunk`).
+
+    Returns:
+      A :class:`ClosedLoop` with fields ``(N, S, ...)``.
+    """
+    dt = _dtype()
+    tol, little_tol = _tols(tol, little_tol, dt)
+    if isinstance(max_iters, bool) or int(max_iters) != max_iters or max_iters < 1:
+        raise InputError(f"max_iters = {max_iters!r}: must be an integer >= 1")
+    target = np.asarray(target, np.float64)
+    if target.ndim != 1:
+        raise InputError(f"target: must be a 1-D array of loads, got shape {target.shape}")
+    if not np.all(np.isfinite(target) & (target > 0)):
+        i = int(np.argmax(~(np.isfinite(target) & (target > 0))))
+        name = "concurrency" if closed else "rate"
+        raise InputError(f"{name}[{i}] = {float(target[i])!r}: must be finite and > 0")
+    n = target.shape[0]
+    mask = np.asarray(md.mask, bool)
+    if mask.ndim == 1:
+        mask = np.broadcast_to(mask, (n, mask.shape[0]))
+    j = np.shape(wl.tokens)[-1]
+    s0 = starting_shares(j, mask, starts, seed)  # (N, S, J, K)
+    cast = lambda a: np.asarray(a, dt) if np.asarray(a).dtype.kind == "f" else np.asarray(a)
+    md_n = jax.tree_util.tree_map(cast, _flat(md, n))
+    wl_n = jax.tree_util.tree_map(cast, _flat(wl, n))
+    pol_n = jax.tree_util.tree_map(lambda a: np.broadcast_to(np.asarray(a, dt), (n,)), pol)
+    rep = lambda tree: jax.tree_util.tree_map(lambda a: np.repeat(a, starts, axis=0), tree)
+    md_l, wl_l, pol_l = rep(md_n), rep(wl_n), rep(pol_n)  # lanes: point-major, start-minor
+    tgt_l = np.repeat(target.astype(dt), starts)
+    s0_l = s0.reshape((n * starts,) + s0.shape[2:]).astype(dt)
+    chunk = default_chunk() if chunk is None else int(chunk)
+    if chunk < 1:
+        raise InputError(f"chunk = {chunk}: must be an integer >= 1")
+    logit = (np.asarray(pol_l.tau) > 0) & (not optimum)
+    out = None
+    for flag in (False, True):
+        idx = np.flatnonzero(logit == flag)
+        if idx.size == 0:
+            continue
+        res = _run_lanes(
+            _take(md_l, idx), _take(wl_l, idx), _take(pol_l, idx), tgt_l[idx], s0_l[idx],
+            closed=closed, optimum=optimum, logit=flag, tol=tol, little_tol=little_tol,
+            max_iters=int(max_iters), newton=int(newton), chunk=chunk,
+        )  # fmt: skip
+        if out is None:
+            out = {k: np.empty((n * starts,) + v.shape[1:], v.dtype) for k, v in res.items()}
+        for k, v in res.items():
+            out[k][idx] = v
+    out = {k: v.reshape((n, starts) + v.shape[1:]) for k, v in out.items()}
+    out["converged"] = out["status"] == loop.CONVERGED
+    return ClosedLoop(**{f: out[f] for f in ClosedLoop._fields})
+
+
+def pick(res: ClosedLoop, which: str = "worst") -> tuple[ClosedLoop, np.ndarray]:
+    """One start per point: the worst (lowest throughput) or best converged one (all if none
+    converged). Returns the picked results ``(N, ...)`` and the number of converged starts."""
+    thr = np.asarray(res.throughput, np.float64)
+    ok = res.converged
+    use = np.where(ok.any(-1, keepdims=True), ok, True)
+    if which == "worst":
+        idx = np.argmin(np.where(use, thr, np.inf), -1)
+    else:
+        idx = np.argmax(np.where(use, thr, -np.inf), -1)
+    rows = np.arange(thr.shape[0])
+    picked = ClosedLoop(*(np.asarray(f)[rows, idx] for f in res))
+    return picked, ok.sum(-1)
+
+
+def closed_loop(
+    preset: serving.ServingPreset | str,
+    concurrency,
+    policy: Policy | None = None,
+    *,
+    optimum: bool = False,
+    starts: int = 1,
+    **options,
+) -> ClosedLoop:
+    """Closed-loop solve of one preset at concurrencies ``C (N,)`` for one policy (the worst
+    equilibrium over ``starts``). See :func:`solve` for ``options``.
+
+    Example:
+      >>> import jax; jax.config.update("jax_enable_x64", True)
+      >>> from poa_jax import load, policies
+      >>> r = load.closed_loop("llama70b-1p2d", [8.0, 512.0], policies.dynamo())
+      >>> bool(abs(r.throughput[0] * r.latency[0] - 8.0) < 1e-9)
+      True
+    """
+    conc = _loads("concurrency", concurrency)
+    return _one_preset(preset, conc, policy, True, optimum, starts, options)
+
+
+def open_loop(
+    preset: serving.ServingPreset | str,
+    rate,
+    policy: Policy | None = None,
+    *,
+    optimum: bool = False,
+    starts: int = 1,
+    **options,
+) -> ClosedLoop:
+    """Open-loop solve (arrival rate ``λ (N,)`` req/s) of one preset for one policy."""
+    lam = _loads("rate", rate)
+    return _one_preset(preset, lam, policy, False, optimum, starts, options)
+
+
+def _loads(name, v) -> np.ndarray:
+    try:
+        a = np.atleast_1d(np.asarray(v, np.float64))
+    except (TypeError, ValueError):
+        raise InputError(f"{name} = {v!r}: must be numbers") from None
+    if a.ndim != 1 or a.size == 0:
+        raise InputError(f"{name}: must be a non-empty list of numbers")
+    bad = ~(np.isfinite(a) & (a > 0))
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise InputError(f"{name}[{i}] = {float(a[i])!r}: must be finite and > 0")
+    return a
+
+
+def _one_preset(preset, loads, policy, closed, optimum, starts, options):
+    from poa_jax.policies import dynamo
+
+    p = serving.preset(preset) if isinstance(preset, str) else serving.check_preset(preset)
+    md = model_arrays(p)
+    wl = workload(p)
+    pol = dynamo() if policy is None else policy
+    if not isinstance(pol, Policy):
+        raise InputError(f"policy: expected a pj.policies.Policy, got {type(pol).__name__}")
+    n = loads.shape[0]
+    b = lambda tree: jax.tree_util.tree_map(lambda a: np.broadcast_to(a, (n,) + np.shape(a)), tree)
+    res = solve(b(md), b(wl), pol, loads, closed=closed, optimum=optimum, starts=starts, **options)
+    return pick(res, "best" if optimum else "worst")[0]

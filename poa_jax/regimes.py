@@ -1,0 +1,110 @@
+r"""Regimes of a load sweep and the knee (DESIGN §2.5; the paper's Proposition 4(iii)).
+
+From aggregate latency ``R_i`` at loads ``C_0 < C_1 < … < C_{n−1}`` (concurrency or rate), the
+curvature is the second divided difference on the (non-uniform) grid
+
+    s_i = (R_{i+1} − R_i)/(C_{i+1} − C_i)                  (slope of segment i)
+    κ_i = 2·(s_i − s_{i−1}) / (C_{i+1} − C_{i−1})
+
+for interior points ``i = 1..n−2`` (exact for a parabola). With ``i* = argmax κ_i`` the point of
+maximal curvature, the **knee** is the first grid point past it, ``C_{i*+1}``, and the **knee
+interval** is ``(C_{i*}, C_{i*+1}]``: the grid cannot place the knee more finely. Regimes:
+
+    slack      C_i ≤ C_{i*}        (latency flat: below the knee)
+    knee       C_i = C_{i*+1}
+    saturated  C_i > C_{i*+1}
+
+A curve without positive curvature (straight or concave up to rounding, ``max κ ≤ 1e-9·max
+|slope|/span``) has no knee: every point is *slack* and the knee is ``None``.
+
+Vectorised NumPy over leading axes (host-side post-processing of a sweep).
+
+Example:
+  >>> import numpy as np
+  >>> from poa_jax import regimes
+  >>> c = np.array([8, 16, 32, 64, 96, 128, 160, 192, 256, 384, 512.0])
+  >>> r = np.maximum(1.0, c / 96.0)                 # flat, then linear from C = 96
+  >>> regimes.knee(c, r).interval
+  (96.0, 128.0)
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from poa_jax.errors import InputError
+
+__all__ = ["second_difference", "Knee", "knee", "knees", "REGIMES", "spread"]
+
+REGIMES = ("slack", "knee", "saturated")
+
+
+def _check(loads, latency):
+    c = np.asarray(loads, np.float64)
+    r = np.asarray(latency, np.float64)
+    if c.ndim != 1 or c.size < 3:
+        raise InputError(f"loads: must be a 1-D grid of at least 3 points, got shape {c.shape}")
+    if not np.all(np.diff(c) > 0):
+        raise InputError("loads: must be strictly increasing")
+    if r.shape[-1] != c.size:
+        raise InputError(f"latency: last axis {r.shape[-1]} must match the {c.size} loads")
+    return c, r
+
+
+def second_difference(loads, latency) -> np.ndarray:
+    """``κ (..., n)`` on the grid; ``κ_0 = κ_{n−1} = 0`` (end points have no curvature)."""
+    c, r = _check(loads, latency)
+    s = np.diff(r, axis=-1) / np.diff(c)  # (..., n−1) slopes
+    k = 2.0 * np.diff(s, axis=-1) / (c[2:] - c[:-2])
+    pad = np.zeros(r.shape[:-1] + (1,))
+    return np.concatenate([pad, k, pad], axis=-1)
+
+
+class Knee(NamedTuple):
+    """The knee of one curve."""
+
+    index: int | None  # i* + 1, the knee's grid index
+    value: float | None  # C_{i*+1}
+    interval: tuple[float, float] | None  # (C_{i*}, C_{i*+1}]
+    regimes: tuple[str, ...]  # one per grid point
+    curvature: np.ndarray  # (n,)
+
+
+def knees(loads, latency) -> tuple[np.ndarray, np.ndarray]:
+    """Batched: knee grid index ``(...)`` (−1 where none) and regime codes ``(..., n)``
+    (0 slack, 1 knee, 2 saturated)."""
+    c, r = _check(loads, latency)
+    kap = second_difference(c, r)
+    slope = np.abs(np.diff(r, axis=-1) / np.diff(c))
+    scale = np.max(slope, axis=-1) / (c[-1] - c[0])
+    i_star = np.argmax(kap, axis=-1)
+    has = np.max(kap, axis=-1) > 1e-9 * np.maximum(scale, 1e-300)
+    has &= np.all(np.isfinite(r), axis=-1)
+    idx = np.where(has, i_star + 1, -1)
+    grid = np.arange(c.size)
+    codes = np.where(grid < idx[..., None], 0, np.where(grid == idx[..., None], 1, 2))
+    codes = np.where(has[..., None], codes, 0)
+    return idx, codes
+
+
+def knee(loads, latency) -> Knee:
+    """The knee of one curve ``latency (n,)`` over ``loads (n,)``."""
+    c, r = _check(loads, latency)
+    if r.ndim != 1:
+        raise InputError("knee: latency must be 1-D (use knees() for batches)")
+    idx, codes = knees(c, r)
+    i = int(idx)
+    labels = tuple(REGIMES[int(v)] for v in codes)
+    kap = second_difference(c, r)
+    if i < 0:
+        return Knee(None, None, None, labels, kap)
+    return Knee(i, float(c[i]), (float(c[i - 1]), float(c[i])), labels, kap)
+
+
+def spread(values, axis: int = 0) -> np.ndarray:
+    """Relative spread ``(max − min)/min`` along ``axis`` (e.g. PoA across router settings)."""
+    v = np.asarray(values, np.float64)
+    lo = np.nanmin(v, axis=axis)
+    return (np.nanmax(v, axis=axis) - lo) / np.where(lo != 0, lo, np.nan)

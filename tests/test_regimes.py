@@ -1,0 +1,65 @@
+"""Knee detector (poa_jax.regimes) on synthetic curves with known knees."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from poa_jax import regimes
+from poa_jax.errors import InputError
+
+GRID = np.array([8, 16, 32, 64, 96, 128, 160, 192, 256, 384, 512.0])
+
+
+def test_second_difference_exact_on_parabola():
+    c = np.array([1.0, 2.0, 4.0, 7.0, 11.0])
+    k = regimes.second_difference(c, 3.0 * c**2 + c + 1)
+    np.testing.assert_allclose(k[1:-1], 6.0, rtol=1e-12)
+    assert k[0] == k[-1] == 0
+
+
+@pytest.mark.parametrize("corner", [2, 3, 4, 5, 6, 7, 8])
+def test_hockey_stick_knee_is_first_point_past_the_corner(corner):
+    # Flat, then linear from grid point `corner`: curvature is maximal there, the knee is the
+    # next grid point and the interval is (C_corner, C_corner+1].
+    c0 = GRID[corner]
+    r = np.maximum(1.0, GRID / c0)
+    k = regimes.knee(GRID, r)
+    assert k.interval == (GRID[corner], GRID[corner + 1])
+    assert k.value == GRID[corner + 1]
+    assert k.regimes[corner] == "slack" and k.regimes[corner + 1] == "knee"
+    assert all(x == "saturated" for x in k.regimes[corner + 2 :])
+
+
+def test_paper_shaped_knee_in_96_128():
+    # Closed-loop shape R = max(R0, C/X_max) with saturation at C* = 100 (between 96 and 128):
+    # the largest curvature is at 96 (the last grid point before the corner).
+    r = np.maximum(0.4, GRID / 250.0)  # C* = 0.4 × 250 = 100
+    assert regimes.knee(GRID, r).interval == (96.0, 128.0)
+
+
+def test_smooth_singular_curve():
+    # R = 1/(1 − C/600): curvature grows all the way, the knee is the last grid point.
+    r = 1.0 / (1.0 - GRID / 600.0)
+    k = regimes.knee(GRID, r)
+    assert k.interval == (384.0, 512.0)
+
+
+def test_no_knee_on_a_line_and_batched():
+    k = regimes.knee(GRID, 2.0 * GRID + 1.0)
+    assert k.value is None and k.interval is None and set(k.regimes) == {"slack"}
+    curves = np.stack([np.maximum(1.0, GRID / GRID[c]) for c in (3, 5, 8)] + [GRID * 0 + 1.0])
+    idx, codes = regimes.knees(GRID, curves)
+    assert idx.tolist() == [4, 6, 9, -1]
+    assert codes.shape == curves.shape and (codes[-1] == 0).all()
+
+
+def test_spread():
+    np.testing.assert_allclose(regimes.spread([[1.0, 2.0], [1.1, 2.0]], axis=0), [0.1, 0.0])
+
+
+def test_bad_grid():
+    with pytest.raises(InputError, match="strictly increasing"):
+        regimes.knee([1.0, 3.0, 2.0], [1.0, 2.0, 3.0])
+    with pytest.raises(InputError, match="at least 3"):
+        regimes.knee([1.0, 2.0], [1.0, 2.0])

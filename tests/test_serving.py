@@ -1,0 +1,198 @@
+"""Serving presets, the closed/open-loop load model, the serving sweep CLI and the plot."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from poa_jax import cli, load, policies, serving
+from poa_jax import topology as topo
+from poa_jax.errors import InputError
+
+GRID = (8.0, 16.0, 32.0, 64.0, 96.0, 128.0, 160.0, 192.0, 256.0, 384.0, 512.0)
+PAPER = ("llama70b-1p2d", "llama70b-1p5d", "nemotron340b-1p2d")
+
+
+# --------------------------------------------------------------------------- presets
+
+
+def test_presets_exist_and_unknown_lists_them():
+    for name in PAPER + ("llama70b-1p2d-h100", "llama70b-1p5d-h200", "llama70b-1p2d-a100"):
+        assert name in serving.PRESETS
+        serving.coefficients(name)
+    assert "nemotron340b-1p2d-a100" not in serving.PRESETS  # 682 GB BF16 > 8 × 80 GB
+    with pytest.raises(InputError, match="does not exist: must be one of llama70b-1p2d"):
+        serving.preset("llama70b-9p9d")
+
+
+def test_coefficients_by_hand_llama70b_b200():
+    co = serving.coefficients("llama70b-1p2d")
+    n_par = topo.LLAMA_3_1_70B.parameters
+    assert co.prefill_a == pytest.approx(n_par / (4 * 8e12 * 0.7))  # one weight read, 3.15 ms
+    assert co.prefill_b == pytest.approx(2 * n_par / (4 * 4.5e15 * 0.4))  # 19.6 µs/token
+    assert co.prefill_c == pytest.approx(2 * 80 * 8192 / (4 * 4.5e15 * 0.4))
+    assert co.budget == 16384
+    kv_tok = 80 * 8 * 128 * 2  # FP8 KV bytes per token = 163 840
+    assert co.decode_beta[0] == pytest.approx(kv_tok * (128 + 64) / (4 * 8e12 * 0.7))
+    assert co.decode_bmax[0] == math.floor((4 * 192e9 * 0.9 - n_par) / (kv_tok * 256))
+    # D0 shares node 0 with P0 (NVLink), D1 is across InfiniBand
+    assert co.kv_sec_per_token[0] == pytest.approx(kv_tok / (4 * 0.9e12))
+    assert co.kv_sec_per_token[1] == pytest.approx(kv_tok / (4 * 50e9))
+
+
+def test_bad_preset_fields():
+    import dataclasses
+
+    p = serving.preset("llama70b-1p2d")
+    with pytest.raises(InputError, match="ttft_slo"):
+        serving.coefficients(dataclasses.replace(p, ttft_slo=0.0))
+    with pytest.raises(InputError, match="max_num_batched_tokens"):
+        serving.coefficients(dataclasses.replace(p, max_num_batched_tokens=64))
+
+
+def test_csv_fit_recovers_coefficients(tmp_path):
+    a, b, c = 0.004, 2e-5, 3e-10
+    alpha, beta = 0.003, 8e-9
+    lines = ["batch,tokens,latency,phase"]
+    for bt in (1, 4, 16, 64):
+        for n in (64, 128, 512):
+            lines.append(f"{bt},{n},{a + b * bt * n + c * bt * n * n!r},prefill")
+            lines.append(f"{bt},{n},{alpha + beta * bt * n!r},decode")
+    f = tmp_path / "m.csv"
+    f.write_text("\n".join(lines) + "\n")
+    fit = serving.fit_csv(f)
+    np.testing.assert_allclose(fit.prefill, (a, b, c), rtol=1e-6)
+    np.testing.assert_allclose(fit.decode, (alpha, beta), rtol=1e-6)
+    co = serving.coefficients("llama70b-1p2d", fit)
+    assert co.prefill_b == pytest.approx(b)
+
+
+def test_csv_missing_columns(tmp_path):
+    f = tmp_path / "bad.csv"
+    f.write_text("batch,latency\n1,0.1\n")
+    with pytest.raises(InputError, match="missing column.*tokens"):
+        serving.fit_csv(f)
+    with pytest.raises(InputError, match="no such CSV"):
+        serving.fit_csv(tmp_path / "none.csv")
+
+
+# --------------------------------------------------------------------------- load model
+
+
+@pytest.fixture(scope="module")
+def paper_grid():
+    """The three paper presets × the paper's C grid, Dynamo default router, 2 starts."""
+    mds = [load.model_arrays(p, 5) for p in PAPER]
+    wl = load.workload(PAPER[0])
+    md = [m for m in mds for _ in GRID]
+    md = load.Model(*(np.stack([getattr(m, f) for m in md]) for f in load.Model._fields))
+    n = len(md.pa)
+    wl_n = load.Workload(*(np.broadcast_to(a, (n,) + a.shape) for a in wl))
+    c = np.tile(GRID, len(PAPER))
+    res = load.solve(md, wl_n, policies.dynamo(), c, starts=2)
+    return c, res
+
+
+def test_closed_loop_littles_law(paper_grid):
+    c, res = paper_grid
+    assert res.converged.all()
+    # X·R = C to 1e-9 (float64), R recomputed from the model at the returned point
+    np.testing.assert_array_less(res.little_residual, 1e-9)
+    np.testing.assert_allclose(res.throughput * res.latency, np.repeat(c[:, None], 2, 1), rtol=1e-9)
+    # throughput increases with C and saturates; latency increases
+    thr = res.throughput[:, 0].reshape(3, -1)
+    lat = res.latency[:, 0].reshape(3, -1)
+    assert (np.diff(thr, axis=1) > 0).all() and (np.diff(lat, axis=1) > 0).all()
+    # tail ordering
+    assert (res.ttft_p50 <= res.ttft_p90).all() and (res.ttft_p90 <= res.ttft_p99).all()
+
+
+def test_closed_loop_independent_recompute(paper_grid):
+    # Little's law re-checked outside the solver: SC of the returned flow equals C.
+    import jax.numpy as jnp
+
+    c, res = paper_grid
+    md = load.model_arrays(PAPER[0], 5)
+    wl = load.workload(PAPER[0])
+    for i in range(len(GRID)):
+        x = res.throughput[i, 0] * wl.mix[:, None] * res.shares[i, 0]
+        sc = float(load.social_cost(
+            load.Model(*map(jnp.asarray, md)), load.Workload(*map(jnp.asarray, wl)), jnp.asarray(x)
+        ))  # fmt: skip
+        assert sc == pytest.approx(c[i], rel=1e-9)
+
+
+def test_open_loop_matches_closed_loop(paper_grid):
+    c, res = paper_grid
+    lam = res.throughput[:3, 0]
+    r = load.open_loop("llama70b-1p2d", lam, policies.dynamo())
+    np.testing.assert_allclose(r.latency, res.latency[:3, 0], rtol=1e-6)
+
+
+def test_kv_capacity_cliff_in_itl():
+    # Shrink HBM so that ~40 sequences fit: ITL beyond the cliff grows by B/B_max.
+    import dataclasses
+
+    p = serving.preset("llama70b-1p2d")
+    small = dataclasses.replace(p, gpu=dataclasses.replace(p.gpu, hbm_bytes=20e9), name="tiny")
+    co = serving.coefficients(small)
+    assert co.decode_bmax[0] < 50
+    r = load.closed_loop(small, [8.0, 512.0], policies.dynamo())
+    assert r.decode_batch[1] > co.decode_bmax[0]
+    assert r.itl[1] > 2 * r.itl[0]
+
+
+def test_load_bad_inputs():
+    with pytest.raises(InputError, match=r"concurrency\[1\] = -4.0"):
+        load.closed_loop("llama70b-1p2d", [8.0, -4.0])
+    with pytest.raises(InputError, match="does not exist"):
+        load.closed_loop("gpt5-1p2d", [8.0])
+
+
+# --------------------------------------------------------------------------- CLI and plot
+
+
+@pytest.fixture(scope="module")
+def cli_sweep(tmp_path_factory):
+    out = tmp_path_factory.mktemp("serving")
+    code = cli.main(
+        ["sweep", "--preset", "llama70b-1p2d", "--concurrency", "32,128,512", "--out", str(out)]
+    )
+    return code, out
+
+
+def test_cli_sweep_preset_end_to_end(cli_sweep, capsys):
+    code, out = cli_sweep
+    assert code == 0
+    t = pq.read_table(os.path.join(out, "results.parquet")).to_pydict()
+    for col in ("concurrency", "throughput", "ttft_p99", "itl", "regime", "knee", "poa"):
+        assert col in t
+    assert len(t["poa"]) == 3 * 18  # 3 loads × (16 Dynamo settings + selfish + load-balanced)
+    assert min(t["poa"]) >= 1.0
+    s = json.load(open(os.path.join(out, "summary.json"), encoding="utf-8"))
+    d = s["per_topology_policy"][0]
+    assert d["topology"] == "llama70b-1p2d" and len(d["poa"]) == 3
+    assert d["knee_interval"] is None or len(d["knee_interval"]) == 2
+    assert len(s["per_topology"][0]["poa_spread_across_settings"]) == 3
+
+
+def test_cli_plot_writes_png(cli_sweep):
+    code, out = cli_sweep
+    assert cli.main(["plot", str(out)]) == 0
+    png = os.path.join(out, "poa_ttft.png")
+    with open(png, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_bad_inputs(tmp_path, capsys):
+    assert cli.main(["sweep", "--preset", "nope", "--out", str(tmp_path)]) == 2
+    assert "does not exist: must be one of" in capsys.readouterr().err
+    assert cli.main(["sweep", "--preset", "llama70b-1p2d", "--concurrency", "8,x"]) == 2
+    assert "--concurrency" in capsys.readouterr().err
+    assert cli.main(["sweep", "--concurrency", "8,16"]) == 2
+    assert cli.main(["plot", str(tmp_path)]) == 2
