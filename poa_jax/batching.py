@@ -332,8 +332,11 @@ def drive(advance, pending, args, carry, n: int, max_iters: int, mesh=None):
     d = 1 if mesh is None else mesh.size
     block = n // d
     if block <= COMPACT_ABOVE:
-        for phase in (1, 2):
-            carry = advance(*args, carry, budget=max_iters, phase=phase)
+        carry = advance(*args, carry, budget=max_iters, phase=1)
+        # Phase 2 (the Newton endgame) only where a lane reached it: at tolerances above the
+        # Newton threshold none does, and its program (the costliest to compile) is never built.
+        if np.any(np.asarray(pending(carry)) == 2):
+            carry = advance(*args, carry, budget=max_iters, phase=2)
         return carry
     buckets = _buckets(block)
     take, put = _program(_take_raw, mesh), _program(_put_raw, mesh)
