@@ -431,25 +431,5 @@ def _opt_finish(game, st: pv.FusedState, x0s, *, tol):
 
 
 def _select(g, polished, gap, steps, x0s, *, tol):
-    """:func:`poa_jax.solvers.optimum_finish` on one instance, from polished points."""
-    grad = functools.partial(_game.social_cost_gradient, g)
-    raw_gap = jax.vmap(lambda x: _solvers.marginal_gap(g, x, grad(x)))(x0s)
-    cand_x = jnp.concatenate([polished, x0s])
-    cand_gap = jnp.concatenate([gap, raw_gap])
-    cand_steps = jnp.concatenate([steps, jnp.zeros_like(steps)])
-    cand_sc = jax.vmap(functools.partial(_game.social_cost, g))(cand_x)
-    finite = jnp.where(jnp.isnan(cand_sc), jnp.inf, cand_sc)
-    i_all = jnp.argmin(finite)
-    i_conv = jnp.argmin(jnp.where(cand_gap <= tol, finite, jnp.inf))
-    any_conv = jnp.any(cand_gap <= tol)
-    close = finite[i_conv] <= finite[i_all] * (1.0 + tol)
-    i = jnp.where(any_conv & close, i_conv, i_all)
-    x = cand_x[i]
-    return dict(
-        flows=x,
-        social_cost=cand_sc[i],
-        gap=cand_gap[i],
-        iterations=cand_steps[i],
-        status=loop.status_of(cand_gap[i], tol),
-        overloaded=_solvers.overloaded(g, x),
-    )
+    """:func:`poa_jax.solvers.optimum_finish` on one instance, from the kernel's polished points."""
+    return _solvers.best_candidate(g, polished, gap, steps, x0s, tol=tol)

@@ -48,6 +48,7 @@ __all__ = [
     "optimum_init",
     "optimum_advance",
     "optimum_finish",
+    "best_candidate",
     "optimum_pending",
     "marginal_gap",
     "overloaded",
@@ -244,15 +245,19 @@ def optimum_pending(carry: Carry, *, tol, max_iters) -> jax.Array:
 def optimum_finish(g, carry: Carry, x0s: jax.Array, *, tol) -> dict:
     """The best candidate among the polished starts (``carry`` with a leading start axis ``S``)
     and the raw starts ``x0s (S, J, K)``."""
-    sc = functools.partial(_game.social_cost, g)
+    polished = jax.vmap(_optimum_iteration(g).solution)(carry.state)
+    return best_candidate(g, polished, carry.error, carry.steps, x0s, tol=tol)
+
+
+def best_candidate(g, polished, gap, steps, x0s, *, tol) -> dict:
+    """The optimum's result from polished points ``(S, J, K)`` with their gaps and steps, and
+    the raw starts ``x0s (S, J, K)`` (any solver's polish: the XLA loop or the fused kernel)."""
     grad = functools.partial(_game.social_cost_gradient, g)
-    it = _optimum_iteration(g)
-    polished = jax.vmap(it.solution)(carry.state)
     raw_gap = jax.vmap(lambda x: marginal_gap(g, x, grad(x)))(x0s)
     cand_x = jnp.concatenate([polished, x0s])
-    cand_gap = jnp.concatenate([carry.error, raw_gap])
-    cand_steps = jnp.concatenate([carry.steps, jnp.zeros_like(carry.steps)])
-    cand_sc = jax.vmap(sc)(cand_x)
+    cand_gap = jnp.concatenate([gap, raw_gap])
+    cand_steps = jnp.concatenate([steps, jnp.zeros_like(steps)])
+    cand_sc = jax.vmap(functools.partial(_game.social_cost, g))(cand_x)
     # The lowest cost wins, but a converged candidate is preferred over one that is cheaper by
     # no more than the tolerance (a raw start can win by rounding alone). NaN never wins.
     finite = jnp.where(jnp.isnan(cand_sc), jnp.inf, cand_sc)
