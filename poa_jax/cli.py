@@ -363,7 +363,8 @@ def format_summary(summary: dict) -> str:
         f"  {'util':>5}  {'PoA':>8}  {'PoA max':>8}  {'PoS':>8}  {'eq ms':>9}  {'opt ms':>9}  conv"
     )
     for g in summary["per_topology_policy"]:
-        lines += ["", f"{g['topology']} ({g['workers']} workers) · {g['policy']}", head]
+        s = "s" if g["workers"] != 1 else ""
+        lines += ["", f"{g['topology']} ({g['workers']} worker{s}) · {g['policy']}", head]
         mx = g.get("poa_max_over_replicates", g["poa"])
         conv = g.get("converged_share_per_load", [None] * len(util))
         for m, u in enumerate(util):

@@ -246,3 +246,19 @@ def test_a_hundred_million_point_sweep_starts_in_bounded_memory(tmp_path, monkey
     assert peak < 50e6, peak
     # The first part was finished and kept; the second was interrupted and left nothing.
     assert sorted(os.listdir(tmp_path / "parts")) == ["manifest.json", "part-000000.parquet"]
+
+
+def test_cli_prints_the_summary_table_for_replicated_sweeps(stubbed, tmp_path, capsys):
+    from poa_jax import cli
+
+    path = tmp_path / "seeds.toml"
+    path.write_text(TINY + "\n[seeds]\ncount = 5\njitter = 0.05\n")
+    rc = cli.main([
+        "sweep", str(path), "--out", str(tmp_path / "o"), "--no-progress", "--chunk", "8",
+        "--part", "16",
+    ])  # fmt: skip
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "60 points = 2 topologies x 1 variants x 5 seeds x 3 loads x 2 policies" in out
+    assert "1D (1 worker) · selfish" in out and "PoA max" in out
+    assert len(list((tmp_path / "o" / "parts").glob("part-*.parquet"))) == 4
