@@ -8,6 +8,22 @@ Subcommands (``poa-jax bench`` times the solvers on the device present and print
   of stability, mean latency at equilibrium and optimum, converged starts) and the output paths
   (``DIR/results.parquet``, ``DIR/summary.json``; default ``DIR`` is ``out/<scenario name>``).
   Rerunning into the same folder resumes: finished chunks are reused.
+* ``poa-jax sweep --preset NAME[,NAME...] [--concurrency C1,C2,...] [--out DIR] [--chunk N]``
+  — the closed-loop serving sweep (:func:`poa_jax.serving_sweep.run_serving_sweep`, float64;
+  ``--dtype float32`` and a scenario file are rejected): for each preset (``llama70b-1p2d``,
+  ``llama70b-1p5d``, ``nemotron340b-1p2d``, …; an unknown name lists the known ones) and each
+  concurrency ``C`` (default the paper's grid 8,16,32,64,96,128,160,192,256,384,512; without
+  ``--preset``, ``--concurrency`` is an error) it solves Little's law ``C = X·R(X)`` with the
+  routing equilibrium inside for the 16 Dynamo (τ, ω) settings and the selfish and load-balanced
+  baselines, keeps the worst equilibrium over 2 starts (uniform, herding on worker 0; the
+  herding start is bounded and stopped early when it rejoins the first start's equilibrium)
+  and the coordinated optimum, and writes ``DIR/results.parquet`` (C, throughput, TTFT
+  P50/P90/P99, ITL, regime, PoA, status per point) and ``DIR/summary.json`` (per topology and
+  policy: ``knee_interval [lo, hi]``, the PoA at every C, points not converged). Prints one line
+  per topology · policy: knee interval, PoA over C, and the C where some point did not converge.
+* ``poa-jax plot DIR [--png FILE]`` — draws PoA and TTFT P99 versus concurrency per policy and
+  topology from a ``sweep --preset`` folder, regimes (slack / knee / saturated) shaded, to a PNG
+  (default ``DIR/poa_ttft.png``).
 * ``poa-jax solve GAME.json [--dtype ...]`` — one routing game (or a batch: leading axes) from
   JSON (keys: ``demand``, ``latency`` {a, b, c, p, d, kappa, rho_max}, optional ``tokens``,
   ``shareable``, ``residency``, ``cache_size``, ``prefill`` {a, b, c}, ``worker_mask``,
@@ -25,6 +41,8 @@ sweep then takes about half the CPU time on its second run).
 Example:
   $ poa-jax solve examples/game.json
   $ poa-jax sweep examples/default.toml --out out/mine
+  $ poa-jax sweep --preset llama70b-1p2d,nemotron340b-1p2d --concurrency 8,64,128,512 --out out/pd
+  $ poa-jax plot out/pd
 """
 
 from __future__ import annotations
@@ -97,14 +115,15 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--preset",
         default=None,
-        help="serving preset (e.g. llama70b-1p2d; comma list for several): closed-loop sweep "
-        "over --concurrency instead of a scenario",
+        help="serving preset(s), comma list (llama70b-1p2d, llama70b-1p5d, nemotron340b-1p2d, "
+        "...): closed-loop serving sweep over --concurrency (float64) instead of a scenario; "
+        "writes results.parquet and summary.json (knee_interval, PoA per C) to --out",
     )
     s.add_argument(
         "--concurrency",
         default=None,
-        help="with --preset: concurrency grid C, comma list (default the paper's "
-        "8,16,32,64,96,128,160,192,256,384,512)",
+        help="with --preset only: in-flight requests C, comma list of numbers > 0 (default "
+        "the paper's 8,16,32,64,96,128,160,192,256,384,512)",
     )
     s.set_defaults(func=_cmd_sweep)
 

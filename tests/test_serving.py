@@ -6,6 +6,7 @@ import json
 import math
 import os
 
+import jax
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -110,6 +111,33 @@ def test_closed_loop_littles_law(paper_grid):
     assert (np.diff(thr, axis=1) > 0).all() and (np.diff(lat, axis=1) > 0).all()
     # tail ordering
     assert (res.ttft_p50 <= res.ttft_p90).all() and (res.ttft_p90 <= res.ttft_p99).all()
+
+
+def test_extra_starts_duplicates_and_bound():
+    """Extra starts stopped as duplicates report the first start's equilibrium, which running
+    them to convergence reaches too; ``extra_iters`` bounds them; bad values are rejected."""
+    labels, pol = load.router_settings(taus=(0.5,), omegas=(1.0,))
+    md = load.model_arrays("llama70b-1p5d")
+    wl = load.workload_variants("llama70b-1p5d", 4, seed=3)
+    c = np.array([32.0, 128.0, 256.0, 384.0])
+    b = lambda t: jax.tree_util.tree_map(lambda a: np.broadcast_to(a, (4,) + np.shape(a)), t)
+    pol4 = type(pol)(
+        **{f: np.repeat(np.asarray(getattr(pol, f)), 4) for f in pol.__dataclass_fields__}
+    )
+    wl4 = load.Workload(*(np.asarray(a) for a in wl))
+    fast = load.solve(b(md), wl4, pol4, c, starts=2)
+    full = load.solve(b(md), wl4, pol4, c, starts=2, dup_tol=0.0, extra_iters=400)
+    assert not full.duplicate.any() and fast.converged.all()
+    d = fast.duplicate[:, 1]
+    assert d.any()
+    np.testing.assert_array_equal(fast.throughput[d, 1], fast.throughput[d, 0])
+    ok = full.converged[:, 1] & d
+    np.testing.assert_allclose(full.throughput[ok, 1], fast.throughput[ok, 1], rtol=1e-9)
+    assert (fast.iterations[:, 1] <= 64).all()
+    np.testing.assert_array_less(fast.little_residual, 1e-9)
+    for bad in ({"extra_iters": 0}, {"dup_tol": -1.0}):
+        with pytest.raises(InputError):
+            load.solve(b(md), wl4, pol4, c, starts=2, **bad)
 
 
 def test_closed_loop_independent_recompute(paper_grid):
