@@ -159,8 +159,9 @@ def test_host_memory_is_flat_in_the_number_of_parts(stubbed, tmp_path):
             sc, tmp_path / str(seeds), chunk_size=8, part_size=16, progress=False, merge=False
         )
 
+    run(3)()  # lazy imports and first-call caches, outside the measurement
     small, large = _peak_during(run(10)), _peak_during(run(200))  # 8 vs 150 parts
-    assert large < 1.5 * small, (small, large)
+    assert large < 1.2 * small + 20_000, (small, large)
 
 
 def test_summary_streams_means_over_replicates(stubbed, tmp_path):
