@@ -1,25 +1,29 @@
 r"""Facility-location coverage over all subsets, and best response in binary-action games.
 
-Items ``i = 1..n`` with a non-negative cost matrix ``D (n, n)``. For a subset ``S`` (a bitmask:
-bit ``j`` set when item ``j ∈ S``) the **nearest-other-member cost** of item ``i`` is
+Items ``i = 1..n`` with a cost matrix ``C (n, n)`` whose diagonal is ``+inf`` and a base cost
+``e (n,)``. For a subset ``S`` (a bitmask: bit ``j`` set when item ``j ∈ S``) the
+**nearest-other-member cost** of item ``i`` is
 
-    G_S[i] = min { D[i, j] : j ∈ S, j ≠ i }          (+inf when S \ {i} is empty).
+    G_S[i] = min(e_i, min { C[i, j] : j ∈ S, j ≠ i }).
 
-Excluding ``i`` itself is what a binary-action game needs: for ``i ∉ S`` it is ``i``'s distance
-to ``S``; for ``i ∈ S`` it is what ``i`` would face after leaving ``S``. One array therefore
-answers both "what does ``i`` pay" and "what would ``i`` pay if it switched".
+Excluding ``i`` itself is what a binary-action game needs: for ``i ∉ S`` it is ``i``'s cost of
+being served by ``S``; for ``i ∈ S`` it is what ``i`` would face after leaving ``S``. One value
+therefore answers both "what does ``i`` pay" and "what would ``i`` pay if it switched".
 
-**Exhaustive enumeration, meet in the middle.** Split the ``n`` bits into blocks
-(``n = n_top + n_mid + n_low``); a minimum over a union is the minimum of the minima, so
+**Exhaustive enumeration: subset tables, meet in the middle.** The table of ``G`` over all
+subsets of a block of ``w`` bits is built by a subset DP, ``T_{b+1} = [T_b, min(T_b, C[:, b])]``
+(the new half adds item ``b``): ``n·2^w`` minima, no gathers (:func:`subset_min`). Split the
+``n`` bits into blocks (``n = n_top + n_mid + n_low``); a minimum over a union is the minimum of
+the minima, so for the profile ``t|h|l``
 
-    G_{t|h|l}[i] = min(G^top_t[i], G^mid_h[i], G^low_l[i]),
+    G_{t|h|l}[i] = min(G^mid_h[i] ∧ G^top_t[i], G^low_l[i])
 
-where each small table ``G^blk (n, 2^{n_blk})`` costs ``n·n_blk·2^{n_blk}``. For each of the
-``2^{n_top}`` top values the ``(n, 2^{n_mid}, 2^{n_low})`` slab is formed by broadcasting and
-combined over ``i`` on the fly (XLA fuses the broadcasts into one pass), so memory stays at
-``O(n·2^{n_mid + n_low})`` per instance whatever ``n`` is, and the ``2^n`` axis is walked in
-``2^{n_top}`` chunks by a ``lax.scan``. :func:`scan_subsets` drives the walk: the caller maps a
-slab to per-subset values and folds them into a carry.
+— one minimum per item and profile once the top block is folded into the (small) mid table
+(:func:`slab_tables`). The ``2^n`` axis is walked in ``2^{n_top}`` slabs of ``2^{n_mid} ×
+2^{n_low}`` profiles; :func:`slab_member` gives an item's membership in a slab, and
+:func:`first_in_slab` the first profile of a slab attaining a value (a row-wise reduction and a
+search in one row, much cheaper on CPU than an ``argmin`` over the slab). The caller writes the
+per-slab values (one elementwise pass, unrolled over items) and folds them.
 
 **Best-response dynamics** (:func:`binary_best_response`): players ``i = 0..n-1`` in order, each
 switching its action only when that is *strictly* better by more than a tolerance; a round with
@@ -31,7 +35,6 @@ Everything acts on **one** instance; callers ``vmap``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -39,13 +42,14 @@ from poa_jax.kernels import loop
 
 __all__ = [
     "block_split",
-    "subset_bits",
-    "nearest_other_member",
-    "scan_subsets",
+    "subset_min",
+    "slab_tables",
+    "slab_member",
+    "first_in_slab",
     "binary_best_response",
 ]
 
-#: Bits per enumerated slab axis: a slab is ``n × 2^LOW_BITS × 2^MID_BITS`` values.
+#: Bits per enumerated slab axis: a slab is ``2^MID_BITS × 2^LOW_BITS`` profiles.
 LOW_BITS = 6
 MID_BITS = 6
 
@@ -57,73 +61,74 @@ def block_split(n: int) -> tuple[int, int, int]:
     return n - low - mid, mid, low
 
 
-def subset_bits(first: int, width: int, n: int) -> jax.Array:
-    """Membership ``(n, 2^width)`` of item ``i`` in the subsets of bits ``first..first+width-1``.
+def subset_min(cost: jax.Array, base: jax.Array, first: int, width: int) -> jax.Array:
+    """``min(base_i, min_{j ∈ S} cost[i, j])`` for every subset ``S`` of bits ``first..first +
+    width - 1``, ``(n, 2^width)``.
 
-    Column ``v`` is the subset whose bits ``first + k`` are the bits ``k`` of ``v``; items
-    outside the block are never members.
-    """
-    v = jnp.arange(2**width, dtype=jnp.int32)
-    i = jnp.arange(n, dtype=jnp.int32)[:, None]
-    inside = (i >= first) & (i < first + width)
-    return inside & (((v[None, :] >> jnp.clip(i - first, 0, 31)) & 1) == 1)
-
-
-def nearest_other_member(dist_off: jax.Array, bits: jax.Array) -> jax.Array:
-    """``min_{j ∈ S, j ≠ i} D[i, j]`` for each column ``S`` of ``bits``, ``(n, P)``.
+    Column ``v`` is the subset whose bits ``first + k`` are the bits ``k`` of ``v``. Built by
+    the subset DP (each new bit doubles the table with one minimum), ``n·2^width`` work.
 
     Args:
-      dist_off: ``(n, n)`` cost matrix with ``+inf`` on the diagonal (so ``j = i`` never counts).
-      bits: ``(n, P)`` membership of ``P`` subsets.
+      cost: ``(n, n)`` with ``+inf`` on the diagonal (so ``j = i`` never counts).
+      base: ``(n,)`` value for the empty subset.
     """
-    inf = jnp.asarray(jnp.inf, dist_off.dtype)
-    return jnp.min(jnp.where(bits[None, :, :], dist_off[:, :, None], inf), axis=1)
+    t = base[:, None]
+    for b in range(first, first + width):
+        t = jnp.concatenate([t, jnp.minimum(t, cost[:, b : b + 1])], axis=1)
+    return t
 
 
-def scan_subsets(
-    dist_off: jax.Array,
-    fold: Callable[[Any, Callable, Callable, jax.Array], Any],
-    carry0: Any,
-) -> Any:
-    """Walks all ``2^n`` subsets in ``2^{n_top}`` slabs; returns the folded carry.
+def slab_tables(
+    cost: jax.Array, base: jax.Array, top: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The tables of the slab whose top bits are ``top``: ``(g_mid (n, H), g_low (n, L),
+    member_top (n,) bool)``, with ``G_{top|h|l}[i] = min(g_mid[i, h], g_low[i, l])``.
 
     Args:
-      dist_off: ``(n, n)`` with ``+inf`` on the diagonal.
-      fold: ``(carry, near, member, index) → carry`` for one slab of ``H × L`` subsets:
-        ``near(i)`` is item ``i``'s :func:`nearest_other_member` cost in every subset of the
-        slab, ``(H, L)``, ``member(i)`` its membership ``(H, L)`` bool (``i`` a Python int), and
-        ``index (H, L)`` int32 the subsets' bitmasks (bit ``i`` = item ``i``). Combining the
-        items one at a time in Python (``for i in range(n)``) keeps every operation elementwise
-        over the slab, which XLA fuses into one vectorised pass (a reduction over a short item
-        axis is slow on CPU backends).
-      carry0: initial carry.
+      cost: ``(n, n)``, ``+inf`` on the diagonal; base: ``(n,)`` (see the module notes).
+      top: int32 scalar, the value of the top block's bits (0 when ``n ≤ 12``).
     """
-    n = dist_off.shape[0]
+    n = cost.shape[0]
     n_top, n_mid, n_low = block_split(n)
-    low_b = subset_bits(0, n_low, n)  # (n, L)
-    mid_b = subset_bits(n_low, n_mid, n)  # (n, H)
-    top_b = subset_bits(n_low + n_mid, n_top, n)  # (n, T)
-    g_low = nearest_other_member(dist_off, low_b)
-    g_mid = nearest_other_member(dist_off, mid_b)
-    g_top = nearest_other_member(dist_off, top_b)
-    index_hl = (jnp.arange(2**n_mid, dtype=jnp.int32)[:, None] << n_low) | jnp.arange(
-        2**n_low, dtype=jnp.int32
-    )[None, :]
+    inf = jnp.full_like(base, jnp.inf)
+    g_low = subset_min(cost, base, 0, n_low)
+    g_mid = subset_min(cost, inf, n_low, n_mid)
+    rel = jnp.arange(n, dtype=jnp.int32) - (n_low + n_mid)
+    member_top = (rel >= 0) & (((top >> jnp.clip(rel, 0, 31)) & 1) == 1)
+    if n_top:
+        g_top = jnp.min(jnp.where(member_top[None, :], cost, jnp.inf), axis=1)
+        g_mid = jnp.minimum(g_mid, g_top[:, None])
+    return g_mid, g_low, member_top
 
-    def body(carry, t):
-        gt, bt = g_top[:, t], top_b[:, t]
 
-        def near(i):
-            return jnp.minimum(jnp.minimum(g_mid[i][:, None], g_low[i][None, :]), gt[i])
+def slab_member(i: int, n: int, member_top: jax.Array) -> jax.Array:
+    """Membership of item ``i`` (a Python int) in the profiles of a slab, broadcastable to
+    ``(H, L)`` bool."""
+    _, n_mid, n_low = block_split(n)
+    if i < n_low:
+        return ((jnp.arange(2**n_low, dtype=jnp.int32)[None, :] >> i) & 1) == 1
+    if i < n_low + n_mid:
+        return ((jnp.arange(2**n_mid, dtype=jnp.int32)[:, None] >> (i - n_low)) & 1) == 1
+    return member_top[i]
 
-        def member(i):
-            return (mid_b[i][:, None] | low_b[i][None, :]) | bt[i]
 
-        index = index_hl | (t << (n_low + n_mid))
-        return fold(carry, near, member, index), None
+def first_in_slab(
+    values: jax.Array, row_best: jax.Array, target: jax.Array, row_values: Callable
+) -> jax.Array:
+    """Smallest flat index ``h·L + l`` of a slab with value ``target`` (0 when none).
 
-    carry, _ = jax.lax.scan(body, carry0, jnp.arange(2**n_top, dtype=jnp.int32))
-    return carry
+    Args:
+      values: ``(H, L)`` the slab (any encoding; ``row_values`` decodes one row).
+      row_best: ``(H,)`` the per-row reduction whose overall reduction is ``target``.
+      target: scalar.
+      row_values: ``(L,) → (L,)`` the values compared with ``target`` in one row.
+    """
+    h_size, l_size = values.shape
+    h = jnp.min(jnp.where(row_best == target, jnp.arange(h_size, dtype=jnp.int32), h_size))
+    h = jnp.minimum(h, h_size - 1)
+    row = row_values(jax.lax.dynamic_index_in_dim(values, h, keepdims=False))
+    col = jnp.min(jnp.where(row == target, jnp.arange(l_size, dtype=jnp.int32), l_size))
+    return h * l_size + jnp.minimum(col, l_size - 1)
 
 
 def binary_best_response(
@@ -158,7 +163,8 @@ def binary_best_response(
             flip = switch < stay
             return x.at[i].set(x[i] ^ flip), flips + flip.astype(jnp.int32)
 
-        x, flips = jax.lax.fori_loop(0, n, visit, (x, jnp.int32(0)))
+        # Unrolled: static player indices make every slice and update static.
+        x, flips = jax.lax.fori_loop(0, n, visit, (x, jnp.int32(0)), unroll=True)
         flips = flips.astype(jnp.float32)
         return (flips, x), flips
 

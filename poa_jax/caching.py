@@ -26,9 +26,11 @@ optimum. The issue's oracles (two clusters, star, K5, line of 12) hold under it 
 ``PoS = SC(best pure NE) / SC(opt)``.
 
 * ``n ≤ exhaustive_max`` (default 16): all ``2ⁿ`` profiles are enumerated, batched
-  (:func:`poa_jax.kernels.coverage.scan_subsets`: meet-in-the-middle nearest-replica tables,
+  (:mod:`poa_jax.kernels.coverage`: subset-DP nearest-replica tables met in the middle,
   ``2ⁿ`` walked in slabs of ``2¹²``), so every pure NE, their number, the worst and the best,
-  and the optimum are **exact**.
+  and the optimum are **exact**. The fetch costs ``w_i·min(D[i, j], m_i)`` are formed once per
+  pair (bit for bit the per-profile ``w_i·min(d_i(x), m_i)``: rounding is monotone), and each
+  profile's SC is summed node by node in node order.
 * Larger ``n``: pure NE by sequential best-response dynamics from ``starts`` profiles (empty,
   full, random densities); the equilibria are exact NE (verified), but only those found. The
   optimum is bracketed: an **upper bound** = the best profile found (the equilibria, improved by
@@ -90,9 +92,10 @@ EXHAUSTIVE_MAX = 16
 TIE = {np.dtype(np.float64): 1e-9, np.dtype(np.float32): 1e-5}
 #: Distinct equilibria kept per instance (their total number is always reported).
 KEEP = 64
-#: Slab elements per call (instances × n × 2^{min(n,12)}) on the exhaustive path: 64 instances
-#: of n = 12 (2-core CPU, N = 2048: 3.8k instances/s with 8 per call, 6.0k with 16, 7.0k with 64).
-SLAB_BUDGET = 2**22
+#: Profiles per call on the exhaustive path (instances × 2^{min(n,12)}): 128 instances of n = 12,
+#: a 4 MiB slab (2-core CPU, N = 2048, CPU time per instance about flat from 32 to 128 per
+#: call, 1.5× worse at 512 where the slab leaves the caches).
+SLAB_BUDGET = 2**19
 #: Lanes per call of the best-response and local-search kernels.
 LANES = 1024
 
@@ -273,60 +276,86 @@ def _stable_one(dist, alpha, demand, miss, x, tie):
     return jnp.all(jnp.where(x, f >= alpha - t, f <= alpha + t))
 
 
-def _exhaustive_one(dist, alpha, demand, miss, *, keep: int, tie: float):
-    """All profiles of one instance: optimum, pure NE count, worst and best NE, and (``keep >
-    0``) the ``keep`` worst NE."""
-    dt = dist.dtype
+def _scaled_costs(dist, demand, miss):
+    """``C[i, j] = w_i·min(D[i, j], m_i)`` (``+inf`` on the diagonal) and the empty-profile
+    cost ``e_i = w_i·m_i``, both 0 where ``w_i = 0``, so that ``_fetch(near, w, m) =
+    min(e_i, min_{j ∈ S, j ≠ i} C[i, j])`` bit for bit: rounding ``w·x`` is monotone in ``x``,
+    so it commutes with the minimum."""
+    n = dist.shape[-1]
+    pos = demand > 0
+    c = jnp.where(pos[:, None], demand[:, None] * jnp.minimum(dist, miss[:, None]), 0.0)
+    c = jnp.where(jnp.eye(n, dtype=bool), jnp.asarray(jnp.inf, dist.dtype), c)
+    return c, jnp.where(pos, demand * miss, 0.0)
+
+
+def _slab_one(dist, alpha, demand, miss, top, *, tie: float):
+    """The slab of profiles with top bits ``top`` of one instance, ``(H, L)``: ``+SC`` at a pure
+    NE, ``−SC`` elsewhere (``SC ≥ 0`` is never ``−0.0``, so the sign bit is the NE flag)."""
     n = dist.shape[0]
+    c, e = _scaled_costs(dist, demand, miss)
+    g_mid, g_low, member_top = coverage.slab_tables(c, e, top)
     t = tie * jnp.maximum(1.0, jnp.abs(alpha))
+    sc, ok = 0.0, True
+    for i in range(n):  # unrolled: one elementwise pass over the slab
+        f = jnp.minimum(g_mid[i][:, None], g_low[i][None, :])
+        u = f - alpha[i]
+        inside = coverage.slab_member(i, n, member_top)
+        sc = sc + jnp.where(inside, alpha[i], f)
+        # x_i = 1 is stable when leaving does not pay (−u ≤ t), x_i = 0 when joining does not
+        # (u ≤ t); the same summation order and tests as SC(x) and the NE check profile by
+        # profile, so the results are those of a direct evaluation.
+        ok = ok & (jnp.where(inside, -u, u) <= t[i])
+    return jnp.where(ok, sc, -sc)
 
-    def fold(carry, near, member, index):
-        opt_sc, opt_ix, count, worst_sc, worst_ix, best_sc, best_ix, top_sc, top_ix = carry
-        sc, viol = 0.0, -jnp.inf
-        for i in range(n):  # unrolled: elementwise over the slab (see scan_subsets)
-            f = _fetch(near(i), demand[i], miss[i])
-            u = f - alpha[i]
-            inside = member(i)
-            sc = sc + jnp.where(inside, alpha[i], f)
-            # x_i = 1 is stable when leaving does not pay (u ≥ −t), x_i = 0 when joining does
-            # not (u ≤ t): the largest violation over i is ≤ 0 exactly at an equilibrium.
-            viol = jnp.maximum(viol, jnp.where(inside, -u, u) - t[i])
-        ne = viol <= 0
-        big = jnp.int32(2**31 - 1)
 
-        # The smallest index attaining the min: two plain reductions, several times faster on
-        # CPU than one argmin (a variadic reduction) over the slab.
-        def first_at(values, target):
-            return jnp.min(jnp.where(values == target, index, big))
+def _fold_one(carry, z, top, *, keep: int):
+    """Folds one slab ``z (H, L)`` (see :func:`_slab_one`) into the running optimum, NE count,
+    worst and best NE, and (``keep > 0``) the ``keep`` worst NE."""
+    opt_sc, opt_ix, count, worst_sc, worst_ix, best_sc, best_ix, top_sc, top_ix = carry
+    h_size, l_size = z.shape
+    ne, sc = ~jnp.signbit(z), jnp.abs(z)
+    inf = jnp.asarray(jnp.inf, z.dtype)
+    ne_hi, ne_lo = jnp.where(ne, sc, -inf), jnp.where(ne, sc, inf)
+    base = top * (h_size * l_size)
 
-        v = jnp.min(sc)
-        better = v < opt_sc
-        opt_ix = jnp.where(better, first_at(sc, v), opt_ix)
-        opt_sc = jnp.minimum(v, opt_sc)
-        count = count + jnp.sum(ne, dtype=jnp.int32)
-        ne_hi = jnp.where(ne, sc, -jnp.inf)
-        v = jnp.max(ne_hi)
-        better = v > worst_sc
-        worst_ix = jnp.where(better, first_at(ne_hi, v), worst_ix)
-        worst_sc = jnp.maximum(v, worst_sc)
-        ne_lo = jnp.where(ne, sc, jnp.inf)
-        v = jnp.min(ne_lo)
-        better = v < best_sc
-        best_ix = jnp.where(better, first_at(ne_lo, v), best_ix)
-        best_sc = jnp.minimum(v, best_sc)
-        ne_hi, index = ne_hi.ravel(), index.ravel()
-        if keep:  # the listing (a top-k over the slab) costs more than everything else here
-            top_sc, pos = jax.lax.top_k(jnp.concatenate([top_sc, ne_hi]), keep)
-            top_ix = jnp.concatenate([top_ix, index])[pos]
-        return opt_sc, opt_ix, count, worst_sc, worst_ix, best_sc, best_ix, top_sc, top_ix
+    def decode(fill):
+        return lambda row: jnp.where(~jnp.signbit(row), jnp.abs(row), fill)
 
-    inf = jnp.asarray(jnp.inf, dt)
-    carry0 = (
+    # Row-wise reductions first: the first index attaining the slab's extremum is then found
+    # in one row (the slab is read once per quantity, not twice).
+    rows = jnp.min(sc, axis=1)
+    v = jnp.min(rows)
+    better = v < opt_sc  # strict: the earliest slab keeps ties, as the smallest index
+    opt_ix = jnp.where(better, base + coverage.first_in_slab(z, rows, v, jnp.abs), opt_ix)
+    opt_sc = jnp.minimum(v, opt_sc)
+    count = count + jnp.sum(ne, dtype=jnp.int32)
+    rows = jnp.max(ne_hi, axis=1)
+    v = jnp.max(rows)
+    better = v > worst_sc
+    worst_ix = jnp.where(better, base + coverage.first_in_slab(z, rows, v, decode(-inf)), worst_ix)
+    worst_sc = jnp.maximum(v, worst_sc)
+    rows = jnp.min(ne_lo, axis=1)
+    v = jnp.min(rows)
+    better = v < best_sc
+    best_ix = jnp.where(better, base + coverage.first_in_slab(z, rows, v, decode(inf)), best_ix)
+    best_sc = jnp.minimum(v, best_sc)
+    if keep:  # the listing (a top-k over the slab) costs more than everything else here
+        index = base + jnp.arange(h_size * l_size, dtype=jnp.int32)
+        top_sc, pos = jax.lax.top_k(jnp.concatenate([top_sc, ne_hi.ravel()]), keep)
+        top_ix = jnp.concatenate([top_ix, index])[pos]
+    return opt_sc, opt_ix, count, worst_sc, worst_ix, best_sc, best_ix, top_sc, top_ix
+
+
+def _fold_init(dtype, keep: int):
+    inf = jnp.asarray(jnp.inf, dtype)
+    return (
         inf, jnp.int32(0), jnp.int32(0), -inf, jnp.int32(0), inf, jnp.int32(0),
         jnp.full((keep,), -inf), jnp.zeros((keep,), jnp.int32),
     )  # fmt: skip
-    out = coverage.scan_subsets(_off(dist), fold, carry0)
-    opt_sc, opt_ix, count, worst_sc, worst_ix, best_sc, best_ix, top_sc, top_ix = out
+
+
+def _exhaustive_result(carry):
+    opt_sc, opt_ix, count, worst_sc, worst_ix, best_sc, best_ix, top_sc, top_ix = carry
     nan = lambda v: jnp.where(jnp.isfinite(v), v, jnp.nan)  # noqa: E731
     return dict(
         optimum_cost=opt_sc, optimum_index=opt_ix, count=count,
@@ -431,14 +460,41 @@ def _v(fn, **kw):
     return jax.vmap(functools.partial(fn, **kw))
 
 
-@functools.partial(jax.jit, static_argnames=("keep", "tie"))
+# The slab and its reductions are two compiled calls on purpose: in one, XLA fuses the slab's
+# elementwise pass into every reduction that reads it and recomputes it four or five times.
+@functools.partial(jax.jit, static_argnames=("tie",))
+def _slab_batch(dist, alpha, demand, miss, top, *, tie):
+    fn = jax.vmap(functools.partial(_slab_one, tie=tie), in_axes=(0, 0, 0, 0, None))
+    return fn(dist, alpha, demand, miss, top)
+
+
+@functools.partial(jax.jit, static_argnames=("keep", "first", "last"))
+def _fold_batch(carry, z, top, *, keep, first, last):
+    if first:  # carry is None
+        carry = jax.vmap(lambda _: _fold_init(z.dtype, keep))(jnp.arange(z.shape[0]))
+    carry = jax.vmap(functools.partial(_fold_one, keep=keep), in_axes=(0, 0, None))(carry, z, top)
+    return jax.vmap(_exhaustive_result)(carry) if last else carry
+
+
 def _exhaustive_batch(dist, alpha, demand, miss, *, keep, tie):
-    return _v(_exhaustive_one, keep=keep, tie=tie)(dist, alpha, demand, miss)
+    """All ``2ⁿ`` profiles of a chunk of instances, slab by slab (dispatched asynchronously)."""
+    slabs = 2 ** coverage.block_split(dist.shape[-1])[0]
+    carry = None
+    for top in range(slabs):
+        z = _slab_batch(dist, alpha, demand, miss, jnp.int32(top), tie=tie)
+        carry = _fold_batch(
+            carry, z, jnp.int32(top), keep=keep, first=top == 0, last=top == slabs - 1
+        )
+    return carry
 
 
 @functools.partial(jax.jit, static_argnames=("max_rounds", "tie"))
 def _br_batch(dist, alpha, demand, miss, x0, *, max_rounds, tie):
-    return _v(_br_one, max_rounds=max_rounds, tie=tie)(dist, alpha, demand, miss, x0)
+    """``x0 (N, S, n)``: every instance from its ``S`` starts (its data is not repeated)."""
+    one = functools.partial(_br_one, max_rounds=max_rounds, tie=tie)
+    return jax.vmap(jax.vmap(one, in_axes=(None, None, None, None, 0)))(
+        dist, alpha, demand, miss, x0
+    )
 
 
 @functools.partial(jax.jit, static_argnames=("keep",))
@@ -527,7 +583,7 @@ def enumerate_profiles(
       keep: equilibria listed per instance, ``≥ 0`` (the count, the worst and the best are exact
         regardless; ``keep = 0`` skips the listing, which is the costliest part).
       dtype: float32 or float64 (default JAX's default float).
-      chunk: instances per compiled call (default: about ``2²⁰`` slab elements per call).
+      chunk: instances per compiled call (default: ``SLAB_BUDGET`` profiles per call).
 
     Returns:
       An :class:`Exhaustive`.
@@ -538,7 +594,7 @@ def enumerate_profiles(
     if int(keep) != keep or keep < 0:
         raise InputError(f"keep = {keep!r}: must be an integer >= 0")
     keep = int(keep)
-    slab = p.n * 2 ** sum(coverage.block_split(p.n)[1:])
+    slab = 2 ** sum(coverage.block_split(p.n)[1:])
     chunk = chunk or max(1, 1 << int(np.log2(max(SLAB_BUDGET // slab, 1))))
     out = _chunked(
         _exhaustive_batch, (p.dist, p.alpha, p.demand, p.miss), chunk,
@@ -639,10 +695,9 @@ def best_response(
         except ValueError:
             raise InputError(f"x0 has shape {np.shape(x0)}: must be (..., S, {p.n})") from None
     s = x.shape[1]
-    rep = lambda a: np.repeat(a, s, axis=0)  # noqa: E731
     out = _chunked(
-        _br_batch, (rep(p.dist), rep(p.alpha), rep(p.demand), rep(p.miss), x.reshape(-1, p.n)),
-        LANES, max_rounds=max_rounds, tie=TIE[p.dtype],
+        _br_batch, (p.dist, p.alpha, p.demand, p.miss, x), max(1, LANES // s),
+        max_rounds=max_rounds, tie=TIE[p.dtype],
     )  # fmt: skip
     prof = out["profile"].reshape(big, s, p.n)
     cost = out["cost"].reshape(big, s)
