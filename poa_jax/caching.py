@@ -62,6 +62,7 @@ import numpy as np
 import optax
 from jax.typing import ArrayLike
 
+from poa_jax.batching import float_dtype
 from poa_jax.errors import InputError
 from poa_jax.kernels import coverage
 from poa_jax.kernels.loop import CONVERGED, MAX_ITERS
@@ -175,15 +176,7 @@ class _Prepared:
     dtype: np.dtype
 
 
-def _dtype(dtype) -> np.dtype:
-    if dtype is None:
-        return np.dtype(jnp.result_type(float))
-    dt = np.dtype(dtype)
-    if dt not in (np.float32, np.float64):
-        raise InputError(f"dtype {dt}: must be float32 or float64")
-    if dt == np.float64 and not jax.config.jax_enable_x64:
-        raise InputError("dtype float64 needs jax.config.update('jax_enable_x64', True)")
-    return dt
+_dtype = float_dtype  # float32 / float64 checked, x64 required for float64
 
 
 def check_distance(name: str, d: np.ndarray, symmetric: bool) -> None:

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import gc
 import json
 import math
 import os
@@ -533,8 +532,6 @@ def run_sweep(
                 _write_atomic(path, lambda tmp, tab=tab: pq.write_table(tab, tmp))
                 computed += 1
             acc.add(tab)
-            del tab
-            gc.collect()  # reference cycles of a part's objects go now, not when gen 2 runs
             conv = int(acc.converged.sum()) / max(int(acc.n.sum()), 1)
             bar.set_postfix(converged=f"{conv:.0%}", refresh=False)
     finally:
