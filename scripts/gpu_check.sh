@@ -1,23 +1,27 @@
 #!/usr/bin/env bash
 # One-call GPU check for a lent GPU machine (no package index there): installs the project
-# offline into the image's python3, then, each step under its own time limit so that one slow
-# step cannot take the rest down:
-#   1. the GPU tests (pytest -m gpu: the compiled Pallas kernel against the XLA loop, ...);
-#   2. the fused Pallas kernel against the XLA loop at 10^5 and 10^6 instances, float32,
-#      tol 1e-5, with the FLOP floor (benchmarks/bench_fused.py);
-#   3. `poa-jax bench` (what the public API runs: kernel picked automatically);
-#   4. SiouxFalls user equilibria (benchmarks/bench_graph.py), float64 to 1e-6;
-# and writes tables, JSON and logs to $OUT (default ./gpu_out), with a summary in $OUT/table.md.
-# Usage: bash scripts/gpu_check.sh [SIZES]     (SIZES for step 2, default 100000,1000000)
+# offline into the image's python3, then runs each step under its own time limit, so that one
+# slow step cannot take the rest down:
+#   pytest_gpu     the GPU tests other than the fused kernel's (pytest -m gpu)
+#   bench          `poa-jax bench`: the routing pair (XLA loop) at 10^4, 10^5, 10^6, float32
+#   closed_loop    issue 5's closed-loop sweep (3 presets x 11 C x 16 settings x 100 variants)
+#   caching        issue 4's discrete (n = 12, 10^4) and fluid (8x4x256, 10^3) caching games
+#   graph          SiouxFalls user equilibria (benchmarks/bench_graph.py), float64 to 1e-6
+#   fused          the fused Pallas kernel: its GPU test, then fused vs XLA at 10^5 and 10^6
+#                  (on an H200 on 2026-11-27 Triton took > 4 min to compile it: last, capped)
+# Tables, JSON and logs go to $OUT (default ./gpu_out), with a summary in $OUT/table.md.
+# Usage: bash scripts/gpu_check.sh [STEPS...]   (default: all, in the order above)
 # Locally, GPU_CHECK_SMOKE=1 runs every step at toy sizes on the CPU (to check the script).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-gpu_out}"
-SIZES="${1:-100000,1000000}"
-BENCH="10000,100000,1000000"
+STEPS="${*:-pytest_gpu bench closed_loop caching graph fused}"
+SIZES=100000,1000000
+BENCH=10000,100000,1000000
 GRAPH=10000
+SMOKE=()
 PY="${PYTHON:-python3}"
-if [[ "${GPU_CHECK_SMOKE:-0}" == 1 ]]; then SIZES=64; BENCH=64; GRAPH=4; fi
+if [[ "${GPU_CHECK_SMOKE:-0}" == 1 ]]; then SIZES=64; BENCH=64; GRAPH=4; SMOKE=(--smoke); fi
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 t0=$(date +%s)
@@ -37,17 +41,24 @@ print("jax", jax.__version__, "jaxlib", jaxlib.__version__, "devices", jax.devic
 PY
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv \
     >>"$OUT/device.txt" 2>/dev/null || true
-step pytest_gpu 120 "$PY" -m pytest -q -x -rs -m gpu tests -p no:cacheprovider
-step bench_fused 170 "$PY" -m benchmarks.bench_fused --sizes "$SIZES" --repeats 2 \
-    --out "$OUT/fused.md"
-step poa_jax_bench 120 "$PY" -m poa_jax.cli bench --batch "$BENCH" --repeats 1 \
+want() { [[ " $STEPS " == *" $1 "* ]]; }
+want pytest_gpu && step pytest_gpu 60 "$PY" -m pytest -q -rs -m gpu tests -p no:cacheprovider \
+    -k "not compiled_kernel"
+want bench && step bench 120 "$PY" -m poa_jax.cli bench --batch "$BENCH" --repeats 1 \
     --json "$OUT/bench.json"
-step bench_graph 60 "$PY" -m benchmarks.bench_graph --instances "$GRAPH" --tol 1e-6 \
+want closed_loop && step closed_loop 90 "$PY" -m benchmarks.bench_closed_loop "${SMOKE[@]}" \
+    --json "$OUT/closed_loop.json"
+want caching && step caching 90 "$PY" -m benchmarks.bench_caching "${SMOKE[@]}" \
+    --json "$OUT/caching.json"
+want graph && step graph 60 "$PY" -m benchmarks.bench_graph --instances "$GRAPH" --tol 1e-6 \
     --aeq-instances 0 --fw-instances 0 --json "$OUT/graph.json"
+want fused && step fused 120 sh -c "'$PY' -m pytest -q -rs -m gpu tests/test_pallas.py \
+    -p no:cacheprovider && '$PY' -m benchmarks.bench_fused --sizes '$SIZES' --repeats 2 \
+    --out '$OUT/fused.md'"
 {
     echo "# GPU check, $(date -u '+%Y-%m-%d %H:%M UTC'), $(( $(date +%s) - t0 )) s"
     echo; cat "$OUT/device.txt"; echo; cat "$OUT/steps.md"; echo
     [[ -f "$OUT/fused.md" ]] && cat "$OUT/fused.md"; echo
-    grep -E '^\|' "$OUT/poa_jax_bench.log" || true
+    grep -E '^\|' "$OUT/bench.log" || true
 } >"$OUT/table.md"
 cat "$OUT/table.md"
