@@ -7,20 +7,36 @@ the state in registers, writing the result once.
 
 **Layout.** The batch is the last (lane) axis. Inside the kernel every scalar of an instance is
 a *lane vector* of shape ``(B,)``, one entry per instance of the block, and a flow is a nested
-tuple ``x[j][k]`` of ``J × K`` lane vectors. Row and column reductions are unrolled Python sums
-over lane vectors, so the kernel body is elementwise arithmetic on ``(B,)`` vectors only — no
-slicing, gathers, sorts or reductions over a tile axis, which the Triton lowering does not
-support well — and ``J``, ``K`` need no padding to powers of two (only ``B`` must be one). On a
+tuple ``x[j][k]`` of ``J × K`` lane vectors. Reductions within a row or a column are unrolled
+Python sums over lane vectors, so the kernel body is elementwise arithmetic on ``(B,)`` vectors
+only — no slicing, gathers, sorts or reductions over a tile axis, which the Triton lowering does
+not support well — and ``J``, ``K`` need no padding to powers of two (only ``B`` must be one). On a
 GPU each thread then owns one instance (``B = 32·num_warps``).
 
+**Loops, not unrolled code.** The iteration is column-local in the field (a worker's cost
+depends on its own column: a congestion game) and row-local in the projection, so the body is
+two ``fori_loop``\ s — over the ``K`` columns (field, gap and metric reductions) and over the ``J``
+rows (centring, projection, step control) — and the projection's ``K²`` comparisons are a loop
+over ``K`` breakpoints. A loop's carry holds the whole grid as lane vectors and *rotates* by one
+item per trip: the item being processed is always the head, so no value is picked by a dynamic
+index (which the Triton lowering has no rule for, and masks would cost ``J·K`` selects per
+access), and after ``n`` trips every item is back in place with its new value. Rows are loaded
+and stored by the same kind of loop. The emitted Triton IR is thus the size of one column of
+the field plus one row of the projection, not ``J`` and ``K`` copies: the unrolled 5 × 6 body
+(~15 000 lines of Triton IR against ~1 300–1 500 now) took over 4 minutes to compile on an
+H200; ``tests/test_pallas.py`` bounds the IR size. The price is register moves: a rotation
+renames the whole carry each trip (``≈ K·(|col carry|) + J·(|row carry|)`` moves per iteration
+unless the GPU compiler unrolls the loops back).
+
 Inputs are packed into three 2-D arrays with the batch last (rows padded to a power of two):
-parameters ``(P, N)`` (the demand ``d (J)``, the mask ``(J·K)``, then the caller's parameters,
-each a ``(R, N)`` leaf seen in the kernel as a tuple of ``R`` lane vectors), the float state
-``(S, N)`` and the int state ``(2, N)`` (steps so far, iteration budget of this call).
+parameters ``(P, N)`` (the demand ``d (J)``, the mask ``(J·K)``, the per-worker parameters,
+each a ``(K, N)`` leaf, then the shared ones, each a ``(R, N)`` leaf seen in the kernel as a
+tuple of ``R`` lane vectors), the float state ``(S, N)`` and the int state ``(2, N)`` (steps so
+far, iteration budget of this call).
 
 **Iteration** (identical to ``projection_iteration`` without its Newton endgame). For a cost
-field ``F(x) = (c, s, ν)`` — cost ``c``, diagonal metric ``s ≈ ∂c_jk/∂x_jk`` and an optional gap
-denominator ``ν`` —
+field ``F(x) = (c, s, ν)`` evaluated one column (worker) ``k`` at a time — cost ``c_·k``, diagonal
+metric ``s_·k ≈ ∂c_jk/∂x_jk`` and an optional term ``ν_k`` of the gap denominator ``ν = Σ_k ν_k`` —
 
     s̃      = max(s, max(1, max_jk s)·√ε)                       (metric floor; 1 off the mask)
     c̄_jk   = c_jk − m_j,  m_j = Σ_k x_jk c_jk / d_j  (min_k c_jk if d_j = 0)   (centring)
@@ -73,6 +89,7 @@ __all__ = [
     "lane_min",
     "project_simplex_lanes",
     "projection_kernel",
+    "rotating_loop",
     "start_state",
     "triton_compiler_params",
 ]
@@ -86,11 +103,11 @@ class FusedUnavailable(RuntimeError):
 
 
 class Field(NamedTuple):
-    """What a cost field returns at a flow ``x[j][k]`` (all lane vectors)."""
+    """What a cost field returns for one column (worker) ``k`` of a flow (all lane vectors)."""
 
-    cost: Rows  # c[j][k]
-    scale: Rows  # s[j][k] > 0 (floored by the kernel), ≈ ∂c_jk/∂x_jk
-    norm: Lane | None = None  # gap denominator; None → Σ_jk x c over the mask
+    cost: Sequence[Lane]  # c[j] = c_jk, J lane vectors
+    scale: Sequence[Lane]  # s[j] > 0 (floored by the kernel), ≈ ∂c_jk/∂x_jk
+    norm: Lane | None = None  # this column's term of the gap denominator; None → Σ_j x c
 
 
 class FusedState(NamedTuple):
@@ -144,6 +161,30 @@ def _tiny(dtype):
     return jnp.finfo(dtype).tiny
 
 
+def rotating_loop(step: Callable, seqs: Sequence[Sequence[Any]], acc: Any = ()):
+    """``for i < n: new, acc = step(i, [s[i] for s in seqs], acc)``, item ``i`` replaced by ``new``.
+
+    A ``fori_loop`` (not unrolled) over the ``n`` items of equally long sequences of pytrees of
+    lane vectors. The carry holds every sequence and rotates it by one item per trip, so the
+    item processed is always the head (no dynamic index into values, which the Triton lowering
+    cannot do, and no ``n``-way select); after ``n`` trips each sequence is back in order, with
+    ``step``'s new items in place. ``step`` returns one new item per sequence, of the same
+    structure (returning the head unchanged makes a sequence read-only).
+
+    Returns:
+      ``(seqs, acc)``: the updated sequences (lists) and the final accumulator.
+    """
+    seqs = tuple(list(s) for s in seqs)
+    n = len(seqs[0])
+
+    def body(i, carry):
+        ss, a = carry
+        new, a = step(i, tuple(s[0] for s in ss), a)
+        return tuple(s[1:] + [h] for s, h in zip(ss, new, strict=True)), a
+
+    return jax.lax.fori_loop(0, n, body, (seqs, acc))
+
+
 def project_simplex_lanes(
     z: Sequence[Lane], total: Lane, w: Sequence[Lane] | None, m: Sequence[Lane]
 ) -> list[Lane]:
@@ -151,7 +192,8 @@ def project_simplex_lanes(
 
     Same operations, in the same order, as the unrolled branch of
     :func:`poa_jax.kernels.simplex.project_simplex`: ``θ* = max_k θ_{A_k}`` from ``K²``
-    elementwise comparisons, then a rescale to the exact total.
+    elementwise comparisons (a loop over the ``K`` breakpoints, ``K`` comparisons each), then a
+    rescale to the exact total.
 
     Args:
       z: ``K`` lane vectors, the point to project.
@@ -165,14 +207,18 @@ def project_simplex_lanes(
     inv_w = [jnp.where(m[i], 1.0 if w is None else 1.0 / w[i], 0.0).astype(dtype) for i in range(K)]
     zm = [jnp.where(m[i], z[i], 0.0) for i in range(K)]
     brk = [jnp.where(m[i], z[i] if w is None else w[i] * z[i], -jnp.inf) for i in range(K)]
-    theta = jnp.full_like(total, -jnp.inf)
-    for k in range(K):
+
+    def candidate(_, heads, theta):  # θ_{A_k} for the breakpoint k at the head
+        bk, mk = heads
         num, den = -total, jnp.zeros_like(total)
         for i in range(K):
-            top = brk[i] >= brk[k]
+            top = brk[i] >= bk
             num = num + jnp.where(top, zm[i], 0.0)
             den = den + jnp.where(top, inv_w[i], 0.0)
-        theta = jnp.where(m[k], jnp.maximum(theta, num / jnp.maximum(den, tiny)), theta)
+        theta = jnp.where(mk, jnp.maximum(theta, num / jnp.maximum(den, tiny)), theta)
+        return heads, theta
+
+    _, theta = rotating_loop(candidate, (brk, m), jnp.full_like(total, -jnp.inf))
     y = [jnp.where(m[i], jnp.maximum(zm[i] - theta * inv_w[i], 0.0), 0.0) for i in range(K)]
     s = lane_sum(y)
     scale = jnp.where(s > 0, total / jnp.where(s > 0, s, 1.0), 1.0)
@@ -182,68 +228,12 @@ def project_simplex_lanes(
 # --------------------------------------------------------------------------- the iteration
 
 
-def _map2(f, *rows):
-    return [[f(*vals) for vals in zip(*cols, strict=True)] for cols in zip(*rows, strict=True)]
+def _where(p, a, b):
+    return [jnp.where(p, u, v) for u, v in zip(a, b, strict=True)]
 
 
-def _metric(s, m):
-    dtype = s[0][0].dtype
-    eps = jnp.finfo(dtype).eps
-    top = lane_max(
-        [
-            jnp.where(mk, sk, 0.0)
-            for sj, mj in zip(s, m, strict=True)
-            for sk, mk in zip(sj, mj, strict=True)
-        ]
-    )
-    floor = jnp.maximum(top, 1.0) * eps**0.5
-    return _map2(lambda sk, mk: jnp.where(mk, jnp.maximum(sk, floor), 1.0), s, m)
-
-
-def _row_min(cj, mj):
-    return lane_min([jnp.where(mk, ck, jnp.inf) for ck, mk in zip(cj, mj, strict=True)])
-
-
-def _gap(x, c, norm, demand, m):
-    dtype = demand[0].dtype
-    total = lane_sum(
-        [
-            jnp.where(mk, xk * ck, 0.0)
-            for xj, cj, mj in zip(x, c, m, strict=True)
-            for xk, ck, mk in zip(xj, cj, mj, strict=True)
-        ]
-    )
-    best = lane_sum(
-        [
-            jnp.where(d > 0, d * _row_min(cj, mj), 0.0)
-            for d, cj, mj in zip(demand, c, m, strict=True)
-        ]
-    )
-    den = jnp.abs(total) if norm is None else norm
-    return jnp.maximum(total - best, 0.0) / jnp.maximum(den, _tiny(dtype))
-
-
-def _centred(c, x, demand, m):
-    tiny = _tiny(demand[0].dtype)
-    out = []
-    for cj, xj, mj, d in zip(c, x, m, demand, strict=True):
-        mean = lane_sum(
-            [jnp.where(mk, xk * ck, 0.0) for ck, xk, mk in zip(cj, xj, mj, strict=True)]
-        )
-        mean = mean / jnp.maximum(d, tiny)
-        ref = jnp.where(d > 0, mean, _row_min(cj, mj))
-        out.append([jnp.where(mk, ck - ref, 0.0) for ck, mk in zip(cj, mj, strict=True)])
-    return out
-
-
-def _dot(a, b, s):
-    return lane_sum(
-        [
-            sk * ak * bk
-            for aj, bj, sj in zip(a, b, s, strict=True)
-            for ak, bk, sk in zip(aj, bj, sj, strict=True)
-        ]
-    )
+def _columns(grid):
+    return [list(col) for col in zip(*grid, strict=True)]
 
 
 class _Options(NamedTuple):
@@ -255,7 +245,7 @@ class _Options(NamedTuple):
     grow: float
 
 
-def _solve_block(field_fn, opt: _Options, st: dict, budget, demand, m, params) -> dict:
+def _solve_block(field_fn, opt: _Options, st: dict, budget, demand, m, workers, shared) -> dict:
     """The loop for one block of lanes; ``st`` holds the state fields as (nested) lane vectors.
 
     One field evaluation and one projection per iteration: the body evaluates the pending
@@ -264,9 +254,14 @@ def _solve_block(field_fn, opt: _Options, st: dict, budget, demand, m, params) -
     decides it when the candidate is made). A rejected candidate (non-finite gap) makes the
     accepted point itself the next candidate, with ``α/2`` and no previous step: the state
     ``kernels.vi`` reaches, one iteration later.
+
+    ``workers`` is a list of ``K`` pytrees (worker ``k``'s parameters), ``shared`` the rest.
     """
-    where_rows = lambda p, a, b: _map2(lambda u, v: jnp.where(p, u, v), a, b)
+    J = len(demand)
+    dtype = demand[0].dtype
+    tiny = _tiny(dtype)
     limit = jnp.minimum(st["steps"] + budget, opt.max_iters)
+    mcols = _columns(m)
 
     def pending(err, k):
         return ~(err <= opt.tol) & (k < limit) & ~jnp.isnan(err)
@@ -278,38 +273,83 @@ def _solve_block(field_fn, opt: _Options, st: dict, budget, demand, m, params) -
         x, y, step, alpha = c["x"], c["y"], c["step"], c["alpha"]
         live = pending(c["best_gap"], c["steps"])
         fresh = c["fresh"] > 0
-        f = field_fn(y, params)
-        cost, s = f.cost, _metric(f.scale, m)
-        g = _gap(y, cost, f.norm, demand, m)
+        zero = jnp.zeros_like(alpha)
+        has_norm = []
+
+        # 1. The field at y, column by column, with the reductions the gap and the metric
+        # floor need: Σ y·c, the row minima min_k c_jk and max s over the mask.
+        def column(_, heads, acc):
+            yk, mk, wk, _c, _s = heads
+            yc, rmin, smax, nrm = acc
+            f = field_fn(yk, wk, shared)
+            has_norm.append(f.norm is not None)
+            ck = [jnp.broadcast_to(v, zero.shape).astype(dtype) for v in f.cost]
+            sk = [jnp.broadcast_to(v, zero.shape).astype(dtype) for v in f.scale]
+            col = lane_sum([jnp.where(b, u * v, 0.0) for u, v, b in zip(yk, ck, mk, strict=True)])
+            rmin = [
+                jnp.minimum(r, jnp.where(b, v, jnp.inf))
+                for r, v, b in zip(rmin, ck, mk, strict=True)
+            ]
+            smax = jnp.maximum(
+                smax, lane_max([jnp.where(b, v, 0.0) for v, b in zip(sk, mk, strict=True)])
+            )
+            nrm = nrm + (col if f.norm is None else jnp.asarray(f.norm, dtype))
+            return (yk, mk, wk, ck, sk), (yc + col, rmin, smax, nrm)
+
+        ycols = _columns(y)
+        acc0 = (zero, [zero + jnp.inf] * J, zero - jnp.inf, zero)
+        (_, _, _, ccols, scols), (yc, rmin, smax, nrm) = rotating_loop(
+            column, (ycols, mcols, workers, ycols, ycols), acc0
+        )
+        cost, s_raw = _columns(ccols), _columns(scols)
+        best = lane_sum([jnp.where(d > 0, d * r, 0.0) for d, r in zip(demand, rmin, strict=True)])
+        den = nrm if has_norm[0] else jnp.abs(yc)
+        g = jnp.maximum(yc - best, 0.0) / jnp.maximum(den, tiny)
+        floor = jnp.maximum(smax, 1.0) * jnp.finfo(dtype).eps ** 0.5
         ok = jnp.isfinite(g)
         # Accept y (x ← y, α ← α_next, previous step ← y − x) or reject it (α/2, no step).
-        x1 = where_rows(ok, y, x)
         alpha1 = jnp.where(ok, c["alpha_next"], alpha * 0.5)
-        step1 = _map2(lambda a, b: jnp.where(ok, a - b, 0.0), y, x)
         # The start's gap is recorded whatever it is (a NaN start stops the lane, reported).
         improved = fresh | (ok & (g < c["best_gap"]))
-        # The next candidate, from x1 (where the field is known when y was accepted).
-        cc = _centred(cost, x1, demand, m)
-        z = _map2(lambda xv, cv, sv: xv - alpha1 * cv / sv, x1, cc, s)
-        y1 = [
-            project_simplex_lanes(zj, d, sj, mj)
-            for zj, d, sj, mj in zip(z, demand, s, m, strict=True)
-        ]
-        dx = _map2(lambda a, b: a - b, y1, x1)
-        inner = _dot(dx, step1, s)
-        nrm = jnp.sqrt(_dot(dx, dx, s) * _dot(step1, step1, s))
-        cos = inner / jnp.maximum(nrm, _tiny(nrm.dtype))
+
+        # 2. Row by row: accept, centre, project the next candidate from x1 (where the field
+        # is known when y was accepted), and the step-control inner products.
+        def row(_, heads, acc):
+            xj, yj, stj, bj, cj, sj, mj, d, rm = heads
+            sj = [jnp.where(b, jnp.maximum(v, floor), 1.0) for v, b in zip(sj, mj, strict=True)]
+            x1 = _where(ok, yj, xj)
+            step1 = [jnp.where(ok, a - b, 0.0) for a, b in zip(yj, xj, strict=True)]
+            mean = lane_sum([jnp.where(b, u * v, 0.0) for u, v, b in zip(x1, cj, mj, strict=True)])
+            ref = jnp.where(d > 0, mean / jnp.maximum(d, tiny), rm)
+            cc = [jnp.where(b, v - ref, 0.0) for v, b in zip(cj, mj, strict=True)]
+            z = [u - alpha1 * v / w for u, v, w in zip(x1, cc, sj, strict=True)]
+            y1 = project_simplex_lanes(z, d, sj, mj)
+            dx = [a - b for a, b in zip(y1, x1, strict=True)]
+            dot = lambda a, b: lane_sum([w * u * v for u, v, w in zip(a, b, sj, strict=True)])
+            inner, dd, ss = acc
+            acc = (inner + dot(dx, step1), dd + dot(dx, dx), ss + dot(step1, step1))
+            y1 = _where(ok, y1, x1)
+            new = (
+                _where(live, x1, xj),
+                _where(live, y1, yj),
+                _where(live, step1, stj),
+                _where(live & improved, yj, bj),
+            )
+            return new + (cj, sj, mj, d, rm), acc
+
+        seqs = (x, y, step, c["best_x"], cost, s_raw, m, demand, rmin)
+        (x2, y2, step2, best2, *_), (inner, dd, ss) = rotating_loop(row, seqs, (zero,) * 3)
+        nrm2 = jnp.sqrt(dd * ss)
+        cos = inner / jnp.maximum(nrm2, tiny)
         a2 = jnp.where(cos < 0, alpha1 * 0.5, jnp.where(cos > 0.5, alpha1 * opt.grow, alpha1))
         a2 = jnp.clip(a2, opt.alpha_min, opt.alpha_max)
-        y1 = where_rows(ok, y1, x1)
         a2 = jnp.where(ok, a2, alpha1)
         keep = lambda new, old: jnp.where(live, new, old)
-        rows = lambda new, old: _map2(keep, new, old)
         return dict(
-            x=rows(x1, x),
-            y=rows(y1, y),
-            step=rows(step1, step),
-            best_x=rows(where_rows(improved, y, c["best_x"]), c["best_x"]),
+            x=x2,
+            y=y2,
+            step=step2,
+            best_x=best2,
             alpha=keep(alpha1, alpha),
             alpha_next=keep(a2, c["alpha_next"]),
             best_gap=keep(jnp.where(improved, g, c["best_gap"]), c["best_gap"]),
@@ -340,6 +380,34 @@ def triton_compiler_params(num_warps: int | None, num_stages: int | None):
     return cls(**kw)
 
 
+def _load_rows(ref, start: int, n: int) -> list[Lane]:
+    """Rows ``start … start + n − 1`` of a ``(rows, B)`` block as lane vectors, by a loop."""
+    if n == 0:
+        return []
+    seed = ref[start, :]
+    if n == 1:
+        return [seed]
+    (rows,), _ = rotating_loop(lambda i, h, a: ((ref[start + i, :],), a), ([seed] * n,))
+    return rows
+
+
+def _store_rows(ref, start: int, rows: Sequence[Lane]) -> None:
+    """Writes lane vectors to rows ``start …`` of a ``(rows, B)`` block, by a loop."""
+
+    def put(i, heads, acc):
+        ref[start + i, :] = heads[0]
+        return heads, acc
+
+    if len(rows) == 1:
+        ref[start, :] = rows[0]
+    elif rows:
+        rotating_loop(put, (list(rows),))
+
+
+def _nest(flat, rows, cols):
+    return [list(flat[j * cols : (j + 1) * cols]) for j in range(rows)]
+
+
 def _unflatten_rows(treedef, sizes, rows):
     leaves, i = [], 0
     for r in sizes:
@@ -364,7 +432,7 @@ def start_state(x0: jax.Array, demand: jax.Array, mask: jax.Array, alpha0: float
 
 
 class ProjectionKernel(NamedTuple):
-    """A built fused solver; ``advance(params, demand, mask, state, budget)`` → state."""
+    """A built fused solver; ``advance(workers, shared, demand, mask, state, budget)`` → state."""
 
     advance: Callable[..., FusedState]
     block: int
@@ -372,7 +440,7 @@ class ProjectionKernel(NamedTuple):
 
 
 def projection_kernel(
-    field_fn: Callable[[Rows, Any], Field],
+    field_fn: Callable[[Sequence[Lane], Any, Any], Field],
     *,
     tol: float,
     max_iters: int,
@@ -385,12 +453,14 @@ def projection_kernel(
     alpha_max: float = 1.0,
     grow: float = 1.2,
 ) -> ProjectionKernel:
-    """Builds the fused projection-dynamics solver for a cost field.
+    """Builds the fused projection-dynamics solver for a column-local cost field.
 
     Args:
-      field_fn: ``(x, params) → Field``; ``x[j][k]`` lane vectors, ``params`` the caller's
-        pytree with every ``(R, N)`` leaf given as a tuple of ``R`` lane vectors (``(N,)``
-        leaves as one lane vector). Elementwise ``jnp`` only (it is traced into the kernel).
+      field_fn: ``(x_k, worker_k, shared) → Field`` for one column ``k``: ``x_k`` the ``J``
+        lane vectors ``x[j][k]``, ``worker_k`` the per-worker pytree at worker ``k`` (every leaf
+        a lane vector), ``shared`` the shared pytree with every ``(R, N)`` leaf given as a tuple
+        of ``R`` lane vectors (``(N,)`` leaves as one lane vector). Elementwise ``jnp`` only (it
+        is traced into the kernel, once: it runs inside a loop over the columns).
       tol: relative-gap tolerance.
       max_iters: iteration bound per lane (over all calls).
       block: lanes per program ``B``, a power of two (one instance per GPU thread at
@@ -400,9 +470,10 @@ def projection_kernel(
       alpha0, alpha_min, alpha_max, grow: step control, as :func:`kernels.vi.projection_iteration`.
 
     Returns:
-      A :class:`ProjectionKernel` whose ``advance(params, demand (J, N), mask (J, K, N), state,
-      budget)`` runs at most ``budget`` (a Python int, traced: no recompile) more iterations on
-      every pending lane. ``N`` is padded to a multiple of ``block`` inside.
+      A :class:`ProjectionKernel` whose ``advance(workers, shared, demand (J, N), mask (J, K, N),
+      state, budget)`` runs at most ``budget`` (a Python int, traced: no recompile) more
+      iterations on every pending lane; ``workers`` is a pytree of ``(K, N)`` leaves. ``N`` is
+      padded to a multiple of ``block`` inside.
     """
     if block < 1 or block & (block - 1):
         raise ValueError(f"block = {block}: must be a power of two")
@@ -414,13 +485,14 @@ def projection_kernel(
             params_kw["compiler_params"] = cp
 
     @jax.jit
-    def advance(params, demand, mask, state: FusedState, budget) -> FusedState:
+    def advance(workers, shared, demand, mask, state: FusedState, budget) -> FusedState:
         J, K, n = state.x.shape
         jk = J * K
         dtype = state.x.dtype
-        leaves, treedef = jax.tree_util.tree_flatten(params)
+        w_leaves, w_tree = jax.tree_util.tree_flatten(workers)
+        leaves, treedef = jax.tree_util.tree_flatten(shared)
         sizes = [a.shape[0] if a.ndim == 2 else 0 for a in leaves]
-        rows = [jnp.asarray(a, dtype).reshape(-1, n) for a in leaves]
+        rows = [jnp.asarray(a, dtype).reshape(-1, n) for a in w_leaves + leaves]
         p_rows = [demand.astype(dtype), mask.reshape(jk, n).astype(dtype), *rows]
         packed_p = jnp.concatenate(p_rows, axis=0)
         packed_s = jnp.concatenate(
@@ -439,26 +511,26 @@ def projection_kernel(
             return jnp.pad(a, ((0, 0), (0, n_pad - n)), mode="edge") if n_pad > n else a
 
         packed_p, packed_s, ints = pad(packed_p, p_pad), pad(packed_s, s_pad), pad(ints, i_pad)
+        n_w = len(w_leaves) * K
         n_user = sum(max(z, 1) for z in sizes)
-        s_off = {f: i * jk for i, f in enumerate(_FLOAT_GRIDS)}
-        s_off.update({f: 4 * jk + i for i, f in enumerate(_FLOAT_LANES)})
+        n_grid = len(_FLOAT_GRIDS) * jk
 
         def kernel(p_ref, s_ref, i_ref, so_ref, io_ref):
-            ld = lambda ref, r: ref[r, :]
-            demand_l = [ld(p_ref, j) for j in range(J)]
-            m = [[ld(p_ref, J + j * K + k) > 0.5 for k in range(K)] for j in range(J)]
-            prm = _unflatten_rows(treedef, sizes, [ld(p_ref, J + jk + r) for r in range(n_user)])
-            grid = lambda off: [[ld(s_ref, off + j * K + k) for k in range(K)] for j in range(J)]
-            st = {f: grid(s_off[f]) for f in _FLOAT_GRIDS}
-            st.update({f: ld(s_ref, s_off[f]) for f in _FLOAT_LANES})
-            st.update({f: ld(i_ref, i) for i, f in enumerate(_INT_LANES)})
-            out = _solve_block(field_fn, opt, st, ld(i_ref, 2), demand_l, m, prm)
-            for f in _FLOAT_GRIDS:
-                for j in range(J):
-                    for k in range(K):
-                        so_ref[s_off[f] + j * K + k, :] = out[f][j][k]
-            for f in _FLOAT_LANES:
-                so_ref[s_off[f], :] = out[f]
+            p = _load_rows(p_ref, 0, J + jk + n_w + n_user)
+            demand_l = p[:J]
+            m = _nest([v > 0.5 for v in p[J : J + jk]], J, K)
+            w_rows = p[J + jk : J + jk + n_w]
+            wk = [
+                jax.tree_util.tree_unflatten(w_tree, w_rows[k::K]) for k in range(K)
+            ]  # leaf l of worker k is row l·K + k
+            prm = _unflatten_rows(treedef, sizes, p[J + jk + n_w :])
+            sv = _load_rows(s_ref, 0, n_grid + len(_FLOAT_LANES))
+            st = {f: _nest(sv[i * jk : (i + 1) * jk], J, K) for i, f in enumerate(_FLOAT_GRIDS)}
+            st.update({f: sv[n_grid + i] for i, f in enumerate(_FLOAT_LANES)})
+            st.update({f: i_ref[i, :] for i, f in enumerate(_INT_LANES)})
+            out = _solve_block(field_fn, opt, st, i_ref[2, :], demand_l, m, wk, prm)
+            flat = [v for f in _FLOAT_GRIDS for row in out[f] for v in row]
+            _store_rows(so_ref, 0, flat + [out[f] for f in _FLOAT_LANES])
             for i, f in enumerate(_INT_LANES):
                 io_ref[i, :] = out[f]
 
@@ -477,8 +549,8 @@ def projection_kernel(
             **params_kw,
         )(packed_p, packed_s, ints)
         so, io = so[:, :n], io[:, :n]
-        out = {f: so[s_off[f] : s_off[f] + jk].reshape(J, K, n) for f in _FLOAT_GRIDS}
-        out.update({f: so[s_off[f]] for f in _FLOAT_LANES})
+        out = {f: so[i * jk : (i + 1) * jk].reshape(J, K, n) for i, f in enumerate(_FLOAT_GRIDS)}
+        out.update({f: so[n_grid + i] for i, f in enumerate(_FLOAT_LANES)})
         out.update({f: io[i] for i, f in enumerate(_INT_LANES)})
         return FusedState(**out)
 

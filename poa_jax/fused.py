@@ -7,7 +7,9 @@ iterations. :func:`use_fused` says when they apply; elsewhere the pure-JAX path 
 the reference.
 
 The cost fields are the game's formulas (DESIGN §2.2, :mod:`poa_jax.game`,
-:mod:`poa_jax.policies`) written for lane vectors (one entry per instance, batch last):
+:mod:`poa_jax.policies`) written for lane vectors (one entry per instance, batch last), one worker
+(column of the flow) at a time: a worker's costs depend only on its own column, so the kernel
+evaluates them in a loop over the workers (its Triton IR is one column's worth, not ``K``):
 
 * equilibrium of a policy (``τ = 0``): cost ``r = w_true·c + w_prefill·P + w_decode·D`` with the
   cache term, metric :func:`poa_jax.policies.perceived_slope`, gap
@@ -128,75 +130,71 @@ def _latency(f, w, second: bool = False):
     return val, der, sec
 
 
-def _common(x, g):
-    """Hit fractions and loads shared by every field: ``(e, q, h, n, X, W)``, lane form."""
-    J, K = len(x), len(x[0])
-    X = [pv.lane_sum([x[j][k] for j in range(J)]) for k in range(K)]
-    e = [g["residency"][k] * (1.0 + X[k] / g["cache_size"][k]) for k in range(K)]
-    q = [[x[j][k] + e[k] for k in range(K)] for j in range(J)]
-    h = [[g["shareable"][j] * x[j][k] / q[j][k] for k in range(K)] for j in range(J)]
-    n = [[g["tokens"][j] * (1.0 - h[j][k]) for k in range(K)] for j in range(J)]
-    W = [pv.lane_sum([x[j][k] * n[j][k] for j in range(J)]) for k in range(K)]
+def _column(xk, w, g):
+    """Hit fractions and loads of worker ``k`` from its column ``x_k`` (``J`` lane vectors):
+    ``(e, q, h, n, X, W)``, with ``q, h, n`` lists over the classes."""
+    J = len(xk)
+    X = pv.lane_sum(xk)
+    e = w["residency"] * (1.0 + X / w["cache_size"])
+    q = [xk[j] + e for j in range(J)]
+    h = [g["shareable"][j] * xk[j] / q[j] for j in range(J)]
+    n = [g["tokens"][j] * (1.0 - h[j]) for j in range(J)]
+    W = pv.lane_sum([xk[j] * n[j] for j in range(J)])
     return e, q, h, n, X, W
 
 
-def _worker(g, k):
-    return {f: g["lat_" + f][k] for f in _LAT}
+def _latency_of(w):
+    return {f: w["lat_" + f] for f in _LAT}
 
 
-def _prefill(g, k, n):
-    return g["pre_a"][k] + g["pre_b"][k] * n + g["pre_c"][k] * n * n
+def _prefill(w, n):
+    return w["pre_a"] + w["pre_b"] * n + w["pre_c"] * n * n
 
 
-def _equilibrium_field(x, g) -> pv.Field:
-    """Perceived cost and slope of the policy (:func:`poa_jax.policies.perceived_cost`)."""
-    J, K = len(x), len(x[0])
-    _, _, h, n, _, W = _common(x, g)
-    D = [pv.lane_sum([x[j][k] * g["tokens"][j] for j in range(J)]) for k in range(K)]
+def _equilibrium_field(xk, w, g) -> pv.Field:
+    """Perceived cost and slope of the policy on worker ``k``
+    (:func:`poa_jax.policies.perceived_cost`); ``xk`` the column, ``w`` the worker's fields."""
+    J = len(xk)
+    _, _, h, n, _, W = _column(xk, w, g)
+    D = pv.lane_sum([xk[j] * g["tokens"][j] for j in range(J)])
     wt, wp, wd, credit = (g[f] for f in ("w_true", "w_prefill", "w_decode", "credit"))
+    lat, dlat = _latency(_latency_of(w), W)
     cost, scale = [], []
     for j in range(J):
         tok = g["tokens"][j]
-        cj, sj = [], []
-        for k in range(K):
-            lat, dlat = _latency(_worker(g, k), W[k])
-            c = lat + _prefill(g, k, n[j][k])
-            pre = W[k] + tok * jnp.maximum(1.0 - credit * h[j][k], 0.0)
-            dec = D[k] + tok
-            cj.append(wt * c + wp * pre + wd * dec)
-            sj.append(wt * dlat * n[j][k] + wp * n[j][k] + wd * tok)
-        cost.append(cj)
-        scale.append(sj)
+        c = lat + _prefill(w, n[j])
+        pre = W + tok * jnp.maximum(1.0 - credit * h[j], 0.0)
+        dec = D + tok
+        cost.append(wt * c + wp * pre + wd * dec)
+        scale.append(wt * dlat * n[j] + wp * n[j] + wd * tok)
     return pv.Field(cost, scale)
 
 
-def _optimum_field(x, g) -> pv.Field:
-    """``∇SC``, the diagonal curvature and ``SC`` (:func:`poa_jax.game.social_cost_gradient`)."""
-    J, K = len(x), len(x[0])
-    e, q, _, n, X, W = _common(x, g)
-    cost = [[None] * K for _ in range(J)]
-    scale = [[None] * K for _ in range(J)]
-    sc = []
-    for k in range(K):
-        lat, dlat, d2lat = _latency(_worker(g, k), W[k], second=True)
-        m = g["worker_mask"][k] > 0.5
-        slope_e = g["residency"][k] / g["cache_size"][k]
-        a_own, u, ds, s = [], [], [], []
-        for j in range(J):
-            eta, qq = g["shareable"][j], q[j][k]
-            a_own.append(eta * e[k] / (qq * qq))
-            u.append(eta * x[j][k] / (qq * qq))
-            ds.append(g["pre_b"][k] + 2.0 * g["pre_c"][k] * n[j][k])
-            s.append(_prefill(g, k, n[j][k]))
-        tok = g["tokens"]
-        cross_w = slope_e * pv.lane_sum([x[i][k] * tok[i] * u[i] for i in range(J)])
-        cross_s = slope_e * pv.lane_sum([x[i][k] * ds[i] * tok[i] * u[i] for i in range(J)])
-        for j in range(J):
-            dw = n[j][k] - x[j][k] * tok[j] * a_own[j] + cross_w
-            grad = lat + X[k] * dlat * dw + s[j] - x[j][k] * ds[j] * tok[j] * a_own[j] + cross_s
-            cost[j][k] = jnp.where(m, grad, 0.0)
-            scale[j][k] = 2.0 * dlat * n[j][k] + X[k] * d2lat * n[j][k] * n[j][k]
-            sc.append(jnp.where(m, x[j][k] * (lat + s[j]), 0.0))
+def _optimum_field(xk, w, g) -> pv.Field:
+    """``∇SC``, the diagonal curvature and worker ``k``'s term of ``SC``
+    (:func:`poa_jax.game.social_cost_gradient`); ``xk`` the column, ``w`` the worker's fields."""
+    J = len(xk)
+    e, q, _, n, X, W = _column(xk, w, g)
+    lat, dlat, d2lat = _latency(_latency_of(w), W, second=True)
+    m = w["worker_mask"] > 0.5
+    slope_e = w["residency"] / w["cache_size"]
+    tok = g["tokens"]
+    a_own, u, ds, s = [], [], [], []
+    for j in range(J):
+        eta, qq = g["shareable"][j], q[j]
+        a_own.append(eta * e / (qq * qq))
+        u.append(eta * xk[j] / (qq * qq))
+        ds.append(w["pre_b"] + 2.0 * w["pre_c"] * n[j])
+        s.append(_prefill(w, n[j]))
+    cross_w = slope_e * pv.lane_sum([xk[i] * tok[i] * u[i] for i in range(J)])
+    cross_s = slope_e * pv.lane_sum([xk[i] * ds[i] * tok[i] * u[i] for i in range(J)])
+    cost, scale, sc = [], [], []
+    for j in range(J):
+        dw = n[j] - xk[j] * tok[j] * a_own[j] + cross_w
+        grad = lat + X * dlat * dw + s[j] - xk[j] * ds[j] * tok[j] * a_own[j] + cross_s
+        cost.append(jnp.where(m, grad, 0.0))
+        scale.append(2.0 * dlat * n[j] + X * d2lat * n[j] * n[j])
+        sc.append(jnp.where(m, xk[j] * (lat + s[j]), 0.0))
     return pv.Field(cost, scale, pv.lane_sum(sc))
 
 
@@ -220,21 +218,23 @@ def flops_per_iteration(kind: str, num_classes: int = 5, num_workers: int = 6) -
 # --------------------------------------------------------------------------- packing
 
 
-def _params(game: RoutingGame, policy: Policy | None, n: int, dtype) -> dict:
-    """The game's fields batch-last: ``(J, N)`` / ``(K, N)`` / ``(N,)`` arrays."""
+def _params(game: RoutingGame, policy: Policy | None, n: int, dtype) -> tuple[dict, dict]:
+    """The game's fields batch-last: per-worker ``(K, N)`` arrays, and the shared ``(J, N)`` /
+    ``(N,)`` ones (the kernel's ``workers`` and ``shared``)."""
     t = lambda a: jnp.asarray(a, dtype).T
-    p = dict(
-        tokens=t(game.tokens), shareable=t(game.shareable), residency=t(game.residency),
-        cache_size=t(game.cache_size), worker_mask=t(game.worker_mask),
+    w = dict(
+        residency=t(game.residency), cache_size=t(game.cache_size),
+        worker_mask=t(game.worker_mask),
     )  # fmt: skip
     for f in _LAT:
-        p["lat_" + f] = t(getattr(game.latency, f))
+        w["lat_" + f] = t(getattr(game.latency, f))
     for f in _PRE:
-        p["pre_" + f] = t(getattr(game.prefill, f))
+        w["pre_" + f] = t(getattr(game.prefill, f))
+    p = dict(tokens=t(game.tokens), shareable=t(game.shareable))
     if policy is not None:
         for f in ("w_true", "w_prefill", "w_decode", "credit"):
             p[f] = jnp.broadcast_to(jnp.asarray(getattr(policy, f), dtype), (n,))
-    return p
+    return w, p
 
 
 @functools.cache
@@ -257,7 +257,8 @@ def _sizes(block: int, chunk: int) -> list[int]:
 
 def _run(kind, params, demand, mask, x0, *, tol, max_iters, interpret, rounds, block, num_warps,
          chunk=None):  # fmt: skip
-    """Runs the kernel in rounds, compacting unfinished lanes in between; ``x0 (J, K, N)``.
+    """Runs the kernel in rounds, compacting unfinished lanes in between; ``x0 (J, K, N)``,
+    ``params = (workers, shared)`` (:func:`_params`).
 
     Every call has one of a few sizes (:func:`_sizes`), so that a handful of programs ever
     compile; the lanes of a round are cut into calls of those sizes, the last padded with
@@ -268,7 +269,7 @@ def _run(kind, params, demand, mask, x0, *, tol, max_iters, interpret, rounds, b
         chunk = CHUNK.get("interpret" if interpret else jax.default_backend(), CHUNK["gpu"])
     sizes = _sizes(block, chunk)
     state = pv.start_state(x0, demand, mask)
-    args = (params, demand, mask)
+    args = (*params, demand, mask)
     rounds = tuple(rounds) or (max_iters,)
     todo = np.arange(x0.shape[-1])
     try:
@@ -329,7 +330,7 @@ def _inputs(game, policy, x):
     n, J, K = x.shape
     mask = jnp.broadcast_to(jnp.asarray(game.worker_mask)[:, None, :], (n, J, K))
     return (
-        _params(game, policy, n, dtype),
+        _params(game, policy, n, dtype),  # (workers, shared)
         jnp.asarray(game.demand, dtype).T,
         jnp.transpose(mask, (1, 2, 0)),
         jnp.transpose(x, (1, 2, 0)),

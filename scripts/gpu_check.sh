@@ -8,7 +8,8 @@
 #   caching        issue 4's discrete (n = 12, 10^4) and fluid (8x4x256, 10^3) caching games
 #   graph          SiouxFalls user equilibria (benchmarks/bench_graph.py), float64 to 1e-6
 #   fused          the fused Pallas kernel: its GPU test, then fused vs XLA at 10^5 and 10^6
-#                  (on an H200 on 2026-11-27 Triton took > 4 min to compile it: last, capped)
+#                  (on an H200 on 2026-11-27 Triton took > 4 min to compile it: last, capped
+#                  at FUSED_LIMIT seconds, default 120; alone: FUSED_LIMIT=400 ... fused)
 # Tables, JSON and logs go to $OUT (default ./gpu_out), with a summary in $OUT/table.md.
 # Usage: bash scripts/gpu_check.sh [STEPS...]   (default: all, in the order above)
 # Locally, GPU_CHECK_SMOKE=1 runs every step at toy sizes on the CPU (to check the script).
@@ -52,7 +53,7 @@ want caching && step caching 90 "$PY" -m benchmarks.bench_caching "${SMOKE[@]}" 
     --json "$OUT/caching.json"
 want graph && step graph 60 "$PY" -m benchmarks.bench_graph --instances "$GRAPH" --tol 1e-6 \
     --aeq-instances 0 --fw-instances 0 --json "$OUT/graph.json"
-want fused && step fused 120 sh -c "'$PY' -m pytest -q -rs -m gpu tests/test_pallas.py \
+want fused && step fused "${FUSED_LIMIT:-120}" sh -c "'$PY' -m pytest -q -rs -m gpu tests/test_pallas.py \
     -p no:cacheprovider && '$PY' -m benchmarks.bench_fused --sizes '$SIZES' --repeats 2 \
     --out '$OUT/fused.md'"
 {
