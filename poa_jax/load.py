@@ -386,16 +386,73 @@ def _little_slope(md, wl, x, st):
     return sc / xr + dw * lam + jnp.sum(jnp.where(md.mask, xk * xk * dd, 0.0)) / xr
 
 
-def _init_one(md, wl, pol, c_target, s0, *, closed, newton):
+#: Passes of the local search of :func:`_assignment` (class moves, then one class exchange).
+ASSIGN_PASSES = 2
+
+
+def _assignment(md, wl, shares, x_rate):
+    """A whole-class assignment found by discrete local search at fixed throughput ``X``:
+    shares ``(J, K)`` with one-hot rows (every class on one worker).
+
+    Why: the cache term makes ``SC`` concave along directions that exchange classes between
+    workers at fixed worker totals (a class concentrated on one worker hits its prefix; split
+    over two it hits less on both). The optimum segregates classes (whole classes per worker, a
+    few split to balance the totals) and is one of many local minima; the spread start points
+    (uniform, herding) lie on a ridge: for identical workers the uniform routing is a stationary
+    saddle (gap 0), for near-identical ones the descent creeps along the exchange direction with
+    a gap of ~1e-5 and its diagonal metric, blind to that curvature, cannot speed it up. Whole
+    classes are also sticky (moving a little flow to an empty worker gets no hit there), so the
+    descent does not leave a poor split either: the split is chosen discretely, and the descent
+    then balances the split classes.
+
+    Classes are placed in decreasing mix (the unplaced ones keep ``shares``) on the worker of
+    least ``SC(X·π·S)``; then ``ASSIGN_PASSES`` passes of moving each class to its best worker
+    and exchanging the best pair of classes' workers. Between placements ``SC`` never
+    increases; ``J·K·(1 + ASSIGN_PASSES) + ASSIGN_PASSES·J²`` cost evaluations.
+    """
+    nj = shares.shape[0]
+    rows = jnp.eye(shares.shape[1], dtype=shares.dtype)
+    valid = md.mask
+    order = jnp.argsort(-wl.mix)
+    sc = jax.vmap(lambda c: social_cost(md, wl, x_rate * wl.mix[:, None] * c))
+
+    def best(cand, ok):
+        v = sc(cand)
+        return cand[jnp.argmin(jnp.where(ok & jnp.isfinite(v), v, jnp.inf))]
+
+    def move(i, s):
+        row = (jnp.arange(nj) == order[i % nj])[None, :, None]
+        return best(jnp.where(row, rows[:, None, :], s[None]), valid)
+
+    a, b = (x.ravel()[:, None] for x in jnp.meshgrid(jnp.arange(nj), jnp.arange(nj)))
+    idx = jnp.arange(nj)[None, :]
+    perm = jnp.where(idx == a, b, jnp.where(idx == b, a, idx))  # (J², J): classes a, b exchanged
+
+    def exchange(s):
+        return best(s[perm], jnp.ones(perm.shape[0], bool))  # row a ↔ row b; a = b: no change
+
+    s = jax.lax.fori_loop(0, nj, move, shares)
+    return jax.lax.fori_loop(
+        0, ASSIGN_PASSES, lambda _, s: exchange(jax.lax.fori_loop(0, nj, move, s)), s
+    )
+
+
+def _init_one(md, wl, pol, c_target, s0, *, closed, newton, assign=False):
     mask = jnp.broadcast_to(md.mask[None, :], s0.shape)
     s0 = project_rows(s0, jnp.ones(s0.shape[0], s0.dtype), None, mask)
-    if closed:
+
+    def rate(s):
+        if not closed:
+            return c_target
         # X0 = C / R(0), refined by exact Newton steps at the start shares.
-        x_small = 1e-9 * wl.mix[:, None] * s0
+        x_small = 1e-9 * wl.mix[:, None] * s
         r0 = jnp.sum(x_small * stage_costs(md, wl, x_small).cost) / 1e-9
-        x0 = _newton_x(md, wl, s0, c_target / jnp.maximum(r0, 1e-300), c_target, newton)
-    else:
-        x0 = c_target
+        return _newton_x(md, wl, s, c_target / jnp.maximum(r0, 1e-300), c_target, newton)
+
+    x0 = rate(s0)
+    if assign:
+        s0 = _assignment(md, wl, s0, x0)
+        x0 = rate(s0)
     dt = s0.dtype
     return _State(
         s0, x0, jnp.asarray(1.0, dt), jnp.zeros_like(s0), jnp.asarray(jnp.inf, dt),
@@ -585,9 +642,9 @@ def default_chunk() -> int:
 _STATIC = ("closed", "optimum", "logit", "tol", "little_tol", "max_iters", "newton", "budget")
 
 
-@functools.partial(jax.jit, static_argnames=("closed", "newton"))
-def _init_batch(md, wl, pol, target, s0, *, closed, newton):
-    fn = functools.partial(_init_one, closed=closed, newton=newton)
+@functools.partial(jax.jit, static_argnames=("closed", "newton", "assign"))
+def _init_batch(md, wl, pol, target, s0, *, closed, newton, assign):
+    fn = functools.partial(_init_one, closed=closed, newton=newton, assign=assign)
     return jax.vmap(fn)(md, wl, pol, target, s0)
 
 
@@ -665,8 +722,9 @@ def _take(tree, idx):
 
 
 def _run_lanes(md, wl, pol, tgt, s0, *, closed, optimum, logit, tol, little_tol, max_iters,
-               newton, chunk, ref=None, dup_tol=0.0):  # fmt: skip
-    """Init, rounds of ``ROUND`` iterations with compaction of unfinished lanes, finish.
+               newton, chunk, ref=None, dup_tol=0.0, assign=False):  # fmt: skip
+    """Init (``assign``: from :func:`_assignment` of the start shares), rounds of ``ROUND``
+    iterations with compaction of unfinished lanes, finish.
 
     ``ref (total, J, K)``: shares of a converged equilibrium of the same point (NaN where
     none); a lane whose shares come within ``dup_tol`` (max norm) of it between rounds stops
@@ -689,7 +747,7 @@ def _run_lanes(md, wl, pol, tgt, s0, *, closed, optimum, logit, tol, little_tol,
     for part, pad in pieces(np.arange(total)):
         st = jax.device_get(_init_batch(
             _take(md, pad), _take(wl, pad), _take(pol, pad), tgt[pad], s0[pad],
-            closed=closed, newton=newton,
+            closed=closed, newton=newton, assign=assign,
         ))  # fmt: skip
         keep = len(part)
         st = jax.tree_util.tree_map(lambda a, m=keep: np.asarray(a)[:m], st)
@@ -761,7 +819,10 @@ def solve(
       target: ``(N,)`` concurrency ``C`` (closed loop) or rate ``λ`` (open loop), > 0.
       closed: closed loop (Little's law) or open loop.
       optimum: the coordinated optimum instead of the policy's equilibrium.
-      starts: starts per point (see :func:`starting_shares`).
+      starts: starts per point (see :func:`starting_shares`). For the optimum, start 0 is a
+        whole-class assignment found by discrete search (:func:`_assignment`: ``SC`` is
+        non-convex along class exchanges, the spread starts sit on a saddle or ridge), then the
+        spread starts.
       tol, little_tol: routing-gap and Little's-law tolerances (defaults by dtype: 1e-6 and
         1e-11 in float64).
       max_iters: iteration bound per start.
@@ -799,6 +860,10 @@ def solve(
         mask = np.broadcast_to(mask, (n, mask.shape[0]))
     j = np.shape(wl.tokens)[-1]
     s0 = starting_shares(j, mask, starts, seed)  # (N, S, J, K)
+    if optimum:
+        # Start 0 of the optimum is a whole-class assignment (:func:`_assignment`, searched from
+        # the uniform routing); the spread starts (uniform, herding, …) follow.
+        s0 = np.concatenate([s0[:, :1], s0[:, :-1]], axis=1)
     cast = lambda a: np.asarray(a, dt) if np.asarray(a).dtype.kind == "f" else np.asarray(a)
     md_n = jax.tree_util.tree_map(cast, _flat(md, n))
     wl_n = jax.tree_util.tree_map(cast, _flat(wl, n))
@@ -832,6 +897,7 @@ def solve(
                 closed=closed, optimum=optimum, logit=flag, tol=tol, little_tol=little_tol,
                 max_iters=int(max_iters if phase == 0 else extra_iters), newton=int(newton),
                 chunk=chunk, ref=None if ref is None else ref[idx], dup_tol=dup_tol,
+                assign=optimum and phase == 0,
             )  # fmt: skip
             if out is None:
                 out = {k: np.empty((n * starts,) + v.shape[1:], v.dtype) for k, v in res.items()}

@@ -167,6 +167,9 @@ def solve_grid(
         np.broadcast_to(conc[None, None, :], opt_shape).reshape(-1), optimum=True,
         starts=opt_starts, seed=seed + 1, tol=tol, max_iters=max_iters, chunk=chunk,
     )  # fmt: skip
+    # Every start's final routing (converged or not) satisfies Little's law, so the lowest latency
+    # over the starts bounds the optimum's (SC is non-convex: starts end in different minima).
+    opt_all = np.asarray(opt.latency, np.float64).reshape(opt_shape + (-1,))
     opt, _ = load.pick(opt, "best")
     t2 = time.perf_counter()
     r = lambda a, shape: np.asarray(a).reshape(shape + np.asarray(a).shape[1:])
@@ -176,7 +179,8 @@ def solve_grid(
     # each equilibrium point (converged or not) is a feasible routing that satisfies Little's
     # law, so its latency bounds the optimum's — and PoA ≥ 1 holds by construction.
     eq_lat = np.where(np.isfinite(eqd["latency"]), eqd["latency"], np.inf)
-    opt_lat = np.minimum(optd["latency"], np.min(eq_lat, axis=-1))
+    opt_all = np.where(np.isfinite(opt_all), opt_all, np.inf).min(axis=-1)
+    opt_lat = np.minimum(np.minimum(optd["latency"], opt_all), np.min(eq_lat, axis=-1))
     opt_thr = conc[None, None, :] / opt_lat
     with np.errstate(divide="ignore", invalid="ignore"):
         poa = eqd["latency"] / opt_lat[..., None]
