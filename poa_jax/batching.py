@@ -319,6 +319,35 @@ def _buckets(n: int) -> list[int]:
     return [big, max(big // SMALL_RATIO, 1)]
 
 
+#: Occupancy of the compacted rounds since the last reset (for benchmarks): ``slots`` lane
+#: slots advanced (sub-batch sizes, pad slots included) and ``lanes`` the pending lanes in them;
+#: ``1 − lanes / slots`` is the share of slots that refilling them with new instances could use.
+DRIVE_STATS = {"calls": 0, "slots": 0, "lanes": 0}
+
+
+#: Pack the lanes left after the full large calls into small calls (see :func:`_calls`).
+PACK_REST = True
+
+
+def _calls(pending: int, buckets: list[int]) -> list[tuple[int, int]]:
+    """``(start, size)`` of the calls that advance ``pending`` lanes: full large calls, then the
+    rest in small ones (``ceil(rest / small)`` small calls never hold more slots than one large
+    call, and a call's cost is about proportional to its size).
+
+    Measured on the default scenario (4 608 points, 2-core CPU): one large call for any rest
+    above the small size left 47% of the advanced slots empty."""
+    big, small = buckets
+    if not PACK_REST:  # the previous scheme, kept for benchmarks/bench_slow_lanes.py
+        size = small if pending <= small else big
+        return [(lo, size) for lo in range(0, pending, size)]
+    out = [(lo, big) for lo in range(0, pending - pending % big, big)]
+    rest = pending % big
+    if rest:
+        lo = pending - rest
+        out += [(lo + k, small) for k in range(0, rest, small)]
+    return out
+
+
 def drive(advance, pending, args, carry, n: int, max_iters: int, mesh=None):
     """Advances ``carry`` (leading axis ``n``) until no lane is pending; see module notes.
 
@@ -349,12 +378,14 @@ def drive(advance, pending, args, carry, n: int, max_iters: int, mesh=None):
             most = max(x.size for x in local)
             if most == 0:
                 continue
-            size = buckets[1] if most <= buckets[1] else buckets[0]
-            for lo in range(0, most, size):
+            for lo, size in _calls(most, buckets):
                 idx = np.full((d, size), block, np.int32)  # past the end: a pad slot
                 for r, x in enumerate(local):
                     part = x[lo : lo + size]
                     idx[r, : part.size] = part
+                DRIVE_STATS["calls"] += 1
+                DRIVE_STATS["slots"] += idx.size
+                DRIVE_STATS["lanes"] += int(np.sum(idx < block))
                 idx = jnp.asarray(idx.reshape(-1))
                 if mesh is not None:
                     idx = jax.device_put(idx, jax.sharding.NamedSharding(mesh, _SPEC))

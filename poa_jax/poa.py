@@ -39,6 +39,8 @@ class PoAResult:
         converge), sorted worst first.
       converged_starts: ``(...)`` how many starts converged.
       converged: ``(...)`` worst equilibrium and optimum both converged.
+      start_flows: ``(..., S, J, K)`` where every start ended, in start order (routing games;
+        ``None`` for the others): pass them as ``x0`` to warm-start neighbouring games.
     """
 
     poa: np.ndarray
@@ -49,6 +51,7 @@ class PoAResult:
     equilibrium_costs: np.ndarray
     converged_starts: np.ndarray
     converged: np.ndarray
+    start_flows: np.ndarray | None = None
 
 
 def _pick(out: dict, idx: np.ndarray) -> dict:
@@ -68,6 +71,8 @@ def price_of_anarchy(
     descent_steps: int = 0,
     seed: int = 0,
     dtype=None,
+    x0=None,
+    continuation=None,
 ) -> PoAResult:
     """PoA and price of stability of ``policy`` for every game in the batch.
 
@@ -88,6 +93,16 @@ def price_of_anarchy(
         more starts find lower optima (benchmarks/RESULTS.md).
       descent_steps: optax Adam steps per optimum start before the polish.
       seed: seed for random starts.
+      x0: optional equilibrium starts ``(..., S, J, K)`` (routing games) in place of the
+        generated ones, e.g. the ``start_flows`` of a neighbouring load point (a warm start).
+        Each class's row is rescaled to its demand (a row summing to zero starts uniform) and
+        workers a topology lacks are zeroed, so another game's flows are a valid start.
+      continuation: optional levels ``[(rows, sources), …]`` over the flattened batch (routing
+        games): each level's ``rows`` are solved together, a row with ``sources[i] ≥ 0`` from
+        where the same start ended at instance ``sources[i]`` (solved at an earlier level,
+        rescaled as for ``x0``), one with ``-1`` from the generated starts. Every instance must
+        be in exactly one level. The optimum is then solved for the whole batch at once. This
+        is how a sweep warm-starts load point ``u`` from ``u − 1`` (:mod:`poa_jax.sweep`).
 
     Returns:
       A :class:`PoAResult`.
@@ -99,6 +114,10 @@ def price_of_anarchy(
       >>> round(float(pj.price_of_anarchy(mm1).poa), 6)
       1.5
     """
+    if (x0 is not None or continuation is not None) and not isinstance(game, RoutingGame):
+        raise solve.InputError(
+            f"x0, continuation: warm starts apply to routing games only, not {type(game).__name__}"
+        )
     # --- issue 4: the caching games (poa_jax.caching / tiered_cache / coupled) -------------
     from poa_jax import caching, coupled, tiered_cache
 
@@ -120,9 +139,19 @@ def price_of_anarchy(
         raise solve.InputError(f"method {method!r} is unknown: must be one of {solve.METHODS}")
     tol, max_iters = solve._resolve(dtype, tol, max_iters)
     prep = batching.prepare(game, policy if policy is not None else selfish(), dtype)
-    x0 = solve.starting_flows(prep, starts, seed, greedy=True)
-    eq = jax.device_get(solve._equilibria_flat(prep, x0, method, tol, max_iters))
-    eq = {k: np.asarray(v) for k, v in eq.items()}
+    if continuation is not None:
+        if x0 is not None:
+            raise solve.InputError("x0 and continuation: give one or the other")
+        eq = _continued(prep, continuation, starts, seed, method, tol, max_iters)
+    else:
+        x0 = (
+            solve.starting_flows(prep, starts, seed, greedy=True)
+            if x0 is None
+            else warm_starts(prep, x0)
+        )
+        eq = jax.device_get(solve._equilibria_flat(prep, x0, method, tol, max_iters))
+        eq = {k: np.asarray(v) for k, v in eq.items()}
+    starts = eq["flows"].shape[1]
     sc = eq["social_cost"]  # (N, S)
     ok = eq["status"] == CONVERGED
     any_ok = ok.any(-1, keepdims=True)
@@ -166,7 +195,79 @@ def price_of_anarchy(
         equilibrium_costs=costs.reshape(shape + (starts,)),
         converged_starts=ok.sum(-1).reshape(shape),
         converged=w.converged & o.converged,
+        start_flows=eq["flows"].reshape(shape + eq["flows"].shape[1:]),
     )
+
+
+def _continued(prep, levels, starts, seed, method, tol, max_iters) -> dict:
+    """Equilibria level by level (see ``continuation`` of :func:`price_of_anarchy`)."""
+    n = int(np.prod(prep.batch_shape, dtype=np.int64))
+    seen = np.zeros(n, np.int64)
+    levels = [(np.asarray(r, np.int64).reshape(-1), np.asarray(s, np.int64).reshape(-1))
+              for r, s in levels]  # fmt: skip
+    for i, (rows, src) in enumerate(levels):  # all checked before anything compiles
+        if rows.shape != src.shape:
+            raise solve.InputError(
+                f"continuation[{i}]: rows {rows.shape} and sources {src.shape} differ in length"
+            )
+        if rows.size and (rows.min() < 0 or rows.max() >= n or src.min() < -1 or src.max() >= n):
+            raise solve.InputError(f"continuation[{i}]: indices must be in [0, {n}) (-1: cold)")
+        if np.any(seen[src[src >= 0]] == 0):
+            raise solve.InputError(f"continuation[{i}]: a source is not solved at an earlier level")
+        np.add.at(seen, rows, 1)
+    if not np.all(seen == 1):
+        raise solve.InputError(
+            f"continuation: every instance must be in exactly one level "
+            f"({int(np.sum(seen == 0))} missing, {int(np.sum(seen > 1))} repeated)"
+        )
+    out = None
+    for rows, src in levels:
+        if rows.size == 0:
+            continue
+        warm = src >= 0
+        sub = batching.take(prep, rows)
+        x = solve.starting_flows(sub, starts, seed, greedy=True)
+        if warm.any():
+            x[warm] = _rescale(
+                out["flows"][src[warm]], np.asarray(sub.game.worker_mask)[warm],
+                np.asarray(sub.game.demand)[warm], prep.dtype,
+            )  # fmt: skip
+        res = jax.device_get(solve._equilibria_flat(sub, x, method, tol, max_iters))
+        if out is None:
+            out = {k: np.zeros((n,) + np.shape(v)[1:], np.asarray(v).dtype) for k, v in res.items()}
+        for k, v in res.items():
+            out[k][rows] = v
+    return out
+
+
+def _rescale(a, mask, demand, dtype) -> np.ndarray:
+    """Flows ``a (N, S, J, K)`` rescaled per class row to ``demand (N, J)`` on ``mask (N, K)``."""
+    mask = np.asarray(mask, bool)[:, None, None, :]
+    a = np.where(mask, np.asarray(a, np.float64), 0.0)
+    total = a.sum(-1, keepdims=True)
+    uniform = mask / mask.sum(-1, keepdims=True)
+    share = np.where(total > 0, a / np.where(total > 0, total, 1.0), uniform)
+    return (share * np.asarray(demand, np.float64)[:, None, :, None]).astype(dtype)
+
+
+def warm_starts(prep: batching.Prepared, x0) -> np.ndarray:
+    """``x0 (..., S, J, K)`` as starts ``(N, S, J, K)`` for ``prep``: each class's row rescaled
+    to its demand (uniform over existing workers where it sums to zero), missing workers zeroed.
+
+    Raises:
+      InputError: ``x0`` not finite and ≥ 0, or its shape not ``batch + (S, J, K)``.
+    """
+    from poa_jax.validation import as_array, check
+
+    a = as_array("x0", x0)
+    check("x0", a, "finite_ge0")
+    j, k = prep.num_classes, prep.num_workers
+    nb = len(prep.batch_shape)
+    if a.ndim != nb + 3 or a.shape[:nb] != prep.batch_shape or a.shape[-2:] != (j, k):
+        want = prep.batch_shape + ("S", j, k)
+        raise solve.InputError(f"x0 has shape {a.shape}: must be {want} (S starts)")
+    a = a.reshape((-1,) + a.shape[nb:])
+    return _rescale(a, prep.game.worker_mask, prep.game.demand, prep.dtype)
 
 
 def _graph_poa(game, policy, tol, max_iters, method, dtype) -> PoAResult:

@@ -310,6 +310,11 @@ class SolverSettings:
       max_iters: iteration bound (default 1000).
       dtype: ``"float32"`` or ``"float64"`` (float64 needs ``jax_enable_x64``).
       optimum_starts: generated optimum starts besides the equilibria found (≥ 1).
+      warm_start: ``None`` (every point from the generated starts) or ``"load"``: continuation
+        along the load axis — every 4th load point of a curve from the generated starts, the
+        ones halfway between from those (``u − 2``), the rest from their lower neighbour
+        (``u − 1``), each start from where the same start ended there (see
+        :mod:`poa_jax.sweep`). Fewer iterations; with several equilibria it can select others.
     """
 
     starts: int = 4
@@ -317,7 +322,11 @@ class SolverSettings:
     max_iters: int | None = None
     dtype: str = "float32"
     optimum_starts: int = 1
+    warm_start: str | None = None
 
+
+#: Values of ``solver.warm_start`` (None: cold starts everywhere).
+WARM_STARTS = (None, "load")
 
 #: Topologies when a scenario names none: 1P/2D and 1P/5D, identical workers.
 DEFAULT_TOPOLOGIES = (Topology("1P/2D", 2), Topology("1P/5D", 5))
@@ -885,6 +894,8 @@ def _validate(s: Scenario) -> None:
         ck.integer("solver.max_iters", sv.max_iters, 1)
     if sv.dtype not in DTYPES:
         ck.fail("solver.dtype", f"must be one of {', '.join(DTYPES)}", sv.dtype)
+    if sv.warm_start not in WARM_STARTS:
+        ck.fail("solver.warm_start", 'must be "load" or left out', sv.warm_start)
 
 
 def _per_worker(ck: _Check, path, v, n, rule, allow_inf):

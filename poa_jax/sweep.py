@@ -20,6 +20,16 @@ policies of one (topology, load) game are solved in the same chunk, and every on
 measured against the **best optimum found for that game** by any of them, so ``opt_cost`` is
 one number per game and ``PoA ≥ PoS ≥ 1`` still holds.
 
+Warm starts (``solver.warm_start = "load"``): the equilibria of a load curve are solved as a
+continuation along the load axis (``price_of_anarchy``'s ``continuation``), in three levels per
+chunk — every :data:`WARM_STRIDE`-th load point from the generated starts, the points halfway
+between from ``u − 2``, the rest from ``u − 1`` — each start continuing from where the same start
+ended at its source, rescaled to the new demand. Chunks then hold whole curves (``U × P``
+points). It needs fewer iterations; with the cache term, where a game has several equilibria, the
+continued starts can end in other equilibria than the generated ones, so the worst equilibrium
+found (and the PoA) can differ (``benchmarks/RESULTS.md`` measures both). The optimum is solved
+for the whole chunk at once, as without warm starts.
+
 Example:
   >>> import tempfile
   >>> from poa_jax import scenario, sweep
@@ -113,8 +123,10 @@ def default_chunk() -> int:
 
 
 def _chunk_points(chunk_size: int | None, scenario: Scenario) -> int:
-    """Points per chunk: a multiple of the number of policies (each chunk has whole games)."""
-    p = len(scenario.policies)
+    """Points per chunk: a multiple of the number of policies (each chunk has whole games),
+    and of a whole load curve (``U × P`` points) under ``solver.warm_start = "load"``."""
+    axes = scenario.axes
+    p = axes["policy"] * (axes["load"] if scenario.solver.warm_start == "load" else 1)
     n = scenario.num_points
     chunk_size = default_chunk() if chunk_size is None else chunk_size
     if isinstance(chunk_size, bool) or int(chunk_size) != chunk_size or chunk_size < 1:
@@ -133,20 +145,62 @@ def _status_names(codes: np.ndarray) -> np.ndarray:
     return out
 
 
-def _solve_chunk(scenario: Scenario, points: np.ndarray, n_real: int) -> pa.Table:
-    """Solves ``points`` (``len(points)`` constant; the first ``n_real`` are real) to rows."""
+#: Load-axis stride of the cold points under ``solver.warm_start = "load"``: ``u ≡ 0 (mod 4)``
+#: cold, ``u ≡ 2`` from ``u − 2``, odd ``u`` from ``u − 1`` (three solver calls per chunk).
+WARM_STRIDE = 4
+
+
+def _warm_levels(scenario: Scenario) -> list[tuple[np.ndarray, int]]:
+    """The warm-start levels of one load curve block (``U × P`` consecutive points).
+
+    Returns ``[(offsets, back)]``: the block offsets solved at that level and how many load
+    points back each one's source is (0: cold).
+    """
+    _, _, _, u_count, p = scenario.axes.values()
+    u = np.arange(u_count * p) // p
+    levels = [(u % WARM_STRIDE == 0, 0)]
+    step = WARM_STRIDE // 2
+    while step >= 1:
+        done = np.zeros_like(u, bool)
+        for m, _ in levels:
+            done |= m
+        levels.append((~done & (u % step == 0), step))
+        step //= 2
+    return [(np.flatnonzero(m), back * p) for m, back in levels if m.any()]
+
+
+def _continuation(scenario: Scenario, n: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``price_of_anarchy``'s ``continuation`` for a chunk of ``n`` points in whole curves."""
+    _, _, _, u_count, p = scenario.axes.values()
+    block = u_count * p
+    first = np.arange(0, n, block)[:, None]
+    out = []
+    for offsets, back in _warm_levels(scenario):
+        rows = (first + offsets[None, :]).reshape(-1)
+        out.append((rows, rows - back if back else np.full(rows.shape, -1)))
+    return out
+
+
+def _solve_points(scenario: Scenario, points: np.ndarray):
     batch = scenario.build(points)
-    game, policy = batch.game, batch.policy
     sv = scenario.solver
+    warm = sv.warm_start == "load"
     res = price_of_anarchy(
-        game,
-        policy,
+        batch.game,
+        batch.policy,
         starts=sv.starts,
         tol=sv.tol,
         max_iters=sv.max_iters,
         optimum_starts=sv.optimum_starts,
         dtype=sv.dtype,
+        continuation=_continuation(scenario, len(points)) if warm else None,
     )
+    return batch, res
+
+
+def _solve_chunk(scenario: Scenario, points: np.ndarray, n_real: int) -> pa.Table:
+    """Solves ``points`` (``len(points)`` constant; the first ``n_real`` are real) to rows."""
+    batch, res = _solve_points(scenario, points)
     eq, best, opt = res.equilibrium, res.best_equilibrium, res.optimum
     p = len(scenario.policies)
     g = len(points) // p  # games in the chunk; the policies of a game are consecutive

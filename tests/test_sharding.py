@@ -81,3 +81,16 @@ def test_compacted_rounds_equal_the_plain_loop(monkeypatch):
         np.testing.assert_allclose(a.flows[both], b.flows[both], rtol=0, atol=1e-5)
     ok = plain.converged & rounds.converged
     np.testing.assert_allclose(plain.poa[ok], rounds.poa[ok], rtol=1e-7)
+
+
+def test_round_calls_cover_every_pending_lane_once_with_few_empty_slots():
+    import numpy as np
+
+    from poa_jax import batching
+
+    for pending in (1, 127, 128, 129, 300, 1023, 1024, 1025, 4608, 5000):
+        calls = batching._calls(pending, [1024, 128])
+        covered = np.concatenate([np.arange(lo, min(lo + s, pending)) for lo, s in calls])
+        np.testing.assert_array_equal(covered, np.arange(pending))
+        assert {s for _, s in calls} <= {1024, 128}
+        assert sum(s for _, s in calls) - pending < 128  # empty slots: under one small call
