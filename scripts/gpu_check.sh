@@ -10,6 +10,8 @@
 #   fused          the fused Pallas kernel: its GPU test, then fused vs XLA at 10^5 and 10^6
 #                  (on an H200 on 2026-11-27 Triton took > 4 min to compile it: last, capped
 #                  at FUSED_LIMIT seconds, default 120; alone: FUSED_LIMIT=400 ... fused)
+#   slow_lanes     (not in the default list) the default scenario replicated to 36 864 points:
+#                  round occupancy packed vs unpacked, and warm starts along the load axis
 # Tables, JSON and logs go to $OUT (default ./gpu_out), with a summary in $OUT/table.md.
 # Usage: bash scripts/gpu_check.sh [STEPS...]   (default: all, in the order above)
 # Locally, GPU_CHECK_SMOKE=1 runs every step at toy sizes on the CPU (to check the script).
@@ -20,9 +22,10 @@ STEPS="${*:-pytest_gpu bench closed_loop caching graph fused}"
 SIZES=100000,1000000
 BENCH=10000,100000,1000000
 GRAPH=10000
+SLOW=(--points 36864 --chunk 9216)
 SMOKE=()
 PY="${PYTHON:-python3}"
-if [[ "${GPU_CHECK_SMOKE:-0}" == 1 ]]; then SIZES=64; BENCH=64; GRAPH=4; SMOKE=(--smoke); fi
+if [[ "${GPU_CHECK_SMOKE:-0}" == 1 ]]; then SIZES=64; BENCH=64; GRAPH=4; SMOKE=(--smoke); SLOW=(--points 192 --chunk 96); fi
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 t0=$(date +%s)
@@ -56,10 +59,12 @@ want graph && step graph 60 "$PY" -m benchmarks.bench_graph --instances "$GRAPH"
 want fused && step fused "${FUSED_LIMIT:-120}" sh -c "'$PY' -m pytest -q -rs -m gpu tests/test_pallas.py \
     -p no:cacheprovider && '$PY' -m benchmarks.bench_fused --sizes '$SIZES' --repeats 2 \
     --out '$OUT/fused.md'"
+want slow_lanes && step slow_lanes 240 "$PY" -m benchmarks.bench_slow_lanes "${SLOW[@]}" \
+    --skip-plain --unpacked --warm --json "$OUT/slow_lanes.json"
 {
     echo "# GPU check, $(date -u '+%Y-%m-%d %H:%M UTC'), $(( $(date +%s) - t0 )) s"
     echo; cat "$OUT/device.txt"; echo; cat "$OUT/steps.md"; echo
     [[ -f "$OUT/fused.md" ]] && cat "$OUT/fused.md"; echo
-    grep -E '^\|' "$OUT/bench.log" || true
+    grep -E '^\|' "$OUT/bench.log" 2>/dev/null || true
 } >"$OUT/table.md"
 cat "$OUT/table.md"
