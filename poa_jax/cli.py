@@ -3,11 +3,11 @@
 Subcommands (``poa-jax bench`` times the solvers on the device present and prints a table):
 
 * ``poa-jax sweep [SCENARIO.toml] [--out DIR] [--dtype float32|float64] [--chunk N]
-  [--no-progress]`` — runs a scenario (the built-in default without a file) with
-  :func:`poa_jax.sweep.run_sweep`, prints a table per topology × policy over load (PoA, price
-  of stability, mean latency at equilibrium and optimum, converged starts) and the output paths
-  (``DIR/results.parquet``, ``DIR/summary.json``; default ``DIR`` is ``out/<scenario name>``).
-  Rerunning into the same folder resumes: finished chunks are reused.
+  [--warm-start load|none] [--no-progress]`` — runs a scenario (the built-in default without a
+  file) with :func:`poa_jax.sweep.run_sweep`, prints a table per topology × policy over load
+  (PoA, price of stability, mean latency at equilibrium and optimum, converged starts) and the
+  output paths (``DIR/results.parquet``, ``DIR/summary.json``; default ``DIR`` is
+  ``out/<scenario name>``). Rerunning into the same folder resumes: finished chunks are reused.
 * ``poa-jax sweep --preset NAME[,NAME...] [--concurrency C1,C2,...] [--out DIR] [--chunk N]``
   — the closed-loop serving sweep (:func:`poa_jax.serving_sweep.run_serving_sweep`, float64;
   ``--dtype float32`` and a scenario file are rejected): for each preset (``llama70b-1p2d``,
@@ -93,6 +93,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--out", help="output folder (default: out/<scenario name>)")
     s.add_argument("--dtype", choices=("float32", "float64"), help="override solver.dtype")
+    s.add_argument(
+        "--warm-start",
+        choices=("load", "none"),
+        default=None,
+        help="override solver.warm_start: 'load' continues each load curve from its "
+        "neighbours' solutions (fewer iterations; can select other equilibria), 'none' cold",
+    )
     s.add_argument(
         "--chunk",
         type=int,
@@ -219,6 +226,8 @@ def _cmd_serving_sweep(args) -> int:
         raise InputError(
             "--preset: the serving sweep runs in float64 (--dtype float32 unsupported)"
         )
+    if args.warm_start is not None:
+        raise InputError("--warm-start: applies to scenario sweeps, not to --preset")
     _use_dtype("float64")
     from poa_jax import serving_sweep
 
@@ -269,6 +278,8 @@ def _cmd_sweep(args) -> int:
         sc = _scenario.load_scenario(args.scenario)
     if args.dtype is not None:
         sc = sc.with_solver(dtype=args.dtype)
+    if args.warm_start is not None:
+        sc = sc.with_solver(warm_start=None if args.warm_start == "none" else args.warm_start)
     for flag in ("chunk", "part"):
         v = getattr(args, flag)
         if v is not None and v < 1:

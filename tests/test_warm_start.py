@@ -154,3 +154,20 @@ def test_warm_levels_cover_every_load_point_once():
     assert cold[1] == 0 and set(cold[0] // p) == {0, 4, 8}
     for offsets, back in warm:  # every source is solved at an earlier level
         assert back > 0 and np.all((offsets - back) // p >= 0)
+
+
+def test_cli_warm_start_flag(tmp_path, capsys):
+    from poa_jax import cli
+
+    p = tmp_path / "nc.toml"
+    p.write_text(TINY)
+    out = tmp_path / "o"
+    assert cli.main(["sweep", str(p), "--out", str(out), "--warm-start", "load",
+                     "--no-progress"]) == 0  # fmt: skip
+    import json
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["solver"]["warm_start"] == "load"
+    capsys.readouterr()
+    assert cli.main(["sweep", "--preset", "llama70b-1p2d", "--warm-start", "load"]) == 2
+    assert "--warm-start: applies to scenario sweeps" in capsys.readouterr().err
