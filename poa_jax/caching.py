@@ -82,6 +82,8 @@ __all__ = [
     "lower_bound",
     "local_search",
     "price_of_anarchy",
+    "CachingOptimum",
+    "solve_optimum",
     "social_cost",
     "is_equilibrium",
     "paradox_search",
@@ -865,16 +867,7 @@ def price_of_anarchy(
     found = br.stable.any(-1)
     worst = br.equilibrium_costs[..., 0]
     best_sc = np.where(br.stable, br.costs, np.inf).min(-1)
-    # Upper bound on SC(opt): local search from every start's final profile, best kept.
-    s = br.profiles.shape[-2]
-    rep = lambda a: np.repeat(a[:, None], s, axis=1)  # noqa: E731
-    many = SelfishCachingGame(rep(p.dist), rep(p.alpha), rep(p.demand), rep(p.miss), False)
-    xs, scs = local_search(many, br.profiles.reshape(-1, s, n), dtype=dtype)
-    pick = np.argmin(scs, axis=-1)
-    rows = np.arange(scs.shape[0])
-    opt_x = xs[rows, pick].reshape(sh + (n,))
-    opt_sc = np.minimum(scs[rows, pick].reshape(sh), best_sc)
-    lb = np.minimum(lower_bound(game, steps=bound_steps, dtype=dtype), opt_sc)
+    opt_x, opt_sc, lb = _searched_optimum(game, p, br, best_sc, bound_steps, dtype)
     return CachingPoAResult(
         poa=_ratio(worst, opt_sc),
         price_of_stability=_ratio(best_sc, opt_sc),
@@ -891,6 +884,61 @@ def price_of_anarchy(
         status=np.where(found, CONVERGED, MAX_ITERS).astype(np.int32),
         iterations=br.rounds.max(-1),
     )
+
+
+def _searched_optimum(game, p: _Prepared, br: BestResponse, best_sc, bound_steps: int, dtype):
+    """Best profile by local search from every start's final profile (an upper bound on
+    SC(opt), never above ``best_sc``) and the LP lower bound: ``(profile, SC, bound)``."""
+    sh, n = p.batch_shape, p.n
+    s = br.profiles.shape[-2]
+    rep = lambda a: np.repeat(a[:, None], s, axis=1)  # noqa: E731
+    many = SelfishCachingGame(rep(p.dist), rep(p.alpha), rep(p.demand), rep(p.miss), False)
+    xs, scs = local_search(many, br.profiles.reshape(-1, s, n), dtype=dtype)
+    pick = np.argmin(scs, axis=-1)
+    rows = np.arange(scs.shape[0])
+    opt_x = xs[rows, pick].reshape(sh + (n,))
+    opt_sc = np.minimum(scs[rows, pick].reshape(sh), best_sc)
+    lb = np.minimum(lower_bound(game, steps=bound_steps, dtype=dtype), opt_sc)
+    return opt_x, opt_sc, lb
+
+
+@dataclasses.dataclass(frozen=True)
+class CachingOptimum:
+    """The coordinated optimum of selfish caching games; ``...`` the batch shape.
+
+    Attributes:
+      profile: ``(..., n)`` bool, the best profile found (optimal where ``exact``).
+      social_cost: ``(...)`` its SC: SC(opt) where ``exact``, else an upper bound.
+      lower_bound: ``(...)`` = ``social_cost`` where exact, else the LP-relaxation bound.
+      exact: ``(...)`` bool, found by enumerating all ``2ⁿ`` profiles.
+    """
+
+    profile: np.ndarray
+    social_cost: np.ndarray
+    lower_bound: np.ndarray
+    exact: np.ndarray
+
+
+def solve_optimum(
+    game: SelfishCachingGame,
+    *,
+    exhaustive_max: int = EXHAUSTIVE_MAX,
+    starts: int = 16,
+    seed: int = 0,
+    bound_steps: int = 400,
+    dtype=None,
+) -> CachingOptimum:
+    """SC-minimising profiles: exact by enumeration for ``n ≤ exhaustive_max``; above, local
+    search from best-response starts with the LP lower bound (as :func:`price_of_anarchy`)."""
+    p = _prepare(game, dtype)
+    if p.n <= exhaustive_max:
+        ex = enumerate_profiles(game, keep=0, dtype=dtype)
+        c = ex.optimum_cost
+        return CachingOptimum(ex.optimum, c, c, np.ones(p.batch_shape, bool))
+    br = best_response(game, starts=starts, seed=seed, dtype=dtype)
+    best_sc = np.where(br.stable, br.costs, np.inf).min(-1)
+    x, sc, lb = _searched_optimum(game, p, br, best_sc, bound_steps, dtype)
+    return CachingOptimum(x, sc, lb, np.zeros(p.batch_shape, bool))
 
 
 # --------------------------------------------------------------------------- cache paradox

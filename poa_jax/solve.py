@@ -165,7 +165,12 @@ def solve_equilibrium(
     Args:
       game: a :class:`~poa_jax.RoutingGame`, fields with leading batch axes ``...``, or a
         :class:`~poa_jax.graph.GraphGame` (Wardrop equilibrium; result a
-        :class:`~poa_jax.graph_solve.GraphSolution` with ``link_flows`` and ``potential``).
+        :class:`~poa_jax.graph_solve.GraphSolution` with ``link_flows`` and ``potential``), or
+        a caching game, selfish policy: :class:`~poa_jax.SelfishCachingGame` (best response from
+        many starts, :func:`poa_jax.caching.best_response`; ``x0 (..., S, n)`` bool, ``max_iters``
+        bounds the rounds), :class:`~poa_jax.TieredCacheGame`
+        (:func:`poa_jax.tiered_cache.solve_equilibrium`; ``x0`` a placement ``(..., W, T, B)``)
+        or :class:`~poa_jax.CoupledGame` (the fixed point, :func:`poa_jax.coupled.solve`).
       policy: a :class:`~poa_jax.policies.Policy` (default selfish); fields broadcast with ``...``.
         Graph games take the selfish policy only.
       tol: relative-gap tolerance (default by dtype, :mod:`poa_jax.tolerances`).
@@ -190,6 +195,9 @@ def solve_equilibrium(
     if isinstance(game, GraphGame):
         _selfish_only(policy)
         return _graph(game, False, tol, max_iters, method, dtype)
+    cached = _caching_equilibrium(game, policy, tol, max_iters, x0, dtype)
+    if cached is not None:
+        return cached
     if method not in METHODS:
         raise InputError(f"method {method!r} is unknown: must be one of {', '.join(METHODS)}")
     tol, max_iters = _resolve(dtype, tol, max_iters)
@@ -233,7 +241,12 @@ def solve_optimum(
     """Coordinated optimum ``argmin SC(x)`` for every game in the batch, multi-start.
 
     Args:
-      game: a :class:`~poa_jax.RoutingGame` batch.
+      game: a :class:`~poa_jax.RoutingGame` batch, a :class:`~poa_jax.graph.GraphGame`, a
+        :class:`~poa_jax.SelfishCachingGame` (exact by enumeration up to n = 16, else local
+        search with the LP lower bound: :class:`poa_jax.caching.CachingOptimum`) or a
+        :class:`~poa_jax.TieredCacheGame` (projected gradient from no cache, a uniform fill and
+        the equilibria, or from ``x0``: :class:`poa_jax.tiered_cache.TieredSolution`). A
+        :class:`~poa_jax.CoupledGame`'s optimum comes with :func:`~poa_jax.price_of_anarchy`.
       tol: gap tolerance on the marginal-cost condition (default by dtype).
       max_iters: iteration bound of the polish (default 1000).
       starts: number of generated starts (uniform, herds, random; see :func:`starting_flows`).
@@ -253,6 +266,9 @@ def solve_optimum(
     """
     if isinstance(game, GraphGame):
         return _graph(game, True, tol, max_iters, method, dtype)
+    cached = _caching_optimum(game, x0, seed, dtype)
+    if cached is not None:
+        return cached
     if method != "auto":
         raise InputError(f"method {method!r}: routing-game optima take method 'auto' only")
     tol, max_iters = _resolve(dtype, tol, max_iters)
@@ -271,6 +287,47 @@ def solve_optimum(
     return _to_solution(out, prep)
 
 
+def _caching_equilibrium(game, policy, tol, max_iters, x0, dtype):
+    """The caching games' equilibria (their own result types), or None for other games."""
+    from poa_jax import caching, coupled, tiered_cache
+
+    if not isinstance(game, (caching.SelfishCachingGame, tiered_cache.TieredCacheGame,
+                             coupled.CoupledGame)):  # fmt: skip
+        return None
+    _selfish_only(policy)
+    if isinstance(game, caching.SelfishCachingGame):
+        kw = {} if max_iters is None else {"max_rounds": max_iters}
+        return caching.best_response(game, x0=x0, dtype=dtype, **kw)
+    if isinstance(game, tiered_cache.TieredCacheGame):
+        kw = {} if max_iters is None else {"max_rounds": max_iters}
+        return tiered_cache.solve_equilibrium(game, tol=tol, y0=x0, dtype=dtype, **kw)
+    if x0 is not None:
+        raise InputError("x0: the coupled game starts from its own fixed-point iteration")
+    return coupled.solve(game, tol=tol, max_iters=max_iters, dtype=dtype)
+
+
+def _caching_optimum(game, x0, seed, dtype):
+    """The discrete and fluid caching games' optima, or None for other games."""
+    from poa_jax import caching, coupled, tiered_cache
+
+    if isinstance(game, caching.SelfishCachingGame):
+        if x0 is not None:
+            raise InputError("x0: the discrete caching optimum takes no start")
+        return caching.solve_optimum(game, seed=seed, dtype=dtype)
+    if isinstance(game, tiered_cache.TieredCacheGame):
+        if x0 is None:  # SC is not convex: start from nothing, a uniform fill and equilibria
+            eq = tiered_cache.solve_equilibrium(game, seed=seed, dtype=dtype).placement
+            t = eq.shape[-2]
+            x0 = np.stack([np.zeros_like(eq), np.full_like(eq, 1.0 / t), eq], axis=-4)
+        return tiered_cache.solve_optimum(game, y0=x0, dtype=dtype)
+    if isinstance(game, coupled.CoupledGame):
+        raise InputError(
+            "CoupledGame: its optimum comes with pj.price_of_anarchy (optimum_cost, "
+            "optimum_flows, optimum_placement), warm-started from the coupled fixed point"
+        )
+    return None
+
+
 def _selfish_only(policy) -> None:
     if policy is None:
         return
@@ -282,7 +339,9 @@ def _selfish_only(policy) -> None:
         for f in ("w_true", "w_prefill", "w_decode", "tau")
     )
     if not same:
-        raise InputError("policy: graph games are solved for the selfish (Wardrop) policy only")
+        raise InputError(
+            "policy: graph and caching games are solved for the selfish (Wardrop) policy only"
+        )
 
 
 def _graph(game, optimum: bool, tol, max_iters, method: str, dtype):

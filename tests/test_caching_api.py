@@ -1,0 +1,67 @@
+"""The caching games through ``pj.solve_equilibrium`` and ``pj.solve_optimum`` (issue 4's "same
+functions"), checked against the issue's closed-form instances and the modules' own solvers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import poa_jax as pj
+from poa_jax import caching, coupled, tiered_cache
+
+
+def test_discrete_two_clusters_through_the_generic_functions():
+    g = pj.SelfishCachingGame(caching.cluster_distance(2, 5, 0.0, 0.9), 1.0)
+    eq = pj.solve_equilibrium(g)
+    assert isinstance(eq, caching.BestResponse)
+    assert eq.stable.all()
+    np.testing.assert_allclose(eq.costs, 5.5)  # every equilibrium: one replica, cost 5.5
+    opt = pj.solve_optimum(g)
+    assert isinstance(opt, caching.CachingOptimum) and bool(opt.exact)
+    assert float(opt.social_cost) == pytest.approx(2.0)
+    assert int(opt.profile.sum()) == 2  # one replica per cluster
+
+
+def test_discrete_star_optimum_and_the_large_n_path():
+    star = pj.SelfishCachingGame(caching.star_distance(4, 1.0, 2.0), 1.5)
+    assert float(pj.solve_optimum(star).social_cost) == pytest.approx(5.5)
+    line = pj.SelfishCachingGame(caching.line_distance(18), 4.5)  # 2¹⁸ profiles: no enumeration
+    opt = pj.solve_optimum(line)
+    eq = pj.solve_equilibrium(line)
+    assert not bool(opt.exact)
+    assert float(opt.lower_bound) <= float(opt.social_cost) + 1e-9
+    assert float(opt.social_cost) <= np.where(eq.stable, eq.costs, np.inf).min() + 1e-9
+    small = pj.solve_optimum(line, dtype=None)  # the same call again: deterministic
+    np.testing.assert_array_equal(small.profile, opt.profile)
+
+
+def _fluid():
+    rng = np.random.default_rng(0)
+    return pj.TieredCacheGame(
+        distance=caching.line_distance(3),
+        rates=rng.uniform(0.1, 1.0, (2, 3, 6)),
+        capacity=np.full((2, 3, 2), 2.0),
+    )
+
+
+def test_fluid_game_through_the_generic_functions():
+    g = _fluid()
+    eq, ref = pj.solve_equilibrium(g), tiered_cache.solve_equilibrium(g)
+    np.testing.assert_array_equal(eq.placement, ref.placement)
+    assert eq.converged.all()
+    opt = pj.solve_optimum(g)
+    assert np.all(opt.social_cost <= eq.social_cost * (1 + 1e-9))
+
+
+def test_coupled_game_and_bad_calls(cache_games):
+    k = np.asarray(cache_games.latency.a).shape[-1]  # workers
+    game = pj.CoupledGame(cache_games, np.ones((k, k)) - np.eye(k), np.ones((k, 2)))
+    sol = pj.solve_equilibrium(game)
+    assert isinstance(sol, coupled.CoupledSolution) and sol.converged.all()
+    with pytest.raises(pj.InputError, match="CoupledGame: its optimum comes with"):
+        pj.solve_optimum(game)
+    g = pj.SelfishCachingGame(caching.complete_distance(3), 1.0)
+    with pytest.raises(pj.InputError, match="selfish"):
+        pj.solve_equilibrium(g, pj.policies.dynamo(omega=1.0, tau=0.0))
+    with pytest.raises(pj.InputError, match="takes no start"):
+        pj.solve_optimum(g, x0=np.ones(3, bool))
