@@ -53,7 +53,18 @@ def _parser():
     p.add_argument("--fluid-dims", default="8,4,256", help="W,T,B")
     p.add_argument("--fluid-steps", type=int, default=300, help="optimum descent steps")
     p.add_argument("--fluid-ref-instances", type=int, default=5)
+    p.add_argument(
+        "--fluid-dtype", choices=("float32", "float64"), default="float32",
+        help="dtype of the batched fluid solver (the NumPy reference is always float64)",
+    )  # fmt: skip
+    p.add_argument(
+        "--fluid-tol", type=float, default=None,
+        help="equilibrium gap tolerance of the batched solver; default 1e-9 (the reference's) in "
+        "float64, 1e-7 in float32 (float32's TOL, 1e-5, stops up to a round earlier than the "
+        "reference: SC off by up to 1e-3; 1e-7 takes the reference's rounds)",
+    )  # fmt: skip
     p.add_argument("--skip-fluid", action="store_true")
+    p.add_argument("--skip-discrete", action="store_true", help="only the fluid part")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--smoke", action="store_true", help="tiny run")
     p.add_argument("--json", type=Path, default=None)
@@ -333,20 +344,32 @@ def run_fluid(args, pj, tc):
     N = args.fluid_instances
     credit = tc.DYNAMO_CREDITS[:t] if t <= 4 else np.linspace(1, 0.2, t)
 
+    dt = np.dtype(args.fluid_dtype)
+    tol = args.fluid_tol if args.fluid_tol is not None else (1e-9 if dt == np.float64 else 1e-7)
+
     def solve(d, r, c):
         g = pj.TieredCacheGame(d, r, c, credit=credit)
-        eq = tc.solve_equilibrium(g, starts=1)
-        opt = tc.solve_optimum(g, y0=eq.placement, steps=args.fluid_steps)
+        eq = tc.solve_equilibrium(g, starts=1, dtype=dt, tol=tol)
+        opt = tc.solve_optimum(g, y0=eq.placement, steps=args.fluid_steps, dtype=dt)
         return eq, opt
 
     _, first = _timed(lambda: solve(*fluid_batch(args.seed * 7 + 1, N, w, t, b)))
     d2, r2, c2 = fluid_batch(args.seed * 7 + 2, N, w, t, b)
     (eq, opt), steady = _timed(lambda: solve(d2, r2, c2))
-    _progress(f"fluid N={N}: first {first:.1f}s steady {steady:.1f}s")
+    # the split of the steady state between the two parts
+    g2 = pj.TieredCacheGame(d2, r2, c2, credit=credit)
+    _, t_eq_b = _timed(lambda: tc.solve_equilibrium(g2, starts=1, dtype=dt, tol=tol))
+    _, t_opt_b = _timed(lambda: tc.solve_optimum(g2, y0=eq.placement, steps=args.fluid_steps,
+                                                 dtype=dt))  # fmt: skip
+    _progress(
+        f"fluid N={N} {dt}: first {first:.1f}s steady {steady:.1f}s "
+        f"(eq {t_eq_b:.2f}s, opt {t_opt_b:.2f}s)"
+    )
     poa = eq.social_cost / np.minimum(opt.social_cost, eq.social_cost)
     out = dict(
-        dims=[w, t, b], instances=N, optimum_steps=args.fluid_steps, first_call_s=first,
-        steady_s=steady, rate=N / steady, eq_converged_share=float(eq.converged.mean()),
+        dims=[w, t, b], instances=N, optimum_steps=args.fluid_steps, dtype=str(dt), eq_tol=tol,
+        first_call_s=first, steady_s=steady, steady_eq_s=t_eq_b, steady_opt_s=t_opt_b,
+        rate=N / steady, eq_converged_share=float(eq.converged.mean()),
         eq_rounds_median=float(np.median(eq.rounds)), eq_rounds_max=int(eq.rounds.max()),
         eq_gap_max=float(eq.gap.max()), poa_mean=float(poa.mean()), poa_max=float(poa.max()),
     )  # fmt: skip
@@ -388,9 +411,11 @@ def run(args) -> dict:
         device=str(dev), device_kind=getattr(dev, "device_kind", dev.platform),
         jax=jax.__version__, numpy=np.__version__, python=platform.python_version(),
         cpu_count=os.cpu_count(), load_average=list(os.getloadavg()),
-        dtype="float64", argv=sys.argv[1:],
+        dtype="float64", fluid_dtype=args.fluid_dtype, argv=sys.argv[1:],
     )  # fmt: skip
-    res = dict(meta=meta, discrete=run_discrete(args, pj, caching))
+    res = dict(meta=meta)
+    if not args.skip_discrete:
+        res["discrete"] = run_discrete(args, pj, caching)
     if not args.skip_fluid:
         res["fluid"] = run_fluid(args, pj, tc)
     meta["load_average_end"] = list(os.getloadavg())

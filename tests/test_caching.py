@@ -289,4 +289,7 @@ def test_benchmark_smoke_mode_runs(tmp_path):
     disc = res["discrete"]
     assert disc["rate"] > 0 and disc["reference"]["rate"] > 0
     assert all(v.split("/")[0] == v.split("/")[1] for v in disc["reference"]["agreement"].values())
-    assert res["fluid"]["reference"]["eq_sc_rel_diff_max"] < 1e-9
+    # float32 batched against the float64 reference (the default --fluid-dtype)
+    assert res["fluid"]["dtype"] == "float32"
+    assert res["fluid"]["reference"]["eq_sc_rel_diff_max"] < 1e-5
+    assert res["fluid"]["reference"]["opt_sc_rel_diff_max"] < 1e-4

@@ -156,3 +156,51 @@ def test_bad_input(kwargs, match, compile_counter):
     with pytest.raises(pj.InputError, match=match):
         pj.price_of_anarchy(pj.TieredCacheGame(**base))
     assert compile_counter.solver_count == 0
+
+
+def test_float32_agrees_with_float64():
+    """The batched float32 solver against the float64 one (the project's rule: a float64
+    reference, then the float32 kernel compared with it) on small random instances: the
+    best-response order by packed integer keys, the lane-layout descent and its closed-form
+    gradient, in both dtypes."""
+    insts = [_instance(s) for s in range(20, 26)]
+    d, r, cap, size, m = (np.stack(x) for x in zip(*insts, strict=True))
+    g = _game(d, r, cap, size, m)
+    e64 = tiered_cache.solve_equilibrium(g, starts=2, dtype=np.float64)
+    e32 = tiered_cache.solve_equilibrium(g, starts=2, dtype=np.float32, tol=1e-7)
+    assert e32.converged.all() and (e32.gap <= 1e-7).all()
+    np.testing.assert_allclose(e32.social_cost, e64.social_cost, rtol=1e-5)
+    o64 = tiered_cache.solve_optimum(g, y0=e64.placement, steps=200, dtype=np.float64)
+    o32 = tiered_cache.solve_optimum(g, y0=e64.placement, steps=200, dtype=np.float32)
+    assert o32.placement.dtype == np.float32
+    np.testing.assert_allclose(o32.social_cost, o64.social_cost, rtol=1e-4)
+    # float32 placements are feasible to float32 rounding, and their cost is what they say
+    y = o32.placement.astype(np.float64)
+    assert (y >= 0).all() and (y.sum(-2) <= 1 + 1e-6).all()
+    assert (np.einsum("nwtb,nb->nwt", y, size) <= cap + 1e-5).all()
+    for b, (di, ri, _, _, mi) in enumerate(insts):
+        assert _costs(di, ri, mi, y[b]).sum() == pytest.approx(float(o32.social_cost[b]), rel=1e-5)
+
+
+def test_closed_form_gradient_matches_autodiff():
+    """``_sc_grad_lanes`` (unrolled and array forms) against ``jax.grad`` of the value, at a
+    point with ``0 < h < 1`` (where the clip of ``h`` is inactive and autodiff is exact)."""
+    import jax
+    import jax.numpy as jnp
+
+    d, r, cap, size, m = _instance(3)
+    p = tiered_cache._prepare(_game(d, r, cap, size, m))
+    rng = np.random.default_rng(0)
+    y = rng.uniform(0.05, 0.2, (W, T, B))
+    ys = [jnp.asarray(y[:, t]) for t in range(T)]
+    ref = jax.grad(lambda z: jnp.sum(tiered_cache.worker_costs_one(p.reach[0], p.rm[0],
+                                                                   p.credit[0], z)))(y)  # fmt: skip
+    for unroll in (16, 0):
+        old, tiered_cache._UNROLL_W = tiered_cache._UNROLL_W, unroll
+        try:
+            sc, alpha, beta = tiered_cache._sc_grad_lanes(p.reach[0], p.rm[0], p.credit[0], ys)
+        finally:
+            tiered_cache._UNROLL_W = old
+        g = -(alpha[:, None, :] * p.credit[0][None, :, None] + beta[:, None, :])
+        np.testing.assert_allclose(g, ref, rtol=1e-10, atol=1e-12)
+        assert float(sc) == pytest.approx(_costs(d, r, m, y).sum(), rel=1e-12)
