@@ -22,52 +22,63 @@ from poa_jax import sweep
 from poa_jax.synthetic import random_games
 from tests.scenarios import TINY
 
+# The tests use the suite's SMALL batch shape (8 games, 3 classes × 4 workers, 4 starts), whose
+# executables other test files compile anyway.
 
-def test_a_converged_equilibrium_is_its_own_warm_start():
-    g = random_games(3, 12)
-    cold = pj.price_of_anarchy(g, starts=3)
-    assert cold.start_flows.shape == (12, 3, 5, 6)
+
+def test_a_converged_equilibrium_is_its_own_warm_start(cache_games):
+    g = cache_games
+    cold = pj.price_of_anarchy(g)
+    assert cold.start_flows.shape == (8, 4, 3, 4)
     # Flows of the same game at twice the demand: the rescaling must bring them back exactly.
     warm = pj.price_of_anarchy(g, x0=2.0 * cold.start_flows)
-    ok = cold.equilibrium.converged
-    assert ok.mean() > 0.7
+    ok = cold.converged_starts == 4  # every start at an equilibrium: nothing left to do
+    assert ok.mean() >= 0.5
     np.testing.assert_array_equal(warm.equilibrium.iterations[ok], 0)
     np.testing.assert_allclose(warm.equilibrium.social_cost[ok],
                                cold.equilibrium.social_cost[ok], rtol=1e-12)  # fmt: skip
     np.testing.assert_allclose(warm.poa[ok], cold.poa[ok], rtol=1e-9)
 
 
-def test_warm_starts_zero_missing_workers_and_fill_empty_rows():
-    g = random_games(4, 2, classes=2, workers=3, cache=False)
-    g = dataclasses.replace(g, worker_mask=np.array([[True, True, False], [True, True, True]]))
-    x0 = np.zeros((2, 1, 2, 3))
-    x0[0, 0, 0] = [1.0, 0.0, 5.0]  # mass on the missing worker is dropped
-    res = pj.price_of_anarchy(g, x0=x0)  # row 0, class 1 and all of game 1: uniform starts
-    f = res.start_flows[:, 0]
-    assert np.all(f[0, :, 2] == 0.0)
-    np.testing.assert_allclose(f.sum(-1), np.asarray(g.demand), rtol=1e-9)
-    assert np.all(res.equilibrium.converged)
+def test_warm_starts_zero_missing_workers_and_fill_empty_rows(plain_games):
+    from poa_jax import batching
+    from poa_jax.poa import warm_starts
+
+    mask = np.ones((8, 4), bool)
+    mask[0, 3] = False
+    g = dataclasses.replace(plain_games, worker_mask=mask)
+    x0 = np.zeros((8, 2, 3, 4))
+    x0[0, :, 0] = [1.0, 0.0, 0.0, 5.0]  # mass on the missing worker is dropped
+    x0[1, 1] = 3.0  # any scale: rows are rescaled to the demand
+    start = warm_starts(batching.prepare(g, None, np.float64), x0)
+    d = np.asarray(g.demand)
+    np.testing.assert_allclose(start[0, :, 0], d[0, 0] * np.array([[1.0, 0, 0, 0]] * 2))
+    empty = np.broadcast_to(d[0, 1:, None] / 3 * mask[0], (2, 2, 4))  # empty rows: uniform
+    np.testing.assert_allclose(start[0, :, 1:], empty)
+    np.testing.assert_allclose(start[1, 1], np.repeat(d[1][:, None] / 4, 4, 1))
+    np.testing.assert_allclose(start[2:], np.repeat(d[2:, None, :, None] / 4, 4, -1).repeat(2, 1))
+    res = pj.price_of_anarchy(g, x0=np.concatenate([x0, x0], 1))  # 4 starts: the suite's shape
+    assert np.all(res.start_flows[0, ..., 3] == 0.0) and np.all(res.equilibrium.converged)
 
 
-def test_continuation_reaches_the_unique_costs_in_fewer_iterations():
-    """No cache term: one equilibrium cost per game. A load curve of 8 points per game."""
-    base = random_games(5, 6, cache=False)
-    factors = np.linspace(0.5, 1.0, 8)
-    # Batch (6 games, 8 loads) flattened game-major: row = game * 8 + u.
-    g = jax.tree_util.tree_map(lambda a: np.repeat(a, 8, axis=0) if np.ndim(a) else a, base)
-    g = dataclasses.replace(g, demand=np.asarray(g.demand) * np.tile(factors, 6)[:, None])
-    cold = pj.price_of_anarchy(g, starts=2)
-    rows = np.arange(48).reshape(6, 8)
-    levels = [(rows[:, 0], np.full(6, -1))]  # then each load from its lower neighbour
-    levels += [(rows[:, u], rows[:, u - 1]) for u in range(1, 8)]
-    warm = pj.price_of_anarchy(g, starts=2, continuation=levels)
+def test_continuation_reaches_the_unique_costs_in_fewer_iterations(plain_games):
+    """No cache term: one equilibrium cost per game. Two games, each a curve of 4 loads."""
+    factors = np.linspace(0.6, 1.0, 4)
+    pick = np.repeat([0, 1], 4)  # row = game * 4 + u
+    g = jax.tree_util.tree_map(lambda a: a[pick] if np.ndim(a) else a, plain_games)
+    g = dataclasses.replace(g, demand=np.asarray(g.demand) * np.tile(factors, 2)[:, None])
+    cold = pj.price_of_anarchy(g)
+    rows = np.arange(8).reshape(2, 4)
+    levels = [(rows[:, 0], np.full(2, -1))]  # then each load from its lower neighbour
+    levels += [(rows[:, u], rows[:, u - 1]) for u in range(1, 4)]
+    warm = pj.price_of_anarchy(g, continuation=levels)
     assert np.all(cold.equilibrium.converged) and np.all(warm.equilibrium.converged)
     np.testing.assert_allclose(warm.equilibrium.social_cost, cold.equilibrium.social_cost,
                                rtol=1e-7)  # fmt: skip
     np.testing.assert_allclose(warm.poa, cold.poa, rtol=1e-6)
     it_w = warm.equilibrium.iterations[rows[:, 1:]].sum()
     it_c = cold.equilibrium.iterations[rows[:, 1:]].sum()
-    assert it_w < 0.85 * it_c, (it_w, it_c)  # measured 733 against 963
+    assert it_w < it_c, (it_w, it_c)  # 97 against 104: to 1e-9 the linear tail dominates
     # The cold level is solved exactly as without continuation.
     np.testing.assert_array_equal(warm.equilibrium.iterations[rows[:, 0]],
                                   cold.equilibrium.iterations[rows[:, 0]])  # fmt: skip
@@ -108,11 +119,10 @@ def test_bad_x0_is_named():
 
 
 def _no_cache() -> S.Scenario:
+    """TINY (its float32 shapes are compiled by the CLI tests too) without the cache term."""
     text = TINY.replace("shareable = 0.5", "shareable = 0.0").replace(
         "shareable = 0.2", "shareable = 0.0"
     )
-    text = text.replace("values = [0.3, 0.7, 1.0]", "min = 0.1\nmax = 0.9\npoints = 7")
-    text = text.replace('dtype = "float32"', 'dtype = "float64"')
     return S.Scenario.from_dict(tomllib.loads(text), source="tiny.toml")
 
 
@@ -123,11 +133,11 @@ def test_warm_sweep_matches_cold_where_the_equilibrium_is_unique(tmp_path):
     assert warm_sc.hash() != sc.hash()  # old parts are not reused for the other scheme
     warm = sweep.run_sweep(warm_sc, tmp_path / "warm", progress=False, chunk_size=5)
     w = warm.table.to_pydict()
-    assert warm.summary["chunk_points"] == 14  # rounded up to whole curves: 7 loads × 2 policies
+    assert warm.summary["chunk_points"] == 6  # rounded up to whole curves: 3 loads × 2 policies
     assert w["point"] == cold["point"]
     assert all(cold["converged"]) and all(w["converged"])
-    np.testing.assert_allclose(w["eq_cost"], cold["eq_cost"], rtol=1e-7)
-    np.testing.assert_allclose(w["poa"], cold["poa"], rtol=1e-6)
+    np.testing.assert_allclose(w["eq_cost"], cold["eq_cost"], rtol=2e-5)  # float32, tol 1e-5
+    np.testing.assert_allclose(w["poa"], cold["poa"], rtol=2e-5)
     u = np.unravel_index(np.asarray(w["point"]), sc.shape)[3]
     warm_rows = u % sweep.WARM_STRIDE != 0
     assert np.sum(np.asarray(w["eq_iterations"])[warm_rows]) < np.sum(
