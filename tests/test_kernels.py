@@ -120,6 +120,29 @@ def test_project_simplex_feasible_on_extreme_inputs():
         np.testing.assert_allclose(y.sum(), total, rtol=1e-12)
 
 
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 5, 7])
+def test_capped_columns_match_a_bisection_reference(k):
+    """``{y ≥ 0, Σ y ≤ 1}``: ``max(z, 0)`` inside, else the simplex threshold (by bisection)."""
+    from poa_jax.kernels.capped import project_capped_columns
+
+    rng = np.random.default_rng(k)
+    z = rng.normal(0.3, 0.8, (k, 500))
+    z[:, :5] = 0.1  # ties
+    ys = np.stack([np.asarray(y) for y in project_capped_columns([jnp.asarray(r) for r in z])])
+    for col in range(z.shape[1]):
+        c = z[:, col]
+        if np.maximum(c, 0).sum() <= 1:
+            ref = np.maximum(c, 0)
+        else:
+            lo, hi = c.min() - 1, c.max()
+            for _ in range(200):
+                mid = (lo + hi) / 2
+                lo, hi = (mid, hi) if np.maximum(c - mid, 0).sum() > 1 else (lo, mid)
+            ref = np.maximum(c - hi, 0)
+        np.testing.assert_allclose(ys[:, col], ref, atol=1e-12)
+    assert np.all(ys >= 0) and np.all(ys.sum(0) <= 1 + 1e-12)
+
+
 def test_project_simplex_fully_masked_row_is_zero():
     y = project_weighted(jnp.array([0.3, -1.0]), 2.0, jnp.ones(2), jnp.array([False, False]))
     assert np.all(np.asarray(y) == 0.0)
