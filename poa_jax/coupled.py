@@ -58,7 +58,15 @@ from poa_jax.kernels import loop, vi
 from poa_jax.kernels.descent import softmax_flows
 from poa_jax.validation import as_array, check
 
-__all__ = ["CoupledGame", "CoupledSolution", "CoupledPoAResult", "solve", "price_of_anarchy"]
+__all__ = [
+    "CoupledGame",
+    "CoupledSolution",
+    "CoupledPoAResult",
+    "CoupledOptimum",
+    "solve",
+    "solve_optimum",
+    "price_of_anarchy",
+]
 
 LANES = 256
 
@@ -424,6 +432,61 @@ def price_of_anarchy(
         )
     eq = solve(game, tol=tol, max_iters=max_iters, outer_tol=outer_tol, max_outer=max_outer,
                dtype=dtype)  # fmt: skip
+    opt = _joint_optimum(game, eq, optimum_steps, lr, dtype)
+    sh = opt.social_cost.shape
+    sc_eq = eq.social_cost.reshape(sh)
+    o = opt.social_cost
+    with np.errstate(divide="ignore", invalid="ignore"):
+        poa = np.where(o > 0, sc_eq / np.where(o > 0, o, 1.0), 1.0)
+    return CoupledPoAResult(
+        poa=poa, price_of_stability=poa, equilibrium=eq, optimum_cost=opt.social_cost,
+        optimum_flows=opt.flows, optimum_placement=opt.placement, converged=eq.converged,
+    )  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class CoupledOptimum:
+    """The best joint (routing, placement) found; ``...`` the batch shape.
+
+    Attributes:
+      flows: ``(..., J, K)``; placement: ``(..., K, T, J)``.
+      social_cost: ``(...)`` routing SC there, never above the coupled fixed point's.
+    """
+
+    flows: np.ndarray
+    placement: np.ndarray
+    social_cost: np.ndarray
+
+
+def solve_optimum(
+    game: CoupledGame,
+    *,
+    tol: float | None = None,
+    max_iters: int | None = None,
+    outer_tol: float = 1e-6,
+    max_outer: int = 50,
+    optimum_steps: int = 300,
+    lr: float = 0.05,
+    dtype=None,
+) -> CoupledOptimum:
+    """Joint descent on (routing, placement) from the coupled fixed point (a local optimum:
+    the social cost is not convex), never worse than that fixed point.
+
+    With ``game.caching`` False this returns :func:`poa_jax.solve_optimum` of the routing game
+    unchanged (a :class:`~poa_jax.Solution`), as :func:`solve` does for the equilibrium.
+    """
+    from poa_jax import solve as rsolve
+
+    if not isinstance(game, CoupledGame):
+        raise InputError(f"game: expected a CoupledGame, got {type(game).__name__}")
+    if not game.caching:
+        return rsolve.solve_optimum(game.routing, tol=tol, max_iters=max_iters, dtype=dtype)
+    eq = solve(game, tol=tol, max_iters=max_iters, outer_tol=outer_tol, max_outer=max_outer,
+               dtype=dtype)  # fmt: skip
+    return _joint_optimum(game, eq, optimum_steps, lr, dtype)
+
+
+def _joint_optimum(game: CoupledGame, eq: CoupledSolution, optimum_steps, lr, dtype):
     p = _prepare(game, dtype)
     r = p.route
     n, j, k = r.game.demand.shape[0], r.num_classes, r.num_workers
@@ -441,10 +504,8 @@ def price_of_anarchy(
     opt_sc = np.where(better, out["social_cost"], sc_eq)
     opt_x = np.where(better[:, None, None], out["flows"], x0)
     opt_y = np.where(better[:, None, None, None], out["placement"], y0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        poa = np.where(opt_sc > 0, sc_eq / np.where(opt_sc > 0, opt_sc, 1.0), 1.0)
-    return CoupledPoAResult(
-        poa=poa.reshape(sh), price_of_stability=poa.reshape(sh), equilibrium=eq,
-        optimum_cost=opt_sc.reshape(sh), optimum_flows=opt_x.reshape(sh + (j, k)),
-        optimum_placement=opt_y.reshape(sh + (k, t, j)), converged=eq.converged,
-    )  # fmt: skip
+    return CoupledOptimum(
+        flows=opt_x.reshape(sh + (j, k)),
+        placement=opt_y.reshape(sh + (k, t, j)),
+        social_cost=opt_sc.reshape(sh),
+    )

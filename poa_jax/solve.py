@@ -245,8 +245,9 @@ def solve_optimum(
         :class:`~poa_jax.SelfishCachingGame` (exact by enumeration up to n = 16, else local
         search with the LP lower bound: :class:`poa_jax.caching.CachingOptimum`) or a
         :class:`~poa_jax.TieredCacheGame` (projected gradient from no cache, a uniform fill and
-        the equilibria, or from ``x0``: :class:`poa_jax.tiered_cache.TieredSolution`). A
-        :class:`~poa_jax.CoupledGame`'s optimum comes with :func:`~poa_jax.price_of_anarchy`.
+        the equilibria, or from ``x0``: :class:`poa_jax.tiered_cache.TieredSolution`) or a
+        :class:`~poa_jax.CoupledGame` (joint descent from the coupled fixed point:
+        :class:`poa_jax.coupled.CoupledOptimum`).
       tol: gap tolerance on the marginal-cost condition (default by dtype).
       max_iters: iteration bound of the polish (default 1000).
       starts: number of generated starts (uniform, herds, random; see :func:`starting_flows`).
@@ -321,10 +322,9 @@ def _caching_optimum(game, x0, seed, dtype):
             x0 = np.stack([np.zeros_like(eq), np.full_like(eq, 1.0 / t), eq], axis=-4)
         return tiered_cache.solve_optimum(game, y0=x0, dtype=dtype)
     if isinstance(game, coupled.CoupledGame):
-        raise InputError(
-            "CoupledGame: its optimum comes with pj.price_of_anarchy (optimum_cost, "
-            "optimum_flows, optimum_placement), warm-started from the coupled fixed point"
-        )
+        if x0 is not None:
+            raise InputError("x0: the coupled optimum starts from the coupled fixed point")
+        return coupled.solve_optimum(game, dtype=dtype)
     return None
 
 

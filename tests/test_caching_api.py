@@ -58,8 +58,17 @@ def test_coupled_game_and_bad_calls(cache_games):
     game = pj.CoupledGame(cache_games, np.ones((k, k)) - np.eye(k), np.ones((k, 2)))
     sol = pj.solve_equilibrium(game)
     assert isinstance(sol, coupled.CoupledSolution) and sol.converged.all()
-    with pytest.raises(pj.InputError, match="CoupledGame: its optimum comes with"):
-        pj.solve_optimum(game)
+    opt = pj.solve_optimum(game)
+    assert isinstance(opt, coupled.CoupledOptimum)
+    assert np.all(opt.social_cost <= sol.social_cost)
+    ref = pj.price_of_anarchy(game)  # the same joint descent behind the PoA
+    np.testing.assert_array_equal(opt.social_cost, ref.optimum_cost)
+    np.testing.assert_allclose(opt.flows.sum(-1), np.asarray(cache_games.demand), rtol=1e-9)
+    off = pj.CoupledGame(cache_games, np.ones((k, k)) - np.eye(k), np.ones((k, 2)), caching=False)
+    np.testing.assert_array_equal(pj.solve_optimum(off).social_cost,
+                                  pj.solve_optimum(cache_games).social_cost)  # fmt: skip
+    with pytest.raises(pj.InputError, match="starts from the coupled fixed point"):
+        pj.solve_optimum(game, x0=np.ones(3))
     g = pj.SelfishCachingGame(caching.complete_distance(3), 1.0)
     with pytest.raises(pj.InputError, match="selfish"):
         pj.solve_equilibrium(g, pj.policies.dynamo(omega=1.0, tau=0.0))
