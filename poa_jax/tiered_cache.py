@@ -392,10 +392,6 @@ def _project(z, capacity, size, lam, iters: int):
 # workers or blocks vectorises over instances, and no op slices the short tier axis (XLA's CPU
 # emitters are several times slower on a strided slice than on a whole array).
 
-#: Up to this many workers the gradient's worker × worker sums are unrolled (one fused
-#: elementwise expression per worker instead of a materialised ``(W, W, B)`` array).
-_UNROLL_W = 16
-
 
 def _smax(a, b):
     """``max(a, b)`` as compare + select (XLA's CPU ``maximum`` also propagates NaN: slower)."""
@@ -433,25 +429,15 @@ def _sc_grad_lanes(reach, rm, credit, ys):
     it. Returns ``(SC (...), α (W, B, ...), β (W, B, ...))``; ``α, β ≥ 0`` so the gradient is
     ``≤ 0`` and its largest magnitude is ``max(α·max_t v_t + β)``.
     """
-    w = rm.shape[0]
     h = _smin(_smax(_add(ys), 0.0), 1.0)  # (W, B, ...)
     own = _add([credit[t][None, None] * y for t, y in enumerate(ys)])
-    if w <= _UNROLL_W:
-        # reach[i, u] is a per-lane scalar broadcast along the blocks; the diagonal (zero)
-        # terms are skipped.
-        f = lambda i, u: _smax(1.0 - reach[i, u][None] * h[u], _FLOOR)  # noqa: E731
-        prod = lambda xs: functools.reduce(jnp.multiply, xs, jnp.ones_like(h[0]))  # noqa: E731
-        q = jnp.stack([prod([f(i, u) for u in range(w) if u != i]) for i in range(w)])
-        tq = rm * (1.0 - own) * q
-        beta = jnp.stack(
-            [_add([tq[i] * reach[i, u][None] / f(i, u) for i in range(w) if i != u] or [0 * h[0]])
-             for u in range(w)]
-        )  # fmt: skip
-    else:
-        f = _smax(1.0 - reach[:, :, None] * h[None], _FLOOR)  # (W, U, B, ...)
-        q = jnp.prod(f, axis=1)
-        tq = rm * (1.0 - own) * q
-        beta = jnp.sum(tq[:, None] * reach[:, :, None] / f, axis=0)
+    # One (W, U, B, ...) expression; the diagonal reach is 0, so its factor is 1 and its term
+    # 0. (Unrolling the worker pairs into W² fused (B, ...) expressions was measured equal in
+    # speed at 64 instances per call, slower at 8–16, and took 2× longer to compile.)
+    f = _smax(1.0 - reach[:, :, None] * h[None], _FLOOR)  # (W, U, B, ...)
+    q = jnp.prod(f, axis=1)
+    tq = rm * (1.0 - own) * q
+    beta = jnp.sum(tq[:, None] * reach[:, :, None] / f, axis=0)
     return jnp.sum(tq, axis=(0, 1)), rm * q, beta
 
 

@@ -183,7 +183,7 @@ def test_float32_agrees_with_float64():
 
 
 def test_closed_form_gradient_matches_autodiff():
-    """``_sc_grad_lanes`` (unrolled and array forms) against ``jax.grad`` of the value, at a
+    """``_sc_grad_lanes`` against ``jax.grad`` of the value, at a
     point with ``0 < h < 1`` (where the clip of ``h`` is inactive and autodiff is exact)."""
     import jax
     import jax.numpy as jnp
@@ -195,12 +195,7 @@ def test_closed_form_gradient_matches_autodiff():
     ys = [jnp.asarray(y[:, t]) for t in range(T)]
     ref = jax.grad(lambda z: jnp.sum(tiered_cache.worker_costs_one(p.reach[0], p.rm[0],
                                                                    p.credit[0], z)))(y)  # fmt: skip
-    for unroll in (16, 0):
-        old, tiered_cache._UNROLL_W = tiered_cache._UNROLL_W, unroll
-        try:
-            sc, alpha, beta = tiered_cache._sc_grad_lanes(p.reach[0], p.rm[0], p.credit[0], ys)
-        finally:
-            tiered_cache._UNROLL_W = old
-        g = -(alpha[:, None, :] * p.credit[0][None, :, None] + beta[:, None, :])
-        np.testing.assert_allclose(g, ref, rtol=1e-10, atol=1e-12)
-        assert float(sc) == pytest.approx(_costs(d, r, m, y).sum(), rel=1e-12)
+    sc, alpha, beta = tiered_cache._sc_grad_lanes(p.reach[0], p.rm[0], p.credit[0], ys)
+    g = -(alpha[:, None, :] * p.credit[0][None, :, None] + beta[:, None, :])
+    np.testing.assert_allclose(g, ref, rtol=1e-10, atol=1e-12)
+    assert float(sc) == pytest.approx(_costs(d, r, m, y).sum(), rel=1e-12)
