@@ -10,6 +10,7 @@ recompile.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from typing import NamedTuple
 
@@ -302,6 +303,34 @@ def mesh_for(n: int):
     if d <= 1 or n < d:
         return None
     return jax.sharding.Mesh(np.array(devs[:d]), (_AXIS,))
+
+
+@contextlib.contextmanager
+def tuning(max_chunk: int | None = None, round_iters: int | None = None):
+    """Temporarily sets the lanes per call on this backend (``max_chunk``, default
+    :data:`MAX_CHUNK` / :data:`MAX_CHUNK_ACCELERATOR`) and the iterations per compacted round
+    (``round_iters``, default :data:`ROUND_ITERS`), for benchmarks that tune them
+    (``poa-jax bench --chunk --round-iters``). A lane runs the same iteration whatever the
+    rounds and calls (see the notes above ``ROUND_ITERS``); in float32 its last bits can
+    depend on the call size, which XLA vectorises differently.
+    """
+    global MAX_CHUNK, MAX_CHUNK_ACCELERATOR, ROUND_ITERS
+    for name, v in (("max_chunk", max_chunk), ("round_iters", round_iters)):
+        if v is not None and (int(v) != v or v < 1):
+            raise InputError(f"{name} = {v!r}: must be an integer >= 1")
+    saved = MAX_CHUNK, MAX_CHUNK_ACCELERATOR, ROUND_ITERS
+    try:
+        if max_chunk is not None:
+            backend = jax.default_backend()
+            if backend in MAX_CHUNK:
+                MAX_CHUNK = {**MAX_CHUNK, backend: int(max_chunk)}
+            else:
+                MAX_CHUNK_ACCELERATOR = int(max_chunk)
+        if round_iters is not None:
+            ROUND_ITERS = int(round_iters)
+        yield
+    finally:
+        MAX_CHUNK, MAX_CHUNK_ACCELERATOR, ROUND_ITERS = saved
 
 
 def _pad_instances(tree, n: int, d: int):

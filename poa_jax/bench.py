@@ -44,6 +44,8 @@ class Row:
     max_gap: float
     device: str
     kernel: str  # which implementation ran ("xla", or "pallas" where the fused kernel ran)
+    chunk: int  # lanes per call (batching.MAX_CHUNK on this backend, or --chunk)
+    round_iters: int  # iterations per compacted round (batching.ROUND_ITERS, or --round-iters)
 
 
 def _device() -> str:
@@ -81,8 +83,23 @@ def run(
     repeats: int = 2,
     seed: int = 0,
     progress=None,
+    chunk: int | None = None,
+    round_iters: int | None = None,
 ) -> list[Row]:
-    """Measures the routing solvers at each batch size; returns the rows."""
+    """Measures the routing solvers at each batch size; returns the rows.
+
+    ``chunk`` (lanes per call) and ``round_iters`` (iterations per compacted round) override
+    :mod:`poa_jax.batching`'s defaults for this run (:func:`poa_jax.batching.tuning`).
+    """
+    from poa_jax import batching
+
+    with batching.tuning(max_chunk=chunk, round_iters=round_iters):
+        cap = batching.MAX_CHUNK.get(jax.default_backend(), batching.MAX_CHUNK_ACCELERATOR)
+        return _run(batches, dtype, tol, max_iters, repeats, seed, progress,
+                    cap, batching.ROUND_ITERS)  # fmt: skip
+
+
+def _run(batches, dtype, tol, max_iters, repeats, seed, progress, cap, round_iters):
     import poa_jax as pj
     from poa_jax.synthetic import random_games
 
@@ -134,6 +151,8 @@ def run(
                     instances_per_s=n / t,
                     device=dev,
                     kernel=kernel,
+                    chunk=cap,
+                    round_iters=round_iters,
                     **sol_stats,
                 )  # fmt: skip
             )
@@ -144,7 +163,7 @@ def format_rows(rows: list[Row]) -> str:
     """A Markdown table of the rows."""
     head = (
         "| solver | N | dtype | tol | instances/s | steady s | compile s | iters median | "
-        "iters max | converged | max gap | device | kernel |"
+        "iters max | converged | max gap | device | kernel | chunk | round |"
     )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
@@ -152,6 +171,6 @@ def format_rows(rows: list[Row]) -> str:
             f"| {r.solver} | {r.batch} | {r.dtype} | {r.tol:g} | {r.instances_per_s:,.0f} | "
             f"{r.steady_s:.3f} | {r.compile_s:.1f} | {r.iterations_median:g} | "
             f"{r.iterations_max} | {r.converged_share:.1%} | {r.max_gap:.1e} | {r.device} | "
-            f"{r.kernel} |"
+            f"{r.kernel} | {r.chunk} | {r.round_iters} |"
         )
     return "\n".join(lines)

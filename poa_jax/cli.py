@@ -157,6 +157,14 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--tol", type=float, default=1e-5, help="relative gap (default 1e-5)")
     b.add_argument("--max-iters", type=int, default=1000)
     b.add_argument("--repeats", type=int, default=2, help="steady-state calls, best kept")
+    b.add_argument(
+        "--chunk", type=int, default=None,
+        help="lanes per call (default: 1024 on CPU, 65536 on an accelerator)",
+    )  # fmt: skip
+    b.add_argument(
+        "--round-iters", type=int, default=None,
+        help="iterations per compacted round between host-side compactions (default 32)",
+    )  # fmt: skip
     b.add_argument("--json", help="also write the rows to this JSON file")
     b.set_defaults(func=_cmd_bench)
 
@@ -447,8 +455,8 @@ def _cmd_bench(args) -> int:
         raise InputError(f"--batch = {args.batch!r}: batch sizes must be >= 1")
     if not (math.isfinite(args.tol) and args.tol > 0):
         raise InputError(f"--tol = {args.tol}: must be finite and > 0")
-    for flag in ("max_iters", "repeats"):
-        if getattr(args, flag) < 1:
+    for flag in ("max_iters", "repeats", "chunk", "round_iters"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise InputError(f"--{flag.replace('_', '-')} = {getattr(args, flag)}: must be >= 1")
     _use_dtype(args.dtype)
     from poa_jax import bench
@@ -456,6 +464,7 @@ def _cmd_bench(args) -> int:
     rows = bench.run(
         batches, dtype=args.dtype, tol=args.tol, max_iters=args.max_iters,
         repeats=args.repeats, progress=lambda m: print(f"{PROG}: {m}", file=sys.stderr),
+        chunk=args.chunk, round_iters=args.round_iters,
     )  # fmt: skip
     print(bench.format_rows(rows))
     if args.json:

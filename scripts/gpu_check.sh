@@ -12,6 +12,9 @@
 #                  at FUSED_LIMIT seconds, default 120; alone: FUSED_LIMIT=400 ... fused)
 #   slow_lanes     (not in the default list) the default scenario replicated to 36 864 points:
 #                  round occupancy packed vs unpacked, and warm starts along the load axis
+#   tuning         (not in the default list) `poa-jax bench` at 10^6 with lanes per call x
+#                  iterations per round = 65536 x 32 (the defaults), 65536 x 128, 262144 x 128
+#                  and 1048576 x 128: how much of the XLA loop's time is launches and syncs
 # Tables, JSON and logs go to $OUT (default ./gpu_out), with a summary in $OUT/table.md.
 # Usage: bash scripts/gpu_check.sh [STEPS...]   (default: all, in the order above)
 # Locally, GPU_CHECK_SMOKE=1 runs every step at toy sizes on the CPU (to check the script).
@@ -23,9 +26,12 @@ SIZES=100000,1000000
 BENCH=10000,100000,1000000
 GRAPH=10000
 SLOW=(--points 36864 --chunk 9216)
+TUNE_N=1000000
+TUNE=("65536 32" "65536 128" "262144 128" "1048576 128")
 SMOKE=()
 PY="${PYTHON:-python3}"
-if [[ "${GPU_CHECK_SMOKE:-0}" == 1 ]]; then SIZES=64; BENCH=64; GRAPH=4; SMOKE=(--smoke); SLOW=(--points 192 --chunk 96); fi
+if [[ "${GPU_CHECK_SMOKE:-0}" == 1 ]]; then SIZES=64; BENCH=64; GRAPH=4; SMOKE=(--smoke); SLOW=(--points 192 --chunk 96)
+    TUNE_N=300; TUNE=("1024 32" "128 16"); fi
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 t0=$(date +%s)
@@ -61,10 +67,22 @@ want fused && step fused "${FUSED_LIMIT:-120}" sh -c "'$PY' -m pytest -q -rs -m 
     --out '$OUT/fused.md'"
 want slow_lanes && step slow_lanes 240 "$PY" -m benchmarks.bench_slow_lanes "${SLOW[@]}" \
     --skip-plain --unpacked --warm --json "$OUT/slow_lanes.json"
+if want tuning; then
+    for cfg in "${TUNE[@]}"; do
+        read -r chunk rounds <<<"$cfg"
+        step "tuning_${chunk}_$rounds" "${TUNING_LIMIT:-90}" "$PY" -m poa_jax.cli bench \
+            --batch "$TUNE_N" --repeats 1 --chunk "$chunk" --round-iters "$rounds" \
+            --json "$OUT/tuning_${chunk}_$rounds.json"
+    done
+fi
 {
     echo "# GPU check, $(date -u '+%Y-%m-%d %H:%M UTC'), $(( $(date +%s) - t0 )) s"
     echo; cat "$OUT/device.txt"; echo; cat "$OUT/steps.md"; echo
     [[ -f "$OUT/fused.md" ]] && cat "$OUT/fused.md"; echo
     grep -E '^\|' "$OUT/bench.log" 2>/dev/null || true
+    first=$(ls "$OUT"/tuning_*.log 2>/dev/null | head -n 1)
+    if [[ -n "$first" ]]; then  # one header, then the eq+opt row of every setting
+        echo; grep -E '^\| solver|^\|---' "$first"; grep -hE '^\| eq\+opt' "$OUT"/tuning_*.log
+    fi
 } >"$OUT/table.md"
 cat "$OUT/table.md"

@@ -397,6 +397,8 @@ def test_bad_scenario_is_one_line_and_status_2(tmp_path, case):
     [
         (["sweep", "--dtype", "float16"], "argument --dtype: invalid choice: 'float16'"),
         (["sweep", "--chunk", "0"], "--chunk = 0: must be an integer >= 1"),
+        (["bench", "--chunk", "0"], "--chunk = 0: must be >= 1"),
+        (["bench", "--round-iters", "0"], "--round-iters = 0: must be >= 1"),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
         (["solve"], "the following arguments are required: game"),
         ([], "the following arguments are required: command"),
@@ -413,3 +415,32 @@ def test_usage_errors(argv, expected, tmp_path):
 def test_help_exits_zero():
     res = run("--help")
     assert res.rc == 0 and "sweep" in res.out and "solve" in res.out
+
+
+def test_bench_table_and_tuning(tmp_path, monkeypatch):
+    """``poa-jax bench`` times both solvers, reports convergence, and runs with the lanes per
+    call and the round length it is given (300 lanes > COMPACT_ABOVE: compacted rounds), then
+    restores the defaults."""
+    from poa_jax import batching
+
+    seen = []
+    buckets = batching._buckets
+    monkeypatch.setattr(batching, "_buckets", lambda n: seen.append(buckets(n)) or seen[-1])
+    defaults = (dict(batching.MAX_CHUNK), batching.MAX_CHUNK_ACCELERATOR, batching.ROUND_ITERS)
+    out = tmp_path / "bench.json"
+    res = run("bench", "--batch", "300", "--repeats", "1", "--chunk", "128",
+              "--round-iters", "16", "--json", out)  # fmt: skip
+    assert res.rc == 0, res.err
+    rows = json.loads(out.read_text())
+    assert [r["solver"] for r in rows] == ["equilibrium", "optimum", "eq+opt"]
+    for r in rows:
+        assert r["batch"] == 300 and r["chunk"] == 128 and r["round_iters"] == 16
+        assert r["instances_per_s"] > 0 and r["converged_share"] >= 0.9
+        bound = 2000 if r["solver"] == "eq+opt" else 1000  # eq+opt: the sum per instance
+        assert r["iterations_max"] <= bound and r["device"].startswith("cpu")
+    assert seen and all(b == [128, 16] for b in seen)  # every compacted solve used the chunk
+    table = res.out.splitlines()
+    assert table[0].startswith("| solver | N |") and table[0].endswith("| chunk | round |")
+    assert len(table) == 5 and all(line.endswith("| 128 | 16 |") for line in table[2:])
+    assert (dict(batching.MAX_CHUNK), batching.MAX_CHUNK_ACCELERATOR,
+            batching.ROUND_ITERS) == defaults  # fmt: skip
