@@ -35,7 +35,7 @@ hit curve — :func:`solve` and :func:`price_of_anarchy` return exactly what
 
 **PoA.** ``SC`` at the coupled fixed point over a coordinated optimum found by joint gradient
 descent on the true ``SC(x, y)`` from the fixed point (optax Adam on per-class softmax logits
-for ``x``, projected gradient for ``y`` as in :mod:`poa_jax.tiered_cache`); the fixed point is
+for ``x``, projected gradient for ``y`` as in :mod:`poa_jax.tiered_kernels`); the fixed point is
 itself a candidate, so ``PoA ≥ 1``. The optimum is local: PoA is a lower estimate.
 """
 
@@ -50,7 +50,7 @@ import numpy as np
 import optax
 from jax.typing import ArrayLike
 
-from poa_jax import batching, tiered_cache
+from poa_jax import batching, tiered_cache, tiered_kernels
 from poa_jax.caching import _chunked, check_distance
 from poa_jax.errors import InputError
 from poa_jax.game import RoutingGame
@@ -152,7 +152,7 @@ def _hit(c, y):
     """``H (K, J)`` at placement ``y (K, T, J)``: ``1 − (1 − own)(1 − peer)``."""
     reach, credit = c
     own = jnp.einsum("t,ktj->kj", credit, y)
-    return 1.0 - (1.0 - own) * (1.0 - tiered_cache._peer(reach, y))
+    return 1.0 - (1.0 - own) * (1.0 - tiered_kernels._peer(reach, y))
 
 
 def _joint_opt_one(g, c, x0, y0, *, steps, lr):
@@ -181,8 +181,8 @@ def _joint_opt_one(g, c, x0, y0, *, steps, lr):
         uz, sz = opt_z.update(gz, sz, z)
         gy = gy / jnp.maximum(jnp.max(jnp.abs(gy)), jnp.finfo(gy.dtype).tiny)
         uy, sy = opt_y.update(gy, sy, y)
-        y, lam = tiered_cache._project(
-            optax.apply_updates(y, uy), capacity, size, lam, tiered_cache.PROJ_ITERS
+        y, lam = tiered_kernels._project(
+            optax.apply_updates(y, uy), capacity, size, lam, tiered_kernels.PROJ_ITERS
         )
         return optax.apply_updates(z, uz), sz, y, sy, lam, bz, by, best
 
@@ -331,7 +331,7 @@ def solve(
         rm = (np.swapaxes(x, -1, -2) * p.miss[:, None, :]).astype(dt)  # (N, K, J)
         args = (p.reach, rm, p.capacity, p.credit, p.size, y0.astype(dt))
         return _chunked(
-            tiered_cache._eq_batch, args, LANES, tol=tiered_cache.TOL[np.dtype(dt)],
+            tiered_kernels._eq_batch, args, LANES, tol=tiered_cache.TOL[np.dtype(dt)],
             max_rounds=int(caching_rounds),
         )  # fmt: skip
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import poa_jax as pj
-from poa_jax import tiered_cache
+from poa_jax import tiered_cache, tiered_kernels
 
 scipy_opt = pytest.importorskip("scipy.optimize")
 
@@ -193,9 +193,9 @@ def test_closed_form_gradient_matches_autodiff():
     rng = np.random.default_rng(0)
     y = rng.uniform(0.05, 0.2, (W, T, B))
     ys = [jnp.asarray(y[:, t]) for t in range(T)]
-    ref = jax.grad(lambda z: jnp.sum(tiered_cache.worker_costs_one(p.reach[0], p.rm[0],
+    ref = jax.grad(lambda z: jnp.sum(tiered_kernels.worker_costs_one(p.reach[0], p.rm[0],
                                                                    p.credit[0], z)))(y)  # fmt: skip
-    sc, alpha, beta = tiered_cache._sc_grad_lanes(p.reach[0], p.rm[0], p.credit[0], ys)
+    sc, alpha, beta = tiered_kernels._sc_grad_lanes(p.reach[0], p.rm[0], p.credit[0], ys)
     g = -(alpha[:, None, :] * p.credit[0][None, :, None] + beta[:, None, :])
     np.testing.assert_allclose(g, ref, rtol=1e-10, atol=1e-12)
     assert float(sc) == pytest.approx(_costs(d, r, m, y).sum(), rel=1e-12)

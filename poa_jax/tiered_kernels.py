@@ -1,0 +1,404 @@
+r"""Γ_KV, fluid form — the batched solvers of :mod:`poa_jax.tiered_cache`'s game.
+
+Notation as in :mod:`poa_jax.tiered_cache`: workers ``w``, tiers ``t`` (credit ``v_t``), blocks
+``b`` (size ``s_b``), placements ``y[w, t, b]``, ``reach[w, u] = σ·e^{−D[w, u]}`` (zero
+diagonal), ``rm = r·m``, ``h[u, b] = Σ_t y[u, t, b]``, ``q[w, b] = Π_{u≠w}(1 − reach[w,u]·h[u,b])
+= 1 − peer[w, b]``, ``own[w, b] = Σ_t v_t·y[w, t, b]`` and
+
+    C_w(y) = Σ_b rm[w, b]·(1 − own[w, b])·q[w, b],        SC(y) = Σ_w C_w(y).
+
+**Best response is a fractional knapsack.** Given ``y_{−w}``, ``C_w`` is linear in ``y[w]`` with
+gain per unit of ``y[w, t, b]`` equal to ``g_b·v_t``, ``g_b = r[w,b]·m[w,b]·(1 − peer[w,b])``. The
+profit per unit size ``(g_b/s_b)·v_t`` is a product of a block factor and a tier factor, so the
+transportation problem over tiers is Monge: filling the tiers in decreasing credit with the
+blocks in decreasing density ``g_b/s_b`` (fractional at the boundaries) is optimal (Hoffman
+1963; the exchange argument of the fractional knapsack). Blocks with ``g_b = 0`` are not kept.
+
+**Equilibrium**: sequential (Gauss–Seidel) best response over the workers from ``starts``
+placements, to the relative gap
+
+    gap(y) = Σ_w [C_w(y) − min_{y'_w} C_w(y'_w, y_{−w})] / SC(y)    (0 exactly at a NE).
+
+**Optimum**: ``SC`` is multilinear, not convex. Projected gradient descent (SGD on the
+max-norm-scaled gradient with optax's cosine-decayed rate) on ``y``, with the gradient in closed
+form: with ``a[w, u] = σe^{−D[w,u]}`` (``u ≠ w``), ``q[w, b] = Π_{u≠w}(1 − a[w,u]·h[u,b]) =
+1 − peer[w, b]`` and ``ρ = r·m``,
+
+    ∂SC/∂y[w, t, b] = −ρ[w,b]·q[w,b]·v_t
+                      − Σ_{w'} ρ[w',b]·(1 − own[w',b])·q[w',b]·a[w',w] / (1 − a[w',w]·h[w,b]).
+
+The projection onto the feasible set is computed through its dual — with tier multipliers
+``λ[w, t] ≥ 0`` it separates into one projection per block onto ``{Σ_t y ≤ 1, y ≥ 0}``
+(:mod:`poa_jax.kernels.capped`), and ``λ`` is updated by a few warm-started diagonal Newton steps
+per descent step — followed by a scaling retraction that makes every iterate exactly feasible.
+The batched descent keeps the instances on the minor axis and the tiers as separate arrays
+(:func:`_optimum_lanes`); the best point seen is kept, so the optimum never costs more than its
+start.
+
+Functions take one instance's arrays (``reach (W, W)``, ``rm (W, B)``, ``capacity (W, T)``,
+``credit (T,)``, ``size (B,)``, ``y (W, T, B)``); the ``*_batch`` programs are their jitted
+batched forms, and the optimum's descent has its own lane layout (below).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from poa_jax.kernels import loop
+from poa_jax.kernels.capped import project_capped_columns
+from poa_jax.kernels.simplex import project_simplex
+
+#: Factors ``1 − reach·h`` of the peer product are floored here (:func:`_peer` clips the same).
+_FLOOR = 1e-12
+#: Dual (diagonal Newton) steps of the projection per descent step, warm-started from the last
+#: step's multipliers: 1 is enough for the descent to reach scipy's optima (tests) and costs a
+#: third of 3.
+PROJ_ITERS = 1
+
+
+# --------------------------------------------------------------------------- one instance
+
+
+def _peer(reach, y):
+    """``peer[w, b] = 1 − Π_{u≠w}(1 − reach[w,u]·h[u,b])``, ``(W, B)``."""
+    h = jnp.clip(jnp.sum(y, axis=1), 0.0, 1.0)  # (W, B)
+    # log1p keeps the product accurate for many small factors.
+    logs = jnp.log1p(-jnp.clip(reach[:, :, None] * h[None, :, :], 0.0, 1.0 - 1e-12))
+    return -jnp.expm1(jnp.sum(logs, axis=1))
+
+
+def worker_costs_one(reach, rm, credit, y):
+    """``C_w(y)``, ``(W,)``, for one instance."""
+    own = jnp.einsum("t,wtb->wb", credit, y)
+    return jnp.sum(rm * (1.0 - own) * (1.0 - _peer(reach, y)), axis=1)
+
+
+def _order_desc(x):
+    """``argsort(−x)``, ties by index (stable), for ``x (B,)``.
+
+    In float32 with 64-bit integers enabled this is one sort of packed integer keys (the
+    order-preserving integer image of ``−x`` in the high 32 bits, the index in the low ones):
+    XLA's CPU sort is about 5× faster on one integer operand than on the (float, index) pair of
+    ``argsort`` (measured: 40 → 7.5 µs per 256-block row). The order is the same.
+    """
+    if x.dtype == jnp.float32 and jax.config.jax_enable_x64:
+        neg = jnp.where(x == 0, 0.0, -x).astype(jnp.float32)  # −0.0 ties with +0.0
+        bits = jax.lax.bitcast_convert_type(neg, jnp.int32)
+        key = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # monotone: float order = integer order
+        idx = jnp.arange(x.shape[-1], dtype=jnp.int64)
+        packed = jax.lax.sort((key.astype(jnp.int64) << 32) | idx, is_stable=False)
+        return (packed & 0xFFFFFFFF).astype(jnp.int32)
+    return jnp.argsort(-x)
+
+
+def _fill(gain, credit, capacity, size):
+    """One worker's best response: blocks by density ``gain/size``, tiers by credit, ``(T, B)``.
+
+    Block ``b`` occupies ``[hi_b − s_b, hi_b]`` of the cumulative size in density order, tier
+    ``t`` occupies ``[c_hi_t − C_t, c_hi_t]`` of the cumulative capacity in credit order; the
+    block's fraction in the tier is their overlap over ``s_b``. Only the two cumulative sums
+    are scattered back to the original order (``B`` and ``T`` values), not the ``(T, B)``
+    placement.
+    """
+    dens = gain / size
+    order = _order_desc(dens)
+    hi_sorted = jnp.cumsum(size[order])
+    hi = jnp.zeros_like(hi_sorted).at[order].set(hi_sorted)
+    lo = hi - size
+    t_order = jnp.argsort(-credit)
+    c_hi_sorted = jnp.cumsum(capacity[t_order])
+    c_hi = jnp.zeros_like(c_hi_sorted).at[t_order].set(c_hi_sorted)
+    c_lo = c_hi - capacity
+    overlap = jnp.minimum(hi[None, :], c_hi[:, None]) - jnp.maximum(lo[None, :], c_lo[:, None])
+    frac = jnp.clip(overlap, 0.0, None) / size[None, :]  # (T, B)
+    return jnp.where((dens > 0)[None, :] & (credit > 0)[:, None], frac, 0.0)
+
+
+def _miss_share(reach, h):
+    """``1 − peer = Π_{u≠w}(1 − reach[w, u]·h[u, b])``, ``(W, B)``, as a direct product (the
+    factors are floored at ``_FLOOR`` as :func:`_peer` clips them)."""
+    return jnp.prod(jnp.maximum(1.0 - reach[:, :, None] * h[None, :, :], _FLOOR), axis=1)
+
+
+def _best_response_one(p, y, w):
+    """Worker ``w``'s best response ``(T, B)`` and its cost at ``y``.
+
+    ``gain[b] = rm[w, b]·Π_{u≠w}(1 − reach[w, u]·h[u, b])``: only worker ``w``'s row of the
+    peer product is formed (``W·B`` work, not the ``W²·B`` of all rows).
+    """
+    reach, rm, capacity, credit, size = p
+    h = jnp.clip(jnp.sum(y, axis=1), 0.0, 1.0)
+    gain = rm[w] * _miss_share(reach[w][None], h)[0]
+    br = _fill(gain, credit, capacity[w], size)
+    cost_br = jnp.sum(gain * (1.0 - credit @ br))
+    return br, cost_br
+
+
+def _gap_one(p, y):
+    """``(gap, SC)`` at ``y``: every worker's cost and best-response cost from one product."""
+    reach, rm, capacity, credit, size = p
+    h = jnp.clip(jnp.sum(y, axis=1), 0.0, 1.0)
+    gain = rm * _miss_share(reach, h)  # (W, B)
+    costs = jnp.sum(gain * (1.0 - jnp.einsum("t,wtb->wb", credit, y)), axis=1)
+    best = jax.vmap(lambda g, c: jnp.sum(g * (1.0 - credit @ _fill(g, credit, c, size))))(
+        gain, capacity
+    )
+    sc = jnp.sum(costs)
+    tiny = jnp.finfo(y.dtype).tiny
+    return jnp.maximum(jnp.sum(costs - best), 0.0) / jnp.maximum(sc, tiny), sc
+
+
+def _equilibrium_one(p, y0, *, tol, max_rounds):
+    w = y0.shape[0]
+
+    def step(y):
+        def visit(i, y):
+            br, _ = _best_response_one(p, y, i)
+            return y.at[i].set(br)
+
+        y = jax.lax.fori_loop(0, w, visit, y)
+        gap, _ = _gap_one(p, y)
+        return y, gap
+
+    gap0, _ = _gap_one(p, y0)
+    res = loop.iterate(step, y0, tol=tol, max_steps=max_rounds, error0=gap0)
+    gap, sc = _gap_one(p, res.state)
+    return dict(placement=res.state, social_cost=sc, gap=gap, rounds=res.steps, status=res.status)
+
+
+def _retract(y, capacity, size):
+    """Clip to [0, 1], scale each block's tier fractions to ≤ 1, each tier to its capacity."""
+    y = jnp.clip(y, 0.0, 1.0)
+    tot = jnp.sum(y, axis=1, keepdims=True)  # (W, 1, B)
+    y = y / jnp.maximum(tot, 1.0)
+    used = jnp.sum(y * size[None, None, :], axis=-1)
+    scale = jnp.where(used > capacity, capacity / jnp.maximum(used, 1e-300), 1.0)
+    return y * scale[:, :, None]
+
+
+def _block_project(z):
+    """Each column of ``z (..., T, B)`` onto ``{y ≥ 0, Σ_t y ≤ 1}``."""
+    y = jnp.clip(z, 0.0, None)
+    t, b = z.shape[-2:]
+    cols = jnp.moveaxis(z, -2, -1).reshape(-1, t)
+    simplex = jax.vmap(lambda c: project_simplex(c, 1.0))(cols)
+    simplex = jnp.moveaxis(simplex.reshape(z.shape[:-2] + (b, t)), -1, -2)
+    return jnp.where(jnp.sum(y, axis=-2, keepdims=True) > 1.0, simplex, y)
+
+
+def _project(z, capacity, size, lam, iters: int):
+    """Euclidean projection of ``z (W, T, B)`` onto the feasible placements, by the dual.
+
+    With tier multipliers ``λ (W, T) ≥ 0`` the problem separates per block:
+    ``y(λ) = Π_blocks(z − λ·s)`` (each block's tier fractions onto ``{y ≥ 0, Σ_t y ≤ 1}``), and
+    ``λ`` solves the complementarity ``λ ≥ 0, used(λ) ≤ C, λ·(used − C) = 0``. ``iters``
+    diagonal Newton steps ``λ ← max(0, λ + (used − C)/Σ_{active b} s_b²)`` from the previous
+    step's ``λ`` (warm start: descent moves ``z`` little), then the scaling retraction makes the
+    point exactly feasible. Returns ``(y, λ)``.
+    """
+
+    def body(_, lam):
+        y = _block_project(z - lam[:, :, None] * size[None, None, :])
+        # Sums over blocks as elementwise products + reductions: under vmap on CPU these are
+        # several times faster than the equivalent einsum (a batched matrix-vector product).
+        used = jnp.sum(y * size[None, None, :], axis=-1)
+        curv = jnp.sum(jnp.where(y > 0, size[None, None, :] ** 2, 0.0), axis=-1)
+        curv = jnp.maximum(curv, jnp.min(size) ** 2)
+        return jnp.maximum(lam + (used - capacity) / curv, 0.0)
+
+    lam = jax.lax.fori_loop(0, iters, body, lam)
+    y = _block_project(z - lam[:, :, None] * size[None, None, :])
+    return _retract(y, capacity, size), lam
+
+
+# --------------------------------------------------------------------------- optimum kernel
+#
+# The descent works on one instance with optional trailing *lane* axes ``...``: ``reach (W, W,
+# ...)``, ``rm (W, B, ...)``, ``credit (T, ...)``, ``size (B, ...)``, and the capacity and the
+# placement as lists over the tiers, ``cap[t] (W, ...)``, ``ys[t] (W, B, ...)``. A batched call
+# puts the instances on the trailing (minor) axis, so every elementwise op and every sum over
+# workers or blocks vectorises over instances, and no op slices the short tier axis (XLA's CPU
+# emitters are several times slower on a strided slice than on a whole array).
+
+
+def _smax(a, b):
+    """``max(a, b)`` as compare + select (XLA's CPU ``maximum`` also propagates NaN: slower)."""
+    return jnp.where(a > b, a, b)
+
+
+def _smin(a, b):
+    return jnp.where(a < b, a, b)
+
+
+def _add(xs):
+    return functools.reduce(jnp.add, xs)
+
+
+def _sc_lanes(reach, rm, credit, ys):
+    """``SC (...)`` of tier-list placements ``ys`` (see the kernel layout above)."""
+    h = _smin(_smax(_add(ys), 0.0), 1.0)  # (W, B, ...)
+    f = _smax(1.0 - reach[:, :, None] * h[None], _FLOOR)  # (W, U, B, ...)
+    own = _add([credit[t][None, None] * y for t, y in enumerate(ys)])
+    return jnp.sum(rm * (1.0 - own) * jnp.prod(f, axis=1), axis=(0, 1))
+
+
+def _sc_grad_lanes(reach, rm, credit, ys):
+    r"""``SC`` and its gradient in closed form, sharing the products.
+
+    With ``f[w, u, b] = 1 − reach[w, u]·h[u, b]``, ``q[w, b] = Π_{u≠w} f[w, u, b]`` (so
+    ``1 − peer = q``) and ``tq[w, b] = rm[w, b]·(1 − own[w, b])·q[w, b]``:
+
+        ∂SC/∂y[w, t, b] = −(α[w, b]·v_t + β[w, b]),   α = rm·q,
+        β[u, b] = Σ_w tq[w, b]·reach[w, u] / f[w, u, b]   (= −Σ_w rm(1 − own)·∂q[w]/∂h[u]).
+
+    This is the derivative of the formula without the clip of ``h`` to ``[0, 1]`` (inactive
+    on the feasible set, where ``0 ≤ h ≤ 1``): at ``h = 0``, the blocks nobody holds, it is the
+    one-sided derivative into the feasible set, where autodiff through the clip would halve
+    it. Returns ``(SC (...), α (W, B, ...), β (W, B, ...))``; ``α, β ≥ 0`` so the gradient is
+    ``≤ 0`` and its largest magnitude is ``max(α·max_t v_t + β)``.
+    """
+    h = _smin(_smax(_add(ys), 0.0), 1.0)  # (W, B, ...)
+    own = _add([credit[t][None, None] * y for t, y in enumerate(ys)])
+    # One (W, U, B, ...) expression; the diagonal reach is 0, so its factor is 1 and its term
+    # 0. (Unrolling the worker pairs into W² fused (B, ...) expressions was measured equal in
+    # speed at 64 instances per call, slower at 8–16, and took 2× longer to compile.)
+    f = _smax(1.0 - reach[:, :, None] * h[None], _FLOOR)  # (W, U, B, ...)
+    q = jnp.prod(f, axis=1)
+    tq = rm * (1.0 - own) * q
+    beta = jnp.sum(tq[:, None] * reach[:, :, None] / f, axis=0)
+    return jnp.sum(tq, axis=(0, 1)), rm * q, beta
+
+
+def _retract_tiers(ys, cap, size):
+    """:func:`_retract` on tier lists: clip to [0, 1], each block to ``Σ_t ≤ 1``, each tier to
+    its capacity (``y ← y·min(1, C/used)``)."""
+    ys = [_smin(_smax(y, 0.0), 1.0) for y in ys]
+    tot = _smax(_add(ys), 1.0)
+    tiny = jnp.finfo(ys[0].dtype).tiny
+    out = []
+    for c, y in zip(cap, ys, strict=True):
+        y = y / tot
+        used = jnp.sum(y * size[None], axis=1)  # (W, ...)
+        out.append(y * jnp.where(used > c, c / _smax(used, tiny), 1.0)[:, None])
+    return out
+
+
+def _project_tiers(zs, cap, size, lam, iters: int, smin2):
+    """:func:`_project` on tier lists (same dual Newton steps and retraction); the per-block
+    projections by :func:`poa_jax.kernels.capped.project_capped_columns`."""
+    s, s2 = size[None], (size * size)[None]
+    shift = lambda lam: [z - mu[:, None] * s for z, mu in zip(zs, lam, strict=True)]  # noqa: E731
+    for _ in range(iters):
+        ys = project_capped_columns(shift(lam))
+        new = []
+        for c, mu, y in zip(cap, lam, ys, strict=True):
+            used = jnp.sum(y * s, axis=1)
+            curv = _smax(jnp.sum(jnp.where(y > 0, s2, 0.0), axis=1), smin2[None])
+            new.append(_smax(mu + (used - c) / curv, 0.0))
+        lam = new
+    ys = project_capped_columns(shift(lam))
+    return _retract_tiers(ys, cap, size), lam
+
+
+def _optimum_lanes(reach, rm, cap, credit, size, ys0, *, steps, lr, proj_iters=PROJ_ITERS):
+    """The projected-gradient optimum (module docstring) from ``ys0``; kernel layout above.
+
+    Step ``k``: ``y ← Π(y − η_k·g/max|g|)`` with ``g = ∇SC(y)`` (:func:`_sc_grad_lanes`) and
+    ``η_k`` optax's cosine-decay schedule (SGD on the max-norm-scaled gradient), ``Π`` by
+    :func:`_project_tiers` with warm-started multipliers. The best point seen is kept. Returns
+    ``(placement (tier list), SC (...))``.
+    """
+    dt = ys0[0].dtype
+    ys0 = _retract_tiers(ys0, cap, size)
+    sched = optax.cosine_decay_schedule(lr, steps, 0.02)
+    vtop = jnp.max(credit, axis=0)
+    smin2 = jnp.min(size, axis=0) ** 2
+    tiny = jnp.finfo(dt).tiny
+
+    def body(k, carry):
+        ys, lam, best_ys, best = carry
+        val, alpha, beta = _sc_grad_lanes(reach, rm, credit, ys)
+        better = val < best
+        best_ys = [jnp.where(better[None, None], y, b) for y, b in zip(ys, best_ys, strict=True)]
+        best = jnp.where(better, val, best)
+        # −η·g/max|g| = c·(α·v_t + β), c = η / max_{w,b}(α·max v + β)
+        gmax = jnp.max(alpha * vtop[None, None] + beta, axis=(0, 1))
+        c = (sched(k) / _smax(gmax, tiny)).astype(dt)[None, None]
+        alpha, beta = alpha * c, beta * c
+        zs = [y + (alpha * credit[t][None, None] + beta) for t, y in enumerate(ys)]
+        ys, lam = _project_tiers(zs, cap, size, lam, proj_iters, smin2)
+        return ys, lam, best_ys, best
+
+    lam0 = [jnp.zeros_like(c) for c in cap]
+    init = (ys0, lam0, ys0, _sc_lanes(reach, rm, credit, ys0))
+    ys, _, best_ys, best = jax.lax.fori_loop(0, steps, body, init)
+    last = _sc_lanes(reach, rm, credit, ys)
+    keep = (last < best)[None, None]
+    best_ys = [jnp.where(keep, y, b) for y, b in zip(ys, best_ys, strict=True)]
+    return best_ys, jnp.minimum(best, last)
+
+
+def _opt_batch_lanes(reach, rm, capacity, credit, size, y0, *, steps, lr):
+    """:func:`_optimum_lanes` on a batch ``(N, ...)``: instances moved to the minor axis."""
+    last = lambda a: jnp.moveaxis(a, 0, -1)  # noqa: E731
+    t = y0.shape[2]
+    ys0 = [last(y0[:, :, i]) for i in range(t)]
+    cap = [last(capacity[:, :, i]) for i in range(t)]
+    ys, sc = _optimum_lanes(last(reach), last(rm), cap, last(credit), last(size), ys0,
+                            steps=steps, lr=lr)  # fmt: skip
+    return dict(placement=jnp.moveaxis(jnp.stack(ys, axis=1), -1, 0), social_cost=sc)
+
+
+#: XLA options for the descent on CPU: no YNNPACK library fusions. jaxlib 0.10's CPU backend
+#: hands the reductions over blocks to YNNPACK, which is several times slower than XLA's own
+#: loops at these shapes (measured: the 8 × 256 retraction 15 µs → 5 µs per instance).
+_CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+
+@functools.cache
+def _compiler_options() -> dict | None:
+    if jax.default_backend() != "cpu":
+        return None
+    try:  # an XLA that does not know the option rejects it
+        jax.jit(lambda x: x + 1, compiler_options=_CPU_OPTIONS).lower(np.float32(0)).compile()
+    except Exception:
+        return None
+    return _CPU_OPTIONS
+
+
+@functools.cache
+def _opt_jit():
+    return jax.jit(
+        _opt_batch_lanes, static_argnames=("steps", "lr"), compiler_options=_compiler_options()
+    )
+
+
+def _opt_batch(reach, rm, capacity, credit, size, y0, *, steps, lr):
+    """Batched optimum ``(N, ...)`` arrays → ``dict(placement (N, W, T, B), social_cost (N,))``."""
+    return _opt_jit()(reach, rm, capacity, credit, size, y0, steps=steps, lr=lr)
+
+
+@functools.partial(jax.jit, static_argnames=("tol", "max_rounds"))
+def _eq_batch(reach, rm, capacity, credit, size, y0, *, tol, max_rounds):
+    f = lambda *a: _equilibrium_one(a[:5], a[5], tol=tol, max_rounds=max_rounds)  # noqa: E731
+    return jax.vmap(f)(reach, rm, capacity, credit, size, y0)
+
+
+_retract_batch = jax.jit(jax.vmap(_retract))
+
+
+@jax.jit
+def _costs_batch(reach, rm, credit, y):
+    return jax.vmap(worker_costs_one)(reach, rm, credit, y)
+
+
+@jax.jit
+def _br_batch(reach, rm, capacity, credit, size, y, w):
+    return jax.vmap(lambda *a: _best_response_one(a[:5], a[5], a[6]))(
+        reach, rm, capacity, credit, size, y, w
+    )
