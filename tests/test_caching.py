@@ -293,3 +293,22 @@ def test_benchmark_smoke_mode_runs(tmp_path):
     assert res["fluid"]["dtype"] == "float32"
     assert res["fluid"]["reference"]["eq_sc_rel_diff_max"] < 1e-5
     assert res["fluid"]["reference"]["opt_sc_rel_diff_max"] < 1e-4
+
+
+def test_fluid_step_benchmark_smoke_mode_runs():
+    """``benchmarks/bench_fluid_step.py --smoke`` cannot rot: it times the committed descent and
+    its trivial-body floor at each width, and the pass calibration."""
+    import sys
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parents[1])
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    from benchmarks import bench_fluid_step
+
+    res = bench_fluid_step.main(["--smoke"])
+    kinds = {(r["kernel"], r["lanes"]) for r in res["step"]}
+    assert kinds == {(k, n) for k in ("descent", "trivial body") for n in (4, 8)}
+    assert all(r["us_per_instance_step"] > 0 for r in res["step"])
+    assert set(res["pass_us"]) == {"1", "8"} and all(v > 0 for v in res["pass_us"].values())
+    assert [r for r in res["step"] if "passes_per_step" in r][0]["lanes"] == 8
