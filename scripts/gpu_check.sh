@@ -15,6 +15,11 @@
 #   tuning         (not in the default list) `poa-jax bench` at 10^6 with lanes per call x
 #                  iterations per round = 65536 x 32 (the defaults), 65536 x 128, 262144 x 128
 #                  and 1048576 x 128: how much of the XLA loop's time is launches and syncs
+#                  (TUNE_SET="65536 32;1048576 128" picks other settings)
+#   cmdbuf         (not in the default list) the same bench at 10^6, 1048576 x 128, with XLA's
+#                  command buffers (CUDA graphs) extended to while loops and conditionals
+#                  (XLA_FLAGS=--xla_gpu_enable_command_buffer=+WHILE,+CONDITIONAL): how much of
+#                  the per-iteration time is kernel launches
 # Tables, JSON and logs go to $OUT (default ./gpu_out), with a summary in $OUT/table.md.
 # Usage: bash scripts/gpu_check.sh [STEPS...]   (default: all, in the order above)
 # Locally, GPU_CHECK_SMOKE=1 runs every step at toy sizes on the CPU (to check the script).
@@ -22,18 +27,22 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-gpu_out}"
 STEPS="${*:-pytest_gpu bench closed_loop caching graph fused}"
-SIZES=100000,1000000
+SIZES="${FUSED_SIZES:-100000,1000000}"
 BENCH=10000,100000,1000000
 GRAPH=10000
 SLOW=(--points 36864 --chunk 9216)
 TUNE_N=1000000
 TUNE=("65536 32" "65536 128" "262144 128" "1048576 128")
+[[ -n "${TUNE_SET:-}" ]] && IFS=';' read -r -a TUNE <<<"$TUNE_SET"
+CMDBUF="1048576 128"
 SMOKE=()
 PY="${PYTHON:-python3}"
 if [[ "${GPU_CHECK_SMOKE:-0}" == 1 ]]; then SIZES=64; BENCH=64; GRAPH=4; SMOKE=(--smoke); SLOW=(--points 192 --chunk 96)
-    TUNE_N=300; TUNE=("1024 32" "128 16"); fi
+    TUNE_N=300; TUNE=("1024 32" "128 16"); CMDBUF="128 16"; fi
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
+# One persistent compilation cache for every step (and a rerun on the same warm machine).
+export JAX_COMPILATION_CACHE_DIR="${JAX_COMPILATION_CACHE_DIR:-/tmp/poa_jax_jit_cache}"
 t0=$(date +%s)
 step() {  # step NAME SECONDS COMMAND...: runs with a limit, logs to $OUT/NAME.log
     local name=$1 limit=$2; shift 2
@@ -62,9 +71,10 @@ want caching && step caching 90 "$PY" -m benchmarks.bench_caching "${SMOKE[@]}" 
     --json "$OUT/caching.json"
 want graph && step graph 60 "$PY" -m benchmarks.bench_graph --instances "$GRAPH" --tol 1e-6 \
     --aeq-instances 0 --fw-instances 0 --json "$OUT/graph.json"
-want fused && step fused "${FUSED_LIMIT:-120}" sh -c "'$PY' -m pytest -q -rs -m gpu tests/test_pallas.py \
-    -p no:cacheprovider && '$PY' -m benchmarks.bench_fused --sizes '$SIZES' --repeats 2 \
-    --out '$OUT/fused.md'"
+# fused: the timing first (its rows are logged as they finish), then the kernel's GPU test
+want fused && step fused "${FUSED_LIMIT:-120}" sh -c "'$PY' -m benchmarks.bench_fused --sizes '$SIZES' \
+    --repeats 2 --paths fused,pure --out '$OUT/fused.md'; '$PY' -m pytest -q -rs -m gpu \
+    tests/test_pallas.py -p no:cacheprovider"
 want slow_lanes && step slow_lanes 240 "$PY" -m benchmarks.bench_slow_lanes "${SLOW[@]}" \
     --skip-plain --unpacked --warm --json "$OUT/slow_lanes.json"
 if want tuning; then
@@ -75,6 +85,13 @@ if want tuning; then
             --json "$OUT/tuning_${chunk}_$rounds.json"
     done
 fi
+if want cmdbuf; then
+    read -r chunk rounds <<<"$CMDBUF"
+    step cmdbuf "${TUNING_LIMIT:-90}" env XLA_FLAGS="${XLA_FLAGS:-} \
+        --xla_gpu_enable_command_buffer=+WHILE,+CONDITIONAL" "$PY" -m poa_jax.cli bench \
+        --batch "$TUNE_N" --repeats 1 --chunk "$chunk" --round-iters "$rounds" \
+        --json "$OUT/cmdbuf.json"
+fi
 {
     echo "# GPU check, $(date -u '+%Y-%m-%d %H:%M UTC'), $(( $(date +%s) - t0 )) s"
     echo; cat "$OUT/device.txt"; echo; cat "$OUT/steps.md"; echo
@@ -83,6 +100,9 @@ fi
     first=$(ls "$OUT"/tuning_*.log 2>/dev/null | head -n 1)
     if [[ -n "$first" ]]; then  # one header, then the eq+opt row of every setting
         echo; grep -E '^\| solver|^\|---' "$first"; grep -hE '^\| eq\+opt' "$OUT"/tuning_*.log
+    fi
+    if [[ -f "$OUT/cmdbuf.log" ]]; then
+        echo; echo "command buffers (+WHILE,+CONDITIONAL):"; grep -E '^\|' "$OUT/cmdbuf.log"
     fi
 } >"$OUT/table.md"
 cat "$OUT/table.md"
