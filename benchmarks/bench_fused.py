@@ -62,6 +62,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--interpret", type=int, default=0, help="CPU: interpret-mode run on N")
     p.add_argument("--block", type=int, default=fused.BLOCK, help="lanes per program")
     p.add_argument("--num-warps", type=int, default=fused.NUM_WARPS)
+    p.add_argument("--state", choices=("registers", "memory"), default=fused.STATE,
+                   help="where the kernel keeps the grids during its loop")  # fmt: skip
     p.add_argument("--rounds", default=",".join(map(str, fused.ROUNDS)), help="round budgets")
     p.add_argument("--flops", type=float, default=None, help="FP32 FLOP/s (default by device)")
     p.add_argument("--seed", type=int, default=0)
@@ -100,7 +102,7 @@ def _solvers(path: str, args, interpret: bool):
         return eq, opt
     kw = dict(
         tol=tol, max_iters=it, interpret=interpret, block=args.block, num_warps=args.num_warps,
-        rounds=tuple(int(r) for r in args.rounds.split(",")),
+        rounds=tuple(int(r) for r in args.rounds.split(",")), state=args.state,
     )  # fmt: skip
     eq = lambda p, x: fused.fused_equilibria(p.game, p.policy, x, **kw)
     opt = lambda p, x: fused.fused_optima(p.game, x, **kw)
@@ -145,7 +147,7 @@ def run(args) -> dict:
         date=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         family=f"random_games(seed, N, {CLASSES}, {WORKERS}, cache=True), selfish, float32",
         tol=args.tol, max_iters=args.max_iters, block=args.block, num_warps=args.num_warps,
-        rounds=args.rounds, fp32_flops=rate, flops_per_iteration=flops,
+        rounds=args.rounds, state=args.state, fp32_flops=rate, flops_per_iteration=flops,
     )  # fmt: skip
     plan = []
     sizes = [64] if args.smoke else [int(s) for s in args.sizes.split(",")]
@@ -210,7 +212,8 @@ def format_report(res: dict) -> str:
         f"# Fused kernel vs pure JAX — {m['device_kind']} ({m['platform']}), jax {m['jax']}",
         "",
         f"{m['date']}; {m['family']}; tol {m['tol']}, max_iters {m['max_iters']}; "
-        f"block {m['block']}, num_warps {m['num_warps']}, rounds {m['rounds']}.",
+        f"block {m['block']}, num_warps {m['num_warps']}, rounds {m['rounds']}, "
+        f"state in {m.get('state', 'registers')}.",
         f"FLOPs per instance-iteration: equilibrium {m['flops_per_iteration']['equilibrium']}, "
         f"optimum {m['flops_per_iteration']['optimum']}; FP32 rate "
         f"{m['fp32_flops'] or 'unknown (pass --flops)'}.",

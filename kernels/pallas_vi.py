@@ -360,6 +360,144 @@ def _solve_block(field_fn, opt: _Options, st: dict, budget, demand, m, workers, 
     return jax.lax.while_loop(cond, body, st)
 
 
+class _Rows(NamedTuple):
+    """Row offsets of the memory-resident state (``state="memory"``) in the two blocks."""
+
+    J: int
+    K: int
+    n_w: int  # rows of per-worker parameters (leaf l of worker k at p row W + l·K + k)
+    x: int = 0  # state block: x, y, step, best_x grids (row g + j·K + k), then the lanes
+    y: int = 0
+    step: int = 0
+    best: int = 0
+    cost: int = 0  # scratch grids: the field at y (cost, raw metric), then rmin (J rows)
+    scale: int = 0
+    rmin: int = 0
+    mask: int = 0  # parameter block: demand (J rows), mask (J·K), workers, shared
+    workers: int = 0
+
+
+def _rows_of(J: int, K: int, n_w: int) -> _Rows:
+    jk = J * K
+    n_grid = len(_FLOAT_GRIDS) * jk
+    lanes = n_grid + len(_FLOAT_LANES)
+    return _Rows(J, K, n_w, 0, jk, 2 * jk, 3 * jk, lanes, lanes + jk, lanes + 2 * jk, J, J + jk)
+
+
+def _solve_block_memory(field_fn, opt: _Options, r: _Rows, st, budget, s_ref, p_ref, w_tree,
+                        demand, shared) -> dict:  # fmt: skip
+    """:func:`_solve_block` with the grids in memory: the same iteration, the same arithmetic.
+
+    The ``(J, K)`` grids (``x``, ``y``, ``step``, ``best_x``, and the field's cost and metric at
+    ``y`` as scratch) stay in the kernel's state block ``s_ref`` and are loaded and stored one
+    column (field loop) or one row (row loop) at a time, with the loop index as a run-time row
+    offset. The loop carries only the lane scalars (step sizes, best gap, counters) and the
+    reductions, so a thread holds one row or column of the instance at a time: with everything
+    in registers the 5 × 6 kernel needs ~430 values per thread (255 registers and ~1 KB of
+    spills on sm_90). Rows are re-read from the L1/L2 caches every iteration instead.
+    """
+    J, K = r.J, r.K
+    dtype = demand[0].dtype
+    tiny = _tiny(dtype)
+    limit = jnp.minimum(st["steps"] + budget, opt.max_iters)
+
+    def pending(err, k):
+        return ~(err <= opt.tol) & (k < limit) & ~jnp.isnan(err)
+
+    def cond(c):
+        return jnp.max(pending(c["best_gap"], c["steps"]).astype(jnp.int32)) > 0
+
+    def body(c):
+        alpha = c["alpha"]
+        live = pending(c["best_gap"], c["steps"])
+        fresh = c["fresh"] > 0
+        zero = jnp.zeros_like(alpha)
+        has_norm = []
+
+        def column(k, acc):  # the field at y, column k; cost and metric to scratch
+            yc, rmin, smax, nrm = acc
+            yk = [s_ref[r.y + j * K + k, :] for j in range(J)]
+            mk = [p_ref[r.mask + j * K + k, :] > 0.5 for j in range(J)]
+            wk = jax.tree_util.tree_unflatten(
+                w_tree, [p_ref[r.workers + leaf * K + k, :] for leaf in range(r.n_w // K)]
+            )
+            f = field_fn(yk, wk, shared)
+            has_norm.append(f.norm is not None)
+            ck = [jnp.broadcast_to(v, zero.shape).astype(dtype) for v in f.cost]
+            sk = [jnp.broadcast_to(v, zero.shape).astype(dtype) for v in f.scale]
+            for j in range(J):
+                s_ref[r.cost + j * K + k, :] = ck[j]
+                s_ref[r.scale + j * K + k, :] = sk[j]
+            col = lane_sum([jnp.where(b, u * v, 0.0) for u, v, b in zip(yk, ck, mk, strict=True)])
+            rmin = [
+                jnp.minimum(q, jnp.where(b, v, jnp.inf))
+                for q, v, b in zip(rmin, ck, mk, strict=True)
+            ]
+            smax = jnp.maximum(
+                smax, lane_max([jnp.where(b, v, 0.0) for v, b in zip(sk, mk, strict=True)])
+            )
+            nrm = nrm + (col if f.norm is None else jnp.asarray(f.norm, dtype))
+            return yc + col, rmin, smax, nrm
+
+        acc0 = (zero, [zero + jnp.inf] * J, zero - jnp.inf, zero)
+        yc, rmin, smax, nrm = jax.lax.fori_loop(0, K, column, acc0)
+        for j in range(J):
+            s_ref[r.rmin + j, :] = rmin[j]
+        best = lane_sum([jnp.where(d > 0, d * q, 0.0) for d, q in zip(demand, rmin, strict=True)])
+        den = nrm if has_norm[0] else jnp.abs(yc)
+        g = jnp.maximum(yc - best, 0.0) / jnp.maximum(den, tiny)
+        floor = jnp.maximum(smax, 1.0) * jnp.finfo(dtype).eps ** 0.5
+        ok = jnp.isfinite(g)
+        alpha1 = jnp.where(ok, c["alpha_next"], alpha * 0.5)
+        improved = fresh | (ok & (g < c["best_gap"]))
+
+        def row(j, acc):  # accept, centre, project the next candidate: row j
+            load = lambda base: [s_ref[base + j * K + k, :] for k in range(K)]
+            xj, yj, stj, cj = load(r.x), load(r.y), load(r.step), load(r.cost)
+            mj = [p_ref[r.mask + j * K + k, :] > 0.5 for k in range(K)]
+            d, rm = p_ref[j, :], s_ref[r.rmin + j, :]
+            sj = [
+                jnp.where(b, jnp.maximum(v, floor), 1.0)
+                for v, b in zip(load(r.scale), mj, strict=True)
+            ]
+            x1 = _where(ok, yj, xj)
+            step1 = [jnp.where(ok, a - b, 0.0) for a, b in zip(yj, xj, strict=True)]
+            mean = lane_sum([jnp.where(b, u * v, 0.0) for u, v, b in zip(x1, cj, mj, strict=True)])
+            ref = jnp.where(d > 0, mean / jnp.maximum(d, tiny), rm)
+            cc = [jnp.where(b, v - ref, 0.0) for v, b in zip(cj, mj, strict=True)]
+            z = [u - alpha1 * v / w for u, v, w in zip(x1, cc, sj, strict=True)]
+            y1 = project_simplex_lanes(z, d, sj, mj)
+            dx = [a - b for a, b in zip(y1, x1, strict=True)]
+            dot = lambda a, b: lane_sum([w * u * v for u, v, w in zip(a, b, sj, strict=True)])
+            inner, dd, ss = acc
+            acc = (inner + dot(dx, step1), dd + dot(dx, dx), ss + dot(step1, step1))
+            y1 = _where(ok, y1, x1)
+            for k in range(K):
+                i = j * K + k
+                s_ref[r.x + i, :] = jnp.where(live, x1[k], xj[k])
+                s_ref[r.y + i, :] = jnp.where(live, y1[k], yj[k])
+                s_ref[r.step + i, :] = jnp.where(live, step1[k], stj[k])
+                s_ref[r.best + i, :] = jnp.where(live & improved, yj[k], s_ref[r.best + i, :])
+            return acc
+
+        inner, dd, ss = jax.lax.fori_loop(0, J, row, (zero,) * 3)
+        nrm2 = jnp.sqrt(dd * ss)
+        cos = inner / jnp.maximum(nrm2, tiny)
+        a2 = jnp.where(cos < 0, alpha1 * 0.5, jnp.where(cos > 0.5, alpha1 * opt.grow, alpha1))
+        a2 = jnp.clip(a2, opt.alpha_min, opt.alpha_max)
+        a2 = jnp.where(ok, a2, alpha1)
+        keep = lambda new, old: jnp.where(live, new, old)
+        return dict(
+            alpha=keep(alpha1, alpha),
+            alpha_next=keep(a2, c["alpha_next"]),
+            best_gap=keep(jnp.where(improved, g, c["best_gap"]), c["best_gap"]),
+            steps=c["steps"] + (live & ~fresh).astype(c["steps"].dtype),
+            fresh=jnp.where(live, 0, c["fresh"]),
+        )
+
+    return jax.lax.while_loop(cond, body, st)
+
+
 # --------------------------------------------------------------------------- the pallas_call
 
 
@@ -452,6 +590,7 @@ def projection_kernel(
     alpha_min: float = 1e-3,
     alpha_max: float = 1.0,
     grow: float = 1.2,
+    state: str = "registers",
 ) -> ProjectionKernel:
     """Builds the fused projection-dynamics solver for a column-local cost field.
 
@@ -468,6 +607,10 @@ def projection_kernel(
       interpret: run in Pallas interpret mode (CPU tests).
       num_warps, num_stages: Triton compiler parameters (GPU only).
       alpha0, alpha_min, alpha_max, grow: step control, as :func:`kernels.vi.projection_iteration`.
+      state: where a program keeps the instances' ``(J, K)`` grids during the loop:
+        ``"registers"`` (loaded once, carried by the loops) or ``"memory"`` (its state block,
+        one row or column loaded per loop trip; see :func:`_solve_block_memory`). Same
+        iteration and arithmetic either way.
 
     Returns:
       A :class:`ProjectionKernel` whose ``advance(workers, shared, demand (J, N), mask (J, K, N),
@@ -477,6 +620,9 @@ def projection_kernel(
     """
     if block < 1 or block & (block - 1):
         raise ValueError(f"block = {block}: must be a power of two")
+    if state not in ("registers", "memory"):
+        raise ValueError(f"state = {state!r}: must be 'registers' or 'memory'")
+    in_memory = state == "memory"  # (``advance`` below has an argument named ``state``)
     opt = _Options(float(tol), int(max_iters), alpha0, alpha_min, alpha_max, grow)
     params_kw = {}
     if not interpret:
@@ -504,6 +650,8 @@ def projection_kernel(
         ints = jnp.stack([state.steps, state.fresh, budget_row])
         n_pad = -(-n // block) * block
         p_pad, s_pad, i_pad = (_pow2(a.shape[0]) for a in (packed_p, packed_s, ints))
+        if in_memory:  # scratch rows: the field's cost and metric, the row minima
+            s_pad = _pow2(packed_s.shape[0] + 2 * jk + J)
 
         def pad(a, r):
             # Extra rows are never read; extra lanes repeat lane 0 (a valid instance).
@@ -534,9 +682,30 @@ def projection_kernel(
             for i, f in enumerate(_INT_LANES):
                 io_ref[i, :] = out[f]
 
+        n_lanes = n_grid + len(_FLOAT_LANES)
+        rows = _rows_of(J, K, n_w)
+
+        def kernel_memory(p_ref, s_ref, i_ref, so_ref, io_ref):
+            def copy(i, carry):
+                so_ref[i, :] = s_ref[i, :]
+                return carry
+
+            jax.lax.fori_loop(0, n_lanes, copy, 0)
+            demand_l = [p_ref[j, :] for j in range(J)]
+            prm = _unflatten_rows(treedef, sizes, _load_rows(p_ref, J + jk + n_w, n_user))
+            st = {f: so_ref[n_grid + i, :] for i, f in enumerate(_FLOAT_LANES)}
+            st.update({f: i_ref[i, :] for i, f in enumerate(_INT_LANES)})
+            out = _solve_block_memory(
+                field_fn, opt, rows, st, i_ref[2, :], so_ref, p_ref, w_tree, demand_l, prm
+            )
+            for i, f in enumerate(_FLOAT_LANES):
+                so_ref[n_grid + i, :] = out[f]
+            for i, f in enumerate(_INT_LANES):
+                io_ref[i, :] = out[f]
+
         spec = lambda r: pl.BlockSpec((r, block), lambda i: (0, i))
         so, io = pl.pallas_call(
-            kernel,
+            kernel_memory if in_memory else kernel,
             out_shape=(
                 jax.ShapeDtypeStruct((s_pad, n_pad), dtype),
                 jax.ShapeDtypeStruct((_pow2(len(_INT_LANES)), n_pad), jnp.int32),

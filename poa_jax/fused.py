@@ -63,6 +63,9 @@ ROUNDS = (160, 160, 320)
 CHUNK = {"gpu": 1 << 18, "cpu": 1 << 10, "interpret": 1 << 10}
 #: Lanes per program and Triton warps (one instance per thread).
 BLOCK, NUM_WARPS = 128, 4
+#: Where a program keeps the instances' grids during the loop: ``"registers"`` or ``"memory"``
+#: (:func:`poa_jax.kernels.pallas_vi.projection_kernel`'s ``state``).
+STATE = "registers"
 #: Largest J·K the kernel is built for (its state lives in registers: 5 (J, K) arrays).
 MAX_ENTRIES = 64
 
@@ -238,11 +241,13 @@ def _params(game: RoutingGame, policy: Policy | None, n: int, dtype) -> tuple[di
 
 
 @functools.cache
-def _kernel(kind: str, tol: float, max_iters: int, interpret: bool, block: int, num_warps):
+def _kernel(kind: str, tol: float, max_iters: int, interpret: bool, block: int, num_warps,
+            state: str = "registers"):  # fmt: skip
     field = _equilibrium_field if kind == "equilibrium" else _optimum_field
     return pv.projection_kernel(
         field, tol=tol, max_iters=max_iters, block=block, interpret=interpret,
         num_warps=None if interpret else num_warps, num_stages=None if interpret else 1,
+        state=state,
     )  # fmt: skip
 
 
@@ -256,7 +261,7 @@ def _sizes(block: int, chunk: int) -> list[int]:
 
 
 def _run(kind, params, demand, mask, x0, *, tol, max_iters, interpret, rounds, block, num_warps,
-         chunk=None):  # fmt: skip
+         chunk=None, state=None):  # fmt: skip
     """Runs the kernel in rounds, compacting unfinished lanes in between; ``x0 (J, K, N)``,
     ``params = (workers, shared)`` (:func:`_params`).
 
@@ -264,7 +269,8 @@ def _run(kind, params, demand, mask, x0, *, tol, max_iters, interpret, rounds, b
     compile; the lanes of a round are cut into calls of those sizes, the last padded with
     copies of a lane whose result is dropped.
     """
-    kern = _kernel(kind, float(tol), int(max_iters), bool(interpret), int(block), num_warps)
+    kern = _kernel(kind, float(tol), int(max_iters), bool(interpret), int(block), num_warps,
+                   state or STATE)  # fmt: skip
     if chunk is None:
         chunk = CHUNK.get("interpret" if interpret else jax.default_backend(), CHUNK["gpu"])
     sizes = _sizes(block, chunk)
@@ -337,7 +343,7 @@ def _inputs(game, policy, x):
     )
 
 
-_DEFAULTS = dict(rounds=ROUNDS, block=BLOCK, num_warps=NUM_WARPS, chunk=None)
+_DEFAULTS = dict(rounds=ROUNDS, block=BLOCK, num_warps=NUM_WARPS, chunk=None, state=None)
 
 
 def fused_equilibria(
@@ -353,8 +359,8 @@ def fused_equilibria(
       tol, max_iters: relative-gap tolerance and iteration bound.
       interpret: Pallas interpret mode (CPU tests); otherwise compiled (GPU).
       method: must be ``projection`` (the kernel's iteration).
-      kernel_options: ``rounds``, ``block``, ``num_warps``, ``chunk`` (defaults :data:`ROUNDS`,
-        :data:`BLOCK`, :data:`NUM_WARPS`, :data:`CHUNK`).
+      kernel_options: ``rounds``, ``block``, ``num_warps``, ``chunk``, ``state`` (defaults
+        :data:`ROUNDS`, :data:`BLOCK`, :data:`NUM_WARPS`, :data:`CHUNK`, :data:`STATE`).
 
     Returns:
       ``dict(flows (N, S, J, K), social_cost, gap, iterations, status, overloaded (N, S))``.

@@ -117,6 +117,32 @@ def test_equilibria_float64_match_pure_jax(eq64):
     np.testing.assert_array_equal(out["overloaded"], ref["overloaded"])
 
 
+@pytest.mark.parametrize("kind", ["equilibrium", "optimum"])
+def test_memory_state_is_the_register_kernel(kind, eq64, opt64):
+    """``state="memory"`` (grids in the state block, a row or column loaded per trip) runs the
+    same iteration as the register layout: bit-identical results on the mixed float64 batches
+    (policies mixed, absent workers, empty classes, several rounds with compaction)."""
+    if kind == "equilibrium":
+        prep, _, out, tol = eq64
+        x0 = solve.starting_flows(prep, 1, greedy=True)
+        mem = fused.fused_equilibria(prep.game, prep.policy, x0, interpret=True, tol=tol,
+                                     max_iters=400, rounds=(60, 100), state="memory")  # fmt: skip
+    else:
+        prep, _, out, tol = opt64
+        x0 = solve.starting_flows(prep, 2, seed=3)
+        mem = fused.fused_optima(prep.game, x0, interpret=True, tol=tol, max_iters=400,
+                                 rounds=(400,), state="memory")  # fmt: skip
+    mem = jax.device_get(mem)
+    assert set(mem) == set(out)
+    for key in out:
+        np.testing.assert_array_equal(mem[key], out[key], err_msg=key)
+
+
+def test_unknown_state_layout_is_refused():
+    with pytest.raises(ValueError, match="state = 'disk'"):
+        pv.projection_kernel(lambda *a: None, tol=1e-5, max_iters=10, state="disk")
+
+
 def test_equilibria_feasible_and_independent_gap(eq64):
     prep, _, out, tol = eq64
     x = out["flows"][:, 0]
@@ -291,7 +317,10 @@ def _has_triton_lowering() -> bool:
 #: Measured (jax 0.10.2): 1 291 (equilibrium), 1 445 (optimum) with the column/row loops; the
 #: unrolled body was ~14 800 and took over 4 minutes to compile on an H200 (LLVM/ptxas on one
 #: straight-line loop body). A change that unrolls the loops again fails here, on the CPU.
-TRITON_IR_LINES = {"equilibrium": 2_500, "optimum": 2_800}
+TRITON_IR_LINES = {
+    ("equilibrium", "registers"): 2_500, ("optimum", "registers"): 2_800,
+    ("equilibrium", "memory"): 4_500, ("optimum", "memory"): 4_700,
+}  # fmt: skip
 
 
 def _capture_triton_ir(monkeypatch) -> list[str]:
@@ -313,8 +342,9 @@ def _capture_triton_ir(monkeypatch) -> list[str]:
 
 
 @pytest.mark.skipif(not _has_triton_lowering(), reason="this jaxlib has no Triton lowering")
+@pytest.mark.parametrize("state", ["registers", "memory"])
 @pytest.mark.parametrize("kind", ["equilibrium", "optimum"])
-def test_triton_lowering_on_cpu(kind, monkeypatch):
+def test_triton_lowering_on_cpu(kind, state, monkeypatch):
     """The compiled (non-interpret) kernel lowers to Triton IR: every primitive it uses has a
     Triton lowering rule. Checked on the CPU by lowering for the ``cuda`` platform; the IR stays
     under :data:`TRITON_IR_LINES` (a proxy for the GPU compile time: the loops stay loops)."""
@@ -324,13 +354,13 @@ def test_triton_lowering_on_cpu(kind, monkeypatch):
     pol = prep.policy if kind == "equilibrium" else None
     (g, p), x = fused._lanes(prep.game, pol, x0)
     params, demand, mask, xt = fused._inputs(g, p, x)
-    kern = fused._kernel(kind, 1e-5, 100, False, fused.BLOCK, fused.NUM_WARPS)
+    kern = fused._kernel(kind, 1e-5, 100, False, fused.BLOCK, fused.NUM_WARPS, state)
     st = pv.start_state(xt, demand, mask)
     lowered = kern.advance.trace(*params, demand, mask, st, 100).lower(lowering_platforms=("cuda",))
     assert "triton" in lowered.as_text()[:20000]
     assert len(texts) == 1, len(texts)
     lines = texts[0].count("\n")
-    assert lines <= TRITON_IR_LINES[kind], f"{kind}: Triton IR of {lines} lines"
+    assert lines <= TRITON_IR_LINES[kind, state], f"{kind}/{state}: Triton IR of {lines} lines"
     assert texts[0].count("scf.for") >= 4  # field, rows, breakpoints, loads/stores: loops
 
 
@@ -342,8 +372,9 @@ def test_use_fused_predicate():
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("state", ["registers", "memory"])
 @pytest.mark.parametrize("kind", ["equilibrium", "optimum"])
-def test_compiled_kernel_matches_pure_jax_on_gpu(kind, monkeypatch):
+def test_compiled_kernel_matches_pure_jax_on_gpu(kind, state, monkeypatch):
     """The compiled Triton kernel on a GPU ≡ the pure-JAX solver (float32, tol 1e-5)."""
     monkeypatch.setattr(batching, "KERNEL", "xla")  # the reference: never the fused kernel
     n, tol = 4096, 1e-5
@@ -352,12 +383,13 @@ def test_compiled_kernel_matches_pure_jax_on_gpu(kind, monkeypatch):
         x0 = solve.starting_flows(prep, 1, greedy=True)
         run = functools.partial(batching.equilibria, prep.game, prep.policy, x0)
         ref = run(method="projection", tol=tol, max_iters=1000)
-        out = fused.fused_equilibria(prep.game, prep.policy, x0, tol=tol, max_iters=1000)
+        out = fused.fused_equilibria(prep.game, prep.policy, x0, tol=tol, max_iters=1000,
+                                     state=state)  # fmt: skip
         pick = lambda r, f: np.asarray(r[f])[:, 0]
     else:
         x0 = solve.starting_flows(prep, 2)
         ref = batching.optima(prep.game, x0, tol=tol, max_iters=1000, descent_steps=0, lr=0.05)
-        out = fused.fused_optima(prep.game, x0, tol=tol, max_iters=1000)
+        out = fused.fused_optima(prep.game, x0, tol=tol, max_iters=1000, state=state)
         pick = lambda r, f: np.asarray(r[f])
     conv_f, conv_r = pick(out, "status") == 0, pick(ref, "status") == 0
     assert conv_f.mean() >= conv_r.mean() - 0.01
