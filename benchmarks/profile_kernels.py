@@ -1,7 +1,8 @@
 r"""Where the routing solvers' device time goes: a profiler trace summarised by kernel.
 
 Runs the pure-JAX equilibrium and optimum (:func:`poa_jax.batching.equilibria` /
-:func:`~poa_jax.batching.optima`, the path ``bench_fused`` calls ``pure``) on ``N`` instances of
+:func:`~poa_jax.batching.optima`, the path ``bench_fused`` calls ``pure``), or with ``--path
+fused`` the fused Pallas kernel (:mod:`poa_jax.fused`, GPU only), on ``N`` instances of
 the 5 × 6 cache-on ``random_games`` family in float32, once to compile and once under
 ``jax.profiler.trace(..., create_perfetto_trace=True)``, then sums the trace's complete events by
 name within each process (on a GPU the device's kernels form their own processes) and prints
@@ -10,6 +11,7 @@ process. That answers, without TensorBoard, whether the loop is bound by one ker
 gather), by many small launches, or by the host.
 
     python -m benchmarks.profile_kernels --n 262144 --out /tmp/prof
+    python -m benchmarks.profile_kernels --path fused --n 1000000 --out /tmp/prof_fused
     python -m benchmarks.profile_kernels --summarise /tmp/prof/perfetto_trace.json.gz
 """
 
@@ -53,15 +55,22 @@ def summarise(trace_path: Path, top: int = 25) -> str:
     return "\n".join(out)
 
 
-def _run(n: int, out: Path, tol: float, max_iters: int) -> Path:
+def _run(n: int, out: Path, tol: float, max_iters: int, path: str = "pure", **fused_kw) -> Path:
     import jax
     import numpy as np
 
-    from poa_jax import batching, solve
+    from poa_jax import batching, fused, solve
     from poa_jax.policies import selfish
     from poa_jax.synthetic import random_games
 
     batching.use_kernel("xla")
+    if path == "fused":
+        eq_fn = lambda p, x, **kw: fused.fused_equilibria(p.game, p.policy, x, **kw, **fused_kw)
+        opt_fn = lambda p, x, **kw: fused.fused_optima(p.game, x, **kw, **fused_kw)
+    else:
+        eq_fn = lambda p, x, **kw: batching.equilibria(p.game, p.policy, x, method="projection",
+                                                       **kw)  # fmt: skip
+        opt_fn = lambda p, x, **kw: batching.optima(p.game, x, descent_steps=0, lr=0, **kw)
 
     def inputs(seed):
         prep = batching.prepare(random_games(seed, n, 5, 6, cache=True), selfish(), "f4")
@@ -69,14 +78,12 @@ def _run(n: int, out: Path, tol: float, max_iters: int) -> Path:
 
     def once(prep, x0):
         t = time.perf_counter()
-        e = jax.block_until_ready(batching.equilibria(prep.game, prep.policy, x0,
-                                  method="projection", tol=tol, max_iters=max_iters))  # fmt: skip
+        e = jax.block_until_ready(eq_fn(prep, x0, tol=tol, max_iters=max_iters))
         t_eq = time.perf_counter() - t
         uni = solve.starting_flows(prep, 1)
         x_opt = np.concatenate([uni, np.asarray(e["flows"], uni.dtype)], axis=1)
         t = time.perf_counter()
-        jax.block_until_ready(batching.optima(
-            prep.game, x_opt, tol=tol, max_iters=max_iters, descent_steps=0, lr=0))  # fmt: skip
+        jax.block_until_ready(opt_fn(prep, x_opt, tol=tol, max_iters=max_iters))
         return t_eq, time.perf_counter() - t
 
     print("first call (compiles):", once(*inputs(0)), flush=True)
@@ -100,10 +107,14 @@ def main(argv=None) -> int:
     p.add_argument("--tol", type=float, default=1e-5)
     p.add_argument("--max-iters", type=int, default=1000)
     p.add_argument("--top", type=int, default=25)
+    p.add_argument("--path", choices=("pure", "fused"), default="pure", help="which solver")
+    p.add_argument("--state", choices=("registers", "memory"), default=None,
+                   help="fused kernel: where it keeps the grids (default fused.STATE)")  # fmt: skip
     p.add_argument("--out", type=Path, default=Path("/tmp/poa_jax_profile"))
     p.add_argument("--summarise", type=Path, default=None, help="only summarise this trace")
     a = p.parse_args(argv)
-    trace = a.summarise or _run(a.n, a.out, a.tol, a.max_iters)
+    kw = {"state": a.state} if a.state else {}
+    trace = a.summarise or _run(a.n, a.out, a.tol, a.max_iters, a.path, **kw)
     text = summarise(trace, a.top)
     print(text)
     if not a.summarise:

@@ -277,7 +277,8 @@ def _run(kind, params, demand, mask, x0, *, tol, max_iters, interpret, rounds, b
     state = pv.start_state(x0, demand, mask)
     args = (*params, demand, mask)
     rounds = tuple(rounds) or (max_iters,)
-    todo = np.arange(x0.shape[-1])
+    n = x0.shape[-1]
+    todo = np.arange(n)
     try:
         r = 0
         while todo.size:
@@ -288,9 +289,14 @@ def _run(kind, params, demand, mask, x0, *, tol, max_iters, interpret, rounds, b
                 fits = [z for z in sizes if z >= todo.size - lo]
                 size = fits[-1] if fits else sizes[0]
                 part = todo[lo : lo + size]
-                idx = np.concatenate([part, np.full(size - part.size, part[0], part.dtype)])
+                pad = size - part.size
+                # Fixed shapes (one of `sizes`) everywhere, so that nothing recompiles when the
+                # number of unfinished lanes changes: the call's pad slots compute a copy of a
+                # real lane, and their results go to index n (past the end), which is dropped.
+                idx = np.concatenate([part, np.full(pad, part[0], part.dtype)])
+                dest = np.concatenate([part, np.full(pad, n, part.dtype)])
                 sub = kern.advance(*_take_lanes(args, idx), _take_lanes(state, idx), budget)
-                state = _put_lanes(state, part, _head(sub, part.size))
+                state = _put_lanes(state, dest, sub)
                 lo += size
             todo = np.flatnonzero(np.asarray(_pending(state, tol, max_iters)))
         return state
@@ -300,10 +306,6 @@ def _run(kind, params, demand, mask, x0, *, tol, max_iters, interpret, rounds, b
         if interpret:
             raise
         raise pv.FusedUnavailable(f"fused {kind} kernel failed to build or run: {e}") from e
-
-
-def _head(tree, n):
-    return jax.tree_util.tree_map(lambda a: a[..., :n], tree)
 
 
 @functools.partial(jax.jit, static_argnames=("tol", "max_iters"))
@@ -318,7 +320,8 @@ def _take_lanes(tree, idx):
 
 @jax.jit
 def _put_lanes(tree, idx, sub):
-    return jax.tree_util.tree_map(lambda a, b: a.at[..., idx].set(b), tree, sub)
+    """Lanes ``idx`` of ``tree`` set from ``sub``; an index past the end is dropped."""
+    return jax.tree_util.tree_map(lambda a, b: a.at[..., idx].set(b, mode="drop"), tree, sub)
 
 
 def _lanes(game, policy, x0):

@@ -425,3 +425,22 @@ def test_auto_selection_falls_back_to_xla(monkeypatch):
     monkeypatch.setattr(batching, "KERNEL", "pallas")  # asked for explicitly: the error surfaces
     with pytest.raises(_fused.FusedUnavailable):
         batching.equilibria(prep.game, prep.policy, x0, **kw)
+
+
+def test_fused_driver_compiles_nothing_for_new_round_counts():
+    """Each round leaves another number of unfinished lanes. Every kernel call and every
+    scatter back into the batch has one of the driver's fixed sizes (pad slots go past the end
+    and are dropped), so new counts compile nothing. On an H200 each compile of a new scatter
+    shape cost a few tenths of a second, more than the kernel's work in a round."""
+    kw = dict(tol=1e-5, max_iters=120, interpret=True, rounds=(10, 20), block=8, chunk=64)
+    fused._put_lanes.clear_cache()
+    pending_counts = set()
+    for seed in (41, 42):
+        prep = _mixed_batch(seed, 40, "float32", 3, 4)
+        x0 = solve.starting_flows(prep, 1, greedy=True)
+        out = jax.device_get(fused.fused_equilibria(prep.game, prep.policy, x0, **kw))
+        it = np.ravel(out["iterations"])
+        pending_counts |= {int(np.sum(it >= 10)), int(np.sum(it >= 30))}
+    # the guard: rounds really left counts other than the call sizes (64, 8)
+    assert len(pending_counts - {0, 8, 64}) >= 2, pending_counts
+    assert fused._put_lanes._cache_size() <= len(fused._sizes(8, 64)), pending_counts
