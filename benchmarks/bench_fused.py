@@ -62,8 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--interpret", type=int, default=0, help="CPU: interpret-mode run on N")
     p.add_argument("--block", type=int, default=fused.BLOCK, help="lanes per program")
     p.add_argument("--num-warps", type=int, default=fused.NUM_WARPS)
-    p.add_argument("--state", choices=("registers", "memory"), default=fused.STATE,
-                   help="where the kernel keeps the grids during its loop")  # fmt: skip
+    p.add_argument("--state", default=fused.STATE,
+                   help="where the kernel keeps the grids during its loop: registers, memory, "
+                        "or both as a comma list (one fused row each)")  # fmt: skip
     p.add_argument("--rounds", default=",".join(map(str, fused.ROUNDS)), help="round budgets")
     p.add_argument("--flops", type=float, default=None, help="FP32 FLOP/s (default by device)")
     p.add_argument("--seed", type=int, default=0)
@@ -91,7 +92,7 @@ def _inputs(n: int, seed: int):
     return prep, x0
 
 
-def _solvers(path: str, args, interpret: bool):
+def _solvers(path: str, args, interpret: bool, state: str):
     tol, it = args.tol, args.max_iters
     if path == "pure":
         batching.use_kernel("xla")  # the pure path must not pick the fused kernel on a GPU
@@ -102,7 +103,7 @@ def _solvers(path: str, args, interpret: bool):
         return eq, opt
     kw = dict(
         tol=tol, max_iters=it, interpret=interpret, block=args.block, num_warps=args.num_warps,
-        rounds=tuple(int(r) for r in args.rounds.split(",")), state=args.state,
+        rounds=tuple(int(r) for r in args.rounds.split(",")), state=state,
     )  # fmt: skip
     eq = lambda p, x: fused.fused_equilibria(p.game, p.policy, x, **kw)
     opt = lambda p, x: fused.fused_optima(p.game, x, **kw)
@@ -149,17 +150,23 @@ def run(args) -> dict:
         tol=args.tol, max_iters=args.max_iters, block=args.block, num_warps=args.num_warps,
         rounds=args.rounds, state=args.state, fp32_flops=rate, flops_per_iteration=flops,
     )  # fmt: skip
+    states = args.state.split(",")
+    if bad := [x for x in states if x not in ("registers", "memory")]:
+        raise SystemExit(f"--state {args.state}: {bad} not in registers, memory")
     plan = []
     sizes = [64] if args.smoke else [int(s) for s in args.sizes.split(",")]
     for path in args.paths.split(","):
         if path == "fused" and not on_gpu:
             if args.interpret:
-                plan.append((args.interpret, "fused", True))
+                plan += [(args.interpret, "fused", True, st) for st in states]
             continue
-        plan += [(n, path, False) for n in sizes]
+        plan += [
+            (n, path, False, st) for n in sizes for st in (states if path == "fused" else [""])
+        ]
     rows = []
-    for n, path, interpret in plan:
-        eq, opt = _solvers(path, args, interpret)
+    for n, path, interpret, st in plan:
+        eq, opt = _solvers(path, args, interpret, st)
+        path = f"{path} ({st})" if st and len(states) > 1 else path
         try:
             t0_eq, t0_opt, e, o = _one(eq, opt, *_inputs(n, args.seed))
         except fused.FusedUnavailable as err:

@@ -260,14 +260,27 @@ def _sizes(block: int, chunk: int) -> list[int]:
     return sizes
 
 
+def _plan(m: int, sizes: list[int]) -> list[tuple[int, int]]:
+    """``(start, size)`` of the calls that advance ``m`` lanes, ``sizes`` descending: the
+    largest size that the rest fills, and the smallest one, padded, for a rest below it. Pad
+    slots are thus fewer than the smallest size (one large padded call for any rest would
+    leave up to ``chunk − 1`` of them: 62% of the slots of a 10⁵-lane round at chunk 2¹⁸)."""
+    out, lo = [], 0
+    while lo < m:
+        size = next((z for z in sizes if z <= m - lo), sizes[-1])
+        out.append((lo, size))
+        lo += size
+    return out
+
+
 def _run(kind, params, demand, mask, x0, *, tol, max_iters, interpret, rounds, block, num_warps,
          chunk=None, state=None):  # fmt: skip
     """Runs the kernel in rounds, compacting unfinished lanes in between; ``x0 (J, K, N)``,
     ``params = (workers, shared)`` (:func:`_params`).
 
     Every call has one of a few sizes (:func:`_sizes`), so that a handful of programs ever
-    compile; the lanes of a round are cut into calls of those sizes, the last padded with
-    copies of a lane whose result is dropped.
+    compile; the lanes of a round are cut into calls of those sizes (:func:`_plan`), the last
+    padded with copies of a lane whose result is dropped.
     """
     kern = _kernel(kind, float(tol), int(max_iters), bool(interpret), int(block), num_warps,
                    state or STATE)  # fmt: skip
@@ -284,10 +297,7 @@ def _run(kind, params, demand, mask, x0, *, tol, max_iters, interpret, rounds, b
         while todo.size:
             budget = rounds[min(r, len(rounds) - 1)]
             r += 1
-            lo = 0
-            while lo < todo.size:
-                fits = [z for z in sizes if z >= todo.size - lo]
-                size = fits[-1] if fits else sizes[0]
+            for lo, size in _plan(todo.size, sizes):
                 part = todo[lo : lo + size]
                 pad = size - part.size
                 # Fixed shapes (one of `sizes`) everywhere, so that nothing recompiles when the
@@ -297,7 +307,6 @@ def _run(kind, params, demand, mask, x0, *, tol, max_iters, interpret, rounds, b
                 dest = np.concatenate([part, np.full(pad, n, part.dtype)])
                 sub = kern.advance(*_take_lanes(args, idx), _take_lanes(state, idx), budget)
                 state = _put_lanes(state, dest, sub)
-                lo += size
             todo = np.flatnonzero(np.asarray(_pending(state, tol, max_iters)))
         return state
     except pv.FusedUnavailable:

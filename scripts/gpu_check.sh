@@ -7,9 +7,10 @@
 #   closed_loop    issue 5's closed-loop sweep (3 presets x 11 C x 16 settings x 100 variants)
 #   caching        issue 4's discrete (n = 12, 10^4) and fluid (8x4x256, 10^3) caching games
 #   graph          SiouxFalls user equilibria (benchmarks/bench_graph.py), float64 to 1e-6
-#   fused          the fused Pallas kernel: its GPU test, then fused vs XLA at 10^5 and 10^6
-#                  (on an H200 on 2026-11-27 Triton took > 4 min to compile it: last, capped
-#                  at FUSED_LIMIT seconds, default 120; alone: FUSED_LIMIT=400 ... fused)
+#   fused          the fused Pallas kernel, both layouts (grids in registers / in memory), vs
+#                  the XLA loop at 10^5 and 10^6, then its GPU tests (compiles in 25-40 s per
+#                  layout on an H200 since the loop restructure; capped at FUSED_LIMIT seconds,
+#                  default 240)
 #   slow_lanes     (not in the default list) the default scenario replicated to 36 864 points:
 #                  round occupancy packed vs unpacked, and warm starts along the load axis
 #   tuning         (not in the default list) `poa-jax bench` at 10^6 with lanes per call x
@@ -72,8 +73,9 @@ want caching && step caching 90 "$PY" -m benchmarks.bench_caching "${SMOKE[@]}" 
 want graph && step graph 60 "$PY" -m benchmarks.bench_graph --instances "$GRAPH" --tol 1e-6 \
     --aeq-instances 0 --fw-instances 0 --json "$OUT/graph.json"
 # fused: the timing first (its rows are logged as they finish), then the kernel's GPU test
-want fused && step fused "${FUSED_LIMIT:-120}" sh -c "'$PY' -m benchmarks.bench_fused --sizes '$SIZES' \
-    --repeats 2 --paths fused,pure --out '$OUT/fused.md'; '$PY' -m pytest -q -rs -m gpu \
+want fused && step fused "${FUSED_LIMIT:-240}" sh -c "'$PY' -m benchmarks.bench_fused --sizes '$SIZES' \
+    --repeats 2 --paths fused,pure --state registers,memory --out '$OUT/fused.md'; \
+    '$PY' -m pytest -q -rs -m gpu \
     tests/test_pallas.py -p no:cacheprovider"
 want slow_lanes && step slow_lanes 240 "$PY" -m benchmarks.bench_slow_lanes "${SLOW[@]}" \
     --skip-plain --unpacked --warm --json "$OUT/slow_lanes.json"

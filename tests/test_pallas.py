@@ -444,3 +444,15 @@ def test_fused_driver_compiles_nothing_for_new_round_counts():
     # the guard: rounds really left counts other than the call sizes (64, 8)
     assert len(pending_counts - {0, 8, 64}) >= 2, pending_counts
     assert fused._put_lanes._cache_size() <= len(fused._sizes(8, 64)), pending_counts
+
+
+@pytest.mark.parametrize("m", [1, 50, 512, 513, 4095, 100_000, 262_144, 1_000_000])
+def test_round_plan_covers_every_lane_with_few_pad_slots(m):
+    sizes = fused._sizes(128, 1 << 18)
+    plan = fused._plan(m, sizes)
+    starts = [lo for lo, _ in plan]
+    assert starts == sorted(starts) and starts[0] == 0
+    assert all(z in sizes for _, z in plan)
+    assert all(b == a + z for (a, z), (b, _) in zip(plan, plan[1:], strict=False))  # contiguous
+    slots = sum(z for _, z in plan)
+    assert m <= slots < m + sizes[-1]  # pad slots: fewer than the smallest call
