@@ -10,10 +10,19 @@ lanes keep computing but their state is frozen by ``jnp.where`` inside the batch
 results equal a per-instance loop. The iteration counts reported per instance are exact.
 
 Status codes (per instance, ``int32``): ``CONVERGED = 0``, ``MAX_ITERS = 1``, ``NONFINITE = 2``.
+
+**Fixed-trip rounds** (``POA_JAX_ROUND_LOOP=fixed`` in the environment, read at import, or
+``advance(..., fixed=True)``): :func:`advance` runs exactly ``budget`` trips of a ``fori_loop``
+whose body freezes finished lanes itself, instead of a ``while_loop`` that stops once no lane is
+pending. Same results and iteration counts, bit for bit. On a GPU a batched ``while_loop``
+copies its predicate to the host and waits for it every trip; a loop of known trip count needs
+no such sync, so the host can queue a whole round (a profile on an H200 showed the device busy
+only 36% of a round, 2026-11-27). On the CPU the early exit is worth more: off by default.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -30,6 +39,9 @@ __all__ = [
     "pending",
     "status_of",
 ]
+
+#: Default of :func:`advance`'s ``fixed``: rounds of exactly ``budget`` trips (see above).
+FIXED_TRIP = os.environ.get("POA_JAX_ROUND_LOOP", "while") == "fixed"
 
 CONVERGED = 0
 MAX_ITERS = 1
@@ -69,17 +81,36 @@ def advance(
     max_steps: int,
     budget: int,
     stop_below: float | jax.Array = 0.0,
+    fixed: bool | None = None,
 ) -> tuple[Any, jax.Array, jax.Array]:
     """Runs at most ``budget`` more steps from ``(state, error, steps)``; see :func:`iterate`.
 
     Resumable: the batch edge calls it in fixed-length rounds and drops finished instances
     between rounds, so that one slow instance does not hold a whole batch (jax-ml/jax#20628).
     ``stop_below`` also stops a lane once its error falls below it (end of a solver phase).
+    ``fixed`` (default :data:`FIXED_TRIP`): exactly ``budget`` trips, finished lanes frozen by
+    the body (a static ``budget`` gives the loop a known trip count); same results.
     """
+
+    def live(err, k):
+        return pending(err, k, tol, max_steps) & ~(err < stop_below)
+
+    if FIXED_TRIP if fixed is None else fixed:
+
+        def trip(_, carry):
+            s, err, k = carry
+            on = live(err, k)
+            s_new, err_new = step(s)
+            s = jax.tree_util.tree_map(lambda a, b: jnp.where(on, a, b), s_new, s)
+            err = jnp.where(on, jnp.asarray(err_new, error.dtype), err)
+            return s, err, k + on.astype(k.dtype)
+
+        carry = (state, jnp.asarray(error), jnp.asarray(steps, jnp.int32))
+        return jax.lax.fori_loop(0, budget, trip, carry)
 
     def cond(carry):
         _, err, k, b = carry
-        return pending(err, k, tol, max_steps) & (b < budget) & ~(err < stop_below)
+        return live(err, k) & (b < budget)
 
     def body(carry):
         s, _, k, b = carry

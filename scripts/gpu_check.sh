@@ -21,6 +21,10 @@
 #                  command buffers (CUDA graphs) extended to while loops and conditionals
 #                  (XLA_FLAGS=--xla_gpu_enable_command_buffer=+WHILE,+CONDITIONAL): how much of
 #                  the per-iteration time is kernel launches
+#   loops          (not in the default list) the same bench at 10^6, default chunk and round,
+#                  with fixed-trip rounds (POA_JAX_ROUND_LOOP=fixed: no per-trip predicate
+#                  copy and sync), alone and with the command-buffer flag above; compare with
+#                  the first tuning row (the default while loop)
 # Tables, JSON and logs go to $OUT (default ./gpu_out), with a summary in $OUT/table.md.
 # Usage: bash scripts/gpu_check.sh [STEPS...]   (default: all, in the order above)
 # Locally, GPU_CHECK_SMOKE=1 runs every step at toy sizes on the CPU (to check the script).
@@ -94,6 +98,13 @@ if want cmdbuf; then
         --batch "$TUNE_N" --repeats 1 --chunk "$chunk" --round-iters "$rounds" \
         --json "$OUT/cmdbuf.json"
 fi
+if want loops; then
+    step loops_fixed "${TUNING_LIMIT:-90}" env POA_JAX_ROUND_LOOP=fixed "$PY" -m poa_jax.cli \
+        bench --batch "$TUNE_N" --repeats 1 --json "$OUT/loops_fixed.json"
+    step loops_fixed_cmdbuf "${TUNING_LIMIT:-90}" env POA_JAX_ROUND_LOOP=fixed XLA_FLAGS="${XLA_FLAGS:-} \
+        --xla_gpu_enable_command_buffer=+WHILE,+CONDITIONAL" "$PY" -m poa_jax.cli bench \
+        --batch "$TUNE_N" --repeats 1 --json "$OUT/loops_fixed_cmdbuf.json"
+fi
 {
     echo "# GPU check, $(date -u '+%Y-%m-%d %H:%M UTC'), $(( $(date +%s) - t0 )) s"
     echo; cat "$OUT/device.txt"; echo; cat "$OUT/steps.md"; echo
@@ -103,6 +114,9 @@ fi
     if [[ -n "$first" ]]; then  # one header, then the eq+opt row of every setting
         echo; grep -E '^\| solver|^\|---' "$first"; grep -hE '^\| eq\+opt' "$OUT"/tuning_*.log
     fi
+    for f in loops_fixed loops_fixed_cmdbuf; do
+        [[ -f "$OUT/$f.log" ]] && { echo; echo "$f:"; grep -E '^\|(---| solver| eq\+opt)' "$OUT/$f.log"; }
+    done
     if [[ -f "$OUT/cmdbuf.log" ]]; then
         echo; echo "command buffers (+WHILE,+CONDITIONAL):"; grep -E '^\|' "$OUT/cmdbuf.log"
     fi

@@ -94,3 +94,42 @@ def test_round_calls_cover_every_pending_lane_once_with_few_empty_slots():
         np.testing.assert_array_equal(covered, np.arange(pending))
         assert {s for _, s in calls} <= {1024, 128}
         assert sum(s for _, s in calls) - pending < 128  # empty slots: under one small call
+
+
+_ROUNDS_SCRIPT = """
+import sys, numpy as np, jax
+jax.config.update("jax_enable_x64", True)
+import poa_jax as pj
+from poa_jax import batching, synthetic
+from poa_jax.kernels import loop
+batching.COMPACT_ABOVE, batching.ROUND_ITERS = 16, 7
+game = synthetic.random_games(3, 120)
+res = pj.price_of_anarchy(game, pj.policies.dynamo(omega=0.5, tau=0.0), starts=2, tol=1e-8,
+                          max_iters=300, dtype="float64")
+out = {}
+for name, s in (("eq", res.equilibrium), ("opt", res.optimum)):
+    out.update({f"{name}_flows": s.flows, f"{name}_iters": s.iterations,
+                f"{name}_status": s.status})
+np.savez(sys.argv[1], fixed=loop.FIXED_TRIP, poa=res.poa, **out)
+"""
+
+
+def test_fixed_trip_rounds_equal_while_rounds(tmp_path):
+    """``POA_JAX_ROUND_LOOP=fixed`` (rounds of exactly ROUND_ITERS trips, finished lanes frozen
+    by the body: no per-trip predicate sync on a GPU) ≡ the default early-exit rounds."""
+    import numpy as np
+
+    runs = {}
+    for mode in ("while", "fixed"):
+        out = tmp_path / f"{mode}.npz"
+        env = {**os.environ, "POA_JAX_ROUND_LOOP": mode, "JAX_PLATFORMS": "cpu"}
+        subprocess.run([sys.executable, "-c", _ROUNDS_SCRIPT, str(out)], env=env, check=True,
+                       timeout=600)  # fmt: skip
+        runs[mode] = np.load(out)
+    w, f = runs["while"], runs["fixed"]
+    assert not w["fixed"] and f["fixed"]  # the variable reached the loop
+    for name in ("eq", "opt"):
+        np.testing.assert_array_equal(w[f"{name}_status"], f[f"{name}_status"])
+        np.testing.assert_array_equal(w[f"{name}_iters"], f[f"{name}_iters"])
+        np.testing.assert_allclose(w[f"{name}_flows"], f[f"{name}_flows"], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(w["poa"], f["poa"], rtol=1e-12)
