@@ -435,8 +435,9 @@ def _place(tree, mesh):
 #: Which implementation the lane solvers use: "xla" (the pure-JAX loop; the default), "auto"
 #: (the fused Pallas kernel where :func:`poa_jax.fused.use_fused` allows — a GPU, float32,
 #: τ = 0, projection — else XLA) or "pallas" (the fused kernel, failing loudly). The default is
-#: "xla" because on an H200 (jax 0.11.2, 2026-11-27) Triton took over 4 minutes to compile the
-#: fused kernel, where the XLA loop compiles in ~10 s: see benchmarks/RESULTS.md.
+#: "xla" because on an H200 (jax 0.11.2, 2026-11-27) the fused kernel, though it compiled in
+#: 25–40 s and passed its GPU tests, ran at 0.5–0.65× the XLA loop (its driver recompiled a
+#: scatter every round; fixed since, not yet re-measured): see benchmarks/RESULTS.md.
 KERNEL = "xla"
 _FUSED_BROKEN: list[str] = []  # why the fused kernel failed to build here, once per process
 #: The implementation the last lane solve ran on ("xla" or "pallas"), for benchmarks.
