@@ -392,6 +392,17 @@ def _rows_of(J: int, K: int, n_w: int) -> _Rows:
     return _Rows(J, K, n_w, 0, jk, 2 * jk, 3 * jk, lanes, lanes + jk, lanes + 2 * jk, J, J + jk)
 
 
+def _store_where(ref, val, mask) -> None:
+    """``ref[...] = where(mask, val, ref[...])`` as a masked store (no load) where the Pallas
+    Triton backend offers one; otherwise (an older JAX) by a load and a select."""
+    try:
+        from jax.experimental.pallas import triton as plgpu
+
+        plgpu.store(ref, val, mask=mask)
+    except (ImportError, AttributeError):  # pragma: no cover - depends on the installed jax
+        ref[...] = jnp.where(mask, val, ref[...])
+
+
 def _solve_block_memory(field_fn, opt: _Options, r: _Rows, st, budget, s_ref, p_ref, w_tree,
                         demand, shared) -> dict:  # fmt: skip
     """:func:`_solve_block` with the grids in memory: the same iteration, the same arithmetic.
@@ -485,7 +496,7 @@ def _solve_block_memory(field_fn, opt: _Options, r: _Rows, st, budget, s_ref, p_
                 s_ref[r.x + i, :] = jnp.where(live, x1[k], xj[k])
                 s_ref[r.y + i, :] = jnp.where(live, y1[k], yj[k])
                 s_ref[r.step + i, :] = jnp.where(live, step1[k], stj[k])
-                s_ref[r.best + i, :] = jnp.where(live & improved, yj[k], s_ref[r.best + i, :])
+                _store_where(s_ref.at[r.best + i], yj[k], live & improved)
             return acc
 
         inner, dd, ss = jax.lax.fori_loop(0, J, row, (zero,) * 3)
