@@ -24,6 +24,8 @@ import time
 import jax
 import numpy as np
 
+from poa_jax.kernels import loop
+
 __all__ = ["Row", "run", "format_rows"]
 
 
@@ -46,6 +48,7 @@ class Row:
     kernel: str  # which implementation ran ("xla", or "pallas" where the fused kernel ran)
     chunk: int  # lanes per call (batching.MAX_CHUNK on this backend, or --chunk)
     round_iters: int  # iterations per compacted round (batching.ROUND_ITERS, or --round-iters)
+    round_loop: str = "while"  # "while" (early exit) or "fixed" (POA_JAX_ROUND_LOOP=fixed)
 
 
 def _device() -> str:
@@ -153,6 +156,7 @@ def _run(batches, dtype, tol, max_iters, repeats, seed, progress, cap, round_ite
                     kernel=kernel,
                     chunk=cap,
                     round_iters=round_iters,
+                    round_loop="fixed" if loop.FIXED_TRIP else "while",
                     **sol_stats,
                 )  # fmt: skip
             )
@@ -163,7 +167,7 @@ def format_rows(rows: list[Row]) -> str:
     """A Markdown table of the rows."""
     head = (
         "| solver | N | dtype | tol | instances/s | steady s | compile s | iters median | "
-        "iters max | converged | max gap | device | kernel | chunk | round |"
+        "iters max | converged | max gap | device | kernel | chunk | round | loop |"
     )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
@@ -171,6 +175,6 @@ def format_rows(rows: list[Row]) -> str:
             f"| {r.solver} | {r.batch} | {r.dtype} | {r.tol:g} | {r.instances_per_s:,.0f} | "
             f"{r.steady_s:.3f} | {r.compile_s:.1f} | {r.iterations_median:g} | "
             f"{r.iterations_max} | {r.converged_share:.1%} | {r.max_gap:.1e} | {r.device} | "
-            f"{r.kernel} | {r.chunk} | {r.round_iters} |"
+            f"{r.kernel} | {r.chunk} | {r.round_iters} | {r.round_loop} |"
         )
     return "\n".join(lines)
