@@ -300,3 +300,29 @@ def test_minimize_on_simplices_never_worse_than_start():
     np.testing.assert_allclose(float(f), float(obj(x)), rtol=1e-9, atol=1e-15)
     np.testing.assert_allclose(np.asarray(x), np.asarray(target), atol=1e-3)
     np.testing.assert_allclose(float(jnp.sum(x)), 1.0, rtol=1e-12)
+
+
+def test_fixed_trip_round_has_a_known_trip_count():
+    """``advance(fixed=True)`` compiles to a loop whose trip count XLA knows (what lets the GPU
+    runtime skip the per-trip predicate copy and sync); the early-exit loop has none. Both
+    stop every lane at the same step with the same state."""
+    import re
+
+    from poa_jax.kernels import loop
+
+    def run(x, fixed):
+        step = lambda s: (s * 0.5, jnp.max(jnp.abs(s)))  # noqa: E731
+        one = lambda v: loop.advance(step, v, jnp.float32(jnp.inf), jnp.int32(0), tol=1e-3,
+                                     max_steps=100, budget=32, fixed=fixed)  # fmt: skip
+        return jax.vmap(one)(x)
+
+    x = jnp.asarray(np.geomspace(1e-4, 1e3, 24, dtype=np.float32).reshape(8, 3))
+    hlo = {f: jax.jit(run, static_argnums=1).lower(x, f).compile().as_text() for f in (0, 1)}
+    trip = re.compile(r'"known_trip_count":\{"n":"(\d+)"')  # the while op's backend config
+    assert trip.findall(hlo[1]) == ["32"]
+    assert trip.findall(hlo[0]) == []
+    (s0, e0, k0), (s1, e1, k1) = run(x, False), run(x, True)
+    np.testing.assert_array_equal(k0, k1)
+    assert len(set(np.asarray(k0).tolist())) > 2  # lanes stop at different steps
+    np.testing.assert_array_equal(s0, s1)
+    np.testing.assert_array_equal(e0, e1)
