@@ -88,14 +88,17 @@ def advance(
     Resumable: the batch edge calls it in fixed-length rounds and drops finished instances
     between rounds, so that one slow instance does not hold a whole batch (jax-ml/jax#20628).
     ``stop_below`` also stops a lane once its error falls below it (end of a solver phase).
-    ``fixed`` (default :data:`FIXED_TRIP`): exactly ``budget`` trips, finished lanes frozen by
-    the body (a static ``budget`` gives the loop a known trip count); same results.
+    ``fixed`` (default: :data:`FIXED_TRIP` where ``budget < max_steps``, i.e. for rounds, not
+    whole solves): exactly ``budget`` trips, finished lanes frozen by the body (a static
+    ``budget`` gives the loop a known trip count); same results.
     """
 
     def live(err, k):
         return pending(err, k, tol, max_steps) & ~(err < stop_below)
 
-    if FIXED_TRIP if fixed is None else fixed:
+    # A fixed-trip loop pays every trip; it is meant for short rounds, so the default takes
+    # it only where the budget is below the iteration bound (never for a whole solve).
+    if (FIXED_TRIP and budget < max_steps) if fixed is None else fixed:
 
         def trip(_, carry):
             s, err, k = carry
