@@ -253,6 +253,95 @@ class _Options(NamedTuple):
     grow: float
 
 
+def _column_field(field_fn, yk, mk, wk, shared, acc, zero, has_norm):
+    """The field at column ``k`` of ``y`` and the column's share of the reductions that the gap
+    and the metric floor need (``Σ y·c``, the row minima ``min_k c_jk``, ``max s`` over the mask
+    and the gap denominator ``ν``). Returns ``(cost, scale, acc)``, ``J`` lane vectors each."""
+    dtype = zero.dtype
+    yc, rmin, smax, nrm = acc
+    f = field_fn(yk, wk, shared)
+    has_norm.append(f.norm is not None)
+    ck = [jnp.broadcast_to(v, zero.shape).astype(dtype) for v in f.cost]
+    sk = [jnp.broadcast_to(v, zero.shape).astype(dtype) for v in f.scale]
+    col = lane_sum([jnp.where(b, u * v, 0.0) for u, v, b in zip(yk, ck, mk, strict=True)])
+    rmin = [jnp.minimum(r, jnp.where(b, v, jnp.inf)) for r, v, b in zip(rmin, ck, mk, strict=True)]
+    smax = jnp.maximum(smax, lane_max([jnp.where(b, v, 0.0) for v, b in zip(sk, mk, strict=True)]))
+    nrm = nrm + (col if f.norm is None else jnp.asarray(f.norm, dtype))
+    return ck, sk, (yc + col, rmin, smax, nrm)
+
+
+class _Verdict(NamedTuple):
+    """The evaluated candidate ``y``: its gap and whether it is accepted (see :func:`_judge`)."""
+
+    gap: Lane
+    floor: Lane  # metric floor max(1, max s)·√ε
+    ok: Lane  # finite gap: y accepted
+    alpha1: Lane  # step size of the next candidate's projection
+    improved: Lane  # y becomes the best point
+
+
+def _judge(c: dict, acc, demand, has_norm) -> _Verdict:
+    """Gap of ``y`` from the column reductions; accept it (``x ← y``, ``α ← α_next``) or reject
+    it (``α/2``, no step). The start's gap is recorded whatever it is (a NaN start stops the
+    lane, reported)."""
+    yc, rmin, smax, nrm = acc
+    dtype = yc.dtype
+    tiny = _tiny(dtype)
+    best = lane_sum([jnp.where(d > 0, d * r, 0.0) for d, r in zip(demand, rmin, strict=True)])
+    den = nrm if has_norm[0] else jnp.abs(yc)
+    g = jnp.maximum(yc - best, 0.0) / jnp.maximum(den, tiny)
+    floor = jnp.maximum(smax, 1.0) * jnp.finfo(dtype).eps ** 0.5
+    ok = jnp.isfinite(g)
+    alpha1 = jnp.where(ok, c["alpha_next"], c["alpha"] * 0.5)
+    improved = (c["fresh"] > 0) | (ok & (g < c["best_gap"]))
+    return _Verdict(g, floor, ok, alpha1, improved)
+
+
+def _row_update(v: _Verdict, xj, yj, cj, sj, mj, d, rm, acc):
+    """Row ``j``: accept or reject ``y``, centre the cost, project the next candidate from the
+    accepted point (where the field is known), and add the row's step-control inner products.
+    Returns ``(x1, y1, step1, acc)``."""
+    tiny = _tiny(xj[0].dtype)
+    sj = [jnp.where(b, jnp.maximum(u, v.floor), 1.0) for u, b in zip(sj, mj, strict=True)]
+    x1 = _where(v.ok, yj, xj)
+    step1 = [jnp.where(v.ok, a - b, 0.0) for a, b in zip(yj, xj, strict=True)]
+    mean = lane_sum([jnp.where(b, u * w, 0.0) for u, w, b in zip(x1, cj, mj, strict=True)])
+    ref = jnp.where(d > 0, mean / jnp.maximum(d, tiny), rm)
+    cc = [jnp.where(b, u - ref, 0.0) for u, b in zip(cj, mj, strict=True)]
+    z = [u - v.alpha1 * w / s for u, w, s in zip(x1, cc, sj, strict=True)]
+    y1 = project_simplex_lanes(z, d, sj, mj)
+    dx = [a - b for a, b in zip(y1, x1, strict=True)]
+    dot = lambda a, b: lane_sum([w * u * t for u, t, w in zip(a, b, sj, strict=True)])  # noqa: E731
+    inner, dd, ss = acc
+    acc = (inner + dot(dx, step1), dd + dot(dx, dx), ss + dot(step1, step1))
+    return x1, _where(v.ok, y1, x1), step1, acc
+
+
+def _lane_update(opt: _Options, c: dict, v: _Verdict, live, acc) -> dict:
+    """The lane scalars after an iteration: the step size from the angle between the last two
+    steps (halve on a reversal, grow when aligned, clip), the best gap, the counters."""
+    inner, dd, ss = acc
+    tiny = _tiny(inner.dtype)
+    cos = inner / jnp.maximum(jnp.sqrt(dd * ss), tiny)
+    a1 = v.alpha1
+    a2 = jnp.where(cos < 0, a1 * 0.5, jnp.where(cos > 0.5, a1 * opt.grow, a1))
+    a2 = jnp.where(v.ok, jnp.clip(a2, opt.alpha_min, opt.alpha_max), a1)
+    keep = lambda new, old: jnp.where(live, new, old)  # noqa: E731
+    fresh = c["fresh"] > 0
+    return dict(
+        alpha=keep(a1, c["alpha"]),
+        alpha_next=keep(a2, c["alpha_next"]),
+        best_gap=keep(jnp.where(v.improved, v.gap, c["best_gap"]), c["best_gap"]),
+        steps=c["steps"] + (live & ~fresh).astype(c["steps"].dtype),
+        fresh=jnp.where(live, 0, c["fresh"]),
+    )
+
+
+def _pending_fn(opt: _Options, st: dict, budget):
+    limit = jnp.minimum(st["steps"] + budget, opt.max_iters)
+    return lambda err, k: ~(err <= opt.tol) & (k < limit) & ~jnp.isnan(err)
+
+
 def _solve_block(field_fn, opt: _Options, st: dict, budget, demand, m, workers, shared) -> dict:
     """The loop for one block of lanes; ``st`` holds the state fields as (nested) lane vectors.
 
@@ -266,104 +355,44 @@ def _solve_block(field_fn, opt: _Options, st: dict, budget, demand, m, workers, 
     ``workers`` is a list of ``K`` pytrees (worker ``k``'s parameters), ``shared`` the rest.
     """
     J = len(demand)
-    dtype = demand[0].dtype
-    tiny = _tiny(dtype)
-    limit = jnp.minimum(st["steps"] + budget, opt.max_iters)
+    pending = _pending_fn(opt, st, budget)
     mcols = _columns(m)
-
-    def pending(err, k):
-        return ~(err <= opt.tol) & (k < limit) & ~jnp.isnan(err)
 
     def cond(c):
         return jnp.max(pending(c["best_gap"], c["steps"]).astype(jnp.int32)) > 0
 
     def body(c):
-        x, y, step, alpha = c["x"], c["y"], c["step"], c["alpha"]
         live = pending(c["best_gap"], c["steps"])
-        fresh = c["fresh"] > 0
-        zero = jnp.zeros_like(alpha)
+        zero = jnp.zeros_like(c["alpha"])
         has_norm = []
 
-        # 1. The field at y, column by column, with the reductions the gap and the metric
-        # floor need: Σ y·c, the row minima min_k c_jk and max s over the mask.
-        def column(_, heads, acc):
+        def column(_, heads, acc):  # 1. the field at y, column by column
             yk, mk, wk, _c, _s = heads
-            yc, rmin, smax, nrm = acc
-            f = field_fn(yk, wk, shared)
-            has_norm.append(f.norm is not None)
-            ck = [jnp.broadcast_to(v, zero.shape).astype(dtype) for v in f.cost]
-            sk = [jnp.broadcast_to(v, zero.shape).astype(dtype) for v in f.scale]
-            col = lane_sum([jnp.where(b, u * v, 0.0) for u, v, b in zip(yk, ck, mk, strict=True)])
-            rmin = [
-                jnp.minimum(r, jnp.where(b, v, jnp.inf))
-                for r, v, b in zip(rmin, ck, mk, strict=True)
-            ]
-            smax = jnp.maximum(
-                smax, lane_max([jnp.where(b, v, 0.0) for v, b in zip(sk, mk, strict=True)])
-            )
-            nrm = nrm + (col if f.norm is None else jnp.asarray(f.norm, dtype))
-            return (yk, mk, wk, ck, sk), (yc + col, rmin, smax, nrm)
+            ck, sk, acc = _column_field(field_fn, yk, mk, wk, shared, acc, zero, has_norm)
+            return (yk, mk, wk, ck, sk), acc
 
-        ycols = _columns(y)
+        ycols = _columns(c["y"])
         acc0 = (zero, [zero + jnp.inf] * J, zero - jnp.inf, zero)
-        (_, _, _, ccols, scols), (yc, rmin, smax, nrm) = rotating_loop(
+        (_, _, _, ccols, scols), acc = rotating_loop(
             column, (ycols, mcols, workers, ycols, ycols), acc0
         )
-        cost, s_raw = _columns(ccols), _columns(scols)
-        best = lane_sum([jnp.where(d > 0, d * r, 0.0) for d, r in zip(demand, rmin, strict=True)])
-        den = nrm if has_norm[0] else jnp.abs(yc)
-        g = jnp.maximum(yc - best, 0.0) / jnp.maximum(den, tiny)
-        floor = jnp.maximum(smax, 1.0) * jnp.finfo(dtype).eps ** 0.5
-        ok = jnp.isfinite(g)
-        # Accept y (x ← y, α ← α_next, previous step ← y − x) or reject it (α/2, no step).
-        alpha1 = jnp.where(ok, c["alpha_next"], alpha * 0.5)
-        # The start's gap is recorded whatever it is (a NaN start stops the lane, reported).
-        improved = fresh | (ok & (g < c["best_gap"]))
+        v = _judge(c, acc, demand, has_norm)
 
-        # 2. Row by row: accept, centre, project the next candidate from x1 (where the field
-        # is known when y was accepted), and the step-control inner products.
-        def row(_, heads, acc):
+        def row(_, heads, acc):  # 2. row by row: accept, centre, project, step control
             xj, yj, stj, bj, cj, sj, mj, d, rm = heads
-            sj = [jnp.where(b, jnp.maximum(v, floor), 1.0) for v, b in zip(sj, mj, strict=True)]
-            x1 = _where(ok, yj, xj)
-            step1 = [jnp.where(ok, a - b, 0.0) for a, b in zip(yj, xj, strict=True)]
-            mean = lane_sum([jnp.where(b, u * v, 0.0) for u, v, b in zip(x1, cj, mj, strict=True)])
-            ref = jnp.where(d > 0, mean / jnp.maximum(d, tiny), rm)
-            cc = [jnp.where(b, v - ref, 0.0) for v, b in zip(cj, mj, strict=True)]
-            z = [u - alpha1 * v / w for u, v, w in zip(x1, cc, sj, strict=True)]
-            y1 = project_simplex_lanes(z, d, sj, mj)
-            dx = [a - b for a, b in zip(y1, x1, strict=True)]
-            dot = lambda a, b: lane_sum([w * u * v for u, v, w in zip(a, b, sj, strict=True)])
-            inner, dd, ss = acc
-            acc = (inner + dot(dx, step1), dd + dot(dx, dx), ss + dot(step1, step1))
-            y1 = _where(ok, y1, x1)
+            x1, y1, step1, acc = _row_update(v, xj, yj, cj, sj, mj, d, rm, acc)
             new = (
                 _where(live, x1, xj),
                 _where(live, y1, yj),
                 _where(live, step1, stj),
-                _where(live & improved, yj, bj),
+                _where(live & v.improved, yj, bj),
             )
             return new + (cj, sj, mj, d, rm), acc
 
-        seqs = (x, y, step, c["best_x"], cost, s_raw, m, demand, rmin)
-        (x2, y2, step2, best2, *_), (inner, dd, ss) = rotating_loop(row, seqs, (zero,) * 3)
-        nrm2 = jnp.sqrt(dd * ss)
-        cos = inner / jnp.maximum(nrm2, tiny)
-        a2 = jnp.where(cos < 0, alpha1 * 0.5, jnp.where(cos > 0.5, alpha1 * opt.grow, alpha1))
-        a2 = jnp.clip(a2, opt.alpha_min, opt.alpha_max)
-        a2 = jnp.where(ok, a2, alpha1)
-        keep = lambda new, old: jnp.where(live, new, old)
-        return dict(
-            x=x2,
-            y=y2,
-            step=step2,
-            best_x=best2,
-            alpha=keep(alpha1, alpha),
-            alpha_next=keep(a2, c["alpha_next"]),
-            best_gap=keep(jnp.where(improved, g, c["best_gap"]), c["best_gap"]),
-            steps=c["steps"] + (live & ~fresh).astype(c["steps"].dtype),
-            fresh=jnp.where(live, 0, c["fresh"]),
-        )
+        seqs = (c["x"], c["y"], c["step"], c["best_x"], _columns(ccols), _columns(scols), m,
+                demand, acc[1])  # fmt: skip
+        (x2, y2, step2, best2, *_), acc2 = rotating_loop(row, seqs, (zero,) * 3)
+        return dict(x=x2, y=y2, step=step2, best_x=best2, **_lane_update(opt, c, v, live, acc2))
 
     return jax.lax.while_loop(cond, body, st)
 
@@ -416,103 +445,51 @@ def _solve_block_memory(field_fn, opt: _Options, r: _Rows, st, budget, s_ref, p_
     spills on sm_90). Rows are re-read from the L1/L2 caches every iteration instead.
     """
     J, K = r.J, r.K
-    dtype = demand[0].dtype
-    tiny = _tiny(dtype)
-    limit = jnp.minimum(st["steps"] + budget, opt.max_iters)
-
-    def pending(err, k):
-        return ~(err <= opt.tol) & (k < limit) & ~jnp.isnan(err)
+    pending = _pending_fn(opt, st, budget)
 
     def cond(c):
         return jnp.max(pending(c["best_gap"], c["steps"]).astype(jnp.int32)) > 0
 
     def body(c):
-        alpha = c["alpha"]
         live = pending(c["best_gap"], c["steps"])
-        fresh = c["fresh"] > 0
-        zero = jnp.zeros_like(alpha)
+        zero = jnp.zeros_like(c["alpha"])
         has_norm = []
 
         def column(k, acc):  # the field at y, column k; cost and metric to scratch
-            yc, rmin, smax, nrm = acc
             yk = [s_ref[r.y + j * K + k, :] for j in range(J)]
             mk = [p_ref[r.mask + j * K + k, :] > 0.5 for j in range(J)]
             wk = jax.tree_util.tree_unflatten(
                 w_tree, [p_ref[r.workers + leaf * K + k, :] for leaf in range(r.n_w // K)]
             )
-            f = field_fn(yk, wk, shared)
-            has_norm.append(f.norm is not None)
-            ck = [jnp.broadcast_to(v, zero.shape).astype(dtype) for v in f.cost]
-            sk = [jnp.broadcast_to(v, zero.shape).astype(dtype) for v in f.scale]
+            ck, sk, acc = _column_field(field_fn, yk, mk, wk, shared, acc, zero, has_norm)
             for j in range(J):
                 s_ref[r.cost + j * K + k, :] = ck[j]
                 s_ref[r.scale + j * K + k, :] = sk[j]
-            col = lane_sum([jnp.where(b, u * v, 0.0) for u, v, b in zip(yk, ck, mk, strict=True)])
-            rmin = [
-                jnp.minimum(q, jnp.where(b, v, jnp.inf))
-                for q, v, b in zip(rmin, ck, mk, strict=True)
-            ]
-            smax = jnp.maximum(
-                smax, lane_max([jnp.where(b, v, 0.0) for v, b in zip(sk, mk, strict=True)])
-            )
-            nrm = nrm + (col if f.norm is None else jnp.asarray(f.norm, dtype))
-            return yc + col, rmin, smax, nrm
+            return acc
 
         acc0 = (zero, [zero + jnp.inf] * J, zero - jnp.inf, zero)
-        yc, rmin, smax, nrm = jax.lax.fori_loop(0, K, column, acc0)
+        acc = jax.lax.fori_loop(0, K, column, acc0)
         for j in range(J):
-            s_ref[r.rmin + j, :] = rmin[j]
-        best = lane_sum([jnp.where(d > 0, d * q, 0.0) for d, q in zip(demand, rmin, strict=True)])
-        den = nrm if has_norm[0] else jnp.abs(yc)
-        g = jnp.maximum(yc - best, 0.0) / jnp.maximum(den, tiny)
-        floor = jnp.maximum(smax, 1.0) * jnp.finfo(dtype).eps ** 0.5
-        ok = jnp.isfinite(g)
-        alpha1 = jnp.where(ok, c["alpha_next"], alpha * 0.5)
-        improved = fresh | (ok & (g < c["best_gap"]))
+            s_ref[r.rmin + j, :] = acc[1][j]
+        v = _judge(c, acc, demand, has_norm)
 
         def row(j, acc):  # accept, centre, project the next candidate: row j
-            load = lambda base: [s_ref[base + j * K + k, :] for k in range(K)]
-            xj, yj, stj, cj = load(r.x), load(r.y), load(r.step), load(r.cost)
+            load = lambda base: [s_ref[base + j * K + k, :] for k in range(K)]  # noqa: E731
+            xj, yj, stj = load(r.x), load(r.y), load(r.step)
             mj = [p_ref[r.mask + j * K + k, :] > 0.5 for k in range(K)]
             d, rm = p_ref[j, :], s_ref[r.rmin + j, :]
-            sj = [
-                jnp.where(b, jnp.maximum(v, floor), 1.0)
-                for v, b in zip(load(r.scale), mj, strict=True)
-            ]
-            x1 = _where(ok, yj, xj)
-            step1 = [jnp.where(ok, a - b, 0.0) for a, b in zip(yj, xj, strict=True)]
-            mean = lane_sum([jnp.where(b, u * v, 0.0) for u, v, b in zip(x1, cj, mj, strict=True)])
-            ref = jnp.where(d > 0, mean / jnp.maximum(d, tiny), rm)
-            cc = [jnp.where(b, v - ref, 0.0) for v, b in zip(cj, mj, strict=True)]
-            z = [u - alpha1 * v / w for u, v, w in zip(x1, cc, sj, strict=True)]
-            y1 = project_simplex_lanes(z, d, sj, mj)
-            dx = [a - b for a, b in zip(y1, x1, strict=True)]
-            dot = lambda a, b: lane_sum([w * u * v for u, v, w in zip(a, b, sj, strict=True)])
-            inner, dd, ss = acc
-            acc = (inner + dot(dx, step1), dd + dot(dx, dx), ss + dot(step1, step1))
-            y1 = _where(ok, y1, x1)
+            x1, y1, step1, acc = _row_update(v, xj, yj, load(r.cost), load(r.scale), mj, d, rm,
+                                             acc)  # fmt: skip
             for k in range(K):
                 i = j * K + k
                 s_ref[r.x + i, :] = jnp.where(live, x1[k], xj[k])
                 s_ref[r.y + i, :] = jnp.where(live, y1[k], yj[k])
                 s_ref[r.step + i, :] = jnp.where(live, step1[k], stj[k])
-                _store_where(s_ref.at[r.best + i], yj[k], live & improved)
+                _store_where(s_ref.at[r.best + i], yj[k], live & v.improved)
             return acc
 
-        inner, dd, ss = jax.lax.fori_loop(0, J, row, (zero,) * 3)
-        nrm2 = jnp.sqrt(dd * ss)
-        cos = inner / jnp.maximum(nrm2, tiny)
-        a2 = jnp.where(cos < 0, alpha1 * 0.5, jnp.where(cos > 0.5, alpha1 * opt.grow, alpha1))
-        a2 = jnp.clip(a2, opt.alpha_min, opt.alpha_max)
-        a2 = jnp.where(ok, a2, alpha1)
-        keep = lambda new, old: jnp.where(live, new, old)
-        return dict(
-            alpha=keep(alpha1, alpha),
-            alpha_next=keep(a2, c["alpha_next"]),
-            best_gap=keep(jnp.where(improved, g, c["best_gap"]), c["best_gap"]),
-            steps=c["steps"] + (live & ~fresh).astype(c["steps"].dtype),
-            fresh=jnp.where(live, 0, c["fresh"]),
-        )
+        acc2 = jax.lax.fori_loop(0, J, row, (zero,) * 3)
+        return _lane_update(opt, c, v, live, acc2)
 
     return jax.lax.while_loop(cond, body, st)
 
