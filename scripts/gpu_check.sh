@@ -10,7 +10,7 @@
 #   fused          the fused Pallas kernel, both layouts (grids in registers / in memory), vs
 #                  the XLA loop at 10^5 and 10^6, then its GPU tests (compiles in 25-40 s per
 #                  layout on an H200 since the loop restructure; capped at FUSED_LIMIT seconds,
-#                  default 240)
+#                  default 300: 4 kernels to compile and 4 GPU tests)
 #   slow_lanes     (not in the default list) the default scenario replicated to 36 864 points:
 #                  round occupancy packed vs unpacked, and warm starts along the load axis
 #   tuning         (not in the default list) `poa-jax bench` at 10^6 with lanes per call x
@@ -77,7 +77,7 @@ want caching && step caching 90 "$PY" -m benchmarks.bench_caching "${SMOKE[@]}" 
 want graph && step graph 60 "$PY" -m benchmarks.bench_graph --instances "$GRAPH" --tol 1e-6 \
     --aeq-instances 0 --fw-instances 0 --json "$OUT/graph.json"
 # fused: the timing first (its rows are logged as they finish), then the kernel's GPU test
-want fused && step fused "${FUSED_LIMIT:-240}" sh -c "'$PY' -m benchmarks.bench_fused --sizes '$SIZES' \
+want fused && step fused "${FUSED_LIMIT:-300}" sh -c "'$PY' -m benchmarks.bench_fused --sizes '$SIZES' \
     --repeats 2 --paths fused,pure --state registers,memory --out '$OUT/fused.md'; \
     '$PY' -m pytest -q -rs -m gpu \
     tests/test_pallas.py -p no:cacheprovider"
