@@ -48,7 +48,9 @@ class Row:
     kernel: str  # which implementation ran ("xla", or "pallas" where the fused kernel ran)
     chunk: int  # lanes per call (batching.MAX_CHUNK on this backend, or --chunk)
     round_iters: int  # iterations per compacted round (batching.ROUND_ITERS, or --round-iters)
-    round_loop: str = "while"  # "while" (early exit) or "fixed" (POA_JAX_ROUND_LOOP=fixed)
+    #: "while" (early exit) or "fixed" (POA_JAX_ROUND_LOOP=fixed), then " xU" where each loop
+    #: trip runs U steps (POA_JAX_LOOP_UNROLL=U); see poa_jax.kernels.loop
+    round_loop: str = "while"
 
 
 def _device() -> str:
@@ -156,7 +158,7 @@ def _run(batches, dtype, tol, max_iters, repeats, seed, progress, cap, round_ite
                     kernel=kernel,
                     chunk=cap,
                     round_iters=round_iters,
-                    round_loop="fixed" if loop.FIXED_TRIP else "while",
+                    round_loop=loop.describe(),
                     **sol_stats,
                 )  # fmt: skip
             )

@@ -22,9 +22,11 @@
 #                  (XLA_FLAGS=--xla_gpu_enable_command_buffer=+WHILE,+CONDITIONAL): how much of
 #                  the per-iteration time is kernel launches
 #   loops          (not in the default list) the same bench at 10^6, default chunk and round,
-#                  with fixed-trip rounds (POA_JAX_ROUND_LOOP=fixed: no per-trip predicate
-#                  copy and sync), alone and with the command-buffer flag above; compare with
-#                  the first tuning row (the default while loop)
+#                  for each "LOOP UNROLL [cmdbuf]" of LOOP_SET (default "fixed 1;while 4;
+#                  while 8;fixed 8 cmdbuf"): fixed-trip rounds (POA_JAX_ROUND_LOOP=fixed: no
+#                  per-trip predicate copy and sync), U steps per loop trip
+#                  (POA_JAX_LOOP_UNROLL=U: U times fewer trips, launches and syncs), and the
+#                  command-buffer flag above; compare with the first tuning row (while, 1)
 # Tables, JSON and logs go to $OUT (default ./gpu_out), with a summary in $OUT/table.md.
 # Usage: bash scripts/gpu_check.sh [STEPS...]   (default: all, in the order above)
 # Locally, GPU_CHECK_SMOKE=1 runs every step at toy sizes on the CPU (to check the script).
@@ -38,12 +40,14 @@ GRAPH=10000
 SLOW=(--points 36864 --chunk 9216)
 TUNE_N=1000000
 TUNE=("65536 32" "65536 128" "262144 128" "1048576 128")
-[[ -n "${TUNE_SET:-}" ]] && IFS=';' read -r -a TUNE <<<"$TUNE_SET"
 CMDBUF="1048576 128"
+LOOPS=("fixed 1" "while 4" "while 8" "fixed 8 cmdbuf")
 SMOKE=()
 PY="${PYTHON:-python3}"
 if [[ "${GPU_CHECK_SMOKE:-0}" == 1 ]]; then SIZES=64; BENCH=64; GRAPH=4; SMOKE=(--smoke); SLOW=(--points 192 --chunk 96)
-    TUNE_N=300; TUNE=("1024 32" "128 16"); CMDBUF="128 16"; fi
+    TUNE_N=300; TUNE=("1024 32" "128 16"); CMDBUF="128 16"; LOOPS=("fixed 1" "while 2" "fixed 2 cmdbuf"); fi
+[[ -n "${TUNE_SET:-}" ]] && IFS=';' read -r -a TUNE <<<"$TUNE_SET"
+[[ -n "${LOOP_SET:-}" ]] && IFS=';' read -r -a LOOPS <<<"$LOOP_SET"
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 # One persistent compilation cache for every step (and a rerun on the same warm machine).
@@ -99,11 +103,15 @@ if want cmdbuf; then
         --json "$OUT/cmdbuf.json"
 fi
 if want loops; then
-    step loops_fixed "${TUNING_LIMIT:-90}" env POA_JAX_ROUND_LOOP=fixed "$PY" -m poa_jax.cli \
-        bench --batch "$TUNE_N" --repeats 1 --json "$OUT/loops_fixed.json"
-    step loops_fixed_cmdbuf "${TUNING_LIMIT:-90}" env POA_JAX_ROUND_LOOP=fixed XLA_FLAGS="${XLA_FLAGS:-} \
-        --xla_gpu_enable_command_buffer=+WHILE,+CONDITIONAL" "$PY" -m poa_jax.cli bench \
-        --batch "$TUNE_N" --repeats 1 --json "$OUT/loops_fixed_cmdbuf.json"
+    for cfg in "${LOOPS[@]}"; do
+        read -r kind unroll flag <<<"$cfg"
+        name="loops_${kind}_${unroll}${flag:+_$flag}"
+        flags="${XLA_FLAGS:-}"
+        [[ "$flag" == cmdbuf ]] && flags="$flags --xla_gpu_enable_command_buffer=+WHILE,+CONDITIONAL"
+        step "$name" "${TUNING_LIMIT:-90}" env POA_JAX_ROUND_LOOP="$kind" \
+            POA_JAX_LOOP_UNROLL="$unroll" XLA_FLAGS="$flags" "$PY" -m poa_jax.cli bench \
+            --batch "$TUNE_N" --repeats 1 --json "$OUT/$name.json"
+    done
 fi
 {
     echo "# GPU check, $(date -u '+%Y-%m-%d %H:%M UTC'), $(( $(date +%s) - t0 )) s"
@@ -114,8 +122,8 @@ fi
     if [[ -n "$first" ]]; then  # one header, then the eq+opt row of every setting
         echo; grep -E '^\| solver|^\|---' "$first"; grep -hE '^\| eq\+opt' "$OUT"/tuning_*.log
     fi
-    for f in loops_fixed loops_fixed_cmdbuf; do
-        [[ -f "$OUT/$f.log" ]] && { echo; echo "$f:"; grep -E '^\|(---| solver| eq\+opt)' "$OUT/$f.log"; }
+    for f in "$OUT"/loops_*.log; do  # the loop column names the setting
+        [[ -f "$f" ]] && { echo; echo "$(basename "$f" .log):"; grep -E '^\|(---| solver| eq\+opt)' "$f"; }
     done
     if [[ -f "$OUT/cmdbuf.log" ]]; then
         echo; echo "command buffers (+WHILE,+CONDITIONAL):"; grep -E '^\|' "$OUT/cmdbuf.log"

@@ -436,14 +436,14 @@ def test_bench_table_and_tuning(tmp_path, monkeypatch):
     assert [r["solver"] for r in rows] == ["equilibrium", "optimum", "eq+opt"]
     for r in rows:
         assert r["batch"] == 300 and r["chunk"] == 128 and r["round_iters"] == 16
-        assert r["round_loop"] == ("fixed" if loop.FIXED_TRIP else "while")
+        assert r["round_loop"] == loop.describe()
         assert r["instances_per_s"] > 0 and r["converged_share"] >= 0.9
         bound = 2000 if r["solver"] == "eq+opt" else 1000  # eq+opt: the sum per instance
         assert r["iterations_max"] <= bound and r["device"].startswith("cpu")
     assert seen and all(b == [128, 16] for b in seen)  # every compacted solve used the chunk
     table = res.out.splitlines()
     assert table[0].startswith("| solver | N |") and table[0].endswith("| chunk | round | loop |")
-    tail = f"| 128 | 16 | {'fixed' if loop.FIXED_TRIP else 'while'} |"
+    tail = f"| 128 | 16 | {loop.describe()} |"
     assert len(table) == 5 and all(line.endswith(tail) for line in table[2:])
     assert (dict(batching.MAX_CHUNK), batching.MAX_CHUNK_ACCELERATOR,
             batching.ROUND_ITERS) == defaults  # fmt: skip

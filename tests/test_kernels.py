@@ -326,3 +326,36 @@ def test_fixed_trip_round_has_a_known_trip_count():
     assert len(set(np.asarray(k0).tolist())) > 2  # lanes stop at different steps
     np.testing.assert_array_equal(s0, s1)
     np.testing.assert_array_equal(e0, e1)
+
+
+@pytest.mark.parametrize("fixed", [False, True])
+@pytest.mark.parametrize("budget, stop_below", [(32, 0.0), (13, 0.0), (32, 2e-3)])
+def test_unrolled_trips_equal_single_steps(fixed, budget, stop_below):
+    """``advance(unroll=U)`` (U steps per loop trip, each guarded by the lane's own stopping
+    test) stops every lane at the same step, with the same state and error, as ``unroll=1``,
+    for budgets that U does not divide, lanes that stop mid-trip, the iteration bound and a
+    phase threshold; and the early-exit loop makes U times fewer trips."""
+    import re
+
+    from poa_jax.kernels import loop
+
+    def run(x, k0, unroll, fixed=fixed):
+        step = lambda s: (s * 0.7 + 1e-4 * jnp.sin(s), jnp.max(jnp.abs(s)))  # noqa: E731
+        one = lambda v, k: loop.advance(step, v, jnp.float32(jnp.inf), k, tol=1e-3,
+                                        max_steps=40, budget=budget, stop_below=stop_below,
+                                        fixed=fixed, unroll=unroll)  # fmt: skip
+        return jax.vmap(one)(x, k0)
+
+    x = jnp.asarray(np.geomspace(1e-4, 1e3, 24, dtype=np.float32).reshape(8, 3))
+    k0 = jnp.asarray([0, 0, 5, 20, 30, 38, 40, 3], jnp.int32)  # some lanes near the bound
+    ref = run(x, k0, 1, fixed=False)  # the plain early-exit loop
+    assert len(set(np.asarray(ref[2]).tolist())) > 3  # lanes stop at different steps
+    for unroll in (1, 3, 4):
+        out = run(x, k0, unroll)
+        for a, b in zip(ref, out, strict=True):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    if not fixed:  # the early-exit loop's body holds U steps: U times fewer trips
+        hlo = jax.jit(run, static_argnums=2).lower(x, k0, 4).as_text()
+        assert len(re.findall(r"stablehlo\.sine", hlo)) == 4
+    with pytest.raises(ValueError, match="unroll"):
+        run(x, k0, 0)

@@ -110,26 +110,41 @@ out = {}
 for name, s in (("eq", res.equilibrium), ("opt", res.optimum)):
     out.update({f"{name}_flows": s.flows, f"{name}_iters": s.iterations,
                 f"{name}_status": s.status})
-np.savez(sys.argv[1], fixed=loop.FIXED_TRIP, poa=res.poa, **out)
+np.savez(sys.argv[1], fixed=loop.FIXED_TRIP, unroll=loop.UNROLL, poa=res.poa, **out)
 """
 
 
-def test_fixed_trip_rounds_equal_while_rounds(tmp_path):
+def test_fixed_trip_and_unrolled_rounds_equal_while_rounds(tmp_path):
     """``POA_JAX_ROUND_LOOP=fixed`` (rounds of exactly ROUND_ITERS trips, finished lanes frozen
-    by the body: no per-trip predicate sync on a GPU) ≡ the default early-exit rounds."""
+    by the body: no per-trip predicate sync on a GPU) and ``POA_JAX_LOOP_UNROLL=3`` (three
+    guarded steps per loop trip) ≡ the default early-exit rounds."""
     import numpy as np
 
     runs = {}
-    for mode in ("while", "fixed"):
+    modes = {"while": {}, "fixed": {"POA_JAX_ROUND_LOOP": "fixed"},
+             "unroll": {"POA_JAX_LOOP_UNROLL": "3"}}  # fmt: skip
+    for mode, extra in modes.items():
         out = tmp_path / f"{mode}.npz"
-        env = {**os.environ, "POA_JAX_ROUND_LOOP": mode, "JAX_PLATFORMS": "cpu"}
+        env = {**os.environ, "POA_JAX_ROUND_LOOP": "while", "POA_JAX_LOOP_UNROLL": "1",
+               "JAX_PLATFORMS": "cpu", **extra}  # fmt: skip
         subprocess.run([sys.executable, "-c", _ROUNDS_SCRIPT, str(out)], env=env, check=True,
                        timeout=600)  # fmt: skip
         runs[mode] = np.load(out)
-    w, f = runs["while"], runs["fixed"]
-    assert not w["fixed"] and f["fixed"]  # the variable reached the loop
-    for name in ("eq", "opt"):
-        np.testing.assert_array_equal(w[f"{name}_status"], f[f"{name}_status"])
-        np.testing.assert_array_equal(w[f"{name}_iters"], f[f"{name}_iters"])
-        np.testing.assert_allclose(w[f"{name}_flows"], f[f"{name}_flows"], rtol=0, atol=1e-12)
-    np.testing.assert_allclose(w["poa"], f["poa"], rtol=1e-12)
+    w = runs["while"]
+    assert not w["fixed"] and runs["fixed"]["fixed"]  # the variables reached the loop
+    assert w["unroll"] == 1 and runs["unroll"]["unroll"] == 3
+    for f in (runs["fixed"], runs["unroll"]):
+        for name in ("eq", "opt"):
+            np.testing.assert_array_equal(w[f"{name}_status"], f[f"{name}_status"])
+            np.testing.assert_array_equal(w[f"{name}_iters"], f[f"{name}_iters"])
+            np.testing.assert_allclose(w[f"{name}_flows"], f[f"{name}_flows"], rtol=0, atol=1e-12)
+        np.testing.assert_allclose(w["poa"], f["poa"], rtol=1e-12)
+
+
+def test_bad_unroll_setting_is_a_clear_error():
+    """A malformed ``POA_JAX_LOOP_UNROLL`` fails at import, naming the variable and the rule."""
+    env = {**os.environ, "POA_JAX_LOOP_UNROLL": "0", "JAX_PLATFORMS": "cpu"}
+    r = subprocess.run([sys.executable, "-c", "import poa_jax"], env=env, capture_output=True,
+                       text=True, timeout=120)  # fmt: skip
+    assert r.returncode != 0
+    assert "POA_JAX_LOOP_UNROLL = '0': must be an integer >= 1" in r.stderr
