@@ -11,6 +11,11 @@
 #                  the XLA loop at 10^5 and 10^6, then its GPU tests (compiles in 25-40 s per
 #                  layout on an H200 since the loop restructure; capped at FUSED_LIMIT seconds,
 #                  default 300: 4 kernels to compile and 4 GPU tests)
+#   fused_rounds   (not in the default list) the fused kernel again with rounds of FUSED_ROUNDS
+#                  iterations (default 64; budgets are traced, so nothing new compiles): a
+#                  program runs until its slowest lane ends the round, and on the equilibrium
+#                  iteration counts rounds of 160,160,320 keep 70% of the lane slots busy, rounds
+#                  of 64 89% (simulated from the float64 counts, 2026-11-27)
 #   slow_lanes     (not in the default list) the default scenario replicated to 36 864 points:
 #                  round occupancy packed vs unpacked, and warm starts along the load axis
 #   tuning         (not in the default list) `poa-jax bench` at 10^6 with lanes per call x
@@ -85,6 +90,9 @@ want fused && step fused "${FUSED_LIMIT:-300}" sh -c "'$PY' -m benchmarks.bench_
     --repeats 2 --paths fused,pure --state registers,memory --out '$OUT/fused.md'; \
     '$PY' -m pytest -q -rs -m gpu \
     tests/test_pallas.py -p no:cacheprovider"
+want fused_rounds && step fused_rounds "${FUSED_LIMIT:-300}" "$PY" -m benchmarks.bench_fused \
+    --sizes "$SIZES" --repeats 2 --paths fused --state registers,memory \
+    --rounds "${FUSED_ROUNDS:-64}" --out "$OUT/fused_rounds.md"
 want slow_lanes && step slow_lanes 240 "$PY" -m benchmarks.bench_slow_lanes "${SLOW[@]}" \
     --skip-plain --unpacked --warm --json "$OUT/slow_lanes.json"
 if want tuning; then
@@ -117,6 +125,7 @@ fi
     echo "# GPU check, $(date -u '+%Y-%m-%d %H:%M UTC'), $(( $(date +%s) - t0 )) s"
     echo; cat "$OUT/device.txt"; echo; cat "$OUT/steps.md"; echo
     [[ -f "$OUT/fused.md" ]] && cat "$OUT/fused.md"; echo
+    [[ -f "$OUT/fused_rounds.md" ]] && cat "$OUT/fused_rounds.md"; echo
     grep -E '^\|' "$OUT/bench.log" 2>/dev/null || true
     first=$(ls "$OUT"/tuning_*.log 2>/dev/null | head -n 1)
     if [[ -n "$first" ]]; then  # one header, then the eq+opt row of every setting
