@@ -17,7 +17,11 @@ equilibrium just found, two lanes per instance):
   (:func:`poa_jax.fused.flops_per_iteration`) × the mean iterations measured, against the card's
   FP32 (non-tensor) rate — H100 SXM / H200 ≈ 67 TFLOP/s — as instances/s, and how many times
   the measured rate is below it. The optimum's floor counts its two lanes per instance at the
-  reported (chosen candidate's) iteration count, an approximation.
+  reported (chosen candidate's) iteration count, an approximation;
+* **eq slots busy**: the share of the fused kernel's lane-iteration slots that would do work
+  for the equilibria's per-lane iteration counts under ``--rounds`` and ``--block``
+  (:func:`poa_jax.fused.slot_occupancy`; a program runs until its slowest lane ends the
+  round), computed on every row, so a CPU run of the pure path shows it too.
 
 On a GPU the fused kernel is compiled by Pallas' Triton backend. On a CPU only the pure-JAX path
 is timed, unless ``--interpret N``: then the fused kernel also runs in Pallas interpret mode on
@@ -124,9 +128,13 @@ def _one(eq, opt, prep, x0):
     return t_eq, t_opt, jax.device_get(e), jax.device_get(o)
 
 
-def _stats(outs: list[dict]) -> dict:
+def _stats(outs: list[dict], rounds=None, block=None) -> dict:
     status = np.concatenate([np.ravel(o["status"]) for o in outs])
     iters = np.concatenate([np.ravel(o["iterations"]) for o in outs])
+    # The fused driver's busy share of lane slots for these counts, one call's lanes at a time
+    # (equilibria only: their counts are per lane; the optimum's are per instance).
+    slots = [fused.slot_occupancy(np.ravel(o["iterations"]), rounds, block) for o in outs
+             if rounds]  # fmt: skip
     gap = np.concatenate([np.ravel(o["gap"]) for o in outs])
     conv = status == 0
     return dict(
@@ -135,6 +143,7 @@ def _stats(outs: list[dict]) -> dict:
         iterations_mean=float(np.mean(iters)),
         iterations_max=int(iters.max()),
         max_gap_converged=float(gap[conv].max()) if conv.any() else float("nan"),
+        slots_busy=float(np.mean(slots)) if rounds else float("nan"),
     )
 
 
@@ -180,7 +189,8 @@ def run(args) -> dict:
             outs_o.append(o)
         t_eq = statistics.median(t for t, _ in steady)
         t_opt = statistics.median(t for _, t in steady)
-        se, so = _stats(outs_e), _stats(outs_o)
+        rounds = tuple(int(r) for r in args.rounds.split(","))
+        se, so = _stats(outs_e, rounds, args.block), _stats(outs_o)
         row = dict(
             n=n, path=path + (" (interpret)" if interpret else ""),
             eq_per_s=n / t_eq, opt_per_s=n / t_opt, both_per_s=n / (t_eq + t_opt),
@@ -199,7 +209,7 @@ def run(args) -> dict:
 
 def _line(r: dict) -> str:
     if "error" in r:
-        return f"| {r['n']} | {r['path']} | error: {r['error'][:120]} |" + " |" * 9
+        return f"| {r['n']} | {r['path']} | error: {r['error'][:120]} |" + " |" * 10
     floor = f"{r['floor_both_per_s']:.3g} ({r['x_of_floor']:.1f}×)" if "x_of_floor" in r else "–"
     e, o = r["eq"], r["opt"]
     return (
@@ -208,7 +218,8 @@ def _line(r: dict) -> str:
         f"{e['iterations_median']:.0f} / {e['iterations_max']} | "
         f"{o['iterations_median']:.0f} / {o['iterations_max']} | "
         f"{e['converged_share']:.4f} / {o['converged_share']:.4f} | "
-        f"{max(e['max_gap_converged'], o['max_gap_converged']):.2e} | {floor} |"
+        f"{max(e['max_gap_converged'], o['max_gap_converged']):.2e} | {floor} | "
+        f"{e['slots_busy']:.3f} |"
     )
 
 
@@ -226,8 +237,9 @@ def format_report(res: dict) -> str:
         f"{m['fp32_flops'] or 'unknown (pass --flops)'}.",
         "",
         "| N | path | eq/s | opt/s | eq+opt/s | compile s | eq iters med/max "
-        "| opt iters med/max | converged eq/opt | max gap | floor eq+opt/s (measured ×) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| opt iters med/max | converged eq/opt | max gap | floor eq+opt/s (measured ×) "
+        "| eq slots busy |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     return "\n".join(head + [_line(r) for r in res["rows"]]) + "\n"
 

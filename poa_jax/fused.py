@@ -51,6 +51,7 @@ __all__ = [
     "fused_optima",
     "use_fused",
     "flops_per_iteration",
+    "slot_occupancy",
     "FusedUnavailable",
 ]
 
@@ -271,6 +272,29 @@ def _plan(m: int, sizes: list[int]) -> list[tuple[int, int]]:
         out.append((lo, size))
         lo += size
     return out
+
+
+def slot_occupancy(iterations, rounds=ROUNDS, block: int = BLOCK) -> float:
+    """Share of the kernel's lane-iteration slots that do work, for lanes that need
+    ``iterations`` (in lane order), under the driver's schedule (:func:`_run`).
+
+    Each round the unfinished lanes, in order, are cut into programs of ``block`` lanes; a
+    program runs until its slowest lane has used the round's budget or stopped, and the lanes
+    that stopped earlier idle, masked, until then. Short rounds waste fewer slots and cost
+    more launches and compactions.
+    """
+    rem = np.asarray(iterations, np.int64).ravel()
+    busy = int(rem.sum())
+    rem = rem[rem > 0]
+    slots, r = 0, 0
+    while rem.size:
+        budget = rounds[min(r, len(rounds) - 1)]
+        r += 1
+        used = np.minimum(np.concatenate([rem, np.zeros(-rem.size % block, np.int64)]), budget)
+        slots += int(used.reshape(-1, block).max(axis=1).sum()) * block
+        rem = rem - np.minimum(rem, budget)
+        rem = rem[rem > 0]
+    return busy / slots if slots else 1.0
 
 
 def _run(kind, params, demand, mask, x0, *, tol, max_iters, interpret, rounds, block, num_warps,

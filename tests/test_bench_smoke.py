@@ -101,3 +101,23 @@ def test_kernel_resources_lowers_every_kernel_and_layout(tmp_path, capsys):
         mem = (tmp_path / f"{kind}_memory.ttir").read_text()
         assert "tt.func" in reg and "tt.func" in mem
         assert mem.count("tt.store") > reg.count("tt.store")  # grids go back to memory per trip
+
+
+def test_fused_bench_smoke_reports_slot_occupancy(tmp_path):
+    """``bench_fused --smoke`` (the pure path on the CPU) writes its table and JSON, with the
+    fused driver's busy share of lane slots for the equilibria's counts under ``--rounds``:
+    with 8 programs of 8 lanes, shorter rounds waste fewer slots (with one program of 64 lanes
+    the slowest lane holds every round, whatever their length)."""
+    from benchmarks import bench_fused
+
+    busy = {}
+    for rounds in ("160,160,320", "32"):
+        out = tmp_path / f"fused_{rounds}.md"
+        assert bench_fused.main(["--smoke", "--paths", "pure", "--rounds", rounds,
+                                 "--block", "8", "--out", str(out)]) == 0  # fmt: skip
+        text = out.read_text()
+        assert "| eq slots busy |" in text and "| 64 | pure |" in text
+        (row,) = json.loads(out.with_suffix(".json").read_text())["rows"]
+        busy[rounds] = row["eq"]["slots_busy"]
+        assert 0.0 < busy[rounds] <= 1.0
+    assert busy["32"] > busy["160,160,320"]

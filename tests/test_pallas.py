@@ -456,3 +456,30 @@ def test_round_plan_covers_every_lane_with_few_pad_slots(m):
     assert all(b == a + z for (a, z), (b, _) in zip(plan, plan[1:], strict=False))  # contiguous
     slots = sum(z for _, z in plan)
     assert m <= slots < m + sizes[-1]  # pad slots: fewer than the smallest call
+
+
+def test_slot_occupancy_counts_idle_lanes_slot_by_slot():
+    """``fused.slot_occupancy`` ≡ a literal count of the driver's schedule, one trip at a time:
+    each round the unfinished lanes, in order, form programs of ``block`` lanes, and a program
+    trips while any of its lanes still works in the round."""
+    assert fused.slot_occupancy([1, 10], rounds=(4,), block=2) == 11 / 20  # 8 + 8 + 4 slots
+    assert fused.slot_occupancy([4, 4, 8, 8], rounds=(4,), block=2) == 1.0
+    rng = np.random.default_rng(5)
+    for _ in range(20):
+        iters = rng.integers(0, 60, rng.integers(1, 40))
+        block, rounds = int(rng.integers(1, 6)), tuple(rng.integers(1, 12, rng.integers(1, 4)))
+        left, slots, r = [int(i) for i in iters], 0, 0
+        while any(left):
+            budget = rounds[min(r, len(rounds) - 1)]
+            r += 1
+            todo = [i for i, v in enumerate(left) if v > 0]
+            for lo in range(0, len(todo), block):
+                prog = todo[lo : lo + block]
+                for _trip in range(budget):
+                    if not any(left[i] > 0 for i in prog):
+                        break
+                    slots += block
+                    for i in prog:
+                        left[i] = max(left[i] - 1, 0)
+        want = iters.sum() / slots if slots else 1.0
+        assert fused.slot_occupancy(iters, rounds, block) == pytest.approx(want, rel=1e-12)
