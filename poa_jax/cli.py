@@ -671,5 +671,18 @@ def _cmd_solve(args) -> int:
     return 0
 
 
+def console() -> int:
+    """The ``poa-jax`` program: one JAX CPU device per core (:func:`poa_jax.batching.
+    use_cpu_devices`; ``POA_JAX_CPU_DEVICES=1`` keeps one), then :func:`main`. In-process
+    callers of :func:`main` keep whatever devices their process has."""
+    try:
+        from poa_jax import batching
+
+        batching.use_cpu_devices()
+    except InputError as e:
+        return _fail(str(e), 2)
+    return main()
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    sys.exit(console())

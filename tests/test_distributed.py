@@ -33,7 +33,9 @@ def runs(tmp_path_factory):
     d = tmp_path_factory.mktemp("distributed")
     toml = d / "tiny.toml"
     toml.write_text(TINY)
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    # One device per process on both sides (the plain CLI would split the CPU into one device
+    # per core, which changes float32 last bits, not the sweep).
+    env = dict(os.environ, JAX_PLATFORMS="cpu", POA_JAX_CPU_DEVICES="1")
     env.pop("XLA_FLAGS", None)
     address = f"localhost:{_free_port()}"
     worker = [sys.executable, "-m", "tests.distributed_worker", address, "2"]

@@ -148,3 +148,54 @@ def test_bad_unroll_setting_is_a_clear_error():
                        text=True, timeout=120)  # fmt: skip
     assert r.returncode != 0
     assert "POA_JAX_LOOP_UNROLL = '0': must be an integer >= 1" in r.stderr
+
+
+_CPU_DEVICES_SCRIPT = """
+import sys, jax
+from poa_jax import batching
+n = batching.use_cpu_devices(int(sys.argv[1]) if len(sys.argv) > 1 else None)
+import jax.numpy as jnp
+jnp.zeros(3).block_until_ready()  # JAX has started: later calls change nothing
+late = batching.use_cpu_devices(5)
+print(n, jax.local_device_count(), late)
+"""
+
+
+@pytest.mark.parametrize(
+    "args, env, want",
+    [
+        (["3"], {}, "3 3 3"),
+        ([], {"POA_JAX_CPU_DEVICES": "2"}, "2 2 2"),
+        ([], {"POA_JAX_CPU_DEVICES": "1"}, "1 1 1"),
+        (["4"], {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}, "2 2 2"),
+    ],
+)
+def test_use_cpu_devices(args, env, want):
+    """``batching.use_cpu_devices`` splits the CPU into that many JAX devices before JAX
+    starts (argument, else ``POA_JAX_CPU_DEVICES``), leaves a count set by ``XLA_FLAGS``
+    alone, and changes nothing once JAX has computed."""
+    full = {**os.environ, "JAX_PLATFORMS": "cpu", **env}
+    if "XLA_FLAGS" not in env:
+        full.pop("XLA_FLAGS", None)
+    r = subprocess.run([sys.executable, "-c", _CPU_DEVICES_SCRIPT, *args], env=full,
+                       capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split("\n")[-2] == want
+
+
+def test_cli_splits_the_cpu_and_names_a_bad_setting(tmp_path):
+    """The ``poa-jax`` program shards over one CPU device per core (here forced to 2: the bench
+    row names the devices); a malformed ``POA_JAX_CPU_DEVICES`` is a usage error."""
+
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "POA_JAX_CPU_DEVICES": "2"}
+    env.pop("XLA_FLAGS", None)
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, "-m", "poa_jax.cli", "bench", "--batch", "16", "--repeats", "1"]
+    r = subprocess.run([*cmd, "--json", str(out)], env=env, capture_output=True, text=True,
+                       timeout=600)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert {row["device"] for row in json.loads(out.read_text())} == {"cpu:cpu x2"}
+    bad = subprocess.run(cmd, env={**env, "POA_JAX_CPU_DEVICES": "lots"}, capture_output=True,
+                         text=True, timeout=120)  # fmt: skip
+    assert bad.returncode == 2
+    assert "POA_JAX_CPU_DEVICES = 'lots': must be an integer >= 1" in bad.stderr
