@@ -29,6 +29,7 @@ from poa_jax import (
     tntp,
     topology,
 )
+from poa_jax.batching import use_cpu_devices
 from poa_jax.caching import SelfishCachingGame
 from poa_jax.coupled import CoupledGame
 from poa_jax.errors import InputError
@@ -73,5 +74,6 @@ __all__ = [
     "tiered_cache",
     "tntp",
     "topology",
+    "use_cpu_devices",
     "write_tntp_flows",
 ]
