@@ -321,10 +321,8 @@ def use_cpu_devices(count: int | None = None) -> int:
         capped at :data:`MAX_CPU_DEVICES`. ``1`` keeps one device.
 
     Returns:
-      The number of CPU devices JAX will have (or has).
+      The number of CPU devices JAX will have (or has; 0 where it has no CPU backend).
     """
-    from jax._src import xla_bridge
-
     if count is None:
         raw = os.environ.get("POA_JAX_CPU_DEVICES")
         if raw is None:
@@ -339,10 +337,22 @@ def use_cpu_devices(count: int | None = None) -> int:
     elif isinstance(count, bool) or int(count) != count or count < 1:
         raise InputError(f"cpu devices = {count!r}: must be an integer >= 1")
     forced = "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
-    if forced or xla_bridge.backends_are_initialized():
+    try:  # a private API: without it, the config update below refuses once JAX has started
+        from jax._src import xla_bridge
+
+        started = bool(xla_bridge.backends_are_initialized())
+    except (ImportError, AttributeError):
+        started = False
+    if not (forced or started):
+        try:
+            jax.config.update("jax_num_cpu_devices", int(count))
+            return int(count)
+        except (AttributeError, RuntimeError, ValueError):  # another JAX: leave it as it is
+            pass
+    try:
         return len(jax.devices("cpu"))
-    jax.config.update("jax_num_cpu_devices", int(count))
-    return int(count)
+    except RuntimeError:  # no CPU backend (JAX_PLATFORMS without cpu)
+        return 0
 
 
 def mesh_for(n: int):
