@@ -31,7 +31,8 @@
 #                  while 8;fixed 8 cmdbuf"): fixed-trip rounds (POA_JAX_ROUND_LOOP=fixed: no
 #                  per-trip predicate copy and sync), U steps per loop trip
 #                  (POA_JAX_LOOP_UNROLL=U: U times fewer trips, launches and syncs), and the
-#                  command-buffer flag above; compare with the first tuning row (while, 1)
+#                  command-buffer flag above (each under LOOPS_LIMIT s, default 120: unrolled
+#                  bodies compile longer); compare with the first tuning row (while, 1)
 # Tables, JSON and logs go to $OUT (default ./gpu_out), with a summary in $OUT/table.md.
 # Usage: bash scripts/gpu_check.sh [STEPS...]   (default: all, in the order above)
 # Locally, GPU_CHECK_SMOKE=1 runs every step at toy sizes on the CPU (to check the script).
@@ -116,7 +117,7 @@ if want loops; then
         name="loops_${kind}_${unroll}${flag:+_$flag}"
         flags="${XLA_FLAGS:-}"
         [[ "$flag" == cmdbuf ]] && flags="$flags --xla_gpu_enable_command_buffer=+WHILE,+CONDITIONAL"
-        step "$name" "${TUNING_LIMIT:-90}" env POA_JAX_ROUND_LOOP="$kind" \
+        step "$name" "${LOOPS_LIMIT:-120}" env POA_JAX_ROUND_LOOP="$kind" \
             POA_JAX_LOOP_UNROLL="$unroll" XLA_FLAGS="$flags" "$PY" -m poa_jax.cli bench \
             --batch "$TUNE_N" --repeats 1 --json "$OUT/$name.json"
     done
