@@ -33,6 +33,9 @@ Subcommands (``poa-jax bench`` times the solvers on the device present and print
 Bad input (a missing or malformed file, an unknown key, a value breaking a rule) prints one line
 ``poa-jax: error: <file>: <field>[index]: <rule>`` on stderr and exits with status 2; nothing is
 compiled first. ``--dtype float64`` turns on ``jax_enable_x64`` before any JAX computation.
+On a CPU the program first splits the processor into one JAX device per core, up to 8, and the
+solvers shard their lanes over them (:func:`poa_jax.batching.use_cpu_devices`;
+``POA_JAX_CPU_DEVICES=1`` keeps one device).
 
 Compilation dominates short runs on a CPU (tens of seconds). JAX's persistent cache makes
 repeated runs start faster: ``export JAX_COMPILATION_CACHE_DIR=~/.cache/jax`` (the default
