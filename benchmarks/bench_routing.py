@@ -77,6 +77,10 @@ def _parser() -> argparse.ArgumentParser:
         "--repeat-budget", type=float, default=60.0,
         help="seconds per size after which no further steady-state repeat starts",
     )  # fmt: skip
+    p.add_argument(
+        "--cpu-devices", type=int, default=None,
+        help="split the CPU into this many JAX devices first (pj.use_cpu_devices; default: one)",
+    )  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--smoke", action="store_true", help="tiny run for CI: N=16, M=2, 1 repeat")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
@@ -502,6 +506,10 @@ def format_report(res: dict) -> str:
 def main(argv: list[str] | None = None) -> dict:
     """Parses ``argv``, runs, prints the report, optionally writes JSON; returns the results."""
     args = _parser().parse_args(argv)
+    if args.cpu_devices is not None:  # before JAX's first computation (else it changes nothing)
+        from poa_jax import batching
+
+        batching.use_cpu_devices(args.cpu_devices)
     x64 = jax.config.jax_enable_x64
     jax.config.update("jax_enable_x64", args.dtype == "float64" or x64)
     try:
