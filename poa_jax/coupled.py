@@ -81,6 +81,10 @@ class CoupledGame:
       capacity: ``(..., K, T)`` tier capacities in tokens, finite, ≥ 0.
       credit: ``(..., T)`` tier credits (default Dynamo's, see :mod:`poa_jax.tiered_cache`).
       peer_credit: credit of a peer's copy at distance 0 (default 0.5).
+      access_latency: ``(..., K, T)`` (or ``(T,)``), instead of ``credit``: the time to read a
+        token of a cached prefix from worker ``k``'s tier ``t``, as a fraction of the time to
+        recompute it (a miss costs its tokens, as here); the credits become
+        ``max(0, 1 − ℓ[k, t])``, per worker.
       caching: ``False`` switches the caching game off (the plain routing game).
       damping: ``θ ∈ (0, 1]`` on the hit fractions between rounds.
     """
@@ -92,6 +96,7 @@ class CoupledGame:
     peer_credit: float = 0.5
     caching: bool = True
     damping: float = 0.5
+    access_latency: ArrayLike | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,7 +156,7 @@ def _route_one(g: RoutingGame, h, x0, *, tol, max_iters):
 def _hit(c, y):
     """``H (K, J)`` at placement ``y (K, T, J)``: ``1 − (1 − own)(1 − peer)``."""
     reach, credit = c
-    own = jnp.einsum("t,ktj->kj", credit, y)
+    own = jnp.einsum("kt,ktj->kj", credit, y)
     return 1.0 - (1.0 - own) * (1.0 - tiered_kernels._peer(reach, y))
 
 
@@ -222,7 +227,7 @@ class _Prepared:
     route: batching.Prepared
     reach: np.ndarray  # (N, K, K)
     capacity: np.ndarray  # (N, K, T)
-    credit: np.ndarray  # (N, T)
+    credit: np.ndarray  # (N, K, T) per worker
     size: np.ndarray  # (N, J) tokens of each class's shareable prefix (floored > 0)
     miss: np.ndarray  # (N, J) tokens recomputed on a miss (η·L)
 
@@ -247,7 +252,7 @@ def _prepare(game: CoupledGame, dtype=None) -> _Prepared:
     # Reuse the tiered game's checks for credit and peer_credit on a one-block stand-in.
     stand_in = tiered_cache.TieredCacheGame(
         np.zeros((k, k)), np.zeros((k, 1)), np.zeros((k, t)), credit=game.credit,
-        peer_credit=game.peer_credit,
+        peer_credit=game.peer_credit, access_latency=game.access_latency,
     )  # fmt: skip
     tp = tiered_cache._prepare(stand_in, route.dtype)
     theta = as_array("CoupledGame.damping", game.damping)
@@ -255,13 +260,13 @@ def _prepare(game: CoupledGame, dtype=None) -> _Prepared:
         raise InputError(f"CoupledGame.damping = {game.damping!r}: must be a scalar in (0, 1]")
     batch = route.batch_shape
     try:
-        shape = np.broadcast_shapes(batch, d.shape[:-2], cap.shape[:-2])
+        shape = np.broadcast_shapes(batch, d.shape[:-2], cap.shape[:-2], tp.batch_shape)
     except ValueError:
         raise InputError("CoupledGame: distance/capacity batch axes do not match routing") from None
     if shape != batch:
         raise InputError(
-            f"CoupledGame: distance {d.shape} / capacity {cap.shape} must broadcast to the "
-            f"routing game's batch shape {batch}"
+            f"CoupledGame: distance {d.shape} / capacity {cap.shape} / credits "
+            f"{tp.batch_shape + (k, t)} must broadcast to the routing game's batch shape {batch}"
         )
     dt = route.dtype
     sigma = float(game.peer_credit)
@@ -274,7 +279,8 @@ def _prepare(game: CoupledGame, dtype=None) -> _Prepared:
     return _Prepared(
         route=route, reach=reach,
         capacity=np.broadcast_to(cap, batch + (k, t)).reshape(n, k, t).astype(dt),
-        credit=np.broadcast_to(tp.credit[0], (n, t)).astype(dt),
+        credit=np.broadcast_to(tp.credit.reshape(tp.batch_shape + (k, t)), batch + (k, t))
+        .reshape(n, k, t).astype(dt),
         size=size.astype(dt), miss=miss.astype(dt),
     )  # fmt: skip
 

@@ -16,6 +16,12 @@ shared credit ``σ = peer_credit``, default 0.5, discounted by ``exp(−D)``):
     own[w, b]  = Σ_t v_t·y[w, t, b],         h[u, b] = Σ_t y[u, t, b],
     peer[w, b] = 1 − Π_{u ≠ w} (1 − σ·e^{−D[w, u]}·h[u, b]).
 
+Credits may differ per worker, ``v[w, t]`` (below ``v_t`` stands for ``v[w, t]``). **Access
+latency**: given ``ℓ[w, t]``, the cost of reading a unit of block size from ``w``'s tier ``t``,
+and a miss cost in proportion to the block, ``m[w, b] = κ_w·s_b``, the credits are derived as
+``v[w, t] = max(0, 1 − ℓ[w, t]/κ_w)``: a hit in tier ``t`` then costs ``r·m·(1 − v) = r·ℓ·s_b``,
+the read instead of the recompute, and a tier slower than recomputing is never used.
+
 A request pays the recompute cost on the part neither its own tiers nor its peers cover,
 discounted independently (the fluid model of "own tier first, then a peer, then recompute"):
 
@@ -34,8 +40,8 @@ the true PoA over the equilibria found, and exact only where the optimum is (tes
 scipy).
 
 Arrays: ``distance (..., W, W)``, ``rates (..., W, B)``, ``capacity (..., W, T)``,
-``credit (..., T)``, ``miss_cost (..., W, B)`` (or ``(..., 1, B)``), ``size (..., B)``; leading
-axes are batch axes and broadcast.
+``credit (..., T)`` or ``access_latency (..., W, T)``, ``miss_cost (..., W, B)`` (or
+``(..., 1, B)``), ``size (..., B)``; leading axes are batch axes and broadcast.
 """
 
 from __future__ import annotations
@@ -95,6 +101,12 @@ class TieredCacheGame:
       size: ``(..., B)`` block size, finite, > 0; default 1.
       peer_credit: ``σ`` in [0, 1], credit of a peer's copy at distance 0; default 0.5.
       symmetric: whether ``distance`` must be symmetric.
+      access_latency: ``(..., W, T)`` (or ``(..., 1, T)``, ``(T,)``), instead of ``credit``:
+        the cost of serving a request from worker ``w``'s tier ``t``, per unit of block size,
+        in ``miss_cost``'s unit (finite, ≥ 0). The credits become per worker,
+        ``v[w, t] = max(0, 1 − ℓ[w, t]/κ_w)`` with ``κ_w = miss_cost[w, b]/size[b]``, which
+        must be the same for all of a worker's blocks (a miss costs in proportion to the
+        block's tokens); a tier slower than recomputing is worth nothing.
 
     Example:
       >>> import numpy as np, poa_jax as pj
@@ -113,6 +125,7 @@ class TieredCacheGame:
     size: ArrayLike = 1.0
     peer_credit: float = 0.5
     symmetric: bool = True
+    access_latency: ArrayLike | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,7 +133,7 @@ class _Prepared:
     reach: np.ndarray  # (N, W, W) σ·exp(−D), zero diagonal
     rm: np.ndarray  # (N, W, B) r·m
     capacity: np.ndarray  # (N, W, T)
-    credit: np.ndarray  # (N, T)
+    credit: np.ndarray  # (N, W, T) per worker
     size: np.ndarray  # (N, B)
     batch_shape: tuple[int, ...]
     dims: tuple[int, int, int]  # W, T, B
@@ -153,7 +166,23 @@ def _prepare(game: TieredCacheGame, dtype=None) -> _Prepared:
             f"TieredCacheGame.capacity has shape {cap.shape}: must be (..., W, T) with W = {w}"
         )
     t = cap.shape[-1]
-    if game.credit is None:
+    latency = None
+    if game.access_latency is not None:
+        if game.credit is not None:
+            raise InputError(
+                "TieredCacheGame: give credit or access_latency, not both (with access_latency "
+                "the credits are derived from it: v[w, t] = max(0, 1 − ℓ[w, t]·s_b/m[w, b]))"
+            )
+        latency = _field("access_latency", game.access_latency, "finite_ge0")
+        if latency.ndim == 1:
+            latency = latency[None, :]  # (T,): the same for every worker
+        if latency.ndim < 2 or latency.shape[-1] != t or latency.shape[-2] not in (1, w):
+            raise InputError(
+                f"TieredCacheGame.access_latency has shape {latency.shape}: must be (..., W, T) "
+                f"= (..., {w}, {t}), (..., 1, T) or (T,) for the tiers of capacity {cap.shape}"
+            )
+        credit = np.ones((t,))  # placeholder for the batch shape; replaced below
+    elif game.credit is None:
         if t > len(DYNAMO_CREDITS):
             raise InputError(f"TieredCacheGame.credit: needed for T = {t} > 4 tiers")
         credit = np.asarray(DYNAMO_CREDITS[:t])
@@ -184,6 +213,7 @@ def _prepare(game: TieredCacheGame, dtype=None) -> _Prepared:
         shape = np.broadcast_shapes(
             d.shape[:-2], rates.shape[:-2], cap.shape[:-2], credit.shape[:-1],
             miss.shape[:-2] if miss.ndim >= 2 else (), size.shape[:-1] if size.ndim else (),
+            latency.shape[:-2] if latency is not None else (),
         )  # fmt: skip
     except ValueError:
         raise InputError("TieredCacheGame: the fields' batch axes do not broadcast") from None
@@ -194,11 +224,47 @@ def _prepare(game: TieredCacheGame, dtype=None) -> _Prepared:
 
     reach = float(sigma) * np.exp(-d)
     reach = reach * (1.0 - np.eye(w))
-    rm = np.broadcast_to(rates, shape + (w, b)) * np.broadcast_to(miss, shape + (w, b))
+    m_full = np.broadcast_to(miss, shape + (w, b))
+    rm = np.broadcast_to(rates, shape + (w, b)) * m_full
+    if latency is None:
+        credit = np.broadcast_to(credit[..., None, :], shape + (w, t))
+    else:
+        credit = _latency_credit(latency, m_full, np.broadcast_to(size, shape + (b,)), shape)
     return _Prepared(
         reach=bc(reach, (w, w)), rm=bc(rm, (w, b)), capacity=bc(cap, (w, t)),
-        credit=bc(credit, (t,)), size=bc(size, (b,)), batch_shape=shape, dims=(w, t, b), dtype=dt,
+        credit=bc(credit, (w, t)), size=bc(size, (b,)), batch_shape=shape, dims=(w, t, b),
+        dtype=dt,
     )  # fmt: skip
+
+
+def _latency_credit(latency, miss, size, shape):
+    """Per-worker credits ``v[w, t] = max(0, 1 − ℓ[w, t]/κ_w)`` from access latencies.
+
+    ``κ_w = m[w, b]/s_b`` is worker ``w``'s recompute cost per unit of block size; it must not
+    depend on the block (a miss costs in proportion to the block's tokens), which makes a hit
+    in tier ``t`` cost exactly ``r·ℓ[w, t]·s_b`` and keeps the best response a greedy knapsack.
+    Blocks whose miss costs nothing are left out of the check (nothing to save: never cached).
+    """
+    kappa = miss / size[..., None, :]  # (..., W, B)
+    pos = miss > 0
+    lo = np.where(pos, kappa, np.inf).min(-1)
+    hi = np.where(pos, kappa, 0.0).max(-1)
+    lo = np.where(pos.any(-1), lo, 0.0)
+    bad = ~(hi <= lo * (1.0 + 1e-9))
+    if np.any(bad):
+        i = np.argwhere(bad)[0]
+        raise InputError(
+            "TieredCacheGame.miss_cost: with access_latency, a miss must cost in proportion to "
+            "the block size (miss_cost[w, b] = κ_w·size[b] where it is > 0), so that a hit in "
+            "tier t costs "
+            f"ℓ[w, t]·size[b]; worker {int(i[-1])} has miss_cost/size from {float(lo[tuple(i)]):g} "
+            f"to {float(hi[tuple(i)]):g} over its blocks"
+        )
+    kappa = hi[..., None]  # (..., W, 1)
+    lat = np.broadcast_to(latency, shape + latency.shape[-2:])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        v = np.where(kappa > 0, 1.0 - lat / np.where(kappa > 0, kappa, 1.0), 0.0)
+    return np.clip(v, 0.0, 1.0)
 
 
 def _pack(p: _Prepared):

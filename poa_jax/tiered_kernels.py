@@ -1,9 +1,10 @@
 r"""Γ_KV, fluid form — the batched solvers of :mod:`poa_jax.tiered_cache`'s game.
 
-Notation as in :mod:`poa_jax.tiered_cache`: workers ``w``, tiers ``t`` (credit ``v_t``), blocks
-``b`` (size ``s_b``), placements ``y[w, t, b]``, ``reach[w, u] = σ·e^{−D[w, u]}`` (zero
-diagonal), ``rm = r·m``, ``h[u, b] = Σ_t y[u, t, b]``, ``q[w, b] = Π_{u≠w}(1 − reach[w,u]·h[u,b])
-= 1 − peer[w, b]``, ``own[w, b] = Σ_t v_t·y[w, t, b]`` and
+Notation as in :mod:`poa_jax.tiered_cache`: workers ``w``, tiers ``t`` (credit ``v_t``, short for
+the per-worker ``v[w, t]``), blocks ``b`` (size ``s_b``), placements ``y[w, t, b]``,
+``reach[w, u] = σ·e^{−D[w, u]}`` (zero diagonal), ``rm = r·m``, ``h[u, b] = Σ_t y[u, t, b]``,
+``q[w, b] = Π_{u≠w}(1 − reach[w,u]·h[u,b]) = 1 − peer[w, b]``,
+``own[w, b] = Σ_t v_t·y[w, t, b]`` and
 
     C_w(y) = Σ_b rm[w, b]·(1 − own[w, b])·q[w, b],        SC(y) = Σ_w C_w(y).
 
@@ -36,7 +37,7 @@ The batched descent keeps the instances on the minor axis and the tiers as separ
 start.
 
 Functions take one instance's arrays (``reach (W, W)``, ``rm (W, B)``, ``capacity (W, T)``,
-``credit (T,)``, ``size (B,)``, ``y (W, T, B)``); the ``*_batch`` programs are their jitted
+``credit (W, T)``, ``size (B,)``, ``y (W, T, B)``); the ``*_batch`` programs are their jitted
 batched forms, and the optimum's descent has its own lane layout (below).
 """
 
@@ -74,7 +75,7 @@ def _peer(reach, y):
 
 def worker_costs_one(reach, rm, credit, y):
     """``C_w(y)``, ``(W,)``, for one instance."""
-    own = jnp.einsum("t,wtb->wb", credit, y)
+    own = jnp.einsum("wt,wtb->wb", credit, y)
     return jnp.sum(rm * (1.0 - own) * (1.0 - _peer(reach, y)), axis=1)
 
 
@@ -134,8 +135,8 @@ def _best_response_one(p, y, w):
     reach, rm, capacity, credit, size = p
     h = jnp.clip(jnp.sum(y, axis=1), 0.0, 1.0)
     gain = rm[w] * _miss_share(reach[w][None], h)[0]
-    br = _fill(gain, credit, capacity[w], size)
-    cost_br = jnp.sum(gain * (1.0 - credit @ br))
+    br = _fill(gain, credit[w], capacity[w], size)
+    cost_br = jnp.sum(gain * (1.0 - credit[w] @ br))
     return br, cost_br
 
 
@@ -144,9 +145,9 @@ def _gap_one(p, y):
     reach, rm, capacity, credit, size = p
     h = jnp.clip(jnp.sum(y, axis=1), 0.0, 1.0)
     gain = rm * _miss_share(reach, h)  # (W, B)
-    costs = jnp.sum(gain * (1.0 - jnp.einsum("t,wtb->wb", credit, y)), axis=1)
-    best = jax.vmap(lambda g, c: jnp.sum(g * (1.0 - credit @ _fill(g, credit, c, size))))(
-        gain, capacity
+    costs = jnp.sum(gain * (1.0 - jnp.einsum("wt,wtb->wb", credit, y)), axis=1)
+    best = jax.vmap(lambda g, v, c: jnp.sum(g * (1.0 - v @ _fill(g, v, c, size))))(
+        gain, credit, capacity
     )
     sc = jnp.sum(costs)
     tiny = jnp.finfo(y.dtype).tiny
@@ -219,11 +220,11 @@ def _project(z, capacity, size, lam, iters: int):
 # --------------------------------------------------------------------------- optimum kernel
 #
 # The descent works on one instance with optional trailing *lane* axes ``...``: ``reach (W, W,
-# ...)``, ``rm (W, B, ...)``, ``credit (T, ...)``, ``size (B, ...)``, and the capacity and the
-# placement as lists over the tiers, ``cap[t] (W, ...)``, ``ys[t] (W, B, ...)``. A batched call
-# puts the instances on the trailing (minor) axis, so every elementwise op and every sum over
-# workers or blocks vectorises over instances, and no op slices the short tier axis (XLA's CPU
-# emitters are several times slower on a strided slice than on a whole array).
+# ...)``, ``rm (W, B, ...)``, ``size (B, ...)``, and the credit, the capacity and the placement
+# as lists over the tiers, ``credit[t] (W, ...)``, ``cap[t] (W, ...)``, ``ys[t] (W, B, ...)``. A
+# batched call puts the instances on the trailing (minor) axis, so every elementwise op and
+# every sum over workers or blocks vectorises over instances, and no op slices the short tier
+# axis (XLA's CPU emitters are several times slower on a strided slice than on a whole array).
 
 
 def _smax(a, b):
@@ -243,7 +244,7 @@ def _sc_lanes(reach, rm, credit, ys):
     """``SC (...)`` of tier-list placements ``ys`` (see the kernel layout above)."""
     h = _smin(_smax(_add(ys), 0.0), 1.0)  # (W, B, ...)
     f = _smax(1.0 - reach[:, :, None] * h[None], _FLOOR)  # (W, U, B, ...)
-    own = _add([credit[t][None, None] * y for t, y in enumerate(ys)])
+    own = _add([v[:, None] * y for v, y in zip(credit, ys, strict=True)])
     return jnp.sum(rm * (1.0 - own) * jnp.prod(f, axis=1), axis=(0, 1))
 
 
@@ -263,7 +264,7 @@ def _sc_grad_lanes(reach, rm, credit, ys):
     ``≤ 0`` and its largest magnitude is ``max(α·max_t v_t + β)``.
     """
     h = _smin(_smax(_add(ys), 0.0), 1.0)  # (W, B, ...)
-    own = _add([credit[t][None, None] * y for t, y in enumerate(ys)])
+    own = _add([v[:, None] * y for v, y in zip(credit, ys, strict=True)])
     # One (W, U, B, ...) expression; the diagonal reach is 0, so its factor is 1 and its term
     # 0. (Unrolling the worker pairs into W² fused (B, ...) expressions was measured equal in
     # speed at 64 instances per call, slower at 8–16, and took 2× longer to compile.)
@@ -316,7 +317,7 @@ def _optimum_lanes(reach, rm, cap, credit, size, ys0, *, steps, lr, proj_iters=P
     dt = ys0[0].dtype
     ys0 = _retract_tiers(ys0, cap, size)
     sched = optax.cosine_decay_schedule(lr, steps, 0.02)
-    vtop = jnp.max(credit, axis=0)
+    vtop = functools.reduce(_smax, credit)[:, None]  # (W, 1, ...)
     smin2 = jnp.min(size, axis=0) ** 2
     tiny = jnp.finfo(dt).tiny
 
@@ -327,10 +328,10 @@ def _optimum_lanes(reach, rm, cap, credit, size, ys0, *, steps, lr, proj_iters=P
         best_ys = [jnp.where(better[None, None], y, b) for y, b in zip(ys, best_ys, strict=True)]
         best = jnp.where(better, val, best)
         # −η·g/max|g| = c·(α·v_t + β), c = η / max_{w,b}(α·max v + β)
-        gmax = jnp.max(alpha * vtop[None, None] + beta, axis=(0, 1))
+        gmax = jnp.max(alpha * vtop + beta, axis=(0, 1))
         c = (sched(k) / _smax(gmax, tiny)).astype(dt)[None, None]
         alpha, beta = alpha * c, beta * c
-        zs = [y + (alpha * credit[t][None, None] + beta) for t, y in enumerate(ys)]
+        zs = [y + (alpha * v[:, None] + beta) for v, y in zip(credit, ys, strict=True)]
         ys, lam = _project_tiers(zs, cap, size, lam, proj_iters, smin2)
         return ys, lam, best_ys, best
 
@@ -349,7 +350,8 @@ def _opt_batch_lanes(reach, rm, capacity, credit, size, y0, *, steps, lr):
     t = y0.shape[2]
     ys0 = [last(y0[:, :, i]) for i in range(t)]
     cap = [last(capacity[:, :, i]) for i in range(t)]
-    ys, sc = _optimum_lanes(last(reach), last(rm), cap, last(credit), last(size), ys0,
+    cr = [last(credit[:, :, i]) for i in range(t)]
+    ys, sc = _optimum_lanes(last(reach), last(rm), cap, cr, last(size), ys0,
                             steps=steps, lr=lr)  # fmt: skip
     return dict(placement=jnp.moveaxis(jnp.stack(ys, axis=1), -1, 0), social_cost=sc)
 

@@ -47,25 +47,35 @@ def test_no_capacity_is_the_routing_game_without_cache(routing):
     np.testing.assert_allclose(z.social_cost, e0.social_cost, rtol=1e-6)
 
 
-def test_fixed_point_is_consistent(routing):
-    game = pj.CoupledGame(routing, _topology(), np.full((K, T), 1.0), credit=[1.0, 0.5])
+#: Tier values: Dynamo-like credits per tier, or access latencies per worker and tier (as a
+#: fraction of the recompute time; the last worker's second tier is slower than recomputing).
+LATENCY = np.array([[0.0, 0.5], [0.1, 0.6], [0.05, 0.3], [0.2, 1.4]])
+VALUES = {"credit": dict(credit=[1.0, 0.5]), "latency": dict(access_latency=LATENCY)}
+
+
+@pytest.mark.parametrize("value", list(VALUES))
+def test_fixed_point_is_consistent(routing, value):
+    game = pj.CoupledGame(routing, _topology(), np.full((K, T), 1.0), **VALUES[value])
+    v = np.broadcast_to([1.0, 0.5], (K, T)) if value == "credit" else np.clip(1 - LATENCY, 0, 1)
     r = pj.price_of_anarchy(game)
     s = r.equilibrium
     assert s.converged.all() and (s.residual <= 1e-6).all() and (s.rounds >= 1).all()
     assert (s.routing_gap <= 1e-6).all() and (s.caching_gap <= 1e-9).all()
     assert (r.poa >= 1.0).all() and (r.optimum_cost <= s.social_cost).all()
+    if value == "latency":  # a worker keeps nothing for itself in a tier slower than recompute
+        assert np.all(s.placement[:, 3, 1] == 0) and np.any(s.placement[:, 3, 0] > 0)
     # The caching stage at the fixed point's rates reproduces the hit fractions fed to routing.
     eta = np.asarray(routing.shareable)
     tokens = np.asarray(routing.tokens)
     for b in range(s.flows.shape[0]):
         size = np.maximum(eta[b] * tokens[b], 1e-9 * tokens[b])
         tg = pj.TieredCacheGame(
-            _topology(), s.flows[b].T, np.full((K, T), 1.0), credit=[1.0, 0.5],
-            miss_cost=eta[b] * tokens[b], size=size,
+            _topology(), s.flows[b].T, np.full((K, T), 1.0), miss_cost=eta[b] * tokens[b],
+            size=size, **VALUES[value],
         )  # fmt: skip
         eq = tiered_cache.solve_equilibrium(tg, y0=s.placement[b])
         assert eq.converged and eq.gap <= 1e-9
-        own = np.einsum("t,ktj->kj", [1.0, 0.5], eq.placement)
+        own = np.einsum("kt,ktj->kj", v, eq.placement)
         reach = 0.5 * np.exp(-_topology()) * (1 - np.eye(K))
         h = eq.placement.sum(1)
         peer = 1 - np.prod(1 - reach[:, :, None] * h[None], axis=1)
@@ -78,6 +88,12 @@ def test_bad_input(routing, compile_counter):
         coupled.solve(pj.CoupledGame(routing, np.zeros((3, 3)), np.ones((K, T))))
     with pytest.raises(pj.InputError, match="capacity"):
         coupled.solve(pj.CoupledGame(routing, _topology(), -np.ones((K, T))))
+    with pytest.raises(pj.InputError, match="give credit or access_latency, not both"):
+        coupled.solve(pj.CoupledGame(routing, _topology(), np.ones((K, T)), credit=[1.0, 0.5],
+                                     access_latency=LATENCY))  # fmt: skip
+    with pytest.raises(pj.InputError, match="access_latency has shape"):
+        coupled.solve(pj.CoupledGame(routing, _topology(), np.ones((K, T)),
+                                     access_latency=np.ones((K + 1, T))))  # fmt: skip
     with pytest.raises(pj.InputError, match="damping"):
         coupled.solve(pj.CoupledGame(routing, _topology(), np.ones((K, T)), damping=0.0))
     assert compile_counter.solver_count == 0

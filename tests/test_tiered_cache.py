@@ -15,35 +15,49 @@ scipy_opt = pytest.importorskip("scipy.optimize")
 
 W, T, B = 3, 2, 5
 CREDIT = np.array([1.0, 0.4])
+#: The two ways of giving a tier's value: credits per tier, or access latencies per worker and
+#: tier (credits derived per worker; the test derives them itself).
+MODES = ("credit", "latency")
 
 
-def _instance(seed):
+def _instance(seed, mode="credit"):
+    """``(d, r, cap, size, m, v, fields)``: ``m (W, B)`` miss costs, ``v (W, T)`` the credits
+    the cost model uses, ``fields`` the game's credit or access_latency keyword."""
     rng = np.random.default_rng(seed)
     pts = rng.random((W, 2))
     d = np.sqrt(((pts[:, None] - pts[None]) ** 2).sum(-1))
     r = rng.random((W, B)) * rng.random(B) * 3
     cap = rng.uniform(0.5, 2.0, (W, T))
     size = rng.uniform(0.5, 1.5, B)
-    m = rng.uniform(0.5, 2.0, B)
-    return d, r, cap, size, m
+    if mode == "credit":
+        m = np.broadcast_to(rng.uniform(0.5, 2.0, B), (W, B))
+        return d, r, cap, size, m, np.broadcast_to(CREDIT, (W, T)), dict(credit=CREDIT)
+    # a hit in tier t of worker w costs lat[w, t]·size[b]; a miss kappa[w]·size[b]; tier 1 of
+    # the last worker is slower than recomputing (credit 0)
+    kappa = rng.uniform(0.5, 2.0, W)
+    m = kappa[:, None] * size[None, :]
+    lat = kappa[:, None] * np.column_stack([rng.uniform(0.0, 0.3, W), rng.uniform(0.3, 0.9, W)])
+    lat[-1, 1] = 1.5 * kappa[-1]
+    v = np.maximum(0.0, 1.0 - lat / kappa[:, None])
+    return d, r, cap, size, m, v, dict(access_latency=lat)
 
 
-def _costs(d, r, m, y, sigma=0.5):
+def _costs(d, r, m, v, y, sigma=0.5):
     reach = sigma * np.exp(-d) * (1 - np.eye(len(d)))
     h = y.sum(1)
     peer = 1 - np.prod(1 - reach[:, :, None] * h[None], axis=1)
-    own = np.einsum("t,wtb->wb", CREDIT, y)
+    own = np.einsum("wt,wtb->wb", v, y)
     return (r * m * (1 - own) * (1 - peer)).sum(1)
 
 
-def _best_response_lp(d, r, cap, size, m, y, w, sigma=0.5):
+def _best_response_lp(d, r, cap, size, m, v, y, w, sigma=0.5):
     """Worker w's best-response cost by linprog over its (T, B) placement."""
     reach = sigma * np.exp(-d) * (1 - np.eye(len(d)))
     h = y.sum(1)
     others = [u for u in range(len(d)) if u != w]
     peer = 1 - np.prod([1 - reach[w, u] * h[u] for u in others], axis=0)
-    gain = r[w] * m * (1 - peer)
-    c = -(gain[None, :] * CREDIT[:, None]).ravel()
+    gain = r[w] * m[w] * (1 - peer)
+    c = -(gain[None, :] * v[w][:, None]).ravel()
     a_ub, b_ub = [], []
     for b in range(B):
         row = np.zeros((T, B))
@@ -59,49 +73,89 @@ def _best_response_lp(d, r, cap, size, m, y, w, sigma=0.5):
     return gain.sum() + lp.fun
 
 
-def _game(d, r, cap, size, m):
-    return pj.TieredCacheGame(d, r, cap, credit=CREDIT, miss_cost=m[..., None, :], size=size)
+def _game(d, r, cap, size, m, fields):
+    return pj.TieredCacheGame(d, r, cap, miss_cost=m, size=size, **fields)
 
 
-@pytest.fixture(scope="module")
-def solved():
-    insts = [_instance(s) for s in range(3)]
-    d, r, cap, size, m = (np.stack(x) for x in zip(*insts, strict=True))
-    res = pj.price_of_anarchy(_game(d, r, cap, size, m))
-    return insts, res
+def _batch(insts):
+    d, r, cap, size, m, _, _ = (np.stack(x) for x in zip(*insts, strict=True))
+    fields = {k: np.stack([i[6][k] for i in insts]) for k in insts[0][6]}
+    return _game(d, r, cap, size, m, fields)
 
 
-def test_best_response_is_the_lp_optimum():
-    d, r, cap, size, m = _instance(10)
+@pytest.fixture(scope="module", params=MODES)
+def solved(request):
+    insts = [_instance(s, request.param) for s in range(3)]
+    return insts, pj.price_of_anarchy(_batch(insts))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_best_response_is_the_lp_optimum(mode):
+    d, r, cap, size, m, v, f = _instance(10, mode)
     rng = np.random.default_rng(1)
     y = rng.random((W, T, B)) * 0.3
     for w in range(W):
-        br, cost = tiered_cache.best_response(_game(d, r, cap, size, m), y, w)
-        assert float(cost) == pytest.approx(_best_response_lp(d, r, cap, size, m, y, w), rel=1e-9)
+        br, cost = tiered_cache.best_response(_game(d, r, cap, size, m, f), y, w)
+        ref = _best_response_lp(d, r, cap, size, m, v, y, w)
+        assert float(cost) == pytest.approx(ref, rel=1e-9)
         # feasible and its cost is what it says
         assert (br >= 0).all() and (br.sum(0) <= 1 + 1e-12).all()
         assert (br @ size <= cap[w] + 1e-12).all()
         y2 = y.copy()
         y2[w] = br
-        assert _costs(d, r, m, y2)[w] == pytest.approx(float(cost), rel=1e-12)
+        assert _costs(d, r, m, v, y2)[w] == pytest.approx(float(cost), rel=1e-12)
+        if mode == "latency" and w == W - 1:
+            assert (br[1] == 0).all()  # a tier slower than recomputing is never used
+
+
+def test_access_latency_is_the_cost_of_a_hit():
+    """One worker, no peers: a block held whole in tier t costs its rate × ℓ_t × size (the read
+    instead of the recompute); a tier slower than recomputing costs the recompute."""
+    size = np.array([2.0, 3.0])
+    kappa, lat = 1.5, np.array([0.3, 0.9, 2.0])  # per unit of size; tier 2 is slower than kappa
+    g = pj.TieredCacheGame(np.zeros((1, 1)), [[1.0, 4.0]], [[5.0, 5.0, 5.0]],
+                           miss_cost=kappa * size, size=size, access_latency=lat)  # fmt: skip
+    for t in range(3):
+        y = np.zeros((1, 3, 2))
+        y[0, t] = 1.0
+        want = (1.0 * 2.0 + 4.0 * 3.0) * min(lat[t], kappa)
+        assert float(tiered_cache.social_cost(g, y)) == pytest.approx(want, rel=1e-12)
+    # with room for both blocks in the fastest tier, the optimum and equilibrium use it
+    res = pj.price_of_anarchy(g)
+    assert float(res.optimum_cost) == pytest.approx(14.0 * 0.3, rel=1e-9)
+    assert float(res.poa) == pytest.approx(1.0, rel=1e-9)
+
+
+def test_uniform_latency_is_the_credit_game():
+    """Latencies the same for every worker, with miss costs in proportion to size: the game
+    with the derived per-tier credits, bit for bit."""
+    d, r, cap, size, _, _, _ = _instance(5)
+    kappa = 1.7
+    lat = np.array([0.2, 1.1])
+    a = pj.TieredCacheGame(d, r, cap, miss_cost=kappa * size, size=size, access_latency=lat)
+    b = pj.TieredCacheGame(d, r, cap, miss_cost=kappa * size, size=size, credit=1 - lat / kappa)
+    ra, rb = pj.price_of_anarchy(a, starts=2), pj.price_of_anarchy(b, starts=2)
+    for x, y in [(ra.poa, rb.poa), (ra.optimum.placement, rb.optimum.placement),
+                 (ra.equilibrium.placement, rb.equilibrium.placement)]:  # fmt: skip
+        np.testing.assert_allclose(x, y, rtol=1e-12, atol=1e-15)
 
 
 def test_equilibrium_every_worker_best_responds(solved):
     insts, res = solved
     eq = res.equilibrium
     assert eq.converged.all() and (eq.gap <= 1e-9).all()
-    for b, (d, r, cap, size, m) in enumerate(insts):
+    for b, (d, r, cap, size, m, v, _) in enumerate(insts):
         y = eq.placement[b]
-        np.testing.assert_allclose(eq.social_cost[b], _costs(d, r, m, y).sum(), rtol=1e-12)
+        np.testing.assert_allclose(eq.social_cost[b], _costs(d, r, m, v, y).sum(), rtol=1e-12)
         for w in range(W):
-            ref = _best_response_lp(d, r, cap, size, m, y, w)
-            assert _costs(d, r, m, y)[w] == pytest.approx(ref, rel=1e-8, abs=1e-12)
+            ref = _best_response_lp(d, r, cap, size, m, v, y, w)
+            assert _costs(d, r, m, v, y)[w] == pytest.approx(ref, rel=1e-8, abs=1e-12)
 
 
 def test_optimum_against_scipy(solved):
     insts, res = solved
     assert (res.poa >= 1.0).all() and (res.price_of_stability <= res.poa + 1e-12).all()
-    for b, (d, r, cap, size, m) in enumerate(insts):
+    for b, (d, r, cap, size, m, v, _) in enumerate(insts):
         a_ub, b_ub = [], []
         for w in range(W):
             for k in range(B):
@@ -118,11 +172,11 @@ def test_optimum_against_scipy(solved):
         rng = np.random.default_rng(b)
         best = np.inf
 
-        def sc(v, d=d, r=r, m=m):
-            return _costs(d, r, m, v.reshape(W, T, B)).sum()
+        def sc(x, d=d, r=r, m=m, v=v):
+            return _costs(d, r, m, v, x.reshape(W, T, B)).sum()
 
         cons = [
-            dict(type="ineq", fun=lambda v, a=a_ub, c=b_ub: c - a @ v, jac=lambda v, a=a_ub: -a)
+            dict(type="ineq", fun=lambda x, a=a_ub, c=b_ub: c - a @ x, jac=lambda x, a=a_ub: -a)
         ]
         for _ in range(6):
             o = scipy_opt.minimize(
@@ -134,7 +188,7 @@ def test_optimum_against_scipy(solved):
         ours = float(res.optimum_cost[b])
         y = res.optimum.placement[b]
         assert (a_ub @ y.ravel() <= b_ub + 1e-9).all() and (y >= 0).all()
-        assert ours == pytest.approx(_costs(d, r, m, y).sum(), rel=1e-12)
+        assert ours == pytest.approx(_costs(d, r, m, v, y).sum(), rel=1e-12)
         assert ours <= best * (1 + 1e-4)  # a local optimum at least as good as SLSQP's best
         assert ours <= float(res.equilibrium.social_cost[b]) + 1e-12
 
@@ -147,10 +201,17 @@ def test_optimum_against_scipy(solved):
         (dict(distance=np.array([[0, 1, 2], [1, 0, 1], [3, 1, 0.0]])), "symmetric"),
         (dict(credit=[1.0, 1.5]), "credit"),
         (dict(size=np.zeros(B)), "size"),
+        (dict(access_latency=np.ones((W, T))), "give credit or access_latency, not both"),
+        (dict(credit=None, access_latency=-np.ones(T)), r"access_latency\[0\].*>= 0"),
+        (dict(credit=None, access_latency=np.ones((W, T + 1))), "access_latency has shape"),
+        (
+            dict(credit=None, access_latency=np.ones(T)),
+            "miss_cost: with access_latency, a miss must cost in proportion to the block size",
+        ),
     ],
 )
 def test_bad_input(kwargs, match, compile_counter):
-    d, r, cap, size, m = _instance(0)
+    d, r, cap, size, m, _, _ = _instance(0)
     base = dict(distance=d, rates=r, capacity=cap, credit=CREDIT, size=size, miss_cost=m)
     base.update(kwargs)
     with pytest.raises(pj.InputError, match=match):
@@ -163,9 +224,9 @@ def test_float32_agrees_with_float64():
     reference, then the float32 kernel compared with it) on small random instances: the
     best-response order by packed integer keys, the lane-layout descent and its closed-form
     gradient, in both dtypes."""
-    insts = [_instance(s) for s in range(20, 26)]
-    d, r, cap, size, m = (np.stack(x) for x in zip(*insts, strict=True))
-    g = _game(d, r, cap, size, m)
+    insts = [_instance(s, "latency") for s in range(20, 26)]
+    g = _batch(insts)
+    size, cap = np.stack([i[3] for i in insts]), np.stack([i[2] for i in insts])
     e64 = tiered_cache.solve_equilibrium(g, starts=2, dtype=np.float64)
     e32 = tiered_cache.solve_equilibrium(g, starts=2, dtype=np.float32, tol=1e-7)
     assert e32.converged.all() and (e32.gap <= 1e-7).all()
@@ -178,8 +239,9 @@ def test_float32_agrees_with_float64():
     y = o32.placement.astype(np.float64)
     assert (y >= 0).all() and (y.sum(-2) <= 1 + 1e-6).all()
     assert (np.einsum("nwtb,nb->nwt", y, size) <= cap + 1e-5).all()
-    for b, (di, ri, _, _, mi) in enumerate(insts):
-        assert _costs(di, ri, mi, y[b]).sum() == pytest.approx(float(o32.social_cost[b]), rel=1e-5)
+    for b, (di, ri, _, _, mi, vi, _) in enumerate(insts):
+        want = float(o32.social_cost[b])
+        assert _costs(di, ri, mi, vi, y[b]).sum() == pytest.approx(want, rel=1e-5)
 
 
 def test_closed_form_gradient_matches_autodiff():
@@ -188,26 +250,26 @@ def test_closed_form_gradient_matches_autodiff():
     import jax
     import jax.numpy as jnp
 
-    d, r, cap, size, m = _instance(3)
-    p = tiered_cache._prepare(_game(d, r, cap, size, m))
+    d, r, cap, size, m, v, f = _instance(3, "latency")  # per-worker credits
+    p = tiered_cache._prepare(_game(d, r, cap, size, m, f))
+    np.testing.assert_allclose(p.credit[0], v, rtol=1e-15)
     rng = np.random.default_rng(0)
     y = rng.uniform(0.05, 0.2, (W, T, B))
     ys = [jnp.asarray(y[:, t]) for t in range(T)]
+    cr = [jnp.asarray(v[:, t]) for t in range(T)]
     ref = jax.grad(lambda z: jnp.sum(tiered_kernels.worker_costs_one(p.reach[0], p.rm[0],
                                                                    p.credit[0], z)))(y)  # fmt: skip
-    sc, alpha, beta = tiered_kernels._sc_grad_lanes(p.reach[0], p.rm[0], p.credit[0], ys)
-    g = -(alpha[:, None, :] * p.credit[0][None, :, None] + beta[:, None, :])
+    sc, alpha, beta = tiered_kernels._sc_grad_lanes(p.reach[0], p.rm[0], cr, ys)
+    g = -(alpha[:, None, :] * v[:, :, None] + beta[:, None, :])
     np.testing.assert_allclose(g, ref, rtol=1e-10, atol=1e-12)
-    assert float(sc) == pytest.approx(_costs(d, r, m, y).sum(), rel=1e-12)
+    assert float(sc) == pytest.approx(_costs(d, r, m, v, y).sum(), rel=1e-12)
 
 
 def test_concurrent_chunks_give_identical_results(monkeypatch):
     """Chunks in flight at once (``POA_JAX_CHUNK_THREADS``, the CPU default: the CPU count)
     give the same arrays, bit for bit, as one chunk at a time: the equilibria in 2-lane
     chunks and the optimum in 2-lane chunks, over 7 instances (a padded last chunk)."""
-    insts = [_instance(s) for s in range(30, 37)]
-    d, r, cap, size, m = (np.stack(x) for x in zip(*insts, strict=True))
-    g = _game(d, r, cap, size, m)
+    g = _batch([_instance(s) for s in range(30, 37)])
     monkeypatch.setattr(tiered_cache, "LANES", 2)
     monkeypatch.setattr(tiered_cache, "OPT_LANES", 2)
     runs = {}
