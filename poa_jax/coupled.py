@@ -80,11 +80,12 @@ class CoupledGame:
       distance: ``(..., K, K)`` worker topology (finite, ≥ 0, zero diagonal, symmetric).
       capacity: ``(..., K, T)`` tier capacities in tokens, finite, ≥ 0.
       credit: ``(..., T)`` tier credits (default Dynamo's, see :mod:`poa_jax.tiered_cache`).
-      peer_credit: credit of a peer's copy at distance 0 (default 0.5).
+      peer_credit: credit of a peer's copy at distance 0 (default, None: 0.5).
       access_latency: ``(..., K, T)`` (or ``(T,)``), instead of ``credit``: the time to read a
         token of a cached prefix from worker ``k``'s tier ``t``, as a fraction of the time to
         recompute it (a miss costs its tokens, as here); the credits become
-        ``max(0, 1 − ℓ[k, t])``, per worker.
+        ``max(0, 1 − ℓ[k, t])``, per worker, and ``distance`` is the transfer time per token in
+        the same unit, a peer's copy saving ``max(0, 1 − D)`` (no ``peer_credit``).
       caching: ``False`` switches the caching game off (the plain routing game).
       damping: ``θ ∈ (0, 1]`` on the hit fractions between rounds.
     """
@@ -93,7 +94,7 @@ class CoupledGame:
     distance: ArrayLike
     capacity: ArrayLike
     credit: ArrayLike | None = None
-    peer_credit: float = 0.5
+    peer_credit: float | None = None
     caching: bool = True
     damping: float = 0.5
     access_latency: ArrayLike | None = None
@@ -249,9 +250,10 @@ def _prepare(game: CoupledGame, dtype=None) -> _Prepared:
     if cap.ndim < 2 or cap.shape[-2] != k:
         raise InputError(f"CoupledGame.capacity has shape {cap.shape}: must be (..., {k}, T)")
     t = cap.shape[-1]
-    # Reuse the tiered game's checks for credit and peer_credit on a one-block stand-in.
+    # The tiered game's checks, credits and peer reach, on a one-block stand-in whose miss
+    # costs its size (so latencies and distances are fractions of the recompute time).
     stand_in = tiered_cache.TieredCacheGame(
-        np.zeros((k, k)), np.zeros((k, 1)), np.zeros((k, t)), credit=game.credit,
+        d, np.zeros((k, 1)), np.zeros((k, t)), credit=game.credit,
         peer_credit=game.peer_credit, access_latency=game.access_latency,
     )  # fmt: skip
     tp = tiered_cache._prepare(stand_in, route.dtype)
@@ -269,9 +271,10 @@ def _prepare(game: CoupledGame, dtype=None) -> _Prepared:
             f"{tp.batch_shape + (k, t)} must broadcast to the routing game's batch shape {batch}"
         )
     dt = route.dtype
-    sigma = float(game.peer_credit)
-    reach = sigma * np.exp(-np.broadcast_to(d, batch + (k, k)).reshape(n, k, k))
-    reach = (reach * (1.0 - np.eye(k))).astype(dt)
+    per_batch = lambda a, tail: (  # noqa: E731
+        np.broadcast_to(a.reshape(tp.batch_shape + tail), batch + tail).reshape((n,) + tail)
+    )
+    reach = per_batch(tp.reach, (k, k)).astype(dt)
     tokens = np.asarray(route.game.tokens, np.float64)
     eta = np.asarray(route.game.shareable, np.float64)
     miss = eta * tokens
@@ -279,8 +282,7 @@ def _prepare(game: CoupledGame, dtype=None) -> _Prepared:
     return _Prepared(
         route=route, reach=reach,
         capacity=np.broadcast_to(cap, batch + (k, t)).reshape(n, k, t).astype(dt),
-        credit=np.broadcast_to(tp.credit.reshape(tp.batch_shape + (k, t)), batch + (k, t))
-        .reshape(n, k, t).astype(dt),
+        credit=per_batch(tp.credit, (k, t)).astype(dt),
         size=size.astype(dt), miss=miss.astype(dt),
     )  # fmt: skip
 
@@ -370,7 +372,10 @@ def solve(
         cgap = np.where(keep, cgap, ct["gap"])
         residual = np.where(keep, residual, res)
         rounds = np.where(keep, rounds, it)
-        done = done | (res <= outer_tol)
+        # Converged: the alternation has settled *and* both stages met their own tolerances
+        # (a routing stage out of iterations keeps its instance going, warm-started).
+        stages = (rt_new["status"] == loop.CONVERGED) & (ct["status"] == loop.CONVERGED)
+        done = done | ((res <= outer_tol) & stages)
         if done.all():
             break
     status = np.where(

@@ -88,9 +88,10 @@ def price_of_anarchy(
       policy: router policy (default selfish), fields broadcast with the batch.
       starts: equilibrium starts per instance.
       tol, max_iters, method, dtype: as :func:`~poa_jax.solve_equilibrium`.
-      optimum_starts: generated optimum starts (uniform, herds, random), in addition to the
-        equilibria found. With the cache term SC is not convex and has several local minima:
-        more starts find lower optima (benchmarks/RESULTS.md).
+      optimum_starts: generated optimum starts (uniform, herds, random; for the fluid tiered
+        game random dense and sparse placements), in addition to the equilibria found. With
+        the cache term SC is not convex and has several local minima: more starts find lower
+        optima (benchmarks/RESULTS.md).
       descent_steps: optax Adam steps per optimum start before the polish.
       seed: seed for random starts.
       x0: optional equilibrium starts ``(..., S, J, K)`` (routing games) in place of the
@@ -125,7 +126,8 @@ def price_of_anarchy(
         solve._selfish_only(policy)
         if isinstance(game, caching.SelfishCachingGame):
             return caching.price_of_anarchy(game, starts=max(starts, 16), seed=seed, dtype=dtype)
-        return tiered_cache.price_of_anarchy(game, starts=starts, seed=seed, tol=tol, dtype=dtype)
+        return tiered_cache.price_of_anarchy(game, starts=starts, seed=seed, tol=tol, dtype=dtype,
+                                             optimum_starts=optimum_starts)  # fmt: skip
     if isinstance(game, coupled.CoupledGame):
         solve._selfish_only(policy)
         return coupled.price_of_anarchy(

@@ -244,8 +244,9 @@ def solve_optimum(
       game: a :class:`~poa_jax.RoutingGame` batch, a :class:`~poa_jax.graph.GraphGame`, a
         :class:`~poa_jax.SelfishCachingGame` (exact by enumeration up to n = 16, else local
         search with the LP lower bound: :class:`poa_jax.caching.CachingOptimum`) or a
-        :class:`~poa_jax.TieredCacheGame` (projected gradient from no cache, a uniform fill and
-        the equilibria, or from ``x0``: :class:`poa_jax.tiered_cache.TieredSolution`) or a
+        :class:`~poa_jax.TieredCacheGame` (projected gradient from no cache, a uniform fill,
+        the equilibria and ``starts`` random placements, or from ``x0``:
+        :class:`poa_jax.tiered_cache.TieredSolution`) or a
         :class:`~poa_jax.CoupledGame` (joint descent from the coupled fixed point:
         :class:`poa_jax.coupled.CoupledOptimum`).
       tol: gap tolerance on the marginal-cost condition (default by dtype).
@@ -267,7 +268,7 @@ def solve_optimum(
     """
     if isinstance(game, GraphGame):
         return _graph(game, True, tol, max_iters, method, dtype)
-    cached = _caching_optimum(game, x0, seed, dtype)
+    cached = _caching_optimum(game, x0, seed, dtype, starts)
     if cached is not None:
         return cached
     if method != "auto":
@@ -307,7 +308,7 @@ def _caching_equilibrium(game, policy, tol, max_iters, x0, dtype):
     return coupled.solve(game, tol=tol, max_iters=max_iters, dtype=dtype)
 
 
-def _caching_optimum(game, x0, seed, dtype):
+def _caching_optimum(game, x0, seed, dtype, starts):
     """The discrete and fluid caching games' optima, or None for other games."""
     from poa_jax import caching, coupled, tiered_cache
 
@@ -316,10 +317,17 @@ def _caching_optimum(game, x0, seed, dtype):
             raise InputError("x0: the discrete caching optimum takes no start")
         return caching.solve_optimum(game, seed=seed, dtype=dtype)
     if isinstance(game, tiered_cache.TieredCacheGame):
-        if x0 is None:  # SC is not convex: start from nothing, a uniform fill and equilibria
+        if x0 is None:  # SC is not convex: start from nothing, a uniform fill, equilibria
             eq = tiered_cache.solve_equilibrium(game, seed=seed, dtype=dtype).placement
             t = eq.shape[-2]
-            x0 = np.stack([np.zeros_like(eq), np.full_like(eq, 1.0 / t), eq], axis=-4)
+            if int(starts) != starts or starts < 0:
+                raise InputError(f"starts = {starts!r}: must be an integer >= 0")
+            rnd = tiered_cache._optimum_starts(tiered_cache._prepare(game, dtype), starts, seed)
+            rnd = rnd.reshape(eq.shape[:-3] + rnd.shape[1:]).astype(eq.dtype)
+            x0 = np.concatenate(
+                [np.stack([np.zeros_like(eq), np.full_like(eq, 1.0 / t), eq], axis=-4), rnd],
+                axis=-4,
+            )
         return tiered_cache.solve_optimum(game, y0=x0, dtype=dtype)
     if isinstance(game, coupled.CoupledGame):
         if x0 is not None:

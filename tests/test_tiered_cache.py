@@ -5,6 +5,8 @@ The cost model is re-implemented here in NumPy from the module's equations.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -21,8 +23,9 @@ MODES = ("credit", "latency")
 
 
 def _instance(seed, mode="credit"):
-    """``(d, r, cap, size, m, v, fields)``: ``m (W, B)`` miss costs, ``v (W, T)`` the credits
-    the cost model uses, ``fields`` the game's credit or access_latency keyword."""
+    """``(d, r, cap, size, m, v, a, fields)``: ``m (W, B)`` miss costs, ``v (W, T)`` the
+    credits and ``a (W, W)`` the peer reach the cost model uses, ``fields`` the game's credit or
+    access_latency keyword."""
     rng = np.random.default_rng(seed)
     pts = rng.random((W, 2))
     d = np.sqrt(((pts[:, None] - pts[None]) ** 2).sum(-1))
@@ -31,30 +34,30 @@ def _instance(seed, mode="credit"):
     size = rng.uniform(0.5, 1.5, B)
     if mode == "credit":
         m = np.broadcast_to(rng.uniform(0.5, 2.0, B), (W, B))
-        return d, r, cap, size, m, np.broadcast_to(CREDIT, (W, T)), dict(credit=CREDIT)
-    # a hit in tier t of worker w costs lat[w, t]·size[b]; a miss kappa[w]·size[b]; tier 1 of
-    # the last worker is slower than recomputing (credit 0)
+        a = 0.5 * np.exp(-d) * (1 - np.eye(W))
+        return d, r, cap, size, m, np.broadcast_to(CREDIT, (W, T)), a, dict(credit=CREDIT)
+    # a hit in tier t of worker w costs lat[w, t]·size[b], a peer's copy d[w, u]·size[b], a
+    # miss kappa[w]·size[b]; tier 1 of the last worker is slower than recomputing (credit 0)
     kappa = rng.uniform(0.5, 2.0, W)
     m = kappa[:, None] * size[None, :]
     lat = kappa[:, None] * np.column_stack([rng.uniform(0.0, 0.3, W), rng.uniform(0.3, 0.9, W)])
     lat[-1, 1] = 1.5 * kappa[-1]
     v = np.maximum(0.0, 1.0 - lat / kappa[:, None])
-    return d, r, cap, size, m, v, dict(access_latency=lat)
+    a = np.maximum(0.0, 1.0 - d / kappa[:, None]) * (1 - np.eye(W))
+    return d, r, cap, size, m, v, a, dict(access_latency=lat)
 
 
-def _costs(d, r, m, v, y, sigma=0.5):
-    reach = sigma * np.exp(-d) * (1 - np.eye(len(d)))
+def _costs(reach, r, m, v, y):
     h = y.sum(1)
     peer = 1 - np.prod(1 - reach[:, :, None] * h[None], axis=1)
     own = np.einsum("wt,wtb->wb", v, y)
     return (r * m * (1 - own) * (1 - peer)).sum(1)
 
 
-def _best_response_lp(d, r, cap, size, m, v, y, w, sigma=0.5):
+def _best_response_lp(reach, r, cap, size, m, v, y, w):
     """Worker w's best-response cost by linprog over its (T, B) placement."""
-    reach = sigma * np.exp(-d) * (1 - np.eye(len(d)))
     h = y.sum(1)
-    others = [u for u in range(len(d)) if u != w]
+    others = [u for u in range(len(reach)) if u != w]
     peer = 1 - np.prod([1 - reach[w, u] * h[u] for u in others], axis=0)
     gain = r[w] * m[w] * (1 - peer)
     c = -(gain[None, :] * v[w][:, None]).ravel()
@@ -78,32 +81,36 @@ def _game(d, r, cap, size, m, fields):
 
 
 def _batch(insts):
-    d, r, cap, size, m, _, _ = (np.stack(x) for x in zip(*insts, strict=True))
-    fields = {k: np.stack([i[6][k] for i in insts]) for k in insts[0][6]}
+    d, r, cap, size, m = (np.stack(x) for x in list(zip(*insts, strict=True))[:5])
+    fields = {k: np.stack([i[7][k] for i in insts]) for k in insts[0][7]}
     return _game(d, r, cap, size, m, fields)
 
 
 @pytest.fixture(scope="module", params=MODES)
 def solved(request):
     insts = [_instance(s, request.param) for s in range(3)]
-    return insts, pj.price_of_anarchy(_batch(insts))
+    # Costs in time reach peers far (reach up to 1, not 0.5): SC has many local minima, and
+    # the descent needs more random starts to match SLSQP's best of 6 (instance 1: 4.624 from
+    # the equilibria and the uniform fill alone, 4.575 with 4 random starts, 4.521 with 12).
+    k = 12 if request.param == "latency" else 4
+    return insts, pj.price_of_anarchy(_batch(insts), optimum_starts=k)
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_best_response_is_the_lp_optimum(mode):
-    d, r, cap, size, m, v, f = _instance(10, mode)
+    d, r, cap, size, m, v, a, f = _instance(10, mode)
     rng = np.random.default_rng(1)
     y = rng.random((W, T, B)) * 0.3
     for w in range(W):
         br, cost = tiered_cache.best_response(_game(d, r, cap, size, m, f), y, w)
-        ref = _best_response_lp(d, r, cap, size, m, v, y, w)
+        ref = _best_response_lp(a, r, cap, size, m, v, y, w)
         assert float(cost) == pytest.approx(ref, rel=1e-9)
         # feasible and its cost is what it says
         assert (br >= 0).all() and (br.sum(0) <= 1 + 1e-12).all()
         assert (br @ size <= cap[w] + 1e-12).all()
         y2 = y.copy()
         y2[w] = br
-        assert _costs(d, r, m, v, y2)[w] == pytest.approx(float(cost), rel=1e-12)
+        assert _costs(a, r, m, v, y2)[w] == pytest.approx(float(cost), rel=1e-12)
         if mode == "latency" and w == W - 1:
             assert (br[1] == 0).all()  # a tier slower than recomputing is never used
 
@@ -126,36 +133,39 @@ def test_access_latency_is_the_cost_of_a_hit():
     assert float(res.poa) == pytest.approx(1.0, rel=1e-9)
 
 
-def test_uniform_latency_is_the_credit_game():
-    """Latencies the same for every worker, with miss costs in proportion to size: the game
-    with the derived per-tier credits, bit for bit."""
-    d, r, cap, size, _, _, _ = _instance(5)
-    kappa = 1.7
-    lat = np.array([0.2, 1.1])
-    a = pj.TieredCacheGame(d, r, cap, miss_cost=kappa * size, size=size, access_latency=lat)
-    b = pj.TieredCacheGame(d, r, cap, miss_cost=kappa * size, size=size, credit=1 - lat / kappa)
-    ra, rb = pj.price_of_anarchy(a, starts=2), pj.price_of_anarchy(b, starts=2)
-    for x, y in [(ra.poa, rb.poa), (ra.optimum.placement, rb.optimum.placement),
-                 (ra.equilibrium.placement, rb.equilibrium.placement)]:  # fmt: skip
-        np.testing.assert_allclose(x, y, rtol=1e-12, atol=1e-15)
+def test_costs_in_time_price_a_peer_copy_by_its_transfer():
+    """With access latencies, distance is the transfer cost per unit of size: a worker with
+    nothing cached pays rate × D × size for a neighbour's copy, and the recompute where the
+    transfer is slower; the holder pays its read."""
+    d = np.array([[0.0, 0.5, 2.0], [0.5, 0.0, 1.5], [2.0, 1.5, 0.0]])
+    size, r = np.array([1.0, 2.0]), np.array([[1.0, 3.0], [2.0, 1.0], [1.0, 1.0]])
+    g = pj.TieredCacheGame(d, r, np.full((3, 1), 3.0), miss_cost=size, size=size,
+                           access_latency=[0.1])  # fmt: skip
+    y = np.zeros((3, 1, 2))
+    y[1] = 1.0  # worker 1 holds both blocks
+    rs = r @ size
+    want = [rs[0] * 0.5, rs[1] * 0.1, rs[2] * 1.0]  # transfer, read, recompute (1.5 > κ = 1)
+    np.testing.assert_allclose(tiered_cache.worker_costs(g, y), want, rtol=1e-12)
+    with pytest.raises(pj.InputError, match="peer_credit: not used with access_latency"):
+        tiered_cache.worker_costs(dataclasses.replace(g, peer_credit=0.5), y)
 
 
 def test_equilibrium_every_worker_best_responds(solved):
     insts, res = solved
     eq = res.equilibrium
     assert eq.converged.all() and (eq.gap <= 1e-9).all()
-    for b, (d, r, cap, size, m, v, _) in enumerate(insts):
+    for b, (_, r, cap, size, m, v, a, _) in enumerate(insts):
         y = eq.placement[b]
-        np.testing.assert_allclose(eq.social_cost[b], _costs(d, r, m, v, y).sum(), rtol=1e-12)
+        np.testing.assert_allclose(eq.social_cost[b], _costs(a, r, m, v, y).sum(), rtol=1e-12)
         for w in range(W):
-            ref = _best_response_lp(d, r, cap, size, m, v, y, w)
-            assert _costs(d, r, m, v, y)[w] == pytest.approx(ref, rel=1e-8, abs=1e-12)
+            ref = _best_response_lp(a, r, cap, size, m, v, y, w)
+            assert _costs(a, r, m, v, y)[w] == pytest.approx(ref, rel=1e-8, abs=1e-12)
 
 
 def test_optimum_against_scipy(solved):
     insts, res = solved
     assert (res.poa >= 1.0).all() and (res.price_of_stability <= res.poa + 1e-12).all()
-    for b, (d, r, cap, size, m, v, _) in enumerate(insts):
+    for b, (_, r, cap, size, m, v, a, _) in enumerate(insts):
         a_ub, b_ub = [], []
         for w in range(W):
             for k in range(B):
@@ -172,8 +182,8 @@ def test_optimum_against_scipy(solved):
         rng = np.random.default_rng(b)
         best = np.inf
 
-        def sc(x, d=d, r=r, m=m, v=v):
-            return _costs(d, r, m, v, x.reshape(W, T, B)).sum()
+        def sc(x, a=a, r=r, m=m, v=v):
+            return _costs(a, r, m, v, x.reshape(W, T, B)).sum()
 
         cons = [
             dict(type="ineq", fun=lambda x, a=a_ub, c=b_ub: c - a @ x, jac=lambda x, a=a_ub: -a)
@@ -188,7 +198,7 @@ def test_optimum_against_scipy(solved):
         ours = float(res.optimum_cost[b])
         y = res.optimum.placement[b]
         assert (a_ub @ y.ravel() <= b_ub + 1e-9).all() and (y >= 0).all()
-        assert ours == pytest.approx(_costs(d, r, m, v, y).sum(), rel=1e-12)
+        assert ours == pytest.approx(_costs(a, r, m, v, y).sum(), rel=1e-12)
         assert ours <= best * (1 + 1e-4)  # a local optimum at least as good as SLSQP's best
         assert ours <= float(res.equilibrium.social_cost[b]) + 1e-12
 
@@ -211,7 +221,7 @@ def test_optimum_against_scipy(solved):
     ],
 )
 def test_bad_input(kwargs, match, compile_counter):
-    d, r, cap, size, m, _, _ = _instance(0)
+    d, r, cap, size, m, *_ = _instance(0)
     base = dict(distance=d, rates=r, capacity=cap, credit=CREDIT, size=size, miss_cost=m)
     base.update(kwargs)
     with pytest.raises(pj.InputError, match=match):
@@ -239,9 +249,9 @@ def test_float32_agrees_with_float64():
     y = o32.placement.astype(np.float64)
     assert (y >= 0).all() and (y.sum(-2) <= 1 + 1e-6).all()
     assert (np.einsum("nwtb,nb->nwt", y, size) <= cap + 1e-5).all()
-    for b, (di, ri, _, _, mi, vi, _) in enumerate(insts):
+    for b, (_, ri, _, _, mi, vi, ai, _) in enumerate(insts):
         want = float(o32.social_cost[b])
-        assert _costs(di, ri, mi, vi, y[b]).sum() == pytest.approx(want, rel=1e-5)
+        assert _costs(ai, ri, mi, vi, y[b]).sum() == pytest.approx(want, rel=1e-5)
 
 
 def test_closed_form_gradient_matches_autodiff():
@@ -250,9 +260,10 @@ def test_closed_form_gradient_matches_autodiff():
     import jax
     import jax.numpy as jnp
 
-    d, r, cap, size, m, v, f = _instance(3, "latency")  # per-worker credits
+    d, r, cap, size, m, v, a, f = _instance(3, "latency")  # per-worker credits
     p = tiered_cache._prepare(_game(d, r, cap, size, m, f))
     np.testing.assert_allclose(p.credit[0], v, rtol=1e-15)
+    np.testing.assert_allclose(p.reach[0], a, rtol=1e-15)
     rng = np.random.default_rng(0)
     y = rng.uniform(0.05, 0.2, (W, T, B))
     ys = [jnp.asarray(y[:, t]) for t in range(T)]
@@ -262,7 +273,7 @@ def test_closed_form_gradient_matches_autodiff():
     sc, alpha, beta = tiered_kernels._sc_grad_lanes(p.reach[0], p.rm[0], cr, ys)
     g = -(alpha[:, None, :] * v[:, :, None] + beta[:, None, :])
     np.testing.assert_allclose(g, ref, rtol=1e-10, atol=1e-12)
-    assert float(sc) == pytest.approx(_costs(d, r, m, v, y).sum(), rel=1e-12)
+    assert float(sc) == pytest.approx(_costs(a, r, m, v, y).sum(), rel=1e-12)
 
 
 def test_concurrent_chunks_give_identical_results(monkeypatch):
