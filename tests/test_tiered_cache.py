@@ -294,3 +294,39 @@ def test_concurrent_chunks_give_identical_results(monkeypatch):
     monkeypatch.setenv("POA_JAX_CHUNK_THREADS", "two")
     with pytest.raises(pj.InputError, match="POA_JAX_CHUNK_THREADS = 'two': must be an integer"):
         tiered_cache.solve_equilibrium(g, starts=1)
+
+
+def test_a_cache_paradox_by_hand():
+    """Adding a cache slot raises the cost at the unique equilibrium (a Braess-like paradox).
+
+    Workers A, B, C; transfer costs A–B 0.5, B–C 0.1, A–C 0.6 (peers save 0.5, 0.9, 0.4 of a
+    miss); one G1 tier read at 0.1 (saves 0.9); blocks X, Y of size 1, a miss costing 1.
+    Rates: A wants X at 1; B wants X at 1 and Y at 0.8; C wants X at 10. B has one slot, C none.
+
+    * A without a slot: B keeps X (gain 0.9 > 0.72 for Y); A and C fetch B's copy.
+      SC = A 1·0.5 + B (1·0.1 + 0.8) + C 10·0.1 = 2.4.
+    * A with one slot: A keeps X (its only wanted block); B now free-rides on A's X (gain
+      1·0.5·0.9 = 0.45 < 0.72 for Y) and keeps Y; C must fetch X from A, farther away.
+      SC = A 0.1 + B (1·0.5 + 0.8·0.1) + C 10·0.6 = 6.68.
+
+    Both equilibria are unique (A always fills X; B's choice then follows), so every start
+    must reach them.
+    """
+    d = np.array([[0.0, 0.5, 0.6], [0.5, 0.0, 0.1], [0.6, 0.1, 0.0]])
+    rates = np.array([[1.0, 0.0], [1.0, 0.8], [10.0, 0.0]])
+    before = pj.TieredCacheGame(d, rates, [[0.0], [1.0], [0.0]], access_latency=[0.1])
+    after = dataclasses.replace(before, capacity=[[1.0], [1.0], [0.0]])
+    y_before = np.zeros((3, 1, 2))
+    y_before[1, 0, 0] = 1.0  # B keeps X
+    y_after = np.zeros((3, 1, 2))
+    y_after[0, 0, 0] = y_after[1, 0, 1] = 1.0  # A keeps X, B keeps Y
+    assert float(tiered_cache.social_cost(before, y_before)) == pytest.approx(2.4, rel=1e-12)
+    assert float(tiered_cache.social_cost(after, y_after)) == pytest.approx(6.68, rel=1e-12)
+    for game, y in ((before, y_before), (after, y_after)):
+        _, out = tiered_cache.solve_equilibrium(game, starts=8, _all=True)
+        assert (out["status"] == 0).all()
+        np.testing.assert_allclose(out["placement"][0], np.broadcast_to(y, (8, 3, 1, 2)),
+                                   atol=1e-12)  # fmt: skip
+    f = tiered_cache.capacity_paradox(before, worker=0, tier=0, extra=1.0, starts=8)
+    assert f["worst_paradoxes"] == f["best_paradoxes"] == 1
+    assert float(f["worst_rise"]) == pytest.approx(4.28, rel=1e-12)
