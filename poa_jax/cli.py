@@ -173,10 +173,13 @@ def _parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser(
         "solve",
-        help="solve one routing game (or a batch) from JSON",
-        description="Solve a routing game from JSON and print its PoA result as JSON.",
+        help="solve one routing or caching game (or a batch) from JSON",
+        description="Solve a routing game, or a caching game (a 'game' key: selfish_caching, "
+        "tiered_cache), from JSON and print its PoA result as JSON.",
     )
-    g.add_argument("game", help="game JSON file (see examples/game.json)")
+    g.add_argument(
+        "game", help="game JSON file (see examples/game.json, examples/tiered_cache.json)"
+    )
     g.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     g.set_defaults(func=_cmd_solve)
     return p
@@ -530,13 +533,8 @@ def _int_field(src: str, name: str, v):
     return v
 
 
-def read_game(path: str):
-    """Reads a game JSON file: ``(RoutingGame, Policy, options)``; raises :class:`InputError`."""
-    from poa_jax import policies
-    from poa_jax.game import RoutingGame
-    from poa_jax.latency import Latency, PrefillTime
-    from poa_jax.scenario import _policy_params
-
+def _load_json(path: str):
+    """A JSON file's value; raises :class:`InputError` naming the file and the problem."""
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
@@ -552,7 +550,18 @@ def read_game(path: str):
         raise InputError(f"{path}: not a UTF-8 text file ({e.reason})") from None
     except OSError as e:
         raise InputError(f"{path}: cannot read: {e.strerror}") from None
+    return data
 
+
+def read_game(path: str, data=None):
+    """Reads a routing-game JSON file: ``(RoutingGame, Policy, options)``; raises
+    :class:`InputError`. ``data``: the file's parsed value, if already read."""
+    from poa_jax import policies
+    from poa_jax.game import RoutingGame
+    from poa_jax.latency import Latency, PrefillTime
+    from poa_jax.scenario import _policy_params
+
+    data = _load_json(path) if data is None else data
     d = _keys(path, "", data, _GAME_KEYS, ("demand", "latency"))
     lat = _keys(path, "latency", d["latency"], set(_LATENCY_KEYS))
     fields = {k: d[k] for k in _ARRAY_KEYS if k in d}
@@ -637,7 +646,16 @@ def _cmd_solve(args) -> int:
     from poa_jax.sweep import STATUS
 
     _use_dtype(args.dtype)
-    game, policy, opts = read_game(args.game)
+    data = _load_json(args.game)
+    single = args.dtype == "float32"
+    if isinstance(data, dict) and "game" in data:  # a caching game (poa_jax.cache_io)
+        from poa_jax import cache_io
+
+        game, opts = cache_io.read(args.game, data)
+        res = cache_io.solve(args.game, game, opts, args.dtype)
+        _print_json(cache_io.report(res, single), args.dtype)
+        return 0
+    game, policy, opts = read_game(args.game, data)
     try:
         res = price_of_anarchy(game, policy, dtype=args.dtype, **opts)
     except InputError as e:
@@ -645,7 +663,6 @@ def _cmd_solve(args) -> int:
         raise InputError(f"{args.game}: {str(e).replace('RoutingGame.', '')}") from None
     names = np.vectorize(lambda c: STATUS.get(int(c), str(c)), otypes=[object])
     eq, opt = res.equilibrium, res.optimum
-    single = args.dtype == "float32"
     out = {
         "poa": _jsonable(res.poa, single),
         "price_of_stability": _jsonable(res.price_of_stability, single),
@@ -664,14 +681,18 @@ def _cmd_solve(args) -> int:
         "optimum_status": names(np.asarray(opt.status)).tolist(),
         "converged_starts": _jsonable(res.converged_starts, single),
         "overloaded": _jsonable(eq.overloaded, single),
-        "dtype": args.dtype,
     }
-    # One key per line, each value compact (flows stay readable as nested lists).
+    _print_json(out, args.dtype)
+    return 0
+
+
+def _print_json(out: dict, dtype: str) -> None:
+    """One key per line, each value compact (flows stay readable as nested lists)."""
+    out = {**out, "dtype": dtype}
     body = ",\n".join(
         f"  {json.dumps(k)}: {json.dumps(v, allow_nan=False)}" for k, v in out.items()
     )
     print("{\n" + body + "\n}")
-    return 0
 
 
 def console() -> int:

@@ -273,6 +273,22 @@ def test_solve_batch_in_float64(tmp_path, capsys):
     assert np.shape(r["flows"]) == (2, 1, 2)
 
 
+def test_solve_caching_games(capsys):
+    """The two caching examples: the star of Chun et al. (PoA 14/11 exactly, by enumeration)
+    and the three-worker cache paradox (its unique equilibrium costs 6.68)."""
+    rc = cli.main(["solve", str(ROOT / "examples" / "selfish_caching.json"), "--dtype", "float64"])
+    r = json.loads(capsys.readouterr().out)
+    assert rc == 0 and r["exact"] is True and r["equilibrium_count"] == 2
+    assert r["poa"] == pytest.approx(14 / 11, rel=1e-12) and r["price_of_stability"] == 1.0
+    assert r["equilibrium_costs"] == [7.0, 5.5] and r["optimum"] == [True] + [False] * 4
+    rc = cli.main(["solve", str(TIERED), "--dtype", "float64"])
+    r = json.loads(capsys.readouterr().out)
+    assert rc == 0 and r["status"] == "converged" and r["converged"] is True
+    np.testing.assert_allclose(r["equilibrium_costs"], [6.68] * 4, rtol=1e-12)
+    np.testing.assert_allclose(r["equilibrium_placement"], [[[1, 0]], [[0, 1]], [[0, 0]]])
+    assert r["poa"] >= 1.0 and r["optimum_cost"] <= 6.68 and r["dtype"] == "float64"
+
+
 def test_console_script_solves_pigou():
     # The installed entry point, once, in a subprocess: float32 Pigou, PoA 4/3 to 1e-4.
     exe = pathlib.Path(sys.executable).with_name("poa-jax")
@@ -340,6 +356,31 @@ BAD_GAMES = {
     "starts zero": (_game(starts=0), ["starts = 0", "integer >= 1"]),
     "tol zero": (_game(tol=0.0), ["tol = 0.0", "> 0"]),
 }
+# Caching games (poa_jax.cache_io): the tiered example with one change.
+TIERED = ROOT / "examples" / "tiered_cache.json"
+
+
+def _tiered(**changes):
+    return json.dumps({**json.loads(TIERED.read_text()), **changes})
+
+
+BAD_GAMES.update({
+    "unknown game": (_tiered(game="lru"), ["game = 'lru'", "selfish_caching, tiered_cache"]),
+    "caching unknown key": (_tiered(demand=[1.0]), ["demand: unknown key"]),
+    "caching missing key": (
+        json.dumps({"game": "selfish_caching", "distance": [[0.0]]}),
+        ["missing required key 'placement_cost'"],
+    ),
+    "caching string": (_tiered(rates="many"), ["rates = 'many'", "must be a number"]),
+    "caching negative capacity": (
+        _tiered(capacity=[[1.0], [-1.0], [0.0]]), ["capacity[1, 0] = ", ">= 0"]
+    ),
+    "caching both values": (_tiered(credit=[1.0]), ["give credit or access_latency, not both"]),
+    "caching optimum starts": (
+        _tiered(optimum_starts=-1), ["optimum_starts = -1", "integer >= 0"]
+    ),
+    "caching symmetric": (_tiered(symmetric="yes"), ["symmetric = 'yes'", "true or false"]),
+})  # fmt: skip
 
 
 @pytest.mark.parametrize("case", sorted(BAD_GAMES))

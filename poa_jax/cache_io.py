@@ -1,0 +1,129 @@
+"""Caching games as JSON for ``poa-jax solve``: the discrete and the fluid tiered game.
+
+A game file with a ``"game"`` key names a caching game; its other keys are the game's fields
+(:class:`~poa_jax.SelfishCachingGame`, :class:`~poa_jax.TieredCacheGame`) and the PoA options::
+
+    {"game": "selfish_caching", "distance": [[0, 1], [1, 0]], "placement_cost": 1.5,
+     "demand": [1, 1], "starts": 16, "seed": 0}
+
+    {"game": "tiered_cache", "distance": ..., "rates": ..., "capacity": ...,
+     "access_latency": ... (or "credit": ...), "miss_cost": ..., "size": ...,
+     "peer_credit": ..., "symmetric": true, "starts": 4, "optimum_starts": 4, "seed": 0}
+
+Leading axes of the arrays are batch axes, as in the Python API. :func:`read` checks the keys
+and that every value is numeric before the game is built (whose own checks name the field and
+the rule); :func:`report` turns a result into JSON values.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from poa_jax.errors import InputError
+
+__all__ = ["GAMES", "read", "solve", "report"]
+
+_COMMON = {"game", "name", "description", "starts", "seed"}
+#: Game name → (array fields, required fields, scalar options).
+GAMES = {
+    "selfish_caching": (
+        ("distance", "placement_cost", "demand", "miss_cost"),
+        ("distance", "placement_cost"),
+        ("symmetric",),
+    ),
+    "tiered_cache": (
+        ("distance", "rates", "capacity", "credit", "access_latency", "miss_cost", "size"),
+        ("distance", "rates", "capacity"),
+        ("peer_credit", "symmetric", "optimum_starts"),
+    ),
+}
+
+
+def read(src: str, data: dict):
+    """``(game, options)`` from a parsed caching-game JSON object; raises :class:`InputError`."""
+    from poa_jax import caching, cli, tiered_cache
+
+    kind = data.get("game")
+    if kind not in GAMES:
+        raise InputError(
+            f"{src}: game = {kind!r}: unknown game, must be one of {', '.join(GAMES)} (or "
+            "leave 'game' out for a routing game)"
+        )
+    arrays, required, scalars = GAMES[kind]
+    cli._keys(src, "", data, _COMMON | set(arrays) | set(scalars), required)
+    for k in arrays:
+        if k in data:
+            cli._numeric(src, k, data[k], allow_bool=False)
+    for k in ("name", "description"):
+        if k in data and not isinstance(data[k], str):
+            raise InputError(f"{src}: {k} = {data[k]!r}: must be a string")
+    if "symmetric" in data and not isinstance(data["symmetric"], bool):
+        raise InputError(f"{src}: symmetric = {data['symmetric']!r}: must be true or false")
+    if "peer_credit" in data:
+        cli._numeric(src, "peer_credit", data["peer_credit"], allow_bool=False)
+    opts = {"starts": cli._int_field(src, "starts", data.get("starts"))}
+    if "seed" in data:
+        s = data["seed"]
+        if not isinstance(s, int) or isinstance(s, bool) or s < 0:
+            raise InputError(f"{src}: seed = {s!r}: must be an integer >= 0")
+        opts["seed"] = s
+    if "optimum_starts" in data:
+        k = data["optimum_starts"]
+        if not isinstance(k, int) or isinstance(k, bool) or k < 0:
+            raise InputError(f"{src}: optimum_starts = {k!r}: must be an integer >= 0")
+        opts["optimum_starts"] = k
+    opts = {k: v for k, v in opts.items() if v is not None}
+    fields = {k: data[k] for k in arrays + scalars if k in data and k != "optimum_starts"}
+    cls = caching.SelfishCachingGame if kind == "selfish_caching" else tiered_cache.TieredCacheGame
+    return cls(**fields), opts
+
+
+def solve(src: str, game, opts: dict, dtype: str):
+    """The game's PoA result; the library's messages are prefixed with the file's name."""
+    from poa_jax import caching, tiered_cache
+
+    try:
+        if isinstance(game, caching.SelfishCachingGame):
+            return caching.price_of_anarchy(game, dtype=dtype, **opts)
+        return tiered_cache.price_of_anarchy(game, dtype=dtype, **opts)
+    except InputError as e:
+        msg = str(e).replace("SelfishCachingGame.", "").replace("TieredCacheGame.", "")
+        raise InputError(f"{src}: {msg}") from None
+
+
+def report(res, single: bool) -> dict:
+    """JSON values of a :class:`~poa_jax.caching.CachingPoAResult` or
+    :class:`~poa_jax.tiered_cache.TieredPoAResult`."""
+    from poa_jax import caching
+    from poa_jax.cli import _jsonable
+    from poa_jax.sweep import STATUS
+
+    j = lambda a: _jsonable(a, single)  # noqa: E731
+    out = {
+        "poa": j(res.poa),
+        "price_of_stability": j(res.price_of_stability),
+        "optimum_cost": j(res.optimum_cost),
+        "equilibrium_costs": j(res.equilibrium_costs),
+        "converged": j(res.converged),
+    }
+    if isinstance(res, caching.CachingPoAResult):
+        # the costs are NaN-padded to a fixed width: keep the columns some instance fills
+        width = max(1, int(np.max(res.equilibrium_count, initial=0)))
+        out["equilibrium_costs"] = j(np.asarray(res.equilibrium_costs)[..., :width])
+        out.update(
+            exact=j(res.exact), poa_upper=j(res.poa_upper),
+            optimum_lower_bound=j(res.optimum_lower_bound),
+            equilibrium_count=j(res.equilibrium_count),
+            worst_equilibrium=j(res.worst_equilibrium), best_equilibrium=j(res.best_equilibrium),
+            optimum=j(res.optimum),
+        )  # fmt: skip
+    else:
+        eq = res.equilibrium
+        out.update(
+            gap=j(eq.gap), rounds=j(eq.rounds),
+            status=np.vectorize(lambda c: STATUS.get(int(c), str(c)), otypes=[object])(
+                np.asarray(eq.status)
+            ).tolist(),
+            equilibrium_placement=j(eq.placement), optimum_placement=j(res.optimum.placement),
+        )  # fmt: skip
+    return out
