@@ -8,7 +8,8 @@ A game file with a ``"game"`` key names a caching game; its other keys are the g
 
     {"game": "tiered_cache", "distance": ..., "rates": ..., "capacity": ...,
      "access_latency": ... (or "credit": ...), "miss_cost": ..., "size": ...,
-     "peer_credit": ..., "symmetric": true, "starts": 4, "optimum_starts": 4, "seed": 0}
+     "peer_credit": ..., "shared_capacity": ..., "shared_latency": ... (or "shared_credit"),
+     "symmetric": true, "starts": 4, "optimum_starts": 4, "seed": 0}
 
 Leading axes of the arrays are batch axes, as in the Python API. :func:`read` checks the keys
 and that every value is numeric before the game is built (whose own checks name the field and
@@ -32,9 +33,19 @@ GAMES = {
         ("symmetric",),
     ),
     "tiered_cache": (
-        ("distance", "rates", "capacity", "credit", "access_latency", "miss_cost", "size"),
+        (
+            "distance",
+            "rates",
+            "capacity",
+            "credit",
+            "access_latency",
+            "miss_cost",
+            "size",
+            "shared_capacity",
+            "shared_latency",
+        ),
         ("distance", "rates", "capacity"),
-        ("peer_credit", "symmetric", "optimum_starts"),
+        ("peer_credit", "shared_credit", "symmetric", "optimum_starts"),
     ),
 }
 
@@ -59,8 +70,9 @@ def read(src: str, data: dict):
             raise InputError(f"{src}: {k} = {data[k]!r}: must be a string")
     if "symmetric" in data and not isinstance(data["symmetric"], bool):
         raise InputError(f"{src}: symmetric = {data['symmetric']!r}: must be true or false")
-    if "peer_credit" in data:
-        cli._numeric(src, "peer_credit", data["peer_credit"], allow_bool=False)
+    for k in ("peer_credit", "shared_credit"):
+        if k in data:
+            cli._numeric(src, k, data[k], allow_bool=False)
     opts = {"starts": cli._int_field(src, "starts", data.get("starts"))}
     if "seed" in data:
         s = data["seed"]
@@ -126,4 +138,6 @@ def report(res, single: bool) -> dict:
             ).tolist(),
             equilibrium_placement=j(eq.placement), optimum_placement=j(res.optimum.placement),
         )  # fmt: skip
+        if eq.shared is not None:
+            out.update(equilibrium_shared=j(eq.shared), optimum_shared=j(res.optimum.shared))
     return out

@@ -322,7 +322,8 @@ def _caching_optimum(game, x0, seed, dtype, starts):
             t = eq.shape[-2]
             if int(starts) != starts or starts < 0:
                 raise InputError(f"starts = {starts!r}: must be an integer >= 0")
-            rnd = tiered_cache._optimum_starts(tiered_cache._prepare(game, dtype), starts, seed)
+            prep = tiered_cache._prepare(game, dtype)
+            rnd = tiered_cache._optimum_starts(prep, starts, seed)[:, :, : prep.workers]
             rnd = rnd.reshape(eq.shape[:-3] + rnd.shape[1:]).astype(eq.dtype)
             x0 = np.concatenate(
                 [np.stack([np.zeros_like(eq), np.full_like(eq, 1.0 / t), eq], axis=-4), rnd],

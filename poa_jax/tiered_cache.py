@@ -37,6 +37,20 @@ discounted independently (the fluid model of "own tier first, then a peer, then 
 A block cached anywhere lowers what the others pay (``peer`` rises in ``h``): the positive
 externality; a worker free-rides on blocks its neighbours hold.
 
+**Shared pool** (``shared_capacity`` given): a pool ``P`` of capacity ``C_P`` (G4 networked
+storage) holding ``z[b] ∈ [0, 1]`` of each block, ``Σ_b s_b·z[b] ≤ C_P``, read by every worker
+at value ``σ_P`` (``shared_credit``, default 0.5; with costs in time ``max(0, 1 − ℓ_P[w]/κ_w)``):
+one more factor ``(1 − σ_P·z[b])`` in every worker's ``1 − peer``. Nobody owns the pool: it is
+filled by a cooperative player, the cluster's KV manager, that best-responds to the *social*
+cost. SC is linear in ``z``, with slope ``−β_P[b]``,
+
+    β_P[b] = Σ_w r·m[w, b]·(1 − own[w, b])·σ_P·Π_{u ≠ w}(1 − reach[w, u]·h[u, b]),
+
+so its best response is the knapsack by ``β_P/s`` (exact). At an equilibrium every worker
+best-responds selfishly and the pool socially; PoA then measures the workers' selfishness
+alongside a benevolent pool. (The kernels carry the pool as one more worker with no requests,
+one tier and ``reach[w, P] = σ_P``.)
+
 **Solvers** (equations in :mod:`poa_jax.tiered_kernels`): a worker's best response is a
 fractional knapsack (blocks by density into tiers by credit); equilibria by sequential best
 response from ``starts`` placements to a relative best-response gap; the optimum by projected
@@ -117,6 +131,13 @@ class TieredCacheGame:
         block's tokens); a tier slower than recomputing is worth nothing. ``distance`` is then
         the transfer cost per unit of block size, in the same unit: a peer's copy saves
         ``max(0, 1 − D[w, u]/κ_w)`` of a miss.
+      shared_capacity: ``(...)`` or scalar, finite, ≥ 0: a shared pool (G4 networked storage)
+        of this capacity that every worker reads; filled by a cooperative player (the
+        cluster's KV manager) that minimises SC given the workers' placements. None: no pool.
+      shared_credit: value of the pool's copy to every worker, in [0, 1] (default 0.5, the
+        shared-tier credit); not with ``access_latency``.
+      shared_latency: ``(..., W)`` or scalar, with ``access_latency``: the cost of reading a
+        unit of block size from the pool; the pool's copy saves ``max(0, 1 − ℓ_P[w]/κ_w)``.
 
     Example:
       >>> import numpy as np, poa_jax as pj
@@ -136,6 +157,9 @@ class TieredCacheGame:
     peer_credit: float | None = None
     symmetric: bool = True
     access_latency: ArrayLike | None = None
+    shared_capacity: ArrayLike | None = None
+    shared_credit: float | None = None
+    shared_latency: ArrayLike | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,8 +170,10 @@ class _Prepared:
     credit: np.ndarray  # (N, W, T) per worker
     size: np.ndarray  # (N, B)
     batch_shape: tuple[int, ...]
-    dims: tuple[int, int, int]  # W, T, B
+    dims: tuple[int, int, int]  # W, T, B; W counts the shared pool, the last row, if any
     dtype: np.dtype
+    workers: int = 0  # the workers, without the pool
+    pool: bool = False
 
 
 def _field(name, value, rule):
@@ -224,11 +250,14 @@ def _prepare(game: TieredCacheGame, dtype=None) -> _Prepared:
     sigma = _field("peer_credit", 0.5 if game.peer_credit is None else game.peer_credit, "unit")
     if sigma.ndim:
         raise InputError("TieredCacheGame.peer_credit: must be a scalar")
+    pool_cap, pool_lat, pool_sigma = _pool_fields(game, w, latency is not None)
     try:
         shape = np.broadcast_shapes(
             d.shape[:-2], rates.shape[:-2], cap.shape[:-2], credit.shape[:-1],
             miss.shape[:-2] if miss.ndim >= 2 else (), size.shape[:-1] if size.ndim else (),
             latency.shape[:-2] if latency is not None else (),
+            pool_cap.shape if pool_cap is not None else (),
+            pool_lat.shape[:-1] if pool_lat is not None and pool_lat.ndim else (),
         )  # fmt: skip
     except ValueError:
         raise InputError("TieredCacheGame: the fields' batch axes do not broadcast") from None
@@ -247,11 +276,70 @@ def _prepare(game: TieredCacheGame, dtype=None) -> _Prepared:
         credit = _saved(np.broadcast_to(latency, shape + (w, t)), kappa)
         reach = _saved(np.broadcast_to(d, shape + (w, w)), kappa)
     reach = reach * (1.0 - np.eye(w))
+    real = w
+    cap = np.broadcast_to(cap, shape + (w, t))
+    if pool_cap is not None:
+        # The pool is one more worker: no requests, one tier (credit 1) of the pool's capacity,
+        # read by every worker at the pool's value; it reads nobody.
+        if latency is None:
+            to_pool = np.full(shape + (w,), float(pool_sigma))
+        else:
+            lat_p = np.broadcast_to(pool_lat if pool_lat.ndim else pool_lat[None], shape + (w,))
+            to_pool = _saved(lat_p[..., None], kappa)[..., 0]
+        grow = np.zeros(shape + (w + 1, w + 1))
+        grow[..., :w, :w] = reach
+        grow[..., :w, w] = to_pool
+        reach = grow
+        rm = np.concatenate([rm, np.zeros(shape + (1, b))], -2)
+        row = np.zeros(shape + (1, t))
+        row[..., 0, 0] = np.broadcast_to(pool_cap, shape)
+        cap = np.concatenate([cap, row], -2)
+        one = np.zeros(shape + (1, t))
+        one[..., 0, 0] = 1.0
+        credit = np.concatenate([np.broadcast_to(credit, shape + (w, t)), one], -2)
+        w += 1
     return _Prepared(
         reach=bc(reach, (w, w)), rm=bc(rm, (w, b)), capacity=bc(cap, (w, t)),
         credit=bc(credit, (w, t)), size=bc(size, (b,)), batch_shape=shape, dims=(w, t, b),
-        dtype=dt,
+        dtype=dt, workers=real, pool=pool_cap is not None,
     )  # fmt: skip
+
+
+def _pool_fields(game: TieredCacheGame, w: int, time_costs: bool):
+    """``(capacity, latency, credit)`` of the shared pool (None where not given), checked."""
+    given = [k for k in ("shared_credit", "shared_latency") if getattr(game, k) is not None]
+    if game.shared_capacity is None:
+        if given:
+            raise InputError(f"TieredCacheGame.{given[0]}: needs shared_capacity (the pool)")
+        return None, None, None
+    cap = _field("shared_capacity", game.shared_capacity, "finite_ge0")
+    if time_costs:
+        if game.shared_credit is not None:
+            raise InputError(
+                "TieredCacheGame.shared_credit: not used with access_latency; give "
+                "shared_latency, the pool's read cost per unit of block size"
+            )
+        if game.shared_latency is None:
+            raise InputError(
+                "TieredCacheGame.shared_latency: needed with access_latency and a shared pool"
+            )
+        lat = _field("shared_latency", game.shared_latency, "finite_ge0")
+        if lat.ndim and lat.shape[-1] not in (1, w):
+            raise InputError(
+                f"TieredCacheGame.shared_latency has shape {lat.shape}: must be (..., W) with "
+                f"W = {w}, or a scalar"
+            )
+        return cap, lat, None
+    if game.shared_latency is not None:
+        raise InputError(
+            "TieredCacheGame.shared_latency: only with access_latency (costs in time); give "
+            "shared_credit"
+        )
+    sigma = _field("shared_credit", 0.5 if game.shared_credit is None else game.shared_credit,
+                   "unit")  # fmt: skip
+    if sigma.ndim:
+        raise InputError("TieredCacheGame.shared_credit: must be a scalar")
+    return cap, None, sigma
 
 
 def _recompute_rate(miss, size):
@@ -296,34 +384,51 @@ def _chunked(fn, arrays, chunk, **kw):
 # --------------------------------------------------------------------------- public
 
 
-def _placement(p: _Prepared, y, name="y") -> np.ndarray:
+def _placement(p: _Prepared, y, name="y", shared=None) -> np.ndarray:
+    """``(N, W, T, B)`` placements in the kernels' form from ``y (..., W, T, B)`` and, with a
+    shared pool, the pool's holding ``shared (..., B)`` (default empty; a ``y`` with one row
+    more than the workers already holds the pool as its last row)."""
     w, t, b = p.dims
     a = np.asarray(y, np.float64)
+    if p.pool and a.ndim >= 3 and a.shape[-3] == p.workers:
+        z = np.zeros(b) if shared is None else np.asarray(shared, np.float64)
+        try:
+            z = np.broadcast_to(z, p.batch_shape + (b,))
+        except ValueError:
+            raise InputError(f"shared has shape {z.shape}: must be (..., {b})") from None
+        row = np.zeros(p.batch_shape + (1, t, b))
+        row[..., 0, 0, :] = z
+        a = np.concatenate([np.broadcast_to(a, p.batch_shape + a.shape[-3:]), row], -3)
+    elif shared is not None:
+        raise InputError("shared: the game has no shared pool (shared_capacity)")
     try:
         return np.broadcast_to(a, p.batch_shape + (w, t, b)).reshape(-1, w, t, b).astype(p.dtype)
     except ValueError:
-        raise InputError(f"{name} has shape {a.shape}: must be (..., {w}, {t}, {b})") from None
+        raise InputError(
+            f"{name} has shape {a.shape}: must be (..., {p.workers}, {t}, {b})"
+        ) from None
 
 
-def worker_costs(game: TieredCacheGame, y, dtype=None) -> np.ndarray:
-    """``C_w(y)`` for placements ``y (..., W, T, B)``, ``(..., W)``."""
+def worker_costs(game: TieredCacheGame, y, dtype=None, shared=None) -> np.ndarray:
+    """``C_w(y)`` for placements ``y (..., W, T, B)`` (and the pool's ``shared (..., B)``),
+    ``(..., W)``."""
     p = _prepare(game, dtype)
-    out = _costs_batch(p.reach, p.rm, p.credit, _placement(p, y))
-    return np.asarray(out).reshape(p.batch_shape + (p.dims[0],))
+    out = np.asarray(_costs_batch(p.reach, p.rm, p.credit, _placement(p, y, shared=shared)))
+    return out[:, : p.workers].reshape(p.batch_shape + (p.workers,))
 
 
-def social_cost(game: TieredCacheGame, y, dtype=None) -> np.ndarray:
+def social_cost(game: TieredCacheGame, y, dtype=None, shared=None) -> np.ndarray:
     """``SC(y)``, ``(...)``."""
-    return worker_costs(game, y, dtype).sum(-1)
+    return worker_costs(game, y, dtype, shared).sum(-1)
 
 
-def best_response(game: TieredCacheGame, y, worker: int, dtype=None):
+def best_response(game: TieredCacheGame, y, worker: int, dtype=None, shared=None):
     """Worker ``worker``'s best response to ``y``: ``(placement (..., T, B), its cost (...))``."""
     p = _prepare(game, dtype)
-    w = p.dims[0]
+    w = p.workers
     if int(worker) != worker or not 0 <= worker < w:
         raise InputError(f"worker = {worker!r}: must be an integer in [0, {w})")
-    yy = _placement(p, y)
+    yy = _placement(p, y, shared=shared)
     idx = np.full(yy.shape[0], int(worker), np.int32)
     br, cost = _br_batch(*_pack(p), yy, idx)
     return (np.asarray(br).reshape(p.batch_shape + br.shape[1:]),
@@ -370,6 +475,7 @@ class TieredSolution:
       rounds: ``(...)`` best-response rounds (equilibria) or descent steps (optima).
       status: ``(...)`` 0 converged, 1 out of rounds, 2 non-finite.
       converged: ``(...)`` bool.
+      shared: ``(..., B)`` the shared pool's holding of each block, or None without a pool.
     """
 
     placement: np.ndarray
@@ -378,6 +484,36 @@ class TieredSolution:
     rounds: np.ndarray
     status: np.ndarray
     converged: np.ndarray
+    shared: np.ndarray | None = None
+
+
+def _split(p: _Prepared, pl: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """Kernel placements ``(N, W', T, B)`` → the workers' ``(..., W, T, B)`` and the pool's
+    ``(..., B)`` (None without a pool)."""
+    sh = p.batch_shape
+    work = pl[:, : p.workers]
+    shared = pl[:, p.workers, 0].reshape(sh + pl.shape[-1:]) if p.pool else None
+    return work.reshape(sh + work.shape[1:]), shared
+
+
+def _kernel_starts(p: _Prepared, y0) -> np.ndarray:
+    """``(N, S, W', T, B)`` from starts ``(..., S, W, T, B)`` or ``(..., W, T, B)`` (the
+    workers only: the pool starts empty; or with the pool as one more row)."""
+    w, t, b = p.dims
+    x = np.asarray(y0, np.float64)
+    if x.ndim < 3 or x.shape[-2:] != (t, b) or x.shape[-3] not in (p.workers, w):
+        raise InputError(f"y0 has shape {x.shape}: must be (..., [S,] {p.workers}, {t}, {b})")
+    if x.ndim == len(p.batch_shape) + 3:
+        x = x[..., None, :, :, :]
+    if x.shape[-3] != w:
+        x = np.concatenate([x, np.zeros(x.shape[:-3] + (1, t, b))], -3)
+    try:
+        x = np.broadcast_to(x, p.batch_shape + x.shape[-4:])
+    except ValueError:
+        raise InputError(
+            f"y0 has shape {np.shape(y0)}: its batch axes must be {p.batch_shape}"
+        ) from None
+    return x.reshape(-1, x.shape[-4], w, t, b)
 
 
 def solve_equilibrium(
@@ -414,7 +550,8 @@ def solve_equilibrium(
     flat_y = x.reshape((n * s,) + x.shape[2:])
     args = tuple(rep(a) for a in _pack(p))
     flat_y = _chunked(_retract_batch, (flat_y, args[2], args[4]), LANES)
-    out = _chunked(_eq_batch, args + (flat_y,), LANES, tol=tol, max_rounds=int(max_rounds))
+    out = _chunked(_eq_batch, args + (flat_y,), LANES, tol=tol, max_rounds=int(max_rounds),
+                   pool=p.pool)  # fmt: skip
     out = {k: v.reshape((n, s) + v.shape[1:]) for k, v in out.items()}
     if _all:
         return p, out
@@ -433,8 +570,10 @@ def _pick(p, out, worst: bool) -> TieredSolution:
     rows = np.arange(sc.shape[0])
     sh = p.batch_shape
     r = {k: v[rows, i] for k, v in out.items()}
+    placement, shared = _split(p, r["placement"])
     return TieredSolution(
-        placement=r["placement"].reshape(sh + r["placement"].shape[1:]),
+        placement=placement,
+        shared=shared,
         social_cost=r["social_cost"].reshape(sh),
         gap=r["gap"].reshape(sh),
         rounds=r["rounds"].reshape(sh),
@@ -459,10 +598,7 @@ def solve_optimum(
     if y0 is None:
         x = np.stack([np.zeros((n, w, t, b)), np.full((n, w, t, b), 1.0 / t)], 1)
     else:
-        x = np.asarray(y0, np.float64)
-        if x.ndim == len(p.batch_shape) + 3:
-            x = x[..., None, :, :, :]
-        x = x.reshape(n, -1, w, t, b)
+        x = _kernel_starts(p, y0)
     x = x.astype(p.dtype)
     s = x.shape[1]
     rep = lambda a: np.repeat(a, s, axis=0)  # noqa: E731
@@ -473,9 +609,10 @@ def solve_optimum(
     i = np.argmin(sc, -1)
     rows = np.arange(n)
     sh = p.batch_shape
-    pl = out["placement"].reshape(n, s, w, t, b)[rows, i]
+    placement, shared = _split(p, out["placement"].reshape(n, s, w, t, b)[rows, i])
     return TieredSolution(
-        placement=pl.reshape(sh + (w, t, b)),
+        placement=placement,
+        shared=shared,
         social_cost=sc[rows, i].reshape(sh),
         gap=np.full(sh, np.nan),
         rounds=np.full(sh, int(steps)),
@@ -545,6 +682,9 @@ def price_of_anarchy(
             opt,
             placement=np.where(lower[..., None, None, None], best.placement, opt.placement),
             social_cost=np.where(lower, best.social_cost, opt.social_cost),
+            shared=None
+            if opt.shared is None
+            else np.where(lower[..., None], best.shared, opt.shared),
         )
     ok = out["status"] == loop.CONVERGED
     costs = np.where(ok, out["social_cost"], -np.inf)
@@ -577,7 +717,7 @@ def capacity_paradox(
     paradox) and the counts of instances where each is positive beyond ``1e-9`` relative.
     """
     p = _prepare(game, dtype)
-    w, t, _ = p.dims
+    w, t = p.workers, p.dims[1]
     if not (0 <= worker < w and 0 <= tier < t):
         raise InputError(f"(worker, tier) = ({worker}, {tier}): must index capacity (W={w}, T={t})")
     if not (np.isfinite(extra) and extra > 0):

@@ -126,22 +126,48 @@ def _miss_share(reach, h):
     return jnp.prod(jnp.maximum(1.0 - reach[:, :, None] * h[None, :, :], _FLOOR), axis=1)
 
 
-def _best_response_one(p, y, w):
+def _pool_gain(reach, rm, credit, y):
+    """The shared pool's (the last worker's) social gain per unit of ``h_P``, ``(B,)``:
+
+        β_P[b] = Σ_w rm[w, b]·(1 − own[w, b])·reach[w, P]·Π_{u ≠ w, P}(1 − reach[w, u]·h[u, b]),
+
+    the fall in SC per unit of the block held in the pool (SC is linear in the pool's
+    placement). The pool's own factor is left out of the product, not divided out.
+    """
+    p = y.shape[0] - 1
+    h = jnp.clip(jnp.sum(y, axis=1), 0.0, 1.0)
+    own = jnp.einsum("wt,wtb->wb", credit, y)
+    f = jnp.maximum(1.0 - reach[:, :, None] * h[None, :, :], _FLOOR)  # (W, U, B)
+    f = jnp.where((jnp.arange(y.shape[0]) == p)[None, :, None], 1.0, f)
+    return jnp.sum(rm * (1.0 - own) * jnp.prod(f, axis=1) * reach[:, p][:, None], axis=0)
+
+
+def _best_response_one(p, y, w, pool: bool = False):
     """Worker ``w``'s best response ``(T, B)`` and its cost at ``y``.
 
     ``gain[b] = rm[w, b]·Π_{u≠w}(1 − reach[w, u]·h[u, b])``: only worker ``w``'s row of the
-    peer product is formed (``W·B`` work, not the ``W²·B`` of all rows).
+    peer product is formed (``W·B`` work, not the ``W²·B`` of all rows). With ``pool`` the
+    last worker is the shared pool, a cooperative player: its gain is the social one,
+    :func:`_pool_gain` (``W²·B``), so its best response minimises SC given the others.
     """
     reach, rm, capacity, credit, size = p
     h = jnp.clip(jnp.sum(y, axis=1), 0.0, 1.0)
     gain = rm[w] * _miss_share(reach[w][None], h)[0]
+    cost_br = lambda br: jnp.sum(gain * (1.0 - credit[w] @ br))  # noqa: E731
+    if pool:
+        gain_p = jnp.where(w == y.shape[0] - 1, _pool_gain(reach, rm, credit, y), gain)
+        br = _fill(gain_p, credit[w], capacity[w], size)
+        return br, cost_br(br)
     br = _fill(gain, credit[w], capacity[w], size)
-    cost_br = jnp.sum(gain * (1.0 - credit[w] @ br))
-    return br, cost_br
+    return br, cost_br(br)
 
 
-def _gap_one(p, y):
-    """``(gap, SC)`` at ``y``: every worker's cost and best-response cost from one product."""
+def _gap_one(p, y, pool: bool = False):
+    """``(gap, SC)`` at ``y``: every worker's cost and best-response cost from one product.
+
+    With ``pool``, the last worker (the shared pool, whose own cost is 0) adds what its social
+    best response would save, ``β_P·(h'_P − h_P) ≥ 0`` (SC is linear in its placement).
+    """
     reach, rm, capacity, credit, size = p
     h = jnp.clip(jnp.sum(y, axis=1), 0.0, 1.0)
     gain = rm * _miss_share(reach, h)  # (W, B)
@@ -150,25 +176,30 @@ def _gap_one(p, y):
         gain, credit, capacity
     )
     sc = jnp.sum(costs)
+    excess = jnp.sum(costs - best)
+    if pool:
+        beta = _pool_gain(reach, rm, credit, y)
+        br = _fill(beta, credit[-1], capacity[-1], size)
+        excess = excess + jnp.sum(beta * (jnp.sum(br, axis=0) - h[-1]))
     tiny = jnp.finfo(y.dtype).tiny
-    return jnp.maximum(jnp.sum(costs - best), 0.0) / jnp.maximum(sc, tiny), sc
+    return jnp.maximum(excess, 0.0) / jnp.maximum(sc, tiny), sc
 
 
-def _equilibrium_one(p, y0, *, tol, max_rounds):
+def _equilibrium_one(p, y0, *, tol, max_rounds, pool: bool = False):
     w = y0.shape[0]
 
     def step(y):
         def visit(i, y):
-            br, _ = _best_response_one(p, y, i)
+            br, _ = _best_response_one(p, y, i, pool)
             return y.at[i].set(br)
 
         y = jax.lax.fori_loop(0, w, visit, y)
-        gap, _ = _gap_one(p, y)
+        gap, _ = _gap_one(p, y, pool)
         return y, gap
 
-    gap0, _ = _gap_one(p, y0)
+    gap0, _ = _gap_one(p, y0, pool)
     res = loop.iterate(step, y0, tol=tol, max_steps=max_rounds, error0=gap0)
-    gap, sc = _gap_one(p, res.state)
+    gap, sc = _gap_one(p, res.state, pool)
     return dict(placement=res.state, social_cost=sc, gap=gap, rounds=res.steps, status=res.status)
 
 
@@ -385,9 +416,9 @@ def _opt_batch(reach, rm, capacity, credit, size, y0, *, steps, lr):
     return _opt_jit()(reach, rm, capacity, credit, size, y0, steps=steps, lr=lr)
 
 
-@functools.partial(jax.jit, static_argnames=("tol", "max_rounds"))
-def _eq_batch(reach, rm, capacity, credit, size, y0, *, tol, max_rounds):
-    f = lambda *a: _equilibrium_one(a[:5], a[5], tol=tol, max_rounds=max_rounds)  # noqa: E731
+@functools.partial(jax.jit, static_argnames=("tol", "max_rounds", "pool"))
+def _eq_batch(reach, rm, capacity, credit, size, y0, *, tol, max_rounds, pool=False):
+    f = lambda *a: _equilibrium_one(a[:5], a[5], tol=tol, max_rounds=max_rounds, pool=pool)  # noqa: E731
     return jax.vmap(f)(reach, rm, capacity, credit, size, y0)
 
 
@@ -399,8 +430,8 @@ def _costs_batch(reach, rm, credit, y):
     return jax.vmap(worker_costs_one)(reach, rm, credit, y)
 
 
-@jax.jit
-def _br_batch(reach, rm, capacity, credit, size, y, w):
-    return jax.vmap(lambda *a: _best_response_one(a[:5], a[5], a[6]))(
+@functools.partial(jax.jit, static_argnames=("pool",))
+def _br_batch(reach, rm, capacity, credit, size, y, w, pool=False):
+    return jax.vmap(lambda *a: _best_response_one(a[:5], a[5], a[6], pool))(
         reach, rm, capacity, credit, size, y, w
     )

@@ -273,7 +273,7 @@ def test_solve_batch_in_float64(tmp_path, capsys):
     assert np.shape(r["flows"]) == (2, 1, 2)
 
 
-def test_solve_caching_games(capsys):
+def test_solve_caching_games(tmp_path, capsys):
     """The two caching examples: the star of Chun et al. (PoA 14/11 exactly, by enumeration)
     and the three-worker cache paradox (its unique equilibrium costs 6.68)."""
     rc = cli.main(["solve", str(ROOT / "examples" / "selfish_caching.json"), "--dtype", "float64"])
@@ -287,6 +287,13 @@ def test_solve_caching_games(capsys):
     np.testing.assert_allclose(r["equilibrium_costs"], [6.68] * 4, rtol=1e-12)
     np.testing.assert_allclose(r["equilibrium_placement"], [[[1, 0]], [[0, 1]], [[0, 0]]])
     assert r["poa"] >= 1.0 and r["optimum_cost"] <= 6.68 and r["dtype"] == "float64"
+    assert "equilibrium_shared" not in r
+    # with a shared pool of one block read at 0.3 of the recompute: the pool's holding reported
+    path = tmp_path / "pool.json"
+    path.write_text(_tiered(shared_capacity=1.0, shared_latency=0.3))
+    assert cli.main(["solve", str(path), "--dtype", "float64"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert np.sum(r["equilibrium_shared"]) == pytest.approx(1.0) and r["converged"] is True
 
 
 def test_console_script_solves_pigou():

@@ -330,3 +330,159 @@ def test_a_cache_paradox_by_hand():
     f = tiered_cache.capacity_paradox(before, worker=0, tier=0, extra=1.0, starts=8)
     assert f["worst_paradoxes"] == f["best_paradoxes"] == 1
     assert float(f["worst_rise"]) == pytest.approx(4.28, rel=1e-12)
+
+
+# --------------------------------------------------------------------------- shared pool
+
+
+def _pooled(seed, mode):
+    """An instance of :func:`_instance` with a shared pool of capacity 1.5: ``(inst, zr, cp)``
+    with ``zr (W,)`` the pool's value to each worker (0.5; with costs in time, reads at 30%
+    of the recompute: 0.7)."""
+    inst = _instance(seed, mode)
+    fields = dict(inst[7], shared_capacity=1.5)
+    if mode == "latency":
+        kappa = inst[4][:, 0] / inst[3][0]
+        fields["shared_latency"] = 0.3 * kappa
+        zr = np.full(W, 0.7)
+    else:
+        zr = np.full(W, 0.5)
+    return inst[:7] + (fields,), zr, 1.5
+
+
+def _pool_costs(a, r, m, v, y, z, zr):
+    """Worker costs with the pool's holding ``z (B,)`` read at ``zr (W,)``."""
+    h = y.sum(1)
+    q = np.prod(1 - a[:, :, None] * h[None], axis=1) * (1 - zr[:, None] * z[None])
+    return (r * m * (1 - np.einsum("wt,wtb->wb", v, y)) * q).sum(1)
+
+
+@pytest.fixture(scope="module", params=MODES)
+def pool_solved(request):
+    cases = [_pooled(s, request.param) for s in range(40, 43)]
+    k = 12 if request.param == "latency" else 4
+    return cases, pj.price_of_anarchy(_batch([c[0] for c in cases]), optimum_starts=k)
+
+
+def test_shared_pool_alone_holds_the_most_valuable_blocks():
+    """No worker capacity: the pool keeps the blocks of highest total value per unit size,
+    ``Σ_w rate·miss·σ_P / size`` (a knapsack), and that is also the optimum: PoA 1."""
+    rng = np.random.default_rng(7)
+    r, size = rng.uniform(0.1, 2.0, (3, 4)), np.array([1.0, 2.0, 1.0, 1.0])
+    g = pj.TieredCacheGame(np.ones((3, 3)) - np.eye(3), r, np.zeros((3, 1)), size=size,
+                           shared_capacity=2.0, shared_credit=0.6)  # fmt: skip
+    dens = r.sum(0) / size
+    z = np.zeros(4)
+    left = 2.0
+    for b in np.argsort(-dens):
+        z[b] = min(1.0, left / size[b])
+        left -= z[b] * size[b]
+    res = pj.price_of_anarchy(g)
+    np.testing.assert_allclose(res.equilibrium.shared, z, atol=1e-12)
+    want = (r * (1 - 0.6 * z[None])).sum()
+    assert float(res.equilibrium.social_cost) == pytest.approx(want, rel=1e-12)
+    assert float(res.poa) == pytest.approx(1.0, abs=1e-9)
+    y0 = np.zeros((3, 1, 4))
+    assert float(tiered_cache.social_cost(g, y0, shared=z)) == pytest.approx(want, rel=1e-12)
+
+
+def test_shared_pool_equilibrium_against_linprog(pool_solved):
+    """Every worker's placement is its selfish LP best response (the pool's copy among its
+    peers), and the pool's is the LP optimum of SC over the pool alone (SC is linear in it)."""
+    cases, res = pool_solved
+    eq = res.equilibrium
+    assert eq.converged.all() and (eq.gap <= 1e-9).all() and eq.shared.shape == (3, B)
+    for i, (inst, zr, cp) in enumerate(cases):
+        _, r, cap, size, m, v, a, _ = inst
+        y, z = eq.placement[i], eq.shared[i]
+        assert (z >= -1e-12).all() and z @ size <= cp + 1e-9
+        costs = _pool_costs(a, r, m, v, y, z, zr)
+        assert float(eq.social_cost[i]) == pytest.approx(costs.sum(), rel=1e-12)
+        for w in range(W):  # the pool is a peer at reach zr[w] holding z
+            a2 = np.zeros((W + 1, W + 1))
+            a2[:W, :W], a2[:W, W] = a, zr
+            y2 = np.concatenate([y, np.zeros((1, T, B))])
+            y2[W, 0] = z
+            r2, m2 = np.vstack([r, np.zeros(B)]), np.vstack([m, np.zeros(B)])
+            v2 = np.vstack([v, [1.0] + [0.0] * (T - 1)])
+            cap2 = np.vstack([cap, np.zeros(T)])
+            ref = _best_response_lp(a2, r2, cap2, size, m2, v2, y2, w)
+            assert costs[w] == pytest.approx(ref, rel=1e-8, abs=1e-12)
+        # the pool: SC is linear in z, slope −beta; its placement maximises beta·z
+        beta = np.array([_pool_costs(a, r, m, v, y, np.where(np.arange(B) == b, 0.0, z), zr).sum()
+                         - _pool_costs(a, r, m, v, y, np.where(np.arange(B) == b, 1.0, z), zr).sum()
+                         for b in range(B)])  # fmt: skip
+        lp = scipy_opt.linprog(-beta, A_ub=[size], b_ub=[cp], bounds=(0, 1))
+        assert beta @ z == pytest.approx(-lp.fun, rel=1e-9, abs=1e-12)
+
+
+def test_shared_pool_optimum_against_scipy(pool_solved):
+    cases, res = pool_solved
+    assert (res.poa >= 1.0).all()
+    for i, (inst, zr, cp) in enumerate(cases):
+        _, r, cap, size, m, v, a, _ = inst
+        n = W * T * B
+
+        def sc(x, a=a, r=r, m=m, v=v, zr=zr, n=n):
+            return _pool_costs(a, r, m, v, x[:n].reshape(W, T, B), x[n:], zr).sum()
+
+        rows, rhs = [], []
+        for w in range(W):
+            for k in range(B):
+                row = np.zeros(n + B)
+                row[w * T * B + k : (w + 1) * T * B : B] = 1
+                rows.append(row)
+                rhs.append(1.0)
+            for t in range(T):
+                row = np.zeros(n + B)
+                row[(w * T + t) * B : (w * T + t + 1) * B] = size
+                rows.append(row)
+                rhs.append(cap[w, t])
+        rows.append(np.concatenate([np.zeros(n), size]))
+        rhs.append(cp)
+        a_ub, b_ub = np.array(rows), np.array(rhs)
+        rng = np.random.default_rng(i)
+        best = np.inf
+        cons = [dict(type="ineq", fun=lambda x, A=a_ub, c=b_ub: c - A @ x,
+                     jac=lambda x, A=a_ub: -A)]  # fmt: skip
+        for _ in range(6):
+            o = scipy_opt.minimize(
+                sc, rng.random(n + B) * 0.3, method="SLSQP", bounds=[(0, 1)] * (n + B),
+                constraints=cons, options=dict(maxiter=500, ftol=1e-12),
+            )  # fmt: skip
+            if o.success and (a_ub @ o.x <= b_ub + 1e-9).all():
+                best = min(best, o.fun)
+        x = np.concatenate([res.optimum.placement[i].ravel(), res.optimum.shared[i]])
+        assert (a_ub @ x <= b_ub + 1e-9).all() and (x >= 0).all()
+        ours = float(res.optimum_cost[i])
+        assert ours == pytest.approx(sc(x), rel=1e-12)
+        assert ours <= best * (1 + 1e-4)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(shared_credit=0.5), "shared_credit: needs shared_capacity"),
+        (dict(shared_capacity=-1.0), r"shared_capacity.*>= 0"),
+        (dict(shared_capacity=1.0, shared_latency=0.1), "shared_latency: only with access_lat"),
+        (dict(shared_capacity=1.0, shared_credit=1.5), "shared_credit"),
+    ],
+)
+def test_shared_pool_bad_input(kwargs, match, compile_counter):
+    d, r, cap, size, m, *_ = _instance(0)
+    g = pj.TieredCacheGame(d, r, cap, credit=CREDIT, size=size, miss_cost=m, **kwargs)
+    with pytest.raises(pj.InputError, match=match):
+        pj.price_of_anarchy(g)
+    inst, _, _ = _pooled(0, "latency")
+    t = _game(*inst[:5], inst[7])
+    bads = [
+        (dict(shared_latency=None), "shared_latency: needed"),
+        (dict(shared_credit=0.5), "shared_credit: not used with access_latency"),
+        (dict(shared_latency=np.ones(W + 1)), "shared_latency has shape"),
+    ]
+    for bad, match in bads:
+        with pytest.raises(pj.InputError, match=match):
+            pj.price_of_anarchy(dataclasses.replace(t, **bad))
+    with pytest.raises(pj.InputError, match="no shared pool"):
+        tiered_cache.social_cost(_game(d, r, cap, size, m, {}), np.zeros((W, T, B)), shared=0.0)
+    assert compile_counter.solver_count == 0
