@@ -154,8 +154,10 @@ def _best_response_one(p, y, w, pool: bool = False):
     h = jnp.clip(jnp.sum(y, axis=1), 0.0, 1.0)
     gain = rm[w] * _miss_share(reach[w][None], h)[0]
     cost_br = lambda br: jnp.sum(gain * (1.0 - credit[w] @ br))  # noqa: E731
-    if pool:
-        gain_p = jnp.where(w == y.shape[0] - 1, _pool_gain(reach, rm, credit, y), gain)
+    if pool:  # (a real branch in the equilibrium's sweep, where w is not batched)
+        gain_p = jax.lax.cond(
+            w == y.shape[0] - 1, lambda: _pool_gain(reach, rm, credit, y), lambda: gain
+        )
         br = _fill(gain_p, credit[w], capacity[w], size)
         return br, cost_br(br)
     br = _fill(gain, credit[w], capacity[w], size)
