@@ -86,6 +86,8 @@ class CoupledGame:
         recompute it (a miss costs its tokens, as here); the credits become
         ``max(0, 1 − ℓ[k, t])``, per worker, and ``distance`` is the transfer time per token in
         the same unit, a peer's copy saving ``max(0, 1 − D)`` (no ``peer_credit``).
+      shared_capacity, shared_credit, shared_latency: a shared pool (tokens) that every worker
+        reads, filled by a cooperative player, as in :class:`~poa_jax.TieredCacheGame`.
       caching: ``False`` switches the caching game off (the plain routing game).
       damping: ``θ ∈ (0, 1]`` on the hit fractions between rounds.
     """
@@ -98,6 +100,9 @@ class CoupledGame:
     caching: bool = True
     damping: float = 0.5
     access_latency: ArrayLike | None = None
+    shared_capacity: ArrayLike | None = None
+    shared_credit: float | None = None
+    shared_latency: ArrayLike | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,6 +117,7 @@ class CoupledSolution:
       status: ``(...)`` 0 converged, 1 out of rounds, 2 non-finite.
       converged: ``(...)`` bool.
       routing_gap, caching_gap: ``(...)`` relative gaps of the two stages at the end.
+      shared: ``(..., J)`` the shared pool's holding of each class's prefix (None without one).
     """
 
     flows: np.ndarray
@@ -124,6 +130,7 @@ class CoupledSolution:
     converged: np.ndarray
     routing_gap: np.ndarray
     caching_gap: np.ndarray
+    shared: np.ndarray | None = None
 
 
 # --------------------------------------------------------------------------- one instance
@@ -168,7 +175,7 @@ def _joint_opt_one(g, c, x0, y0, *, steps, lr):
 
     def sc_of(z, y):
         x = softmax_flows(z, g.demand, mask)
-        h = g.shareable[:, None] * _hit((reach, credit), y).T
+        h = g.shareable[:, None] * _hit((reach, credit), y)[: x0.shape[1]].T
         return _route_sc(g, h, x)
 
     scale = jnp.maximum(sc_of(jnp.log(jnp.maximum(x0, 1e-12)), y0), jnp.finfo(x0.dtype).tiny)
@@ -228,9 +235,10 @@ class _Prepared:
     route: batching.Prepared
     reach: np.ndarray  # (N, K, K)
     capacity: np.ndarray  # (N, K, T)
-    credit: np.ndarray  # (N, K, T) per worker
+    credit: np.ndarray  # (N, K', T) per worker; K' = K + 1 with a shared pool (the last row)
     size: np.ndarray  # (N, J) tokens of each class's shareable prefix (floored > 0)
     miss: np.ndarray  # (N, J) tokens recomputed on a miss (η·L)
+    pool: bool = False
 
 
 def _prepare(game: CoupledGame, dtype=None) -> _Prepared:
@@ -255,6 +263,8 @@ def _prepare(game: CoupledGame, dtype=None) -> _Prepared:
     stand_in = tiered_cache.TieredCacheGame(
         d, np.zeros((k, 1)), np.zeros((k, t)), credit=game.credit,
         peer_credit=game.peer_credit, access_latency=game.access_latency,
+        shared_capacity=game.shared_capacity, shared_credit=game.shared_credit,
+        shared_latency=game.shared_latency,
     )  # fmt: skip
     tp = tiered_cache._prepare(stand_in, route.dtype)
     theta = as_array("CoupledGame.damping", game.damping)
@@ -274,16 +284,19 @@ def _prepare(game: CoupledGame, dtype=None) -> _Prepared:
     per_batch = lambda a, tail: (  # noqa: E731
         np.broadcast_to(a.reshape(tp.batch_shape + tail), batch + tail).reshape((n,) + tail)
     )
-    reach = per_batch(tp.reach, (k, k)).astype(dt)
+    kk = tp.dims[0]  # k, or k + 1 with the pool
+    reach = per_batch(tp.reach, (kk, kk)).astype(dt)
+    capacity = np.broadcast_to(cap, batch + (k, t)).reshape(n, k, t)
+    if tp.pool:
+        capacity = np.concatenate([capacity, per_batch(tp.capacity, (kk, t))[:, k:]], 1)
     tokens = np.asarray(route.game.tokens, np.float64)
     eta = np.asarray(route.game.shareable, np.float64)
     miss = eta * tokens
     size = np.maximum(miss, 1e-9 * tokens)
     return _Prepared(
         route=route, reach=reach,
-        capacity=np.broadcast_to(cap, batch + (k, t)).reshape(n, k, t).astype(dt),
-        credit=per_batch(tp.credit, (k, t)).astype(dt),
-        size=size.astype(dt), miss=miss.astype(dt),
+        capacity=capacity.astype(dt), credit=per_batch(tp.credit, (kk, t)).astype(dt),
+        size=size.astype(dt), miss=miss.astype(dt), pool=tp.pool,
     )  # fmt: skip
 
 
@@ -337,16 +350,19 @@ def solve(
 
     def tiered(x, y0):
         rm = (np.swapaxes(x, -1, -2) * p.miss[:, None, :]).astype(dt)  # (N, K, J)
+        if p.pool:  # the pool requests nothing
+            rm = np.concatenate([rm, np.zeros_like(rm[:, :1])], 1)
         args = (p.reach, rm, p.capacity, p.credit, p.size, y0.astype(dt))
         return _chunked(
             tiered_kernels._eq_batch, args, LANES, tol=tiered_cache.TOL[np.dtype(dt)],
-            max_rounds=int(caching_rounds),
+            max_rounds=int(caching_rounds), pool=p.pool,
         )  # fmt: skip
 
     hit = np.zeros((n, j, k))
     rt = route(hit, _uniform(r))
     x = rt["flows"]
-    y = np.zeros((n, k, t, j), dt)
+    kk = p.reach.shape[-1]
+    y = np.zeros((n, kk, t, j), dt)
     rounds = np.zeros(n, np.int32)
     residual = np.full(n, np.inf)
     done = np.zeros(n, bool)
@@ -355,7 +371,7 @@ def solve(
         ct = tiered(x, y)
         y_new = ct["placement"]
         h_new = eta[:, :, None] * np.swapaxes(
-            np.asarray(_hit_batch(p.reach, p.credit, y_new)), 1, 2
+            np.asarray(_hit_batch(p.reach, p.credit, y_new))[:, :k], 1, 2
         )
         h_next = (1 - theta) * hit + theta * h_new
         rt_new = route(h_next, x)
@@ -384,7 +400,8 @@ def solve(
     sh = r.batch_shape
     return CoupledSolution(
         flows=x.reshape(sh + (j, k)),
-        placement=y.reshape(sh + (k, t, j)),
+        placement=y[:, :k].reshape(sh + (k, t, j)),
+        shared=y[:, k, 0].reshape(sh + (j,)) if p.pool else None,
         hit=hit.reshape(sh + (j, k)),
         social_cost=rt["social_cost"].reshape(sh),
         rounds=rounds.reshape(sh),
@@ -405,7 +422,8 @@ class CoupledPoAResult:
       price_of_stability: ``(...)`` equal to ``poa`` (one fixed point is computed).
       equilibrium: the :class:`CoupledSolution`.
       optimum_cost: ``(...)`` SC of the best joint (routing, placement) found.
-      optimum_flows: ``(..., J, K)``; optimum_placement: ``(..., K, T, J)``.
+      optimum_flows: ``(..., J, K)``; optimum_placement: ``(..., K, T, J)``; optimum_shared:
+        ``(..., J)``, the shared pool's holding there (None without a pool).
       converged: ``(...)`` the fixed point converged.
     """
 
@@ -416,6 +434,7 @@ class CoupledPoAResult:
     optimum_flows: np.ndarray
     optimum_placement: np.ndarray
     converged: np.ndarray
+    optimum_shared: np.ndarray | None = None
 
 
 def price_of_anarchy(
@@ -452,6 +471,7 @@ def price_of_anarchy(
     return CoupledPoAResult(
         poa=poa, price_of_stability=poa, equilibrium=eq, optimum_cost=opt.social_cost,
         optimum_flows=opt.flows, optimum_placement=opt.placement, converged=eq.converged,
+        optimum_shared=opt.shared,
     )  # fmt: skip
 
 
@@ -467,6 +487,7 @@ class CoupledOptimum:
     flows: np.ndarray
     placement: np.ndarray
     social_cost: np.ndarray
+    shared: np.ndarray | None = None
 
 
 def solve_optimum(
@@ -505,6 +526,10 @@ def _joint_optimum(game: CoupledGame, eq: CoupledSolution, optimum_steps, lr, dt
     dt = r.dtype
     x0 = eq.flows.reshape(n, j, k).astype(dt)
     y0 = eq.placement.reshape(n, k, t, j).astype(dt)
+    if p.pool:  # the pool's holding as one more row, in its only tier
+        row = np.zeros((n, 1, t, j), dt)
+        row[:, 0, 0] = eq.shared.reshape(n, j)
+        y0 = np.concatenate([y0, row], 1)
     out = _chunked(
         _joint_batch, (r.game, p.reach, p.credit, p.capacity, p.size, x0, y0), LANES,
         steps=int(optimum_steps), lr=float(lr),
@@ -517,6 +542,7 @@ def _joint_optimum(game: CoupledGame, eq: CoupledSolution, optimum_steps, lr, dt
     opt_y = np.where(better[:, None, None, None], out["placement"], y0)
     return CoupledOptimum(
         flows=opt_x.reshape(sh + (j, k)),
-        placement=opt_y.reshape(sh + (k, t, j)),
+        placement=opt_y[:, :k].reshape(sh + (k, t, j)),
+        shared=opt_y[:, k, 0].reshape(sh + (j,)) if p.pool else None,
         social_cost=opt_sc.reshape(sh),
     )

@@ -50,18 +50,23 @@ def test_no_capacity_is_the_routing_game_without_cache(routing):
 #: Tier values: Dynamo-like credits per tier, or access latencies per worker and tier (as a
 #: fraction of the recompute time; the last worker's second tier is slower than recomputing).
 LATENCY = np.array([[0.0, 0.5], [0.1, 0.6], [0.05, 0.3], [0.2, 1.4]])
-VALUES = {"credit": dict(credit=[1.0, 0.5]), "latency": dict(access_latency=LATENCY)}
+VALUES = {
+    "credit": dict(credit=[1.0, 0.5]),
+    "latency": dict(access_latency=LATENCY),
+    # a shared pool of 2 tokens read at 0.6 (credits) by every worker
+    "pool": dict(credit=[1.0, 0.5], shared_capacity=2.0, shared_credit=0.6),
+}
 #: A peer's copy is worth 0.5·e^(−1) with credits; with latencies the distance is the transfer
 #: time per token as a fraction of the recompute: 0.6 saves 40% of a miss.
-DIST = {"credit": 1.0, "latency": 0.6}
-REACH = {"credit": 0.5 * np.exp(-1.0), "latency": 0.4}
+DIST = {"credit": 1.0, "latency": 0.6, "pool": 1.0}
+REACH = {"credit": 0.5 * np.exp(-1.0), "latency": 0.4, "pool": 0.5 * np.exp(-1.0)}
 
 
 @pytest.mark.parametrize("value", list(VALUES))
 def test_fixed_point_is_consistent(routing, value):
     topo = DIST[value] * _topology()
     game = pj.CoupledGame(routing, topo, np.full((K, T), 1.0), **VALUES[value])
-    v = np.broadcast_to([1.0, 0.5], (K, T)) if value == "credit" else np.clip(1 - LATENCY, 0, 1)
+    v = np.broadcast_to([1.0, 0.5], (K, T)) if value != "latency" else np.clip(1 - LATENCY, 0, 1)
     r = pj.price_of_anarchy(game)
     s = r.equilibrium
     assert s.converged.all() and (s.residual <= 1e-6).all() and (s.rounds >= 1).all()
@@ -69,6 +74,11 @@ def test_fixed_point_is_consistent(routing, value):
     assert (r.poa >= 1.0).all() and (r.optimum_cost <= s.social_cost).all()
     if value == "latency":  # a worker keeps nothing for itself in a tier slower than recompute
         assert np.all(s.placement[:, 3, 1] == 0) and np.any(s.placement[:, 3, 0] > 0)
+    pool = value == "pool"
+    assert (s.shared is None) != pool and (r.optimum_shared is None) != pool
+    if pool:  # the pool holds something, within its 2 tokens
+        size_all = np.asarray(routing.shareable) * np.asarray(routing.tokens)
+        assert ((s.shared * size_all).sum(-1) <= 2.0 + 1e-9).all() and (s.shared > 0).any()
     # The caching stage at the fixed point's rates reproduces the hit fractions fed to routing.
     eta = np.asarray(routing.shareable)
     tokens = np.asarray(routing.tokens)
@@ -78,12 +88,19 @@ def test_fixed_point_is_consistent(routing, value):
             topo, s.flows[b].T, np.full((K, T), 1.0), miss_cost=eta[b] * tokens[b],
             size=size, **VALUES[value],
         )  # fmt: skip
-        eq = tiered_cache.solve_equilibrium(tg, y0=s.placement[b])
+        y0 = s.placement[b]
+        if pool:  # the fixed point's pool holding as the start's last row
+            y0 = np.concatenate([y0, np.zeros((1, T, y0.shape[-1]))])
+            y0[K, 0] = s.shared[b]
+        eq = tiered_cache.solve_equilibrium(tg, y0=y0)
         assert eq.converged and eq.gap <= 1e-9
         own = np.einsum("kt,ktj->kj", v, eq.placement)
         reach = REACH[value] * _topology()
         h = eq.placement.sum(1)
         peer = 1 - np.prod(1 - reach[:, :, None] * h[None], axis=1)
+        if pool:
+            np.testing.assert_allclose(eq.shared, s.shared[b], atol=1e-9)
+            peer = 1 - (1 - peer) * (1 - 0.6 * eq.shared[None])
         hit = eta[b][:, None] * (1 - (1 - own) * (1 - peer)).T
         np.testing.assert_allclose(hit, s.hit[b], atol=5e-6)
 
