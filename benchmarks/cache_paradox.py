@@ -8,7 +8,9 @@ capacity) raise the worst / best equilibrium's SC?
 
 Fluid game (:func:`poa_jax.tiered_cache.capacity_paradox`): random instances, with credits
 and again with costs in time (access latencies, distance as transfer time); does adding one
-block of G1 capacity at worker 0 raise the worst / best equilibrium SC (4 starts)?
+block of G1 capacity at worker 0 raise the worst / best equilibrium SC (4 starts)? And with a
+shared pool: does one more block of pool capacity raise it? Flagged instances are re-checked
+with ``--verify-starts`` starts.
 
 ``python -m benchmarks.cache_paradox [--instances N] [--json out.json]``
 """
@@ -87,16 +89,24 @@ def main(argv=None):
     # reads at 5% and 40% of the recompute time (±25% per worker), transfers at 0.3·D of it,
     # so that peers reach up to 1 instead of 0.5 (stronger free-riding).
     lat = np.array([0.05, 0.4]) * rng.uniform(0.8, 1.25, (n_f, 4, 1))
+    # With a shared pool of 1–3 blocks (read at 0.5, or at 20% of the recompute time), and the
+    # extra block of capacity added to the pool instead of worker 0's G1.
+    pool = rng.integers(1, 4, n_f).astype(float)
 
     def game(name, idx):
-        if name == "fluid":
-            return tc.TieredCacheGame(d[idx], rates[idx], cap[idx], credit=[1.0, 0.25])
-        return tc.TieredCacheGame(0.3 * d[idx], rates[idx], cap[idx], access_latency=lat[idx])
+        kw = {}
+        if name.endswith("_pool"):
+            kw = dict(shared_capacity=pool[idx])
+            kw.update(shared_latency=0.2) if "time" in name else kw.update(shared_credit=0.5)
+        if name.startswith("fluid_time"):
+            return tc.TieredCacheGame(0.3 * d[idx], rates[idx], cap[idx], access_latency=lat[idx],
+                                      **kw)  # fmt: skip
+        return tc.TieredCacheGame(d[idx], rates[idx], cap[idx], credit=[1.0, 0.25], **kw)
 
     every = np.arange(n_f)
-    for name in ("fluid", "fluid_time"):
-        f = tc.capacity_paradox(game(name, every), worker=0, tier=0, extra=1.0,
-                                starts=args.fluid_starts)  # fmt: skip
+    for name in ("fluid", "fluid_time", "fluid_pool", "fluid_time_pool"):
+        where = dict(worker="shared") if name.endswith("_pool") else dict(worker=0, tier=0)
+        f = tc.capacity_paradox(game(name, every), **where, extra=1.0, starts=args.fluid_starts)
         out[name] = dict(
             instances=f["instances"], workers=4, tiers=2, blocks=12, starts=args.fluid_starts,
             converged=int(f["converged"].sum()), worst_paradoxes=f["worst_paradoxes"],
@@ -107,7 +117,7 @@ def main(argv=None):
         # --verify-starts starts before and after (a rise that was a missed equilibrium goes).
         flagged = np.flatnonzero(f["converged"] & ((f["worst_rise"] > 0) | (f["best_rise"] > 0)))
         if flagged.size:
-            v = tc.capacity_paradox(game(name, flagged), worker=0, tier=0, extra=1.0,
+            v = tc.capacity_paradox(game(name, flagged), **where, extra=1.0,
                                     starts=args.verify_starts, seed=1)  # fmt: skip
             for k in ("worst", "best"):
                 out[name][f"{k}_confirmed"] = v[f"{k}_paradoxes"]
@@ -120,7 +130,8 @@ def main(argv=None):
                 out[name][f"{k}_example"] = dict(
                     distance=d[i].tolist(), rates=rates[i].tolist(), capacity=cap[i].tolist(),
                     rise=float(f[f"{k}_rise"][i]),
-                    **({"access_latency": lat[i].tolist()} if name == "fluid_time" else {}),
+                    **({"access_latency": lat[i].tolist()} if "time" in name else {}),
+                    **({"shared_capacity": float(pool[i])} if "pool" in name else {}),
                 )  # fmt: skip
         print(json.dumps({k: v for k, v in out[name].items() if not k.endswith("example")}),
               flush=True)  # fmt: skip

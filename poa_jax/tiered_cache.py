@@ -703,7 +703,7 @@ def price_of_anarchy(
 def capacity_paradox(
     game: TieredCacheGame,
     *,
-    worker: int = 0,
+    worker: int | str = 0,
     tier: int = 0,
     extra: float = 1.0,
     starts: int = 4,
@@ -712,23 +712,35 @@ def capacity_paradox(
 ) -> dict:
     """Does adding ``extra`` capacity to ``(worker, tier)`` raise the equilibrium SC? (batched)
 
+    ``worker = "shared"`` adds it to the shared pool instead (``tier`` is then ignored).
     Equilibria from the same ``starts`` before and after; the worst and the best converged
     ones are compared. Returns ``(...)`` arrays ``worst_rise``, ``best_rise`` (> 0: a cache
     paradox) and the counts of instances where each is positive beyond ``1e-9`` relative.
     """
     p = _prepare(game, dtype)
     w, t = p.workers, p.dims[1]
-    if not (0 <= worker < w and 0 <= tier < t):
-        raise InputError(f"(worker, tier) = ({worker}, {tier}): must index capacity (W={w}, T={t})")
     if not (np.isfinite(extra) and extra > 0):
         raise InputError(f"extra = {extra!r}: must be finite and > 0")
-    cap = np.broadcast_to(np.asarray(game.capacity, np.float64), p.batch_shape + (w, t)).copy()
-    cap[..., worker, tier] += extra
-    more = dataclasses.replace(game, capacity=cap)
-    before = [_pick(*solve_equilibrium(game, starts=starts, seed=seed, dtype=dtype, _all=True), k)
-              for k in (True, False)]  # fmt: skip
-    after = [_pick(*solve_equilibrium(more, starts=starts, seed=seed, dtype=dtype, _all=True), k)
-             for k in (True, False)]  # fmt: skip
+    if worker == "shared":
+        if not p.pool:
+            raise InputError("worker = 'shared': the game has no shared pool (shared_capacity)")
+        pool = np.broadcast_to(np.asarray(game.shared_capacity, np.float64), p.batch_shape)
+        more = dataclasses.replace(game, shared_capacity=pool + extra)
+    else:
+        if isinstance(worker, str) or not (0 <= worker < w and 0 <= tier < t):
+            raise InputError(
+                f"(worker, tier) = ({worker!r}, {tier}): must index capacity (W={w}, T={t}), "
+                "or worker = 'shared' for the shared pool"
+            )
+        cap = np.broadcast_to(np.asarray(game.capacity, np.float64), p.batch_shape + (w, t))
+        cap = cap.copy()
+        cap[..., worker, tier] += extra
+        more = dataclasses.replace(game, capacity=cap)
+    picks = []
+    for g in (game, more):  # one solve each, the worst and the best equilibrium picked
+        pg, out = solve_equilibrium(g, starts=starts, seed=seed, dtype=dtype, _all=True)
+        picks.append([_pick(pg, out, k) for k in (True, False)])
+    before, after = picks
     rise_w = after[0].social_cost - before[0].social_cost
     rise_b = after[1].social_cost - before[1].social_cost
     tol = 1e-9 * np.maximum(before[1].social_cost, 1e-300)

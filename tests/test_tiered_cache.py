@@ -486,3 +486,18 @@ def test_shared_pool_bad_input(kwargs, match, compile_counter):
     with pytest.raises(pj.InputError, match="no shared pool"):
         tiered_cache.social_cost(_game(d, r, cap, size, m, {}), np.zeros((W, T, B)), shared=0.0)
     assert compile_counter.solver_count == 0
+
+
+def test_capacity_paradox_on_the_shared_pool():
+    """``worker="shared"`` adds the capacity to the pool: with the pool alone (no worker
+    capacity) one more block kept by it lowers SC by exactly that block's value."""
+    r = np.array([[3.0, 2.0, 1.0], [1.0, 1.0, 0.5]])
+    g = pj.TieredCacheGame(np.zeros((2, 2)), r, np.zeros((2, 1)), shared_capacity=1.0,
+                           shared_credit=0.5)  # fmt: skip
+    f = tiered_cache.capacity_paradox(g, worker="shared", extra=1.0, starts=2)
+    # the pool keeps block 0 (value 4), then block 1 (value 3): SC falls by 0.5·3
+    assert f["worst_paradoxes"] == f["best_paradoxes"] == 0
+    assert float(f["worst_rise"]) == pytest.approx(-1.5, rel=1e-12)
+    with pytest.raises(pj.InputError, match="no shared pool"):
+        plain = dataclasses.replace(g, shared_capacity=None, shared_credit=None)
+        tiered_cache.capacity_paradox(plain, worker="shared")
