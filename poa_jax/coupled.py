@@ -34,9 +34,11 @@ hit curve — :func:`solve` and :func:`price_of_anarchy` return exactly what
 :func:`poa_jax.solve_equilibrium` and :func:`poa_jax.price_of_anarchy` return for ``routing``.
 
 **PoA.** ``SC`` at the coupled fixed point over a coordinated optimum found by joint gradient
-descent on the true ``SC(x, y)`` from the fixed point (optax Adam on per-class softmax logits
-for ``x``, projected gradient for ``y`` as in :mod:`poa_jax.tiered_kernels`); the fixed point is
-itself a candidate, so ``PoA ≥ 1``. The optimum is local: PoA is a lower estimate.
+descent on the true ``SC(x, y)`` from the fixed point and ``optimum_starts`` generated starts
+(the routing game's herding and random flows, with random placements; optax Adam on per-class
+softmax logits for ``x``, projected gradient for ``y`` as in :mod:`poa_jax.tiered_kernels`); the
+fixed point is itself a candidate, so ``PoA ≥ 1``. The optimum is local: PoA is a lower
+estimate, and more starts raise it (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -447,22 +449,26 @@ def price_of_anarchy(
     optimum_steps: int = 300,
     lr: float = 0.05,
     dtype=None,
+    optimum_starts: int = 4,
+    seed: int = 0,
     **routing_kw,
 ):
     """PoA of the coupled game; with ``caching=False`` exactly :func:`poa_jax.price_of_anarchy`
-    of the routing game (``routing_kw``, e.g. ``starts``, ``method``, passed on; ignored with
-    caching on)."""
+    of the routing game (``routing_kw``, e.g. ``starts``, ``method``, and ``optimum_starts``,
+    ``seed`` passed on). With caching on, the joint optimum descends from the fixed point and
+    ``optimum_starts`` generated starts (seeded by ``seed``); ``routing_kw`` is ignored."""
     from poa_jax import poa as rpoa
 
     if not isinstance(game, CoupledGame):
         raise InputError(f"game: expected a CoupledGame, got {type(game).__name__}")
     if not game.caching:
         return rpoa.price_of_anarchy(
-            game.routing, tol=tol, max_iters=max_iters, dtype=dtype, **routing_kw
-        )
+            game.routing, tol=tol, max_iters=max_iters, dtype=dtype,
+            optimum_starts=optimum_starts, seed=seed, **routing_kw,
+        )  # fmt: skip
     eq = solve(game, tol=tol, max_iters=max_iters, outer_tol=outer_tol, max_outer=max_outer,
                dtype=dtype)  # fmt: skip
-    opt = _joint_optimum(game, eq, optimum_steps, lr, dtype)
+    opt = _joint_optimum(game, eq, optimum_steps, lr, dtype, optimum_starts, seed)
     sh = opt.social_cost.shape
     sc_eq = eq.social_cost.reshape(sh)
     o = opt.social_cost
@@ -500,9 +506,12 @@ def solve_optimum(
     optimum_steps: int = 300,
     lr: float = 0.05,
     dtype=None,
+    optimum_starts: int = 4,
+    seed: int = 0,
 ) -> CoupledOptimum:
-    """Joint descent on (routing, placement) from the coupled fixed point (a local optimum:
-    the social cost is not convex), never worse than that fixed point.
+    """Joint descent on (routing, placement) from the coupled fixed point and
+    ``optimum_starts`` generated starts (a local optimum: the social cost is not convex, and
+    more starts find lower optima), never worse than that fixed point.
 
     With ``game.caching`` False this returns :func:`poa_jax.solve_optimum` of the routing game
     unchanged (a :class:`~poa_jax.Solution`), as :func:`solve` does for the equilibrium.
@@ -515,14 +524,23 @@ def solve_optimum(
         return rsolve.solve_optimum(game.routing, tol=tol, max_iters=max_iters, dtype=dtype)
     eq = solve(game, tol=tol, max_iters=max_iters, outer_tol=outer_tol, max_outer=max_outer,
                dtype=dtype)  # fmt: skip
-    return _joint_optimum(game, eq, optimum_steps, lr, dtype)
+    return _joint_optimum(game, eq, optimum_steps, lr, dtype, optimum_starts, seed)
 
 
-def _joint_optimum(game: CoupledGame, eq: CoupledSolution, optimum_steps, lr, dtype):
+def _joint_optimum(game: CoupledGame, eq: CoupledSolution, optimum_steps, lr, dtype,
+                   starts: int = 0, seed: int = 0):  # fmt: skip
+    """Joint descent from the fixed point and ``starts`` generated starts (routing starts of
+    :func:`poa_jax.solve.starting_flows` past the uniform one, with random placements); the
+    best point over all of them and the fixed point itself."""
+    from poa_jax.solve import starting_flows
+
+    if int(starts) != starts or starts < 0:
+        raise InputError(f"optimum_starts = {starts!r}: must be an integer >= 0")
     p = _prepare(game, dtype)
     r = p.route
     n, j, k = r.game.demand.shape[0], r.num_classes, r.num_workers
     t = p.capacity.shape[-1]
+    kk = p.reach.shape[-1]
     dt = r.dtype
     x0 = eq.flows.reshape(n, j, k).astype(dt)
     y0 = eq.placement.reshape(n, k, t, j).astype(dt)
@@ -530,16 +548,36 @@ def _joint_optimum(game: CoupledGame, eq: CoupledSolution, optimum_steps, lr, dt
         row = np.zeros((n, 1, t, j), dt)
         row[:, 0, 0] = eq.shared.reshape(n, j)
         y0 = np.concatenate([y0, row], 1)
+    xs, ys = x0[:, None], y0[:, None]
+    if starts:
+        xr = starting_flows(r, int(starts) + 1, seed)[:, 1:].astype(dt)
+        yr = np.random.default_rng([seed, 0xC0]).random((n, int(starts), kk, t, j))
+        rep = lambda a: np.repeat(a, int(starts), axis=0)  # noqa: E731
+        yr = _chunked(
+            tiered_kernels._retract_batch,
+            (yr.reshape(-1, kk, t, j).astype(dt), rep(p.capacity), rep(p.size)), LANES,
+        ).reshape(n, int(starts), kk, t, j)  # fmt: skip
+        xs, ys = np.concatenate([xs, xr], 1), np.concatenate([ys, yr], 1)
+    s = xs.shape[1]
+    rep = lambda a: jax.tree_util.tree_map(lambda v: np.repeat(np.asarray(v), s, axis=0), a)  # noqa: E731
     out = _chunked(
-        _joint_batch, (r.game, p.reach, p.credit, p.capacity, p.size, x0, y0), LANES,
-        steps=int(optimum_steps), lr=float(lr),
+        _joint_batch,
+        (rep(r.game), rep(p.reach), rep(p.credit), rep(p.capacity), rep(p.size),
+         xs.reshape((n * s,) + xs.shape[2:]), ys.reshape((n * s,) + ys.shape[2:])),
+        LANES, steps=int(optimum_steps), lr=float(lr),
     )  # fmt: skip
+    sc = out["social_cost"].reshape(n, s)
+    i = np.argmin(sc, -1)
+    rows = np.arange(n)
+    o_sc = sc[rows, i]
+    o_x = out["flows"].reshape((n, s) + out["flows"].shape[1:])[rows, i]
+    o_y = out["placement"].reshape((n, s) + out["placement"].shape[1:])[rows, i]
     sh = r.batch_shape
     sc_eq = eq.social_cost.reshape(n)
-    better = out["social_cost"] < sc_eq
-    opt_sc = np.where(better, out["social_cost"], sc_eq)
-    opt_x = np.where(better[:, None, None], out["flows"], x0)
-    opt_y = np.where(better[:, None, None, None], out["placement"], y0)
+    better = o_sc < sc_eq
+    opt_sc = np.where(better, o_sc, sc_eq)
+    opt_x = np.where(better[:, None, None], o_x, x0)
+    opt_y = np.where(better[:, None, None, None], o_y, y0)
     return CoupledOptimum(
         flows=opt_x.reshape(sh + (j, k)),
         placement=opt_y[:, :k].reshape(sh + (k, t, j)),

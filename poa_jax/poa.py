@@ -89,7 +89,8 @@ def price_of_anarchy(
       starts: equilibrium starts per instance.
       tol, max_iters, method, dtype: as :func:`~poa_jax.solve_equilibrium`.
       optimum_starts: generated optimum starts (uniform, herds, random; for the fluid tiered
-        game random dense and sparse placements), in addition to the equilibria found. With
+        game random dense and sparse placements; for the coupled game herding and random
+        flows with random placements), in addition to the equilibria found. With
         the cache term SC is not convex and has several local minima: more starts find lower
         optima (benchmarks/RESULTS.md).
       descent_steps: optax Adam steps per optimum start before the polish.

@@ -247,8 +247,8 @@ def solve_optimum(
         :class:`~poa_jax.TieredCacheGame` (projected gradient from no cache, a uniform fill,
         the equilibria and ``starts`` random placements, or from ``x0``:
         :class:`poa_jax.tiered_cache.TieredSolution`) or a
-        :class:`~poa_jax.CoupledGame` (joint descent from the coupled fixed point:
-        :class:`poa_jax.coupled.CoupledOptimum`).
+        :class:`~poa_jax.CoupledGame` (joint descent from the coupled fixed point and
+        ``starts`` generated starts: :class:`poa_jax.coupled.CoupledOptimum`).
       tol: gap tolerance on the marginal-cost condition (default by dtype).
       max_iters: iteration bound of the polish (default 1000).
       starts: number of generated starts (uniform, herds, random; see :func:`starting_flows`).
@@ -333,7 +333,7 @@ def _caching_optimum(game, x0, seed, dtype, starts):
     if isinstance(game, coupled.CoupledGame):
         if x0 is not None:
             raise InputError("x0: the coupled optimum starts from the coupled fixed point")
-        return coupled.solve_optimum(game, dtype=dtype)
+        return coupled.solve_optimum(game, dtype=dtype, optimum_starts=starts, seed=seed)
     return None
 
 
