@@ -461,6 +461,7 @@ def price_of_anarchy(
 
     if not isinstance(game, CoupledGame):
         raise InputError(f"game: expected a CoupledGame, got {type(game).__name__}")
+    _check_starts(optimum_starts)
     if not game.caching:
         return rpoa.price_of_anarchy(
             game.routing, tol=tol, max_iters=max_iters, dtype=dtype,
@@ -520,11 +521,17 @@ def solve_optimum(
 
     if not isinstance(game, CoupledGame):
         raise InputError(f"game: expected a CoupledGame, got {type(game).__name__}")
+    _check_starts(optimum_starts)
     if not game.caching:
         return rsolve.solve_optimum(game.routing, tol=tol, max_iters=max_iters, dtype=dtype)
     eq = solve(game, tol=tol, max_iters=max_iters, outer_tol=outer_tol, max_outer=max_outer,
                dtype=dtype)  # fmt: skip
     return _joint_optimum(game, eq, optimum_steps, lr, dtype, optimum_starts, seed)
+
+
+def _check_starts(starts) -> None:
+    if isinstance(starts, bool) or int(starts) != starts or starts < 0:
+        raise InputError(f"optimum_starts = {starts!r}: must be an integer >= 0")
 
 
 def _joint_optimum(game: CoupledGame, eq: CoupledSolution, optimum_steps, lr, dtype,
@@ -534,8 +541,7 @@ def _joint_optimum(game: CoupledGame, eq: CoupledSolution, optimum_steps, lr, dt
     best point over all of them and the fixed point itself."""
     from poa_jax.solve import starting_flows
 
-    if int(starts) != starts or starts < 0:
-        raise InputError(f"optimum_starts = {starts!r}: must be an integer >= 0")
+    _check_starts(starts)
     p = _prepare(game, dtype)
     r = p.route
     n, j, k = r.game.demand.shape[0], r.num_classes, r.num_workers

@@ -164,7 +164,7 @@ class TieredCacheGame:
 
 @dataclasses.dataclass(frozen=True)
 class _Prepared:
-    reach: np.ndarray  # (N, W, W) σ·exp(−D), zero diagonal
+    reach: np.ndarray  # (N, W, W) σ·exp(−D) or max(0, 1 − D/κ), zero diagonal
     rm: np.ndarray  # (N, W, B) r·m
     capacity: np.ndarray  # (N, W, T)
     credit: np.ndarray  # (N, W, T) per worker

@@ -2,7 +2,8 @@ r"""Γ_KV, fluid form — the batched solvers of :mod:`poa_jax.tiered_cache`'s g
 
 Notation as in :mod:`poa_jax.tiered_cache`: workers ``w``, tiers ``t`` (credit ``v_t``, short for
 the per-worker ``v[w, t]``), blocks ``b`` (size ``s_b``), placements ``y[w, t, b]``,
-``reach[w, u] = σ·e^{−D[w, u]}`` (zero diagonal), ``rm = r·m``, ``h[u, b] = Σ_t y[u, t, b]``,
+``reach[w, u] = σ·e^{−D[w, u]}`` or its time form (zero diagonal), ``rm = r·m``,
+``h[u, b] = Σ_t y[u, t, b]``,
 ``q[w, b] = Π_{u≠w}(1 − reach[w,u]·h[u,b]) = 1 − peer[w, b]``,
 ``own[w, b] = Σ_t v_t·y[w, t, b]`` and
 

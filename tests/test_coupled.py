@@ -145,3 +145,5 @@ def test_generated_optimum_starts_find_lower_optima(routing):
     assert (many.optimum_cost < one.optimum_cost * (1 - 1e-3)).sum() >= 2
     with pytest.raises(pj.InputError, match="optimum_starts = -1"):
         coupled.solve_optimum(game, optimum_starts=-1)
+    with pytest.raises(pj.InputError, match="optimum_starts = 1.5"):
+        coupled.price_of_anarchy(game, optimum_starts=1.5)
