@@ -501,3 +501,17 @@ def test_capacity_paradox_on_the_shared_pool():
     with pytest.raises(pj.InputError, match="no shared pool"):
         plain = dataclasses.replace(g, shared_capacity=None, shared_credit=None)
         tiered_cache.capacity_paradox(plain, worker="shared")
+
+
+def test_shared_pool_float32_agrees_with_float64():
+    """The pool's equilibria and optima in float32 against float64 (costs in time)."""
+    g = _batch([_pooled(s, "latency")[0] for s in range(50, 54)])
+    e64 = tiered_cache.solve_equilibrium(g, starts=2, dtype=np.float64)
+    e32 = tiered_cache.solve_equilibrium(g, starts=2, dtype=np.float32, tol=1e-7)
+    assert e32.converged.all() and e64.converged.all()
+    np.testing.assert_allclose(e32.social_cost, e64.social_cost, rtol=1e-5)
+    np.testing.assert_allclose(e32.shared, e64.shared, atol=1e-5)
+    o64 = tiered_cache.solve_optimum(g, y0=e64.placement, steps=200, dtype=np.float64)
+    o32 = tiered_cache.solve_optimum(g, y0=e64.placement, steps=200, dtype=np.float32)
+    np.testing.assert_allclose(o32.social_cost, o64.social_cost, rtol=1e-4)
+    assert o32.shared.dtype == np.float32 and (o32.shared >= 0).all()
