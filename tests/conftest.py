@@ -23,6 +23,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from poa_jax.synthetic import random_games  # noqa: E402
+from tests import background  # noqa: E402
 
 #: Batch shape (instances, classes, workers) shared by the small-batch tests.
 SMALL = (8, 3, 4)
@@ -39,6 +40,16 @@ def _has_gpu() -> bool:
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a GPU; skipped on CPU")
+
+
+def pytest_collection_finish(session):
+    """Start the subprocess jobs the selected tests use (:mod:`tests.background`)."""
+    if not session.config.option.collectonly:
+        background.start(background.jobs_used_by(session.items))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    background.finish()
 
 
 def pytest_collection_modifyitems(config, items):

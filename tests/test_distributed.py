@@ -15,8 +15,8 @@ import subprocess
 import sys
 
 import pyarrow.parquet as pq
-import pytest
 
+from tests import background
 from tests.scenarios import TINY
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -28,9 +28,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    d = tmp_path_factory.mktemp("distributed")
+@background.job
+def runs(d):
+    """The two-process and the single-process sweeps (beside the suite: tests/background.py)."""
     toml = d / "tiny.toml"
     toml.write_text(TINY)
     # One device per process on both sides (the plain CLI would split the CPU into one device

@@ -1,9 +1,11 @@
-"""The lane axis sharded over every local device ≡ one device (issue 6).
+"""The lane axis sharded over every local device ≡ one device; the round loops (issue 6).
 
-A subprocess starts JAX with 8 host devices (``XLA_FLAGS=--xla_force_host_platform_device_count=8``;
-the flag must be set before JAX starts, so it cannot run in this process) and runs
+A subprocess starts JAX with 8 host devices (``XLA_FLAGS=--xla_force_host_platform_device_count=8``
+must be set before JAX starts, so it cannot run in this process) and runs
 ``tests/sharded_worker.py``: the same 200 cache-on games solved sharded and on one device, with
-compaction on in both (small ``COMPACT_ABOVE``), and the tiny scenario swept both ways.
+compaction on in both (small ``COMPACT_ABOVE``), and the tiny scenario swept both ways. Four
+more processes solve one batch with and without compaction and in each loop mode (read from the
+environment at import). Both jobs run beside the suite (``tests/background.py``).
 """
 
 from __future__ import annotations
@@ -16,14 +18,16 @@ import sys
 
 import pytest
 
+from tests import background
 from tests.scenarios import TINY
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def sharded(tmp_path_factory):
-    toml = tmp_path_factory.mktemp("sharding") / "tiny.toml"
+@background.job
+def sharded(tmp):
+    """The worker's JSON line (8 host devices; runs beside the suite: tests/background.py)."""
+    toml = tmp / "tiny.toml"
     toml.write_text(TINY.replace('dtype = "float32"', 'dtype = "float64"'))
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
     env["JAX_PLATFORMS"] = "cpu"
@@ -55,32 +59,24 @@ def test_sharded_sweep_equals_one_device(sharded):
     assert sharded["sweep_max_diff"] <= 1e-9
 
 
-def test_compacted_rounds_equal_the_plain_loop(monkeypatch):
+def test_compacted_rounds_equal_the_plain_loop(rounds):
     """Rounds of ROUND_ITERS with finished lanes dropped ≡ one while_loop over the whole batch."""
     import numpy as np
 
-    import poa_jax as pj
-    from poa_jax import batching, synthetic
-
-    game = synthetic.random_games(3, 120)
-    policy = pj.policies.dynamo(omega=0.5, tau=0.0)
-    kw = dict(starts=2, tol=1e-8, max_iters=300, dtype="float64")
-    monkeypatch.setattr(batching, "COMPACT_ABOVE", 10**9)
-    plain = pj.price_of_anarchy(game, policy, **kw)
-    monkeypatch.setattr(batching, "COMPACT_ABOVE", 16)
-    monkeypatch.setattr(batching, "ROUND_ITERS", 7)  # many rounds, odd boundaries
-    rounds = pj.price_of_anarchy(game, policy, **kw)
+    plain, w = rounds["plain"], rounds["while"]
     # A lane's trajectory does not depend on the rounds, up to rounding: XLA vectorises a batch
     # of 120 lanes and a gathered sub-batch differently, so the last bits can differ and a lane
     # near the Newton threshold may switch phase an iteration earlier or later.
-    for a, b in ((plain.equilibrium, rounds.equilibrium), (plain.optimum, rounds.optimum)):
-        np.testing.assert_array_equal(a.status, b.status)
-        assert np.mean(a.iterations == b.iterations) >= 0.95
-        both = a.converged & b.converged
+    for name in ("eq", "opt"):
+        np.testing.assert_array_equal(plain[f"{name}_status"], w[f"{name}_status"])
+        assert np.mean(plain[f"{name}_iters"] == w[f"{name}_iters"]) >= 0.95
+        both = (plain[f"{name}_status"] == 0) & (w[f"{name}_status"] == 0)
         assert both.mean() > 0.9
-        np.testing.assert_allclose(a.flows[both], b.flows[both], rtol=0, atol=1e-5)
-    ok = plain.converged & rounds.converged
-    np.testing.assert_allclose(plain.poa[ok], rounds.poa[ok], rtol=1e-7)
+        np.testing.assert_allclose(plain[f"{name}_flows"][both], w[f"{name}_flows"][both],
+                                   rtol=0, atol=1e-5)  # fmt: skip
+    ok = (plain["eq_status"] == 0) & (w["eq_status"] == 0)
+    ok &= (plain["opt_status"] == 0) & (w["opt_status"] == 0)
+    np.testing.assert_allclose(plain["poa"][ok], w["poa"][ok], rtol=1e-7)
 
 
 def test_round_calls_cover_every_pending_lane_once_with_few_empty_slots():
@@ -99,10 +95,11 @@ def test_round_calls_cover_every_pending_lane_once_with_few_empty_slots():
 _ROUNDS_SCRIPT = """
 import sys, numpy as np, jax
 jax.config.update("jax_enable_x64", True)
+jax.config.update("jax_numpy_rank_promotion", "raise")
 import poa_jax as pj
 from poa_jax import batching, synthetic
 from poa_jax.kernels import loop
-batching.COMPACT_ABOVE, batching.ROUND_ITERS = 16, 7
+batching.COMPACT_ABOVE, batching.ROUND_ITERS = int(sys.argv[2]), 7  # many rounds, odd ends
 game = synthetic.random_games(3, 120)
 res = pj.price_of_anarchy(game, pj.policies.dynamo(omega=0.5, tau=0.0), starts=2, tol=1e-8,
                           max_iters=300, dtype="float64")
@@ -114,22 +111,36 @@ np.savez(sys.argv[1], fixed=loop.FIXED_TRIP, unroll=loop.UNROLL, poa=res.poa, **
 """
 
 
-def test_fixed_trip_and_unrolled_rounds_equal_while_rounds(tmp_path):
+@background.job
+def rounds(tmp):
+    """The same 120 cache-on games solved in four processes: ``plain`` (one while_loop over
+    the batch: compaction off) and, with compaction into rounds of 7 iterations, ``while``
+    (the default early-exit rounds), ``fixed`` (``POA_JAX_ROUND_LOOP=fixed``) and ``unroll``
+    (``POA_JAX_LOOP_UNROLL=3``). Runs beside the suite (tests/background.py)."""
+    import numpy as np
+
+    modes = {"plain": {}, "while": {}, "fixed": {"POA_JAX_ROUND_LOOP": "fixed"},
+             "unroll": {"POA_JAX_LOOP_UNROLL": "3"}}  # fmt: skip
+    runs = {}
+    for mode, extra in modes.items():
+        out = tmp / f"{mode}.npz"
+        env = {**os.environ, "POA_JAX_ROUND_LOOP": "while", "POA_JAX_LOOP_UNROLL": "1",
+               "JAX_PLATFORMS": "cpu", **extra}  # fmt: skip
+        compact_above = str(10**9 if mode == "plain" else 16)
+        subprocess.run([sys.executable, "-c", _ROUNDS_SCRIPT, str(out), compact_above], env=env,
+                       check=True, timeout=600)  # fmt: skip
+        with np.load(out) as f:
+            runs[mode] = dict(f)
+    return runs
+
+
+def test_fixed_trip_and_unrolled_rounds_equal_while_rounds(rounds):
     """``POA_JAX_ROUND_LOOP=fixed`` (rounds of exactly ROUND_ITERS trips, finished lanes frozen
     by the body: no per-trip predicate sync on a GPU) and ``POA_JAX_LOOP_UNROLL=3`` (three
     guarded steps per loop trip) ≡ the default early-exit rounds."""
     import numpy as np
 
-    runs = {}
-    modes = {"while": {}, "fixed": {"POA_JAX_ROUND_LOOP": "fixed"},
-             "unroll": {"POA_JAX_LOOP_UNROLL": "3"}}  # fmt: skip
-    for mode, extra in modes.items():
-        out = tmp_path / f"{mode}.npz"
-        env = {**os.environ, "POA_JAX_ROUND_LOOP": "while", "POA_JAX_LOOP_UNROLL": "1",
-               "JAX_PLATFORMS": "cpu", **extra}  # fmt: skip
-        subprocess.run([sys.executable, "-c", _ROUNDS_SCRIPT, str(out)], env=env, check=True,
-                       timeout=600)  # fmt: skip
-        runs[mode] = np.load(out)
+    runs = rounds
     w = runs["while"]
     assert not w["fixed"] and runs["fixed"]["fixed"]  # the variables reached the loop
     assert w["unroll"] == 1 and runs["unroll"]["unroll"] == 3
@@ -161,41 +172,55 @@ print(n, jax.local_device_count(), late)
 """
 
 
-@pytest.mark.parametrize(
-    "args, env, want",
-    [
-        (["3"], {}, "3 3 3"),
-        ([], {"POA_JAX_CPU_DEVICES": "2"}, "2 2 2"),
-        ([], {"POA_JAX_CPU_DEVICES": "1"}, "1 1 1"),
-        (["4"], {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}, "2 2 2"),
-    ],
-)
-def test_use_cpu_devices(args, env, want):
-    """``batching.use_cpu_devices`` splits the CPU into that many JAX devices before JAX
-    starts (argument, else ``POA_JAX_CPU_DEVICES``), leaves a count set by ``XLA_FLAGS``
-    alone, and changes nothing once JAX has computed."""
-    full = {**os.environ, "JAX_PLATFORMS": "cpu", **env}
-    if "XLA_FLAGS" not in env:
-        full.pop("XLA_FLAGS", None)
-    r = subprocess.run([sys.executable, "-c", _CPU_DEVICES_SCRIPT, *args], env=full,
-                       capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert r.stdout.split("\n")[-2] == want
+_CPU_DEVICE_CASES = [
+    (["3"], {}, "3 3 3"),
+    ([], {"POA_JAX_CPU_DEVICES": "2"}, "2 2 2"),
+    ([], {"POA_JAX_CPU_DEVICES": "1"}, "1 1 1"),
+    (["4"], {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}, "2 2 2"),
+]
 
 
-def test_cli_splits_the_cpu_and_names_a_bad_setting(tmp_path):
-    """The ``poa-jax`` program shards over one CPU device per core (here forced to 2: the bench
-    row names the devices); a malformed ``POA_JAX_CPU_DEVICES`` is a usage error."""
-
+@background.job
+def cpu_device_runs(tmp):
+    """``_CPU_DEVICES_SCRIPT`` for each case, ``(returncode, stdout, stderr)`` by case index;
+    the ``poa-jax bench`` runs of the CLI test. Beside the suite (tests/background.py)."""
+    runs = []
+    for args, env, _ in _CPU_DEVICE_CASES:
+        full = {**os.environ, "JAX_PLATFORMS": "cpu", **env}
+        if "XLA_FLAGS" not in env:
+            full.pop("XLA_FLAGS", None)
+        r = subprocess.run([sys.executable, "-c", _CPU_DEVICES_SCRIPT, *args], env=full,
+                           capture_output=True, text=True, timeout=120)  # fmt: skip
+        runs.append((r.returncode, r.stdout, r.stderr))
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "POA_JAX_CPU_DEVICES": "2"}
     env.pop("XLA_FLAGS", None)
-    out = tmp_path / "bench.json"
+    out = tmp / "bench.json"
     cmd = [sys.executable, "-m", "poa_jax.cli", "bench", "--batch", "16", "--repeats", "1"]
     r = subprocess.run([*cmd, "--json", str(out)], env=env, capture_output=True, text=True,
                        timeout=600)  # fmt: skip
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert {row["device"] for row in json.loads(out.read_text())} == {"cpu:cpu x2"}
+    rows = json.loads(out.read_text()) if r.returncode == 0 else None
     bad = subprocess.run(cmd, env={**env, "POA_JAX_CPU_DEVICES": "lots"}, capture_output=True,
                          text=True, timeout=120)  # fmt: skip
-    assert bad.returncode == 2
-    assert "POA_JAX_CPU_DEVICES = 'lots': must be an integer >= 1" in bad.stderr
+    return {"cases": runs, "bench": (r.returncode, r.stderr, rows),
+            "bad": (bad.returncode, bad.stderr)}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", range(len(_CPU_DEVICE_CASES)))
+def test_use_cpu_devices(cpu_device_runs, case):
+    """``batching.use_cpu_devices`` splits the CPU into that many JAX devices before JAX
+    starts (argument, else ``POA_JAX_CPU_DEVICES``), leaves a count set by ``XLA_FLAGS``
+    alone, and changes nothing once JAX has computed."""
+    rc, stdout, stderr = cpu_device_runs["cases"][case]
+    assert rc == 0, stderr[-2000:]
+    assert stdout.split("\n")[-2] == _CPU_DEVICE_CASES[case][2]
+
+
+def test_cli_splits_the_cpu_and_names_a_bad_setting(cpu_device_runs):
+    """The ``poa-jax`` program shards over one CPU device per core (here forced to 2: the bench
+    row names the devices); a malformed ``POA_JAX_CPU_DEVICES`` is a usage error."""
+    rc, stderr, rows = cpu_device_runs["bench"]
+    assert rc == 0, stderr[-2000:]
+    assert {row["device"] for row in rows} == {"cpu:cpu x2"}
+    rc, stderr = cpu_device_runs["bad"]
+    assert rc == 2
+    assert "POA_JAX_CPU_DEVICES = 'lots': must be an integer >= 1" in stderr
