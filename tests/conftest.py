@@ -10,6 +10,10 @@ milliseconds to run), so the fixtures below fix a few batch shapes that the test
 * ``(8, 3, 4)`` — eight games of 3 classes × 4 workers: the scipy reference (no cache term), the
   batched/looped, dtype, policy and overload checks (cache term on);
 * ``(64, 5, 6)`` — the cache-on random family for the invariants of ``price_of_anarchy``.
+
+The checks that need JAX processes of their own (8 host devices, a 2-process job, loop modes
+read at import) run beside the suite as background jobs (:mod:`tests.background`), started when
+collection finishes.
 """
 
 from __future__ import annotations
