@@ -48,9 +48,10 @@ metric ``s_·k ≈ ∂c_jk/∂x_jk`` and an optional term ``ν_k`` of the gap de
 
     s̃      = max(s, max(1, max_jk s)·√ε)                       (metric floor; 1 off the mask)
     c̄_jk   = c_jk − m_j,  m_j = Σ_k x_jk c_jk / d_j  (min_k c_jk if d_j = 0)   (centring)
-    y      = P_s̃(x − α c̄ / s̃)                                  (scaled projection, per row)
+    y      = P_s̃(x − α c̄ / s̃ + μ Δ_prev)                       (scaled projection, per row)
     cos    = ⟨Δ, Δ_prev⟩_s̃ / (‖Δ‖_s̃ ‖Δ_prev‖_s̃),   Δ = y − x
     α⁺     = clip(α/2 if cos < 0, α·1.2 if cos > 1/2, else α;  [α_min, α_max])
+    μ⁺     = β if cos > 0 else 0                                (heavy ball, restarted)
     gap(y) = max(Σ_jk y c − Σ_j d_j min_k c_jk, 0) / max(|ν|, tiny),  ν = Σ_jk y c by default
 
 and the point of smallest gap seen is the solution. A non-finite gap rejects the step and halves
@@ -127,13 +128,15 @@ class FusedState(NamedTuple):
     best_x: jax.Array  # (J, K, N) flow of smallest gap seen (the solution)
     alpha: jax.Array  # (N,) step size that produced y
     alpha_next: jax.Array  # (N,) step size once y is accepted
+    mom: jax.Array  # (N,) heavy-ball coefficient that produced y
+    mom_next: jax.Array  # (N,) heavy-ball coefficient once y is accepted
     best_gap: jax.Array  # (N,) gap at best_x (+inf before the first evaluation)
     steps: jax.Array  # (N,) int32 iterations taken
     fresh: jax.Array  # (N,) int32 1 until the start has been evaluated
 
 
 _FLOAT_GRIDS = ("x", "y", "step", "best_x")
-_FLOAT_LANES = ("alpha", "alpha_next", "best_gap")
+_FLOAT_LANES = ("alpha", "alpha_next", "mom", "mom_next", "best_gap")
 _INT_LANES = ("steps", "fresh")
 
 
@@ -251,6 +254,7 @@ class _Options(NamedTuple):
     alpha_min: float
     alpha_max: float
     grow: float
+    momentum: float = 0.0
 
 
 def _column_field(field_fn, yk, mk, wk, shared, acc, zero, has_norm):
@@ -277,6 +281,7 @@ class _Verdict(NamedTuple):
     floor: Lane  # metric floor max(1, max s)·√ε
     ok: Lane  # finite gap: y accepted
     alpha1: Lane  # step size of the next candidate's projection
+    mom1: Lane  # heavy-ball coefficient of the next candidate's projection
     improved: Lane  # y becomes the best point
 
 
@@ -293,14 +298,15 @@ def _judge(c: dict, acc, demand, has_norm) -> _Verdict:
     floor = jnp.maximum(smax, 1.0) * jnp.finfo(dtype).eps ** 0.5
     ok = jnp.isfinite(g)
     alpha1 = jnp.where(ok, c["alpha_next"], c["alpha"] * 0.5)
+    mom1 = jnp.where(ok, c["mom_next"], 0.0)
     improved = (c["fresh"] > 0) | (ok & (g < c["best_gap"]))
-    return _Verdict(g, floor, ok, alpha1, improved)
+    return _Verdict(g, floor, ok, alpha1, mom1, improved)
 
 
-def _row_update(v: _Verdict, xj, yj, cj, sj, mj, d, rm, acc):
+def _row_update(v: _Verdict, xj, yj, cj, sj, mj, d, rm, acc, heavy: bool = False):
     """Row ``j``: accept or reject ``y``, centre the cost, project the next candidate from the
-    accepted point (where the field is known), and add the row's step-control inner products.
-    Returns ``(x1, y1, step1, acc)``."""
+    accepted point (where the field is known; plus the heavy-ball term where ``heavy``), and
+    add the row's step-control inner products. Returns ``(x1, y1, step1, acc)``."""
     tiny = _tiny(xj[0].dtype)
     sj = [jnp.where(b, jnp.maximum(u, v.floor), 1.0) for u, b in zip(sj, mj, strict=True)]
     x1 = _where(v.ok, yj, xj)
@@ -309,6 +315,8 @@ def _row_update(v: _Verdict, xj, yj, cj, sj, mj, d, rm, acc):
     ref = jnp.where(d > 0, mean / jnp.maximum(d, tiny), rm)
     cc = [jnp.where(b, u - ref, 0.0) for u, b in zip(cj, mj, strict=True)]
     z = [u - v.alpha1 * w / s for u, w, s in zip(x1, cc, sj, strict=True)]
+    if heavy:
+        z = [u + v.mom1 * t for u, t in zip(z, step1, strict=True)]
     y1 = project_simplex_lanes(z, d, sj, mj)
     dx = [a - b for a, b in zip(y1, x1, strict=True)]
     dot = lambda a, b: lane_sum([w * u * t for u, t, w in zip(a, b, sj, strict=True)])  # noqa: E731
@@ -326,11 +334,14 @@ def _lane_update(opt: _Options, c: dict, v: _Verdict, live, acc) -> dict:
     a1 = v.alpha1
     a2 = jnp.where(cos < 0, a1 * 0.5, jnp.where(cos > 0.5, a1 * opt.grow, a1))
     a2 = jnp.where(v.ok, jnp.clip(a2, opt.alpha_min, opt.alpha_max), a1)
+    m2 = jnp.where(v.ok & (cos > 0), jnp.asarray(opt.momentum, a1.dtype), jnp.zeros_like(a1))
     keep = lambda new, old: jnp.where(live, new, old)  # noqa: E731
     fresh = c["fresh"] > 0
     return dict(
         alpha=keep(a1, c["alpha"]),
         alpha_next=keep(a2, c["alpha_next"]),
+        mom=keep(v.mom1, c["mom"]),
+        mom_next=keep(m2, c["mom_next"]),
         best_gap=keep(jnp.where(v.improved, v.gap, c["best_gap"]), c["best_gap"]),
         steps=c["steps"] + (live & ~fresh).astype(c["steps"].dtype),
         fresh=jnp.where(live, 0, c["fresh"]),
@@ -380,7 +391,7 @@ def _solve_block(field_fn, opt: _Options, st: dict, budget, demand, m, workers, 
 
         def row(_, heads, acc):  # 2. row by row: accept, centre, project, step control
             xj, yj, stj, bj, cj, sj, mj, d, rm = heads
-            x1, y1, step1, acc = _row_update(v, xj, yj, cj, sj, mj, d, rm, acc)
+            x1, y1, step1, acc = _row_update(v, xj, yj, cj, sj, mj, d, rm, acc, opt.momentum > 0)
             new = (
                 _where(live, x1, xj),
                 _where(live, y1, yj),
@@ -479,7 +490,7 @@ def _solve_block_memory(field_fn, opt: _Options, r: _Rows, st, budget, s_ref, p_
             mj = [p_ref[r.mask + j * K + k, :] > 0.5 for k in range(K)]
             d, rm = p_ref[j, :], s_ref[r.rmin + j, :]
             x1, y1, step1, acc = _row_update(v, xj, yj, load(r.cost), load(r.scale), mj, d, rm,
-                                             acc)  # fmt: skip
+                                             acc, opt.momentum > 0)  # fmt: skip
             for k in range(K):
                 i = j * K + k
                 s_ref[r.x + i, :] = jnp.where(live, x1[k], xj[k])
@@ -558,8 +569,9 @@ def start_state(x0: jax.Array, demand: jax.Array, mask: jax.Array, alpha0: float
     x = proj(x0, demand.astype(x0.dtype), None, mask.astype(bool))
     z = jnp.zeros_like(x)
     a = jnp.full((n,), alpha0, x.dtype)
+    m = jnp.zeros((n,), x.dtype)
     return FusedState(
-        x=x, y=x, step=z, best_x=x, alpha=a, alpha_next=a,
+        x=x, y=x, step=z, best_x=x, alpha=a, alpha_next=a, mom=m, mom_next=m,
         best_gap=jnp.full((n,), jnp.inf, x.dtype), steps=jnp.zeros((n,), jnp.int32),
         fresh=jnp.ones((n,), jnp.int32),
     )  # fmt: skip
@@ -586,6 +598,7 @@ def projection_kernel(
     alpha_min: float = 1e-3,
     alpha_max: float = 1.0,
     grow: float = 1.2,
+    momentum: float = 0.0,
     state: str = "registers",
 ) -> ProjectionKernel:
     """Builds the fused projection-dynamics solver for a column-local cost field.
@@ -602,7 +615,8 @@ def projection_kernel(
         ``B = 32·num_warps``).
       interpret: run in Pallas interpret mode (CPU tests).
       num_warps, num_stages: Triton compiler parameters (GPU only).
-      alpha0, alpha_min, alpha_max, grow: step control, as :func:`kernels.vi.projection_iteration`.
+      alpha0, alpha_min, alpha_max, grow, momentum: step control and heavy ball, as
+        :func:`kernels.vi.projection_iteration`.
       state: where a program keeps the instances' ``(J, K)`` grids during the loop:
         ``"registers"`` (loaded once, carried by the loops) or ``"memory"`` (its state block,
         one row or column loaded per loop trip; see :func:`_solve_block_memory`). Same
@@ -619,7 +633,10 @@ def projection_kernel(
     if state not in ("registers", "memory"):
         raise ValueError(f"state = {state!r}: must be 'registers' or 'memory'")
     in_memory = state == "memory"  # (``advance`` below has an argument named ``state``)
-    opt = _Options(float(tol), int(max_iters), alpha0, alpha_min, alpha_max, grow)
+    if not 0.0 <= momentum < 1.0:
+        raise ValueError(f"momentum = {momentum!r}: must be in [0, 1)")
+    opt = _Options(float(tol), int(max_iters), alpha0, alpha_min, alpha_max, grow,
+                   float(momentum))  # fmt: skip
     params_kw = {}
     if not interpret:
         cp = triton_compiler_params(num_warps, num_stages)
@@ -722,7 +739,8 @@ def projection_kernel(
     return ProjectionKernel(advance, block, opt)
 
 
-def flops_per_iteration(num_rows: int, num_cols: int, field_flops: int) -> int:
+def flops_per_iteration(num_rows: int, num_cols: int, field_flops: int,
+                        momentum: bool = False) -> int:  # fmt: skip
     """Arithmetic per instance-iteration of the fused loop (one FLOP per elementwise op).
 
     Counted from the kernel body: every add, multiply, divide, compare, select, min/max and
@@ -734,7 +752,8 @@ def flops_per_iteration(num_rows: int, num_cols: int, field_flops: int) -> int:
       ``K`` sum and rescale ``K`` → ``J·(5K² + 11K)``;
     * centring ``J·(4K + 3)`` + the step ``z = x − α c/s`` ``3JK``;
     * metric floor ``4JK``; gap ``4JK + 4J``; step control ``9JK + 10``;
-    * pending-lane selects for ``x, c, s, step, best_x`` and the loop test ``≈ 8JK + 10``.
+    * pending-lane selects for ``x, c, s, step, best_x`` and the loop test ``≈ 8JK + 10``;
+    * with ``momentum``, the heavy-ball term ``+ μ·Δ_prev`` ``2JK`` and its coefficient ``4``.
     """
     J, K = num_rows, num_cols
     proj = J * (5 * K * K + 11 * K)
@@ -743,4 +762,5 @@ def flops_per_iteration(num_rows: int, num_cols: int, field_flops: int) -> int:
     gap = 4 * J * K + 4 * J
     control = 9 * J * K + 10
     select = 8 * J * K + 10
-    return int(proj + centre + metric + gap + control + select + field_flops)
+    heavy = 2 * J * K + 4 if momentum else 0
+    return int(proj + centre + metric + gap + control + select + heavy + field_flops)

@@ -216,7 +216,7 @@ FIELD_FLOPS = {
 def flops_per_iteration(kind: str, num_classes: int = 5, num_workers: int = 6) -> int:
     """Arithmetic per instance-iteration of the fused kernel (``kind``: equilibrium/optimum)."""
     field = FIELD_FLOPS[kind](num_classes, num_workers)
-    return pv.flops_per_iteration(num_classes, num_workers, field)
+    return pv.flops_per_iteration(num_classes, num_workers, field, _momentum(kind) > 0)
 
 
 # --------------------------------------------------------------------------- packing
@@ -243,13 +243,19 @@ def _params(game: RoutingGame, policy: Policy | None, n: int, dtype) -> tuple[di
 
 @functools.cache
 def _kernel(kind: str, tol: float, max_iters: int, interpret: bool, block: int, num_warps,
-            state: str = "registers"):  # fmt: skip
+            state: str = "registers", momentum: float = 0.0):  # fmt: skip
     field = _equilibrium_field if kind == "equilibrium" else _optimum_field
     return pv.projection_kernel(
         field, tol=tol, max_iters=max_iters, block=block, interpret=interpret,
         num_warps=None if interpret else num_warps, num_stages=None if interpret else 1,
-        state=state,
+        state=state, momentum=momentum,
     )  # fmt: skip
+
+
+def _momentum(kind: str) -> float:
+    """The pure-JAX solver's heavy-ball coefficient for ``kind`` (the fused kernel runs the same
+    iteration; :data:`poa_jax.solvers.EQ_MOMENTUM`)."""
+    return float(_solvers.EQ_MOMENTUM if kind == "equilibrium" else _solvers.OPT_MOMENTUM)
 
 
 def _sizes(block: int, chunk: int) -> list[int]:
@@ -307,7 +313,7 @@ def _run(kind, params, demand, mask, x0, *, tol, max_iters, interpret, rounds, b
     padded with copies of a lane whose result is dropped.
     """
     kern = _kernel(kind, float(tol), int(max_iters), bool(interpret), int(block), num_warps,
-                   state or STATE)  # fmt: skip
+                   state or STATE, _momentum(kind))  # fmt: skip
     if chunk is None:
         chunk = CHUNK.get("interpret" if interpret else jax.default_backend(), CHUNK["gpu"])
     sizes = _sizes(block, chunk)
