@@ -369,9 +369,16 @@ def test_float32_with_cache_term(cache_games):
     np.testing.assert_allclose(flows32.sum(-1), f["demand"], rtol=1e-5)
     assert s32.converged.mean() >= FLOOR_POLICY
     assert np.all(np_gap(f, flows32)[s32.converged] <= 1e-4)
+    _same_equilibria_agree(f, s32, s64)
+
+
+def _same_equilibria_agree(f, s32, s64):
+    """Where a float32 and a float64 solve from the same start settle in the same equilibrium
+    (flows within 1e-2 of the demand: with the cache term there are several, and rounding can
+    tip a trajectory into another), their costs agree to 1e-4; at least half of them do."""
     scale = f["demand"].max(-1)
     same = s32.converged & s64.converged
-    same &= np.abs(flows32 - s64.flows).max((1, 2)) <= 1e-2 * scale
+    same &= np.abs(s32.flows.astype(np.float64) - s64.flows).max((1, 2)) <= 1e-2 * scale
     print(f"\nfloat32 converged {s32.converged.mean():.3f}, float64 {s64.converged.mean():.3f}, "
           f"same equilibrium {same.mean():.3f}")  # fmt: skip
     assert same.mean() >= 0.5
@@ -410,6 +417,5 @@ def test_gpu_float32_matches_cpu_float64(cache_games):
     gpu = pj.solve_equilibrium(cache_games, dtype=np.float32)
     with jax.default_device(jax.devices("cpu")[0]):
         cpu = pj.solve_equilibrium(cache_games)
-    both = gpu.converged & cpu.converged
-    assert both.mean() >= 0.75
-    np.testing.assert_allclose(gpu.social_cost[both], cpu.social_cost[both], rtol=1e-4)
+    assert (gpu.converged & cpu.converged).mean() >= 0.75
+    _same_equilibria_agree(_full(cache_games), gpu, cpu)
