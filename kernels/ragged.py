@@ -124,6 +124,7 @@ class _GState(NamedTuple):
     step: jax.Array  # (P,) previous step (oscillation detection)
     best_x: jax.Array  # (P,) point of smallest gap seen
     best_gap: jax.Array  # ()
+    momentum: jax.Array  # () heavy-ball coefficient of the next step (0 after a reversal)
 
 
 def projection_iteration(
@@ -137,8 +138,13 @@ def projection_iteration(
     alpha_min: float = 1e-3,
     alpha_max: float = 4.0,
     grow: float = 1.2,
+    momentum: float = 0.0,
 ) -> Iteration:
     """Scaled projection dynamics for the VI of ``cost_fn`` on ragged simplices.
+
+    The iteration of :func:`poa_jax.kernels.vi.projection_iteration` (same step control, same
+    heavy ball ``+ β_n (x − x⁻)``, ``β_n = momentum`` while the last two steps agree, else 0),
+    with groups of any size in place of rows.
 
     Args:
       cost_fn: ``x (P,) → c (P,)``.
@@ -147,11 +153,14 @@ def projection_iteration(
       group: ``(P,)`` int group of each variable.
       valid: ``(P,)`` bool; invalid variables (padding, unusable paths) stay at 0.
       alpha0, alpha_min, alpha_max, grow: step control (unit step = a diagonal Newton step).
+      momentum: heavy-ball coefficient in ``[0, 1)``; 0 is the plain dynamics, bit for bit.
 
     Returns:
       An :class:`~poa_jax.kernels.vi.Iteration`; ``init`` takes a feasible ``x0 (P,)`` (each
       group summing to its demand, zero on invalid variables).
     """
+    if not 0.0 <= momentum < 1.0:
+        raise ValueError(f"momentum = {momentum!r}: must be in [0, 1)")
 
     def metric(x):
         s = scale_fn(x)
@@ -166,7 +175,10 @@ def projection_iteration(
         # Costs relative to each group's least cost (projection is invariant to a constant per
         # group; it keeps c/s small where the metric is tiny).
         c = jnp.where(valid, st.c - jnp.where(demand > 0, st.cmin, 0.0)[group], 0.0)
-        y = project_groups(st.x - st.alpha * c / st.s, demand, st.s, group, valid)
+        z = st.x - st.alpha * c / st.s
+        if momentum:
+            z = z + st.momentum * st.step
+        y = project_groups(z, demand, st.s, group, valid)
         cy = cost_fn(y)
         gy, cmin_y = gap_of(y, cy)
         dx = y - st.x
@@ -177,6 +189,7 @@ def projection_iteration(
         alpha = jnp.clip(alpha, alpha_min, alpha_max)
         finite = jnp.isfinite(gy)
         improved = finite & (gy < st.best_gap)
+        beta = jnp.where(finite & (cos > 0), momentum, 0.0).astype(st.momentum.dtype)
         new = _GState(
             x=jnp.where(finite, y, st.x),
             c=jnp.where(finite, cy, st.c),
@@ -186,6 +199,7 @@ def projection_iteration(
             step=jnp.where(finite, dx, 0.0),
             best_x=jnp.where(improved, y, st.best_x),
             best_gap=jnp.where(improved, gy, st.best_gap),
+            momentum=beta,
         )
         return new, new.best_gap
 
@@ -194,7 +208,8 @@ def projection_iteration(
         c0 = cost_fn(x0)
         g0, cmin0 = gap_of(x0, c0)
         alpha = jnp.asarray(alpha0, x0.dtype)
-        return _GState(x0, c0, cmin0, metric(x0), alpha, jnp.zeros_like(x0), x0, g0), g0
+        zero = jnp.zeros((), x0.dtype)
+        return _GState(x0, c0, cmin0, metric(x0), alpha, jnp.zeros_like(x0), x0, g0, zero), g0
 
     return Iteration(init, step, lambda st: st.best_x)
 

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from poa_jax.kernels import pallas_vi, vi
+from poa_jax.kernels import pallas_vi, ragged, vi
 from poa_jax.kernels.simplex import project_rows
 
 from poa_jax import batching, policies, solvers, synthetic
@@ -83,6 +83,9 @@ def test_bad_momentum_is_refused(beta):
         vi.projection_iteration(lambda x: x, lambda x: jnp.ones_like(x), d, mask, momentum=beta)
     with pytest.raises(ValueError, match=r"momentum = .*: must be in \[0, 1\)"):
         pallas_vi.projection_kernel(lambda *a: None, tol=1e-5, max_iters=10, momentum=beta)
+    with pytest.raises(ValueError, match=r"momentum = .*: must be in \[0, 1\)"):
+        ragged.projection_iteration(lambda x: x, lambda x: jnp.ones_like(x), d, jnp.arange(2),
+                                    jnp.ones(2, bool), momentum=beta)  # fmt: skip
 
 
 def test_start_state_carries_no_momentum():
