@@ -51,6 +51,7 @@ def test_default_scenario_contents():
     pre = sc.worker.prefill
     assert (pre.a, pre.b, pre.c) == (18.10, 0.1019, 7.12e-6)  # DistServe OPT-13B anchor
     assert sc.solver.starts == 4 and sc.solver.dtype == "float32"
+    assert sc.solver.optimum_starts == 16
     assert len(sc.classes) == 5 and all(c.tokens > 0 for c in sc.classes)
 
 
