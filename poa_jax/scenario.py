@@ -309,9 +309,10 @@ class SolverSettings:
       tol: relative-gap tolerance (default by dtype).
       max_iters: iteration bound (default 1000).
       dtype: ``"float32"`` or ``"float64"`` (float64 needs ``jax_enable_x64``).
-      optimum_starts: generated optimum starts besides the equilibria found (≥ 1). The
-        optimum is a local search and more starts find lower optima (a higher PoA); the
-        default scenario sets 16 (see its comment and benchmarks/RESULTS.md, ninth session).
+      optimum_starts: generated optimum starts besides the equilibria found (≥ 1; default 4,
+        as :func:`poa_jax.price_of_anarchy`). The optimum is a local search and more starts
+        find lower optima (a higher PoA); the default scenario sets 16 (see its comment and
+        benchmarks/RESULTS.md, ninth and tenth sessions).
       warm_start: ``None`` (every point from the generated starts) or ``"load"``: continuation
         along the load axis — every 4th load point of a curve from the generated starts, the
         ones halfway between from those (``u − 2``), the rest from their lower neighbour
@@ -323,7 +324,7 @@ class SolverSettings:
     tol: float | None = None
     max_iters: int | None = None
     dtype: str = "float32"
-    optimum_starts: int = 1
+    optimum_starts: int = 4
     warm_start: str | None = None
 
 

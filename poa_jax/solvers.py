@@ -75,12 +75,15 @@ OPT_NEWTON_BELOW = 1e-12
 #: 1 000 games at β = 0, 11.4% at 0.5, 15.7% at 0.8), so 0.5. benchmarks/RESULTS.md, ninth
 #: session.
 EQ_MOMENTUM = 0.5
-#: The optimum's (projection dynamics on ∇SC). Off: at 0.5 the mean iterations fell from 91 to
-#: 63, but with the cache term SC has several local minima and the heavy ball changes which one
-#: a start reaches. On the default scenario the optimum came out higher at 4 of its 48 load
-#: points, one by 26%, and lower at 2 (random family: lower at 13.4%, higher at 7.7%). A
-#: higher optimum understates the PoA, so the optimum keeps the plain dynamics.
-OPT_MOMENTUM = 0.0
+#: The optimum's (projection dynamics on ∇SC): 0.5 as well. With the cache term SC has several
+#: local minima and the heavy ball changes which one a start reaches, but over several starts
+#: the best optimum is as low as without it (random_games, 500 float64 / 2 000 float32
+#: instances, 1–64 starts: above the best known optimum at 59.4% vs 60.0% of instances with 4
+#: starts, 31.0% vs 33.8% with 16; the default scenario with its 16 starts: 10.4% of points
+#: either way) in 25–33% fewer iterations. With a single start it is a lottery either way: on
+#: the default scenario 20 of 192 points came out higher and 8 lower (mean PoA −0.9%), which
+#: is why scenarios default to 4 optimum starts. benchmarks/RESULTS.md, tenth session.
+OPT_MOMENTUM = 0.5
 
 
 class Carry(NamedTuple):
