@@ -77,6 +77,7 @@ from poa_jax.errors import InputError
 from poa_jax.kernels import loop
 from poa_jax.kernels.simplex import project_rows
 from poa_jax.policies import Policy
+from poa_jax.starts import start_shares
 
 __all__ = [
     "Model",
@@ -668,23 +669,11 @@ def _finish_batch(md, wl, pol, target, s, *, closed, tol):
 
 
 def starting_shares(j: int, mask: np.ndarray, starts: int, seed: int = 0) -> np.ndarray:
-    """Start shares ``(N, S, J, K)`` for masks ``(N, K)``: uniform, then 90% of every class on
-    worker 0, 1, … (herding, the cache-affine equilibria), then seeded Dirichlet mixes."""
-    if isinstance(starts, bool) or int(starts) != starts or starts < 1:
-        raise InputError(f"starts = {starts!r}: must be an integer >= 1")
+    """Start shares ``(N, S, J, K)`` for masks ``(N, K)``: :func:`poa_jax.starts.start_shares`
+    (uniform, 90% of every class on worker 0, 1, … — herding, the cache-affine equilibria —
+    then seeded random mixes shared by every point), the same for every class."""
     n, k = mask.shape
-    uni = mask / mask.sum(-1, keepdims=True)
-    rank = np.cumsum(mask, -1) - 1
-    rng = np.random.default_rng(seed)
-    out = [uni]
-    i = 0
-    while len(out) < starts:
-        herd = (rank == i) & mask & (i < mask.sum(-1))[:, None]
-        rnd = rng.dirichlet(np.ones(k), size=n) * mask
-        rnd /= rnd.sum(-1, keepdims=True)
-        out.append(np.where(herd.any(-1, keepdims=True), 0.9 * herd + 0.1 * uni, rnd))
-        i += 1
-    s = np.stack(out, 1)[:, :, None, :]
+    s = start_shares(mask, starts, seed)[:, :, None, :]
     return np.broadcast_to(s, (n, starts, j, k)).copy()
 
 

@@ -19,6 +19,7 @@ from poa_jax.game import RoutingGame
 from poa_jax.graph import GraphGame
 from poa_jax.kernels.loop import CONVERGED
 from poa_jax.policies import Policy, selfish
+from poa_jax.starts import start_shares
 
 __all__ = ["Solution", "solve_equilibrium", "solve_optimum", "METHODS", "starting_flows"]
 
@@ -69,28 +70,14 @@ def starting_flows(
 
     With ``greedy`` start 0 is :func:`poa_jax.solvers.greedy_start` for the prepared policy
     (classes placed one at a time on their cheapest worker) and start 1 the uniform split;
-    without, start 0 is uniform. The next starts put 90% of every class on one existing worker
-    each (herding, the shape of the cache-affinity equilibria Dynamo users report) while there
-    are workers left, then random Dirichlet mixes (seeded).
+    without, start 0 is uniform. The others are :func:`poa_jax.starts.start_shares`: herds,
+    then random mixes drawn from ``seed`` alone and shared by every instance, so that an
+    instance's starts — and its results — do not depend on the rest of the batch or on how a
+    sweep is chunked.
     """
-    if int(starts) != starts or starts < 1:
-        raise InputError(f"starts = {starts!r}: must be an integer >= 1")
-    mask = np.asarray(prep.game.worker_mask)  # (N, K)
     demand = np.asarray(prep.game.demand, np.float64)  # (N, J)
-    n, k = mask.shape
-    uniform = mask / mask.sum(-1, keepdims=True)  # (N, K)
-    rank = np.cumsum(mask, -1) - 1  # index of each worker among existing ones
-    count = mask.sum(-1)
-    rng = np.random.default_rng(seed)
-    shares = [uniform]
-    herd_i = 0
-    while len(shares) < starts:
-        herd = (rank == herd_i) & mask & (herd_i < count)[:, None]
-        rand = rng.dirichlet(np.ones(k), size=n) * mask
-        rand /= rand.sum(-1, keepdims=True)
-        shares.append(np.where(herd.any(-1, keepdims=True), 0.9 * herd + 0.1 * uniform, rand))
-        herd_i += 1
-    x0 = demand[:, None, :, None] * np.stack(shares, 1)[:, :, None, :]
+    shares = start_shares(np.asarray(prep.game.worker_mask), starts, seed)  # (N, S, K)
+    x0 = demand[:, None, :, None] * shares[:, :, None, :]
     if greedy:  # the greedy start replaces the last generated one: still `starts` in all
         g0 = np.asarray(batching.greedy_starts(prep.game, prep.policy), np.float64)
         x0 = np.concatenate([g0[:, None], x0[:, : starts - 1]], axis=1)

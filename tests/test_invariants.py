@@ -326,6 +326,32 @@ def test_batched_equals_looped(cache_games, take_instances):
         assert abs(int(one.iterations[0]) - int(batch.iterations[i])) <= 1
 
 
+def test_random_starts_do_not_depend_on_the_batch(cache_games, take_instances):
+    # With more starts than uniform + herds (1 + K) the random mixes are used. They are drawn
+    # from the seed alone, so an instance gets the same starts — and the same equilibria and
+    # optimum — alone, in a batch, or in another chunk of a sweep (they were drawn per batch
+    # row before, and a sweep's results changed with --chunk).
+    many = 4 + 4  # SMALL has K = 4 workers: starts 5.. are random
+    batch = pj.price_of_anarchy(cache_games, starts=many, optimum_starts=many)
+    for i in (0, 5):
+        one = pj.price_of_anarchy(
+            take_instances(cache_games, slice(i, i + 1)), starts=many, optimum_starts=many
+        )
+        np.testing.assert_allclose(one.equilibrium_costs[0], batch.equilibrium_costs[i],
+                                   rtol=1e-9)  # fmt: skip
+        np.testing.assert_allclose(one.optimum.social_cost[0], batch.optimum.social_cost[i],
+                                   rtol=1e-9)  # fmt: skip
+    from poa_jax.starts import start_shares
+
+    mask = np.array([[1, 1, 1, 1], [1, 0, 1, 1], [1, 1, 1, 1]], bool)
+    s = start_shares(mask, 9, seed=3)
+    np.testing.assert_allclose(s.sum(-1), 1.0)
+    assert np.all(s[1, :, 1] == 0.0)
+    np.testing.assert_array_equal(s[2], start_shares(mask[2:], 9, seed=3)[0])
+    np.testing.assert_array_equal(s[0], s[2])  # same mask, same starts, wherever it sits
+    assert not np.allclose(s[0, 6], s[0, 7])  # but the random starts differ from each other
+
+
 def test_compile_counter_sees_compiles(compile_counter):
     # Positive control for the no-recompile test: a fresh function must be seen compiling.
     jax.jit(lambda x: jnp.sin(x) * 3.0 + 1.0)(jnp.arange(7.0))

@@ -1,0 +1,38 @@
+"""Generated start shares for the routing games (:mod:`poa_jax.solve`, :mod:`poa_jax.load`).
+
+Start 0 is the uniform split over an instance's workers. The next starts put 90% of every
+class on one existing worker each (herding, the shape of the cache-affinity equilibria Dynamo
+users report) while there are workers left, then random Dirichlet mixes. Each random start is
+**one** draw from ``seed``, shared by every instance and restricted to its workers: an
+instance's starts depend only on its own worker mask, the start index and the seed — not on its
+position in the batch, the batch size or how a sweep is chunked — so batched results equal
+one-at-a-time results.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from poa_jax.errors import InputError
+
+
+def start_shares(mask: np.ndarray, starts: int, seed: int = 0) -> np.ndarray:
+    """Shares ``(N, S, K)`` (rows on the simplex over each instance's workers) for worker masks
+    ``(N, K)``: uniform, herds, then seeded random mixes (module docstring)."""
+    if isinstance(starts, bool) or int(starts) != starts or starts < 1:
+        raise InputError(f"starts = {starts!r}: must be an integer >= 1")
+    mask = np.asarray(mask, bool)
+    k = mask.shape[-1]
+    uniform = mask / mask.sum(-1, keepdims=True)
+    rank = np.cumsum(mask, -1) - 1  # index of each worker among the existing ones
+    count = mask.sum(-1)
+    rng = np.random.default_rng(seed)
+    shares = [uniform]
+    i = 0
+    while len(shares) < starts:
+        herd = (rank == i) & mask & (i < count)[:, None]
+        rand = rng.dirichlet(np.ones(k))[None, :] * mask  # the same mix for every instance
+        rand /= rand.sum(-1, keepdims=True)
+        shares.append(np.where(herd.any(-1, keepdims=True), 0.9 * herd + 0.1 * uniform, rand))
+        i += 1
+    return np.stack(shares, 1)
