@@ -135,6 +135,10 @@ def prepare(game: RoutingGame, policy: Policy | None = None, dtype=None) -> Prep
     parts.update({n: a.shape for n, a in pf.items()})
     batch = _batch_shape(parts)
     n = int(np.prod(batch, dtype=np.int64))
+    if n == 0:
+        raise InputError(f"RoutingGame: empty batch, shape {batch}: needs at least one instance")
+    if J == 0 or K == 0:
+        raise InputError(f"RoutingGame: {J} classes and {K} workers: needs at least one of each")
 
     def flat(a, last):
         shape = batch + ((last,) if last else ())

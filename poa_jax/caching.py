@@ -131,18 +131,61 @@ class SelfishCachingGame:
     miss_cost: ArrayLike | None = None
     symmetric: bool = True
 
+    def __post_init__(self):
+        # Shape-only checks, at construction; the values are checked before solving.
+        check_bool("SelfishCachingGame.symmetric", self.symmetric)
+        need_axis("SelfishCachingGame.distance", self.distance, "node", ndim=2)
+
 
 # --------------------------------------------------------------------------- presets
 
 
 def complete_distance(n: int, d: float = 1.0) -> np.ndarray:
-    """``K_n``: every pair at distance ``d`` (NVLink inside one node)."""
+    """``K_n``: ``n`` workers, every pair at distance ``d`` (the GPUs of one NVLink node).
+
+    Args:
+      n: workers, an integer >= 1.
+      d: distance between any two of them, finite and >= 0.
+
+    Returns:
+      ``(n, n)`` float64, ``d`` off the diagonal and 0 on it.
+
+    Example:
+      >>> import poa_jax as pj
+      >>> pj.caching.complete_distance(3, 0.5).tolist()
+      [[0.0, 0.5, 0.5], [0.5, 0.0, 0.5], [0.5, 0.5, 0.0]]
+    """
+    n = _preset_int("complete_distance", "n", n)
+    d = _preset_length("complete_distance", "d", d)
     return d * (1.0 - np.eye(n))
 
 
-def cluster_distance(nodes: int, per_node: int, inside: float = 0.0, across: float = 1.0):
-    """``nodes`` groups of ``per_node`` workers: ``inside`` within a group (NVLink), ``across``
-    between groups (InfiniBand)."""
+def cluster_distance(
+    nodes: int, per_node: int, inside: float = 0.0, across: float = 1.0
+) -> np.ndarray:
+    """``nodes`` groups of ``per_node`` workers: ``inside`` within a group (NVLink inside a
+    node), ``across`` between groups (InfiniBand between nodes).
+
+    Worker ``i`` is in group ``i // per_node``.
+
+    Args:
+      nodes: groups (nodes), an integer >= 1.
+      per_node: workers per group, an integer >= 1.
+      inside: distance within a group, finite and >= 0.
+      across: distance between groups, finite and >= 0.
+
+    Returns:
+      ``(nodes·per_node, nodes·per_node)`` float64 with a zero diagonal.
+
+    Example:
+      >>> import poa_jax as pj
+      >>> pj.caching.cluster_distance(2, 2, inside=0.1, across=1.0).tolist()
+      [[0.0, 0.1, 1.0, 1.0], [0.1, 0.0, 1.0, 1.0], [1.0, 1.0, 0.0, 0.1], [1.0, 1.0, 0.1, 0.0]]
+    """
+    nodes = _preset_int("cluster_distance", "nodes", nodes)
+    per_node = _preset_int("cluster_distance", "per_node", per_node)
+    inside = _preset_length("cluster_distance", "inside", inside)
+    across = _preset_length("cluster_distance", "across", across)
     g = np.repeat(np.arange(nodes), per_node)
     d = np.where(g[:, None] == g[None, :], inside, across).astype(np.float64)
     np.fill_diagonal(d, 0.0)
@@ -150,20 +193,68 @@ def cluster_distance(nodes: int, per_node: int, inside: float = 0.0, across: flo
 
 
 def line_distance(n: int, spacing: float = 1.0) -> np.ndarray:
-    """``n`` nodes on a line, ``spacing`` apart."""
+    """``n`` workers on a line, ``spacing`` apart: ``D[i, j] = spacing·|i − j|``.
+
+    Args:
+      n: workers, an integer >= 1.
+      spacing: distance between neighbours, finite and >= 0.
+
+    Returns:
+      ``(n, n)`` float64.
+
+    Example:
+      >>> import poa_jax as pj
+      >>> pj.caching.line_distance(3, 2.0).tolist()
+      [[0.0, 2.0, 4.0], [2.0, 0.0, 2.0], [4.0, 2.0, 0.0]]
+    """
+    n = _preset_int("line_distance", "n", n)
+    spacing = _preset_length("line_distance", "spacing", spacing)
     p = np.arange(n) * spacing
     return np.abs(p[:, None] - p[None, :])
 
 
 def star_distance(leaves: int, spoke: float = 1.0, leaf_to_leaf: float | None = None):
-    """Centre (node 0) plus ``leaves``: centre–leaf ``spoke``, leaf–leaf ``2·spoke`` (through
-    the centre) unless given."""
+    """A centre (worker 0) and ``leaves`` leaves: centre–leaf ``spoke``, leaf–leaf
+    ``leaf_to_leaf``, by default ``2·spoke`` (through the centre).
+
+    Args:
+      leaves: leaves, an integer >= 1 (``leaves + 1`` workers in all).
+      spoke: centre–leaf distance, finite and >= 0.
+      leaf_to_leaf: leaf–leaf distance, finite and >= 0; default (None) ``2·spoke``.
+
+    Returns:
+      ``(leaves + 1, leaves + 1)`` float64.
+
+    Example:
+      >>> import poa_jax as pj
+      >>> pj.caching.star_distance(2).tolist()
+      [[0.0, 1.0, 1.0], [1.0, 0.0, 2.0], [1.0, 2.0, 0.0]]
+    """
+    leaves = _preset_int("star_distance", "leaves", leaves)
+    spoke = _preset_length("star_distance", "spoke", spoke)
     ll = 2.0 * spoke if leaf_to_leaf is None else leaf_to_leaf
+    ll = _preset_length("star_distance", "leaf_to_leaf", ll)
     n = leaves + 1
     d = np.full((n, n), ll, np.float64)
     d[0, :] = d[:, 0] = spoke
     np.fill_diagonal(d, 0.0)
     return d
+
+
+def _preset_int(fn: str, name: str, v) -> int:
+    try:
+        return _integer(name, v, 1)
+    except InputError as e:
+        raise InputError(f"{fn}: {e}") from None
+
+
+def _preset_length(fn: str, name: str, v) -> float:
+    ok = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(
+        v, (bool, np.bool_)
+    )
+    if not ok or not (np.isfinite(v) and v >= 0):
+        raise InputError(f"{fn}: {name} = {v!r}: must be a finite number >= 0")
+    return float(v)
 
 
 # --------------------------------------------------------------------------- input checks
@@ -183,8 +274,52 @@ class _Prepared:
 _dtype = float_dtype  # float32 / float64 checked, x64 required for float64
 
 
-def check_distance(name: str, d: np.ndarray, symmetric: bool) -> None:
-    """Finite, ≥ 0, square, zero diagonal and (if asked) symmetric; raises :class:`InputError`."""
+def read_real(name: str, value) -> np.ndarray:
+    """``value`` as a float64 array; :class:`InputError` naming ``name`` when it is None (a
+    required field left out), complex or not numbers at all."""
+    if value is None:
+        raise InputError(f"{name}: required, got None (must be a number or an array of numbers)")
+    try:
+        is_complex = np.iscomplexobj(value)
+    except (TypeError, ValueError):  # ragged, say: as_array names it
+        is_complex = False
+    if is_complex:
+        raise InputError(f"{name}: must be real, got complex values")
+    return as_array(name, value)
+
+
+def check_bool(name: str, value) -> None:
+    """:class:`InputError` unless ``value`` is a bool (a string such as ``"no"`` is truthy)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise InputError(f"{name} = {value!r}: must be True or False")
+
+
+def need_axis(name: str, value, what: str, ndim: int = 1) -> None:
+    """:class:`InputError` when the last axis of ``value`` (with at least ``ndim`` axes) is
+    empty: ``needs at least one {what}``. Shape only; values that cannot be read as arrays
+    are left to the full checks, which name them."""
+    try:
+        shape = np.shape(value)
+    except (TypeError, ValueError):
+        return
+    if len(shape) >= ndim and shape[-1] == 0:
+        raise InputError(f"{name} has shape {shape}: needs at least one {what}")
+
+
+def check_batch(owner: str, shape: tuple[int, ...]) -> None:
+    """:class:`InputError` for an empty batch (a batch axis of length 0)."""
+    if 0 in shape:
+        raise InputError(
+            f"{owner}: empty batch (the fields broadcast to batch shape {shape}): "
+            "needs at least one instance"
+        )
+
+
+def check_distance(name: str, d: np.ndarray, symmetric: bool, hint: bool = True) -> None:
+    """Finite, ≥ 0, square, zero diagonal and (if asked) symmetric; raises :class:`InputError`.
+
+    ``hint``: the asymmetry message suggests ``symmetric=False`` (for games that take it).
+    """
     if d.ndim < 2 or d.shape[-1] != d.shape[-2]:
         raise InputError(f"{name} has shape {d.shape}: must be (..., n, n)")
     check(name, d, "finite_ge0")
@@ -192,7 +327,7 @@ def check_distance(name: str, d: np.ndarray, symmetric: bool) -> None:
     if np.any(diag != 0):
         idx = tuple(int(i) for i in np.argwhere(diag != 0)[0])
         at = ", ".join(map(str, idx[:-1] + (idx[-1], idx[-1])))
-        raise InputError(f"{name}[{at}] = {diag[idx]!r}: the diagonal must be 0")
+        raise InputError(f"{name}[{at}] = {float(diag[idx])!r}: the diagonal must be 0")
     if symmetric:
         t = np.swapaxes(d, -1, -2)
         bad = np.abs(d - t) > 1e-12 * np.maximum(1.0, np.abs(d))
@@ -200,9 +335,9 @@ def check_distance(name: str, d: np.ndarray, symmetric: bool) -> None:
             idx = tuple(int(i) for i in np.argwhere(bad)[0])
             tr = idx[:-2] + (idx[-1], idx[-2])
             raise InputError(
-                f"{name}[{', '.join(map(str, idx))}] = {d[idx]!r} but "
-                f"{name}[{', '.join(map(str, tr))}] = {d[tr]!r}: must be symmetric "
-                "(pass symmetric=False for a directed cost)"
+                f"{name}[{', '.join(map(str, idx))}] = {float(d[idx])!r} but "
+                f"{name}[{', '.join(map(str, tr))}] = {float(d[tr])!r}: must be symmetric"
+                + (" (pass symmetric=False for a directed cost)" if hint else "")
             )
 
 
@@ -210,11 +345,14 @@ def _prepare(game: SelfishCachingGame, dtype=None) -> _Prepared:
     if not isinstance(game, SelfishCachingGame):
         raise InputError(f"game: expected a SelfishCachingGame, got {type(game).__name__}")
     dt = _dtype(dtype)
-    d = as_array("SelfishCachingGame.distance", game.distance)
+    check_bool("SelfishCachingGame.symmetric", game.symmetric)
+    d = read_real("SelfishCachingGame.distance", game.distance)
     check_distance("SelfishCachingGame.distance", d, bool(game.symmetric))
     n = d.shape[-1]
     if n < 1:
-        raise InputError("SelfishCachingGame.distance: needs at least one node")
+        raise InputError(
+            f"SelfishCachingGame.distance has shape {d.shape}: needs at least one node"
+        )
     fields = {
         "placement_cost": (game.placement_cost, "finite_ge0"),
         "demand": (1.0 if game.demand is None else game.demand, "finite_ge0"),
@@ -223,7 +361,7 @@ def _prepare(game: SelfishCachingGame, dtype=None) -> _Prepared:
     arrs = {}
     for k, (v, rule) in fields.items():
         name = f"SelfishCachingGame.{k}"
-        a = as_array(name, v)
+        a = read_real(name, v)
         check(name, a, rule)
         if a.ndim and a.shape[-1] not in (1, n):
             raise InputError(
@@ -238,6 +376,7 @@ def _prepare(game: SelfishCachingGame, dtype=None) -> _Prepared:
         raise InputError(
             f"SelfishCachingGame: batch axes do not broadcast: distance {d.shape}, {shapes}"
         ) from None
+    check_batch("SelfishCachingGame", shape)
     big = int(np.prod(shape, dtype=np.int64))
     d = np.broadcast_to(d, shape + (n, n)).reshape(big, n, n).astype(dt)
     out = {k: np.broadcast_to(a, shape + (n,)).reshape(big, n).astype(dt) for k, a in arrs.items()}
@@ -548,6 +687,8 @@ def _chunked(fn, arrays, chunk: int, **kw):
     """
     tm = jax.tree_util.tree_map
     n = jax.tree_util.tree_leaves(arrays)[0].shape[0]
+    if n == 0:  # the games' checks reject empty batches; a safety net for internal callers
+        raise InputError("empty batch: nothing to solve (a batch axis has length 0)")
     size = max(1, min(chunk, 1 << max(n - 1, 0).bit_length()))
 
     def one(lo):
@@ -656,21 +797,50 @@ def enumerate_profiles(
     )
 
 
-def _positive_int(name, v) -> int:
-    if int(v) != v or v < 1:
-        raise InputError(f"{name} = {v!r}: must be an integer >= 1")
+def _integer(name, v, low: int) -> int:
+    """``v`` as an ``int``, or :class:`InputError`: a whole number (not a bool) ``>= low``."""
+    number = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+    if not number or isinstance(v, np.bool_) or not np.isfinite(v) or int(v) != v or v < low:
+        raise InputError(f"{name} = {v!r}: must be an integer >= {low}")
     return int(v)
 
 
+def _positive_int(name, v) -> int:
+    return _integer(name, v, 1)
+
+
+def check_tol(tol) -> None:
+    """``tol`` of the generic entry points: None or finite and > 0 (:class:`InputError`)."""
+    if tol is None:
+        return
+    number = isinstance(tol, (int, float, np.integer, np.floating))
+    if isinstance(tol, (bool, np.bool_)) or not number or not (np.isfinite(tol) and tol > 0):
+        raise InputError(f"tol = {tol!r}: must be finite and > 0")
+
+
+def check_method(
+    method,
+    solver: str = "the discrete caching game is solved by enumeration "
+    "(n <= exhaustive_max) or best response",
+) -> None:
+    """``method`` of the generic entry points for games with one solver: ``"auto"`` only."""
+    if method != "auto":
+        raise InputError(f"method {method!r}: {solver}; must be 'auto'")
+
+
 def start_profiles(batch: int, n: int, starts: int, seed: int = 0) -> np.ndarray:
-    """``(batch, starts, n)`` bool: start 0 empty, 1 full, then random with random densities."""
+    """``(batch, starts, n)`` bool: start 0 empty, 1 full, then random with random densities.
+
+    The random starts are drawn from ``seed`` alone, ``(starts, n)``, and shared by every
+    instance: an instance's starts, and so its results, do not depend on the rest of the batch.
+    """
     rng = np.random.default_rng(seed)
-    dens = rng.uniform(0.05, 0.6, size=(batch, starts, 1))
-    x = rng.random((batch, starts, n)) < dens
-    x[:, 0] = False
+    dens = rng.uniform(0.05, 0.6, size=(starts, 1))
+    x = rng.random((starts, n)) < dens
+    x[0] = False
     if starts > 1:
-        x[:, 1] = True
-    return x
+        x[1] = True
+    return np.array(np.broadcast_to(x, (batch, starts, n)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -708,27 +878,33 @@ def best_response(
     keep: int = KEEP,
     x0=None,
     dtype=None,
+    tol: float | None = None,
 ) -> BestResponse:
     """Pure Nash equilibria by sequential best-response dynamics from many starts (batched).
 
     Args:
       game: a :class:`SelfishCachingGame` batch.
       starts: starts per instance (:func:`start_profiles`), ignored when ``x0`` is given.
-      seed: seed of the random starts.
+      seed: seed of the random starts, an integer >= 0.
       max_rounds: bound on best-response rounds per start.
       keep: distinct equilibria listed per instance.
       x0: optional starts ``(..., S, n)`` bool.
       dtype: float32 or float64.
+      tol: accepted for :func:`poa_jax.solve_equilibrium`: None or finite and > 0. The
+        equilibria are exact (ties within :data:`TIE`), so it changes nothing.
 
     Returns:
       A :class:`BestResponse`.
     """
+    check_tol(tol)
+    starts = _positive_int("starts", starts)
+    seed = _integer("seed", seed, 0)
     p = _prepare(game, dtype)
     max_rounds = _positive_int("max_rounds", max_rounds)
     keep = _positive_int("keep", keep)
     big = p.dist.shape[0]
     if x0 is None:
-        x = start_profiles(big, p.n, _positive_int("starts", starts), seed)
+        x = start_profiles(big, p.n, starts, seed)
     else:
         x = np.asarray(x0, bool)
         try:
@@ -768,10 +944,12 @@ def lower_bound(
 ) -> np.ndarray:
     """Lagrangian (= LP-relaxation) lower bound on SC(opt), ``(...)``; see the module notes."""
     p = _prepare(game, dtype)
+    steps = _positive_int("steps", steps)
+    if isinstance(lr, (bool, np.bool_)) or not (np.isfinite(lr) and lr > 0):
+        raise InputError(f"lr = {lr!r}: must be finite and > 0")
     out = _chunked(
-        _bound_batch, (p.dist, p.alpha, p.demand, p.miss), LANES,
-        steps=_positive_int("steps", steps), lr=float(lr),
-    )  # fmt: skip
+        _bound_batch, (p.dist, p.alpha, p.demand, p.miss), LANES, steps=steps, lr=float(lr)
+    )
     return np.asarray(out).reshape(p.batch_shape)
 
 
@@ -780,7 +958,15 @@ def local_search(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Single-flip best-improvement local search from ``x0 (..., n)``: ``(profile, SC)``."""
     p = _prepare(game, dtype)
-    x = np.broadcast_to(np.asarray(x0, bool), p.batch_shape + (p.n,)).reshape(-1, p.n)
+    x = np.asarray(x0, bool)
+    if x.ndim < 1 or x.shape[-1] != p.n:
+        raise InputError(f"x0 has shape {x.shape}: its last axis must be the {p.n} nodes")
+    try:
+        x = np.broadcast_to(x, p.batch_shape + (p.n,)).reshape(-1, p.n)
+    except ValueError:
+        raise InputError(
+            f"x0 has shape {x.shape}: must broadcast to the batch, {p.batch_shape + (p.n,)}"
+        ) from None
     steps = 4 * p.n if max_steps is None else _positive_int("max_steps", max_steps)
     prof, sc = _chunked(
         _local_batch, (p.dist, p.alpha, p.demand, p.miss, x), LANES, max_steps=steps
@@ -825,7 +1011,8 @@ def _evaluate(game, x, dtype):
 
 @dataclasses.dataclass(frozen=True)
 class CachingPoAResult:
-    """PoA of a batch of selfish caching games; ``...`` the batch shape.
+    """PoA of a batch of selfish caching games; ``...`` the batch shape. Every field is an
+    ndarray (0-d for one game); costs and ratios are in the game's dtype.
 
     Attributes:
       poa: ``(...)`` SC(worst equilibrium) / SC(opt). Exact where ``exact``; otherwise worst
@@ -862,8 +1049,13 @@ class CachingPoAResult:
 
 
 def _ratio(a, b):
+    """``a / b`` in their dtype (``inf`` for ``a > 0 = b``, 1 for ``0 / 0``), an ndarray."""
+    a, b = np.asarray(a), np.asarray(b)
+    dt = np.result_type(a, b)
+    one, inf = np.ones((), dt), np.asarray(np.inf, dt)
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(b > 0, a / np.where(b > 0, b, 1.0), np.where(a > 0, np.inf, 1.0))
+        r = np.where(b > 0, a / np.where(b > 0, b, one), np.where(a > 0, inf, one))
+    return np.asarray(r, dt)
 
 
 def price_of_anarchy(
@@ -876,21 +1068,34 @@ def price_of_anarchy(
     exhaustive_max: int = EXHAUSTIVE_MAX,
     bound_steps: int = 400,
     dtype=None,
+    tol: float | None = None,
+    method: str = "auto",
 ) -> CachingPoAResult:
     """PoA and price of stability of every selfish caching game in the batch.
 
     ``n ≤ exhaustive_max``: exact, by :func:`enumerate_profiles`. Larger ``n``:
     :func:`best_response` from ``starts`` starts, :func:`local_search` from the best equilibrium
-    for the optimum's upper bound and :func:`lower_bound` for its lower bound.
+    for the optimum's upper bound and :func:`lower_bound` for its lower bound. Every option is
+    checked whichever path runs; ``tol`` (None or finite and > 0) and ``method`` (``"auto"``)
+    are accepted for :func:`poa_jax.price_of_anarchy` and change nothing (the equilibria are
+    exact). The ratios are in the game's dtype, as the costs.
 
     Returns:
       A :class:`CachingPoAResult` (``exact`` says which numbers are exact).
     """
+    check_tol(tol)
+    check_method(method)
+    starts = _positive_int("starts", starts)
+    seed = _integer("seed", seed, 0)
+    max_rounds = _positive_int("max_rounds", max_rounds)
+    keep = _integer("keep", keep, 0)
+    exhaustive_max = _integer("exhaustive_max", exhaustive_max, 0)
+    bound_steps = _positive_int("bound_steps", bound_steps)
     p = _prepare(game, dtype)
     sh, n = p.batch_shape, p.n
     if n <= exhaustive_max:
         ex = enumerate_profiles(game, keep=keep, dtype=dtype)
-        found = ex.equilibrium_count > 0
+        found = np.asarray(ex.equilibrium_count > 0)
         poa = _ratio(ex.worst_cost, ex.optimum_cost)
         return CachingPoAResult(
             poa=poa,
@@ -910,9 +1115,9 @@ def price_of_anarchy(
         )
     br = best_response(game, starts=starts, seed=seed, max_rounds=max_rounds, keep=keep,
                        dtype=dtype)  # fmt: skip
-    found = br.stable.any(-1)
+    found = np.asarray(br.stable.any(-1))
     worst = br.equilibrium_costs[..., 0]
-    best_sc = np.where(br.stable, br.costs, np.inf).min(-1)
+    best_sc = np.asarray(np.where(br.stable, br.costs, np.inf).min(-1), p.dtype)
     opt_x, opt_sc, lb = _searched_optimum(game, p, br, best_sc, bound_steps, dtype)
     return CachingPoAResult(
         poa=_ratio(worst, opt_sc),
@@ -928,7 +1133,7 @@ def price_of_anarchy(
         exact=np.zeros(sh, bool),
         converged=found,
         status=np.where(found, CONVERGED, MAX_ITERS).astype(np.int32),
-        iterations=br.rounds.max(-1),
+        iterations=np.asarray(br.rounds.max(-1)),
     )
 
 
@@ -943,8 +1148,8 @@ def _searched_optimum(game, p: _Prepared, br: BestResponse, best_sc, bound_steps
     pick = np.argmin(scs, axis=-1)
     rows = np.arange(scs.shape[0])
     opt_x = xs[rows, pick].reshape(sh + (n,))
-    opt_sc = np.minimum(scs[rows, pick].reshape(sh), best_sc)
-    lb = np.minimum(lower_bound(game, steps=bound_steps, dtype=dtype), opt_sc)
+    opt_sc = np.asarray(np.minimum(scs[rows, pick].reshape(sh), best_sc), p.dtype)
+    lb = np.asarray(np.minimum(lower_bound(game, steps=bound_steps, dtype=dtype), opt_sc), p.dtype)
     return opt_x, opt_sc, lb
 
 
@@ -976,6 +1181,10 @@ def solve_optimum(
 ) -> CachingOptimum:
     """SC-minimising profiles: exact by enumeration for ``n ≤ exhaustive_max``; above, local
     search from best-response starts with the LP lower bound (as :func:`price_of_anarchy`)."""
+    exhaustive_max = _integer("exhaustive_max", exhaustive_max, 0)
+    starts = _positive_int("starts", starts)
+    seed = _integer("seed", seed, 0)
+    bound_steps = _positive_int("bound_steps", bound_steps)
     p = _prepare(game, dtype)
     if p.n <= exhaustive_max:
         ex = enumerate_profiles(game, keep=0, dtype=dtype)

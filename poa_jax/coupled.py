@@ -53,12 +53,21 @@ import optax
 from jax.typing import ArrayLike
 
 from poa_jax import batching, tiered_cache, tiered_kernels
-from poa_jax.caching import _chunked, check_distance
+from poa_jax.caching import (
+    _chunked,
+    _integer,
+    check_batch,
+    check_bool,
+    check_distance,
+    check_tol,
+    need_axis,
+    read_real,
+)
 from poa_jax.errors import InputError
 from poa_jax.game import RoutingGame
 from poa_jax.kernels import loop, vi
 from poa_jax.kernels.descent import softmax_flows
-from poa_jax.validation import as_array, check
+from poa_jax.validation import check
 
 __all__ = [
     "CoupledGame",
@@ -105,6 +114,14 @@ class CoupledGame:
     shared_capacity: ArrayLike | None = None
     shared_credit: float | None = None
     shared_latency: ArrayLike | None = None
+
+    def __post_init__(self):
+        # Shape-only checks, at construction; the values are checked before solving.
+        check_bool("CoupledGame.caching", self.caching)
+        need_axis("CoupledGame.distance", self.distance, "worker", ndim=2)
+        need_axis("CoupledGame.capacity", self.capacity, "tier", ndim=2)
+        if isinstance(self.routing, RoutingGame):  # one prefix block per class
+            need_axis("CoupledGame.routing.demand", self.routing.demand, "class (block)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -247,19 +264,22 @@ def _prepare(game: CoupledGame, dtype=None) -> _Prepared:
     if not isinstance(game, CoupledGame):
         raise InputError(f"game: expected a CoupledGame, got {type(game).__name__}")
     route = batching.prepare(game.routing, None, dtype)
+    check_batch("CoupledGame", route.batch_shape)
     n, k = route.game.demand.shape[0], route.num_workers
-    d = as_array("CoupledGame.distance", game.distance)
-    check_distance("CoupledGame.distance", d, True)
+    d = read_real("CoupledGame.distance", game.distance)
+    check_distance("CoupledGame.distance", d, True, hint=False)
     if d.shape[-1] != k:
         raise InputError(
             f"CoupledGame.distance has shape {d.shape}: must be (..., K, K) with K = {k} "
             "workers of the routing game"
         )
-    cap = as_array("CoupledGame.capacity", game.capacity)
+    cap = read_real("CoupledGame.capacity", game.capacity)
     check("CoupledGame.capacity", cap, "finite_ge0")
     if cap.ndim < 2 or cap.shape[-2] != k:
         raise InputError(f"CoupledGame.capacity has shape {cap.shape}: must be (..., {k}, T)")
     t = cap.shape[-1]
+    if t < 1:
+        raise InputError(f"CoupledGame.capacity has shape {cap.shape}: needs at least one tier")
     # The tiered game's checks, credits and peer reach, on a one-block stand-in whose miss
     # costs its size (so latencies and distances are fractions of the recompute time).
     stand_in = tiered_cache.TieredCacheGame(
@@ -268,8 +288,8 @@ def _prepare(game: CoupledGame, dtype=None) -> _Prepared:
         shared_capacity=game.shared_capacity, shared_credit=game.shared_credit,
         shared_latency=game.shared_latency,
     )  # fmt: skip
-    tp = tiered_cache._prepare(stand_in, route.dtype)
-    theta = as_array("CoupledGame.damping", game.damping)
+    tp = tiered_cache._prepare(stand_in, route.dtype, owner="CoupledGame")
+    theta = read_real("CoupledGame.damping", game.damping)
     if theta.ndim or not (0 < float(theta) <= 1):
         raise InputError(f"CoupledGame.damping = {game.damping!r}: must be a scalar in (0, 1]")
     batch = route.batch_shape
@@ -333,10 +353,12 @@ def solve(
         raise InputError(f"game: expected a CoupledGame, got {type(game).__name__}")
     if not game.caching:
         return rsolve.solve_equilibrium(game.routing, tol=tol, max_iters=max_iters, dtype=dtype)
+    check_tol(tol)
+    _check_positive("outer_tol", outer_tol)
+    max_outer = _integer("max_outer", max_outer, 1)
+    caching_rounds = _integer("caching_rounds", caching_rounds, 1)
     p = _prepare(game, dtype)
     tol, max_iters = rsolve._resolve(p.route.dtype, tol, max_iters)
-    if int(max_outer) != max_outer or max_outer < 1:
-        raise InputError(f"max_outer = {max_outer!r}: must be an integer >= 1")
     r = p.route
     g = r.game
     n, j, k = g.demand.shape[0], r.num_classes, r.num_workers
@@ -357,7 +379,7 @@ def solve(
         args = (p.reach, rm, p.capacity, p.credit, p.size, y0.astype(dt))
         return _chunked(
             tiered_kernels._eq_batch, args, LANES, tol=tiered_cache.TOL[np.dtype(dt)],
-            max_rounds=int(caching_rounds), pool=p.pool,
+            max_rounds=caching_rounds, pool=p.pool,
         )  # fmt: skip
 
     hit = np.zeros((n, j, k))
@@ -369,7 +391,7 @@ def solve(
     residual = np.full(n, np.inf)
     done = np.zeros(n, bool)
     cgap = np.zeros(n)
-    for it in range(1, int(max_outer) + 1):
+    for it in range(1, max_outer + 1):
         ct = tiered(x, y)
         y_new = ct["placement"]
         h_new = eta[:, :, None] * np.swapaxes(
@@ -456,7 +478,9 @@ def price_of_anarchy(
     """PoA of the coupled game; with ``caching=False`` exactly :func:`poa_jax.price_of_anarchy`
     of the routing game (``routing_kw``, e.g. ``starts``, ``method``, and ``optimum_starts``,
     ``seed`` passed on). With caching on, the joint optimum descends from the fixed point and
-    ``optimum_starts`` generated starts (seeded by ``seed``); ``routing_kw`` is ignored."""
+    ``optimum_starts`` generated starts (seeded by ``seed``); ``routing_kw`` is then only
+    checked: ``starts`` (an integer >= 1), ``method`` (``auto`` or ``projection``, the routing
+    stage's projection dynamics), ``descent_steps`` (an integer >= 0)."""
     from poa_jax import poa as rpoa
 
     if not isinstance(game, CoupledGame):
@@ -467,6 +491,8 @@ def price_of_anarchy(
             game.routing, tol=tol, max_iters=max_iters, dtype=dtype,
             optimum_starts=optimum_starts, seed=seed, **routing_kw,
         )  # fmt: skip
+    _check_routing_kw(routing_kw)
+    _check_optimum(optimum_steps, lr, seed)
     eq = solve(game, tol=tol, max_iters=max_iters, outer_tol=outer_tol, max_outer=max_outer,
                dtype=dtype)  # fmt: skip
     opt = _joint_optimum(game, eq, optimum_steps, lr, dtype, optimum_starts, seed)
@@ -524,14 +550,46 @@ def solve_optimum(
     _check_starts(optimum_starts)
     if not game.caching:
         return rsolve.solve_optimum(game.routing, tol=tol, max_iters=max_iters, dtype=dtype)
+    _check_optimum(optimum_steps, lr, seed)
     eq = solve(game, tol=tol, max_iters=max_iters, outer_tol=outer_tol, max_outer=max_outer,
                dtype=dtype)  # fmt: skip
     return _joint_optimum(game, eq, optimum_steps, lr, dtype, optimum_starts, seed)
 
 
 def _check_starts(starts) -> None:
-    if isinstance(starts, bool) or int(starts) != starts or starts < 0:
-        raise InputError(f"optimum_starts = {starts!r}: must be an integer >= 0")
+    _integer("optimum_starts", starts, 0)
+
+
+def _check_optimum(optimum_steps, lr, seed) -> tuple[int, int]:
+    """The joint descent's options, checked before anything is solved: ``(steps, seed)``."""
+    _check_positive("lr", lr)
+    return _integer("optimum_steps", optimum_steps, 1), _integer("seed", seed, 0)
+
+
+def _check_positive(name: str, v) -> None:
+    number = isinstance(v, (int, float, np.integer, np.floating))
+    if isinstance(v, (bool, np.bool_)) or not number or not (np.isfinite(v) and v > 0):
+        raise InputError(f"{name} = {v!r}: must be finite and > 0")
+
+
+def _check_routing_kw(kw: dict) -> None:
+    """The routing game's PoA options, with caching on: checked, then unused (the routing
+    stage is :mod:`poa_jax.kernels.vi`'s projection dynamics; one fixed point is computed)."""
+    unknown = sorted(set(kw) - {"starts", "method", "descent_steps"})
+    if unknown:
+        raise InputError(
+            f"{', '.join(unknown)}: not an option of the coupled game's price_of_anarchy"
+        )
+    if "starts" in kw:
+        _integer("starts", kw["starts"], 1)
+    if "descent_steps" in kw:
+        _integer("descent_steps", kw["descent_steps"], 0)
+    method = kw.get("method", "auto")
+    if method not in ("auto", "projection"):
+        raise InputError(
+            f"method {method!r}: the coupled game's routing stage runs projection dynamics; "
+            "must be 'auto' or 'projection'"
+        )
 
 
 def _joint_optimum(game: CoupledGame, eq: CoupledSolution, optimum_steps, lr, dtype,
@@ -542,6 +600,7 @@ def _joint_optimum(game: CoupledGame, eq: CoupledSolution, optimum_steps, lr, dt
     from poa_jax.solve import starting_flows
 
     _check_starts(starts)
+    optimum_steps, seed = _check_optimum(optimum_steps, lr, seed)
     p = _prepare(game, dtype)
     r = p.route
     n, j, k = r.game.demand.shape[0], r.num_classes, r.num_workers
@@ -557,7 +616,10 @@ def _joint_optimum(game: CoupledGame, eq: CoupledSolution, optimum_steps, lr, dt
     xs, ys = x0[:, None], y0[:, None]
     if starts:
         xr = starting_flows(r, int(starts) + 1, seed)[:, 1:].astype(dt)
-        yr = np.random.default_rng([seed, 0xC0]).random((n, int(starts), kk, t, j))
+        # Drawn from the seed alone and shared by every instance (as the routing starts): an
+        # instance's optimum does not depend on the rest of the batch.
+        yr = np.random.default_rng([seed, 0xC0]).random((int(starts), kk, t, j))
+        yr = np.broadcast_to(yr, (n,) + yr.shape)
         rep = lambda a: np.repeat(a, int(starts), axis=0)  # noqa: E731
         yr = _chunked(
             tiered_kernels._retract_batch,

@@ -125,10 +125,14 @@ def price_of_anarchy(
 
     if isinstance(game, (caching.SelfishCachingGame, tiered_cache.TieredCacheGame)):
         solve._selfish_only(policy)
+        kw = {} if max_iters is None else {"max_rounds": max_iters}
         if isinstance(game, caching.SelfishCachingGame):
-            return caching.price_of_anarchy(game, starts=max(starts, 16), seed=seed, dtype=dtype)
+            caching._positive_int("starts", starts)
+            return caching.price_of_anarchy(game, starts=max(int(starts), 16), seed=seed,
+                                            dtype=dtype, tol=tol, method=method, **kw)  # fmt: skip
+        caching.check_method(method, "the fluid tiered game is solved by best response")
         return tiered_cache.price_of_anarchy(game, starts=starts, seed=seed, tol=tol, dtype=dtype,
-                                             optimum_starts=optimum_starts)  # fmt: skip
+                                             optimum_starts=optimum_starts, **kw)  # fmt: skip
     if isinstance(game, coupled.CoupledGame):
         solve._selfish_only(policy)
         return coupled.price_of_anarchy(

@@ -182,7 +182,7 @@ def solve_equilibrium(
     if isinstance(game, GraphGame):
         _selfish_only(policy)
         return _graph(game, False, tol, max_iters, method, dtype)
-    cached = _caching_equilibrium(game, policy, tol, max_iters, x0, dtype)
+    cached = _caching_equilibrium(game, policy, tol, max_iters, x0, dtype, method)
     if cached is not None:
         return cached
     if method not in METHODS:
@@ -276,7 +276,7 @@ def solve_optimum(
     return _to_solution(out, prep)
 
 
-def _caching_equilibrium(game, policy, tol, max_iters, x0, dtype):
+def _caching_equilibrium(game, policy, tol, max_iters, x0, dtype, method="auto"):
     """The caching games' equilibria (their own result types), or None for other games."""
     from poa_jax import caching, coupled, tiered_cache
 
@@ -284,11 +284,12 @@ def _caching_equilibrium(game, policy, tol, max_iters, x0, dtype):
                              coupled.CoupledGame)):  # fmt: skip
         return None
     _selfish_only(policy)
+    kw = {} if max_iters is None else {"max_rounds": max_iters}
     if isinstance(game, caching.SelfishCachingGame):
-        kw = {} if max_iters is None else {"max_rounds": max_iters}
-        return caching.best_response(game, x0=x0, dtype=dtype, **kw)
+        caching.check_method(method)
+        return caching.best_response(game, x0=x0, dtype=dtype, tol=tol, **kw)
     if isinstance(game, tiered_cache.TieredCacheGame):
-        kw = {} if max_iters is None else {"max_rounds": max_iters}
+        caching.check_method(method, "the fluid tiered game is solved by best response")
         return tiered_cache.solve_equilibrium(game, tol=tol, y0=x0, dtype=dtype, **kw)
     if x0 is not None:
         raise InputError("x0: the coupled game starts from its own fixed-point iteration")
@@ -302,6 +303,7 @@ def _caching_optimum(game, x0, seed, dtype, starts):
     if isinstance(game, caching.SelfishCachingGame):
         if x0 is not None:
             raise InputError("x0: the discrete caching optimum takes no start")
+        caching._positive_int("starts", starts)
         return caching.solve_optimum(game, seed=seed, dtype=dtype)
     if isinstance(game, tiered_cache.TieredCacheGame):
         if x0 is None:  # SC is not convex: start from nothing, a uniform fill, equilibria

@@ -72,7 +72,16 @@ import dataclasses
 import numpy as np
 from jax.typing import ArrayLike
 
-from poa_jax.caching import _dtype, check_distance
+from poa_jax.caching import (
+    _dtype,
+    _integer,
+    check_batch,
+    check_bool,
+    check_distance,
+    check_tol,
+    need_axis,
+    read_real,
+)
 from poa_jax.errors import InputError
 from poa_jax.kernels import loop
 from poa_jax.tiered_kernels import (
@@ -82,7 +91,7 @@ from poa_jax.tiered_kernels import (
     _opt_batch,
     _retract_batch,
 )
-from poa_jax.validation import as_array, check
+from poa_jax.validation import check
 
 __all__ = [
     "TieredCacheGame",
@@ -161,6 +170,13 @@ class TieredCacheGame:
     shared_credit: float | None = None
     shared_latency: ArrayLike | None = None
 
+    def __post_init__(self):
+        # Shape-only checks, at construction; the values are checked before solving.
+        check_bool("TieredCacheGame.symmetric", self.symmetric)
+        need_axis("TieredCacheGame.distance", self.distance, "worker", ndim=2)
+        need_axis("TieredCacheGame.rates", self.rates, "block", ndim=2)
+        need_axis("TieredCacheGame.capacity", self.capacity, "tier", ndim=2)
+
 
 @dataclasses.dataclass(frozen=True)
 class _Prepared:
@@ -177,80 +193,92 @@ class _Prepared:
 
 
 def _field(name, value, rule):
-    a = as_array(f"TieredCacheGame.{name}", value)
-    check(f"TieredCacheGame.{name}", a, rule)
+    """``name`` is the qualified field name, e.g. ``"TieredCacheGame.rates"``."""
+    a = read_real(name, value)
+    check(name, a, rule)
     return a
 
 
-def _prepare(game: TieredCacheGame, dtype=None) -> _Prepared:
+def _prepare(game: TieredCacheGame, dtype=None, owner: str = "TieredCacheGame") -> _Prepared:
+    """Checked and broadcast fields. ``owner``: the class the messages name (a
+    :class:`~poa_jax.CoupledGame` checks its tier fields through a stand-in game; its
+    distance, always symmetric, is checked before)."""
     if not isinstance(game, TieredCacheGame):
         raise InputError(f"game: expected a TieredCacheGame, got {type(game).__name__}")
     dt = _dtype(dtype)
-    d = as_array("TieredCacheGame.distance", game.distance)
-    check_distance("TieredCacheGame.distance", d, bool(game.symmetric))
+    check_bool(f"{owner}.symmetric", game.symmetric)
+    d = read_real(f"{owner}.distance", game.distance)
+    check_distance(f"{owner}.distance", d, bool(game.symmetric), hint=owner == "TieredCacheGame")
     w = d.shape[-1]
-    rates = _field("rates", game.rates, "finite_ge0")
+    if w < 1:
+        raise InputError(f"{owner}.distance has shape {d.shape}: needs at least one worker")
+    rates = _field(f"{owner}.rates", game.rates, "finite_ge0")
     if rates.ndim < 2 or rates.shape[-2] != w:
         raise InputError(
-            f"TieredCacheGame.rates has shape {rates.shape}: must be (..., W, B) with W = {w} "
+            f"{owner}.rates has shape {rates.shape}: must be (..., W, B) with W = {w} "
             f"workers (the distance matrix is {d.shape})"
         )
     b = rates.shape[-1]
-    cap = _field("capacity", game.capacity, "finite_ge0")
+    if b < 1:
+        raise InputError(f"{owner}.rates has shape {rates.shape}: needs at least one block")
+    cap = _field(f"{owner}.capacity", game.capacity, "finite_ge0")
     if cap.ndim < 2 or cap.shape[-2] != w:
         raise InputError(
-            f"TieredCacheGame.capacity has shape {cap.shape}: must be (..., W, T) with W = {w}"
+            f"{owner}.capacity has shape {cap.shape}: must be (..., W, T) with W = {w}"
         )
     t = cap.shape[-1]
+    if t < 1:
+        raise InputError(f"{owner}.capacity has shape {cap.shape}: needs at least one tier")
     latency = None
     if game.access_latency is not None:
         if game.credit is not None:
             raise InputError(
-                "TieredCacheGame: give credit or access_latency, not both (with access_latency "
+                f"{owner}: give credit or access_latency, not both (with access_latency "
                 "the credits are derived from it: v[w, t] = max(0, 1 − ℓ[w, t]·s_b/m[w, b]))"
             )
-        latency = _field("access_latency", game.access_latency, "finite_ge0")
+        latency = _field(f"{owner}.access_latency", game.access_latency, "finite_ge0")
         if latency.ndim == 1:
             latency = latency[None, :]  # (T,): the same for every worker
         if latency.ndim < 2 or latency.shape[-1] != t or latency.shape[-2] not in (1, w):
             raise InputError(
-                f"TieredCacheGame.access_latency has shape {latency.shape}: must be (..., W, T) "
+                f"{owner}.access_latency has shape {latency.shape}: must be (..., W, T) "
                 f"= (..., {w}, {t}), (..., 1, T) or (T,) for the tiers of capacity {cap.shape}"
             )
         credit = np.ones((t,))  # placeholder for the batch shape; replaced below
     elif game.credit is None:
         if t > len(DYNAMO_CREDITS):
-            raise InputError(f"TieredCacheGame.credit: needed for T = {t} > 4 tiers")
+            raise InputError(f"{owner}.credit: needed for T = {t} > 4 tiers")
         credit = np.asarray(DYNAMO_CREDITS[:t])
     else:
-        credit = _field("credit", game.credit, "unit")
+        credit = _field(f"{owner}.credit", game.credit, "unit")
     if credit.ndim < 1 or credit.shape[-1] != t:
         raise InputError(
-            f"TieredCacheGame.credit has shape {credit.shape}: its last axis must be the {t} "
+            f"{owner}.credit has shape {credit.shape}: its last axis must be the {t} "
             f"tiers of capacity {cap.shape}"
         )
-    miss = _field("miss_cost", game.miss_cost, "finite_ge0")
+    miss = _field(f"{owner}.miss_cost", game.miss_cost, "finite_ge0")
     if miss.ndim == 1:
         miss = miss[None, :]  # (B,): the same for every worker
     if miss.ndim and (
         miss.shape[-1] not in (1, b) or (miss.ndim >= 2 and miss.shape[-2] not in (1, w))
     ):
         raise InputError(
-            f"TieredCacheGame.miss_cost has shape {miss.shape}: must be (..., W, B) = "
+            f"{owner}.miss_cost has shape {miss.shape}: must be (..., W, B) = "
             f"(..., {w}, {b}), (..., 1, B) for one value per block, (B,) or a scalar"
         )
-    size = _field("size", game.size, "finite_gt0")
+    size = _field(f"{owner}.size", game.size, "finite_gt0")
     if size.ndim and size.shape[-1] not in (1, b):
-        raise InputError(f"TieredCacheGame.size has shape {size.shape}: must end in B = {b}")
+        raise InputError(f"{owner}.size has shape {size.shape}: must end in B = {b}")
     if latency is not None and game.peer_credit is not None:
         raise InputError(
-            "TieredCacheGame.peer_credit: not used with access_latency, where a peer's copy is "
+            f"{owner}.peer_credit: not used with access_latency, where a peer's copy is "
             "valued by its transfer cost (distance[w, u] per unit of block size); leave it None"
         )
-    sigma = _field("peer_credit", 0.5 if game.peer_credit is None else game.peer_credit, "unit")
+    sigma = 0.5 if game.peer_credit is None else game.peer_credit
+    sigma = _field(f"{owner}.peer_credit", sigma, "unit")
     if sigma.ndim:
-        raise InputError("TieredCacheGame.peer_credit: must be a scalar")
-    pool_cap, pool_lat, pool_sigma = _pool_fields(game, w, latency is not None)
+        raise InputError(f"{owner}.peer_credit: must be a scalar")
+    pool_cap, pool_lat, pool_sigma = _pool_fields(game, w, latency is not None, owner)
     try:
         shape = np.broadcast_shapes(
             d.shape[:-2], rates.shape[:-2], cap.shape[:-2], credit.shape[:-1],
@@ -260,7 +288,8 @@ def _prepare(game: TieredCacheGame, dtype=None) -> _Prepared:
             pool_lat.shape[:-1] if pool_lat is not None and pool_lat.ndim else (),
         )  # fmt: skip
     except ValueError:
-        raise InputError("TieredCacheGame: the fields' batch axes do not broadcast") from None
+        raise InputError(f"{owner}: the fields' batch axes do not broadcast") from None
+    check_batch(owner, shape)
     n = int(np.prod(shape, dtype=np.int64))
 
     def bc(a, tail):
@@ -272,7 +301,7 @@ def _prepare(game: TieredCacheGame, dtype=None) -> _Prepared:
         credit = np.broadcast_to(credit[..., None, :], shape + (w, t))
         reach = float(sigma) * np.exp(-d)
     else:
-        kappa = _recompute_rate(m_full, np.broadcast_to(size, shape + (b,)))
+        kappa = _recompute_rate(m_full, np.broadcast_to(size, shape + (b,)), owner)
         credit = _saved(np.broadcast_to(latency, shape + (w, t)), kappa)
         reach = _saved(np.broadcast_to(d, shape + (w, w)), kappa)
     reach = reach * (1.0 - np.eye(w))
@@ -305,44 +334,43 @@ def _prepare(game: TieredCacheGame, dtype=None) -> _Prepared:
     )  # fmt: skip
 
 
-def _pool_fields(game: TieredCacheGame, w: int, time_costs: bool):
+def _pool_fields(game: TieredCacheGame, w: int, time_costs: bool, owner: str = "TieredCacheGame"):
     """``(capacity, latency, credit)`` of the shared pool (None where not given), checked."""
     given = [k for k in ("shared_credit", "shared_latency") if getattr(game, k) is not None]
     if game.shared_capacity is None:
         if given:
-            raise InputError(f"TieredCacheGame.{given[0]}: needs shared_capacity (the pool)")
+            raise InputError(f"{owner}.{given[0]}: needs shared_capacity (the pool)")
         return None, None, None
-    cap = _field("shared_capacity", game.shared_capacity, "finite_ge0")
+    cap = _field(f"{owner}.shared_capacity", game.shared_capacity, "finite_ge0")
     if time_costs:
         if game.shared_credit is not None:
             raise InputError(
-                "TieredCacheGame.shared_credit: not used with access_latency; give "
+                f"{owner}.shared_credit: not used with access_latency; give "
                 "shared_latency, the pool's read cost per unit of block size"
             )
         if game.shared_latency is None:
             raise InputError(
-                "TieredCacheGame.shared_latency: needed with access_latency and a shared pool"
+                f"{owner}.shared_latency: needed with access_latency and a shared pool"
             )
-        lat = _field("shared_latency", game.shared_latency, "finite_ge0")
+        lat = _field(f"{owner}.shared_latency", game.shared_latency, "finite_ge0")
         if lat.ndim and lat.shape[-1] not in (1, w):
             raise InputError(
-                f"TieredCacheGame.shared_latency has shape {lat.shape}: must be (..., W) with "
+                f"{owner}.shared_latency has shape {lat.shape}: must be (..., W) with "
                 f"W = {w}, or a scalar"
             )
         return cap, lat, None
     if game.shared_latency is not None:
         raise InputError(
-            "TieredCacheGame.shared_latency: only with access_latency (costs in time); give "
-            "shared_credit"
+            f"{owner}.shared_latency: only with access_latency (costs in time); give shared_credit"
         )
-    sigma = _field("shared_credit", 0.5 if game.shared_credit is None else game.shared_credit,
-                   "unit")  # fmt: skip
+    sigma = 0.5 if game.shared_credit is None else game.shared_credit
+    sigma = _field(f"{owner}.shared_credit", sigma, "unit")
     if sigma.ndim:
-        raise InputError("TieredCacheGame.shared_credit: must be a scalar")
+        raise InputError(f"{owner}.shared_credit: must be a scalar")
     return cap, None, sigma
 
 
-def _recompute_rate(miss, size):
+def _recompute_rate(miss, size, owner: str = "TieredCacheGame"):
     """``κ_w = m[w, b]/s_b``, ``(..., W, 1)``: worker ``w``'s recompute cost per unit of block
     size, which must not depend on the block (a miss costs in proportion to the block's
     tokens); blocks whose miss costs nothing are left out (nothing to save: never cached)."""
@@ -355,7 +383,7 @@ def _recompute_rate(miss, size):
     if np.any(bad):
         i = np.argwhere(bad)[0]
         raise InputError(
-            "TieredCacheGame.miss_cost: with access_latency, a miss must cost in proportion to "
+            f"{owner}.miss_cost: with access_latency, a miss must cost in proportion to "
             "the block size (miss_cost[w, b] = κ_w·size[b] where it is > 0), so that a hit in "
             f"tier t costs ℓ[w, t]·size[b]; worker {int(i[-1])} has miss_cost/size from "
             f"{float(lo[tuple(i)]):g} to {float(hi[tuple(i)]):g} over its blocks"
@@ -443,25 +471,36 @@ def _optimum_starts(p: _Prepared, k: int, seed: int) -> np.ndarray:
     They break the symmetry the equilibria and the uniform fill share: where peers reach far
     (``reach`` near 1), the best placements share the blocks out between neighbours, which a
     descent from a symmetric start rarely finds (tests: 2–5% lower SC on such instances).
+
+    Drawn from ``seed`` alone, ``(k, W, T, B)``, and shared by every instance: an instance's
+    optimum does not depend on the rest of the batch.
     """
     n = p.rm.shape[0]
     w, t, b = p.dims
     rng = np.random.default_rng([seed, 0x0B7])
-    dense = rng.random((n, k, w, t, b))
-    keep = rng.random((n, k, w, 1, b)) < 0.5
-    tier = rng.integers(0, t, (n, k, w, 1, b)) == np.arange(t)[:, None]
+    dense = rng.random((k, w, t, b))
+    keep = rng.random((k, w, 1, b)) < 0.5
+    tier = rng.integers(0, t, (k, w, 1, b)) == np.arange(t)[:, None]
     sparse = (keep & tier).astype(np.float64)
-    return np.where((np.arange(k) % 2 == 0)[None, :, None, None, None], dense, sparse)
+    one = np.where((np.arange(k) % 2 == 0)[:, None, None, None], dense, sparse)
+    return np.array(np.broadcast_to(one, (n, k, w, t, b)))
 
 
 def _starts(p: _Prepared, starts: int, seed: int) -> np.ndarray:
-    """``(N, S, W, T, B)``: start 0 empty, then random placements (retracted on device)."""
+    """``(N, S, W, T, B)``: start 0 empty, then random placements (retracted on device), drawn
+    from ``seed`` alone, ``(S, W, T, B)``, and shared by every instance (an instance's
+    equilibria do not depend on the rest of the batch)."""
     n = p.rm.shape[0]
     w, t, b = p.dims
-    rng = np.random.default_rng(seed)
-    y = rng.random((n, starts, w, t, b)) * (rng.random((n, starts, 1, 1, 1)) < 1.0)
-    y[:, 0] = 0.0
-    return y.astype(p.dtype)
+    y = np.random.default_rng(seed).random((starts, w, t, b))
+    y[0] = 0.0
+    return np.array(np.broadcast_to(y, (n, starts, w, t, b)), p.dtype)
+
+
+def _check_lr(lr) -> None:
+    number = isinstance(lr, (int, float, np.integer, np.floating))
+    if isinstance(lr, (bool, np.bool_)) or not number or not (np.isfinite(lr) and lr > 0):
+        raise InputError(f"lr = {lr!r}: must be finite and > 0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -532,25 +571,23 @@ def solve_equilibrium(
     Returns the worst converged equilibrium per instance as a :class:`TieredSolution` (with
     ``_all``, the raw per-start dict ``(N, S, ...)`` for :func:`price_of_anarchy`).
     """
+    check_tol(tol)
+    max_rounds = _integer("max_rounds", max_rounds, 1)
+    starts = _integer("starts", starts, 1)
+    seed = _integer("seed", seed, 0)
     p = _prepare(game, dtype)
     tol = TOL[p.dtype] if tol is None else float(tol)
-    if not (np.isfinite(tol) and tol > 0):
-        raise InputError(f"tol = {tol!r}: must be finite and > 0")
-    if int(max_rounds) != max_rounds or max_rounds < 1:
-        raise InputError(f"max_rounds = {max_rounds!r}: must be an integer >= 1")
     n = p.rm.shape[0]
     if y0 is not None:
         x = _placement(p, y0, "y0")[:, None]
     else:
-        if int(starts) != starts or starts < 1:
-            raise InputError(f"starts = {starts!r}: must be an integer >= 1")
-        x = _starts(p, int(starts), seed)
+        x = _starts(p, starts, seed)
     s = x.shape[1]
     rep = lambda a: np.repeat(a, s, axis=0)  # noqa: E731
     flat_y = x.reshape((n * s,) + x.shape[2:])
     args = tuple(rep(a) for a in _pack(p))
     flat_y = _chunked(_retract_batch, (flat_y, args[2], args[4]), LANES)
-    out = _chunked(_eq_batch, args + (flat_y,), LANES, tol=tol, max_rounds=int(max_rounds),
+    out = _chunked(_eq_batch, args + (flat_y,), LANES, tol=tol, max_rounds=max_rounds,
                    pool=p.pool)  # fmt: skip
     out = {k: v.reshape((n, s) + v.shape[1:]) for k, v in out.items()}
     if _all:
@@ -590,9 +627,9 @@ def solve_optimum(
     ``y0 (..., S, W, T, B)`` or ``(..., W, T, B)``: starts (default: one empty placement and
     one uniform fill); the best point seen over all starts is kept.
     """
+    steps = _integer("steps", steps, 1)
+    _check_lr(lr)
     p = _prepare(game, dtype)
-    if int(steps) != steps or steps < 1:
-        raise InputError(f"steps = {steps!r}: must be an integer >= 1")
     n = p.rm.shape[0]
     w, t, b = p.dims
     if y0 is None:
@@ -664,15 +701,16 @@ def price_of_anarchy(
     ``optimum_starts`` random placements (:func:`_optimum_starts`), and never above the best
     equilibrium.
     """
-    if int(optimum_starts) != optimum_starts or optimum_starts < 0:
-        raise InputError(f"optimum_starts = {optimum_starts!r}: must be an integer >= 0")
+    optimum_starts = _integer("optimum_starts", optimum_starts, 0)
+    optimum_steps = _integer("optimum_steps", optimum_steps, 1)
+    _check_lr(lr)
     p, out = solve_equilibrium(game, starts=starts, seed=seed, tol=tol, max_rounds=max_rounds,
                                dtype=dtype, _all=True)  # fmt: skip
     worst, best = _pick(p, out, True), _pick(p, out, False)
     n, s = out["social_cost"].shape
     w, t, b = p.dims
     uni = np.full((n, 1, w, t, b), 1.0 / t, p.dtype)
-    rnd = _optimum_starts(p, int(optimum_starts), seed).astype(p.dtype)
+    rnd = _optimum_starts(p, optimum_starts, seed).astype(p.dtype)
     y0 = np.concatenate([out["placement"], uni, rnd], 1)
     y0 = y0.reshape(p.batch_shape + y0.shape[1:])
     opt = solve_optimum(game, y0=y0, steps=optimum_steps, lr=lr, dtype=dtype)

@@ -312,3 +312,142 @@ def test_fluid_step_benchmark_smoke_mode_runs():
     assert all(r["us_per_instance_step"] > 0 for r in res["step"])
     assert set(res["pass_us"]) == {"1", "8"} and all(v > 0 for v in res["pass_us"].values())
     assert [r for r in res["step"] if "passes_per_step" in r][0]["lanes"] == 8
+
+
+# --------------------------------------------------------------------------- the API audit
+
+
+def test_empty_batch_and_no_nodes_are_named(compile_counter):
+    with pytest.raises(pj.InputError, match=r"empty batch .*\(0,\)"):
+        pj.price_of_anarchy(pj.SelfishCachingGame(np.zeros((0, 5, 5)), 1.5))
+    with pytest.raises(pj.InputError, match="empty batch"):
+        pj.price_of_anarchy(pj.SelfishCachingGame(caching.line_distance(3), np.ones((0, 3))))
+    with pytest.raises(pj.InputError, match=r"distance has shape \(0, 0\): needs at least one"):
+        pj.SelfishCachingGame(np.zeros((0, 0)), 1.5)  # at construction
+    assert compile_counter.solver_count == 0
+
+
+def test_a_game_alone_and_inside_a_batch_give_the_same_results():
+    """n = 18 > 16: best response from random starts drawn from the seed alone, the same for
+    every instance, so an instance's numbers do not depend on its batch (bit for bit)."""
+    rng = np.random.default_rng(1)
+    pts = rng.random((3, 18, 2))
+    d = np.sqrt(((pts[:, :, None] - pts[:, None]) ** 2).sum(-1))
+    a = rng.uniform(0.2, 1.0, (3, 18))
+    batch = pj.price_of_anarchy(pj.SelfishCachingGame(d, a))
+    assert not batch.exact.any()
+    assert batch.poa.dtype == batch.optimum_cost.dtype == batch.poa_upper.dtype
+    for b in range(3):
+        alone = pj.price_of_anarchy(pj.SelfishCachingGame(d[b], a[b]))
+        np.testing.assert_array_equal(alone.poa, batch.poa[b])
+        np.testing.assert_array_equal(alone.optimum_cost, batch.optimum_cost[b])
+        np.testing.assert_array_equal(alone.equilibrium_costs, batch.equilibrium_costs[b])
+        assert isinstance(alone.converged, np.ndarray) and alone.converged.shape == ()
+    starts = caching.start_profiles(3, 18, 16, seed=5)
+    assert (starts == starts[:1]).all()
+
+
+def test_local_search_start_of_the_wrong_length_is_named(compile_counter):
+    star = pj.SelfishCachingGame(caching.star_distance(4), 1.5)
+    with pytest.raises(pj.InputError, match="x0 has shape \\(4,\\): its last axis must be the 5"):
+        caching.local_search(star, np.zeros(4, bool))
+    with pytest.raises(pj.InputError, match="x0 has shape \\(2, 5\\): must broadcast"):
+        caching.local_search(star, np.zeros((2, 5), bool))
+    assert compile_counter.solver_count == 0
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(tol=-5.0), "tol = -5.0: must be finite and > 0"),
+        (dict(method="nonsense"), "method 'nonsense'.*must be 'auto'"),
+        (dict(starts=0), "starts = 0: must be an integer >= 1"),
+        (dict(starts=True), "starts = True"),
+        (dict(seed=-1), "seed = -1"),
+        (dict(keep=-1), "keep = -1"),
+        (dict(max_rounds=2.5), "max_rounds = 2.5"),
+        (dict(bound_steps=0), "bound_steps = 0"),
+        (dict(exhaustive_max="16"), "exhaustive_max = '16'"),
+    ],
+)
+def test_options_are_checked_on_either_path(kwargs, match, compile_counter):
+    """n = 5 takes the exhaustive path, which uses none of these: they are checked anyway."""
+    star = pj.SelfishCachingGame(caching.star_distance(4), 1.5)
+    with pytest.raises(pj.InputError, match=match):
+        caching.price_of_anarchy(star, **kwargs)
+    assert compile_counter.solver_count == 0
+
+
+def test_best_response_checks_tol():
+    with pytest.raises(pj.InputError, match="tol = -1"):
+        caching.best_response(pj.SelfishCachingGame(caching.star_distance(4), 1.5), tol=-1)
+
+
+def test_ratios_are_in_the_game_dtype():
+    star = pj.SelfishCachingGame(caching.star_distance(4), 1.5)
+    r64 = caching.price_of_anarchy(star, dtype=np.float64)
+    assert float(r64.poa) == 14 / 11 and r64.poa.dtype == np.float64
+    r32 = caching.price_of_anarchy(star, dtype=np.float32)
+    for f in ("poa", "price_of_stability", "poa_upper", "optimum_cost", "equilibrium_costs"):
+        assert getattr(r32, f).dtype == np.float32, f
+    assert r32.poa == np.float32(7.0) / np.float32(5.5)
+    for f in ("converged", "exact", "status", "iterations", "equilibrium_count"):
+        assert isinstance(getattr(r32, f), np.ndarray), f
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        # plain numbers, not np.float64(3.0)
+        (dict(distance=[[0, 1.0], [3.0, 0]], placement_cost=1.0),
+         r"distance\[0, 1\] = 1\.0 but SelfishCachingGame\.distance\[1, 0\] = 3\.0: must be sym"),
+        (dict(distance=[[2.0, 1.0], [1.0, 0]], placement_cost=1.0),
+         r"distance\[0, 0\] = 2\.0: the diagonal must be 0"),
+        (dict(distance=caching.line_distance(2), placement_cost=None),
+         "placement_cost: required, got None"),
+        (dict(distance=caching.line_distance(2) * (1 + 1j), placement_cost=1.0),
+         "distance: must be real"),
+        (dict(distance=caching.line_distance(2), placement_cost=[1.0, 1j]),
+         "placement_cost: must be real"),
+    ],
+)  # fmt: skip
+def test_bad_values_are_named_plainly(kwargs, match, compile_counter):
+    with pytest.raises(pj.InputError, match=match) as err:
+        pj.price_of_anarchy(pj.SelfishCachingGame(**kwargs))
+    assert "np.float64" not in str(err.value)
+    assert compile_counter.solver_count == 0
+
+
+def test_symmetric_must_be_a_bool():
+    with pytest.raises(pj.InputError, match="symmetric = 'no': must be True or False"):
+        pj.SelfishCachingGame(caching.line_distance(2), 1.0, symmetric="no")
+
+
+@pytest.mark.parametrize(
+    "call,match",
+    [
+        (lambda: caching.complete_distance(-1), "complete_distance: n = -1: must be an integer"),
+        (lambda: caching.complete_distance(3, -1.0), "complete_distance: d = -1.0"),
+        (lambda: caching.cluster_distance(2, 2, across=-1), "cluster_distance: across = -1"),
+        (lambda: caching.cluster_distance(0, 2), "cluster_distance: nodes = 0"),
+        (lambda: caching.cluster_distance(2, 2.5), "cluster_distance: per_node = 2.5"),
+        (lambda: caching.line_distance(3, float("nan")), "line_distance: spacing = nan"),
+        (lambda: caching.star_distance(0), "star_distance: leaves = 0"),
+        (lambda: caching.star_distance(3, leaf_to_leaf=-2.0), "star_distance: leaf_to_leaf"),
+    ],
+)
+def test_presets_check_their_arguments(call, match):
+    with pytest.raises(pj.InputError, match=match):
+        call()
+
+
+def test_preset_docstrings_run():
+    import doctest
+
+    fns = (caching.complete_distance, caching.cluster_distance, caching.line_distance,
+           caching.star_distance)  # fmt: skip
+    runner = doctest.DocTestRunner()
+    for fn in fns:
+        for t in doctest.DocTestFinder().find(fn, globs={}):
+            runner.run(t)
+    assert runner.failures == 0 and runner.tries >= 2 * len(fns)

@@ -74,3 +74,30 @@ def test_coupled_game_and_bad_calls(cache_games):
         pj.solve_equilibrium(g, pj.policies.dynamo(omega=1.0, tau=0.0))
     with pytest.raises(pj.InputError, match="takes no start"):
         pj.solve_optimum(g, x0=np.ones(3, bool))
+
+
+@pytest.mark.parametrize(
+    ("kw", "rule"),
+    [
+        ({"method": "nonsense"}, "method 'nonsense'.*must be 'auto'"),
+        ({"tol": -5.0}, "tol = -5.0: must be finite and > 0"),
+        ({"starts": 0}, "starts = 0: must be an integer >= 1"),
+        ({"max_iters": 0}, "max_rounds = 0"),
+    ],
+)
+def test_generic_functions_refuse_bad_options_for_caching_games(kw, rule):
+    # (these were dropped silently: tol, method and max_iters never reached the caching solvers,
+    # and starts = 0 was raised to 16)
+    star = pj.SelfishCachingGame(caching.star_distance(4, 1.0, 2.0), 1.5)
+    fluid = _fluid()
+    for fn in (pj.price_of_anarchy, pj.solve_equilibrium):
+        if "starts" in kw and fn is pj.solve_equilibrium:
+            continue
+        with pytest.raises(pj.InputError, match=rule):
+            fn(star, **kw)
+        if "tol" in kw or "starts" in kw:
+            continue  # the fluid game's own checks (tests/test_tiered_cache.py)
+        with pytest.raises(pj.InputError, match=rule.replace("discrete", "fluid")):
+            fn(fluid, **kw)
+    with pytest.raises(pj.InputError, match="starts = 0"):
+        pj.solve_optimum(star, starts=0)

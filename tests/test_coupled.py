@@ -147,3 +147,67 @@ def test_generated_optimum_starts_find_lower_optima(routing):
         coupled.solve_optimum(game, optimum_starts=-1)
     with pytest.raises(pj.InputError, match="optimum_starts = 1.5"):
         coupled.price_of_anarchy(game, optimum_starts=1.5)
+
+
+# --------------------------------------------------------------------------- the API audit
+
+
+def test_errors_name_the_coupled_game(routing, take_instances, compile_counter):
+    cap = np.ones((K, T))
+    with pytest.raises(pj.InputError, match=r"^CoupledGame\.credit\[0\] = 2\.0: must be in"):
+        coupled.solve(pj.CoupledGame(routing, _topology(), cap, credit=[2.0, 0.5]))
+    directed = _topology() + np.triu(_topology())
+    with pytest.raises(pj.InputError, match=r"must be symmetric$"):  # no symmetric= to suggest
+        coupled.solve(pj.CoupledGame(routing, directed, cap))
+    with pytest.raises(pj.InputError, match=r"capacity has shape \(4, 0\): needs at least one"):
+        pj.CoupledGame(routing, _topology(), np.ones((K, 0)))  # at construction
+    with pytest.raises(pj.InputError, match=r"distance has shape \(0, 0\): needs at least one"):
+        pj.CoupledGame(routing, np.zeros((0, 0)), cap)
+    none = pj.RoutingGame(demand=np.zeros(0), latency=pj.Latency(a=[0.0, 1.0], b=[1.0, 0.0]))
+    with pytest.raises(pj.InputError, match=r"routing\.demand has shape \(0,\): needs at least"):
+        pj.CoupledGame(none, np.zeros((2, 2)), np.ones((2, T)))
+    with pytest.raises(pj.InputError, match="CoupledGame: empty batch"):
+        pj.price_of_anarchy(pj.CoupledGame(take_instances(routing, slice(0, 0)), _topology(), cap))
+    with pytest.raises(pj.InputError, match="caching = 'no': must be True or False"):
+        pj.CoupledGame(routing, _topology(), cap, caching="no")
+    with pytest.raises(pj.InputError, match="capacity: must be real"):
+        coupled.solve(pj.CoupledGame(routing, _topology(), cap * 1j))
+    assert compile_counter.solver_count == 0
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(method="nonsense"), "method 'nonsense'"),
+        (dict(starts=0), "starts = 0"),
+        (dict(tol=-5.0), "tol = -5.0"),
+        (dict(outer_tol=-1.0), "outer_tol = -1.0"),
+        (dict(max_outer=0), "max_outer = 0"),
+        (dict(lr=0.0), "lr = 0.0"),
+        (dict(optimum_steps=0), "optimum_steps = 0"),
+        (dict(seed=-1), "seed = -1"),
+    ],
+)
+def test_options_are_checked(routing, kwargs, match, compile_counter):
+    game = pj.CoupledGame(routing, _topology(), np.ones((K, T)))
+    with pytest.raises(pj.InputError, match=match):
+        coupled.price_of_anarchy(game, **kwargs)
+    if set(kwargs) <= {"method", "starts", "tol", "seed"}:  # pj.price_of_anarchy's options
+        with pytest.raises(pj.InputError, match=match):
+            pj.price_of_anarchy(game, **kwargs)
+    assert compile_counter.solver_count == 0
+
+
+def test_a_game_alone_and_inside_a_batch_give_the_same_results(routing, take_instances):
+    """The random optimum starts (flows and placements) are drawn from the seed alone and
+    shared by every instance: three instances alone give their numbers in the batch of 8."""
+    game = pj.CoupledGame(routing, _topology(), np.full((K, T), 1.0), credit=[1.0, 0.5])
+    batch = pj.price_of_anarchy(game)
+    for b in (0, 3, 6):
+        one = dataclasses.replace(game, routing=take_instances(routing, [b]))
+        alone = pj.price_of_anarchy(one)
+        np.testing.assert_allclose(alone.poa, batch.poa[[b]], rtol=1e-6)
+        np.testing.assert_allclose(alone.optimum_cost, batch.optimum_cost[[b]], rtol=1e-6)
+        np.testing.assert_allclose(
+            alone.equilibrium.social_cost, batch.equilibrium.social_cost[[b]], rtol=1e-6
+        )

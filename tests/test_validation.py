@@ -203,6 +203,23 @@ def test_instance_without_worker(solver):
 
 
 @pytest.mark.usefixtures("no_compile")
+@pytest.mark.parametrize("solver", sorted(SOLVERS))
+@pytest.mark.parametrize(
+    ("demand", "a", "rule"),
+    [
+        (np.zeros((0, 2)), np.ones((0, 3)), r"empty batch, shape \(0,\)"),
+        (np.zeros((2, 0)), np.ones((2, 3)), "0 classes and 3 workers"),
+        (np.ones((2, 2)), np.ones((2, 0)), "2 classes and 0 workers"),
+    ],
+)
+def test_empty_batch_and_empty_axes(solver, demand, a, rule):
+    # (an empty batch reached the solver and ended in a bare StopIteration)
+    g = pj.RoutingGame(demand=demand, latency=pj.Latency(a=a))
+    with pytest.raises(pj.InputError, match=rule):
+        SOLVERS[solver](g)
+
+
+@pytest.mark.usefixtures("no_compile")
 def test_other_bad_inputs():
     with pytest.raises(pj.InputError, match="class axis"):
         pj.solve_equilibrium(pj.RoutingGame(demand=1.0, latency=pj.Latency(b=[1.0, 1.0])))
