@@ -3,11 +3,15 @@
 Subcommands (``poa-jax bench`` times the solvers on the device present and prints a table):
 
 * ``poa-jax sweep [SCENARIO.toml] [--out DIR] [--dtype float32|float64] [--chunk N]
-  [--warm-start load|none] [--no-progress]`` — runs a scenario (the built-in default without a
-  file) with :func:`poa_jax.sweep.run_sweep`, prints a table per topology × policy over load
-  (PoA, price of stability, mean latency at equilibrium and optimum, converged starts) and the
-  output paths (``DIR/results.parquet``, ``DIR/summary.json``; default ``DIR`` is
-  ``out/<scenario name>``). Rerunning into the same folder resumes: finished chunks are reused.
+  [--part N] [--warm-start load|none] [--overwrite] [--no-progress]`` — runs a scenario (the
+  built-in default without a file) with :func:`poa_jax.sweep.run_sweep`, prints a table per
+  topology × policy over load (PoA, price of stability, mean latency at equilibrium and optimum,
+  converged starts) and the output paths (``DIR/results.parquet``, ``DIR/summary.json``;
+  default ``DIR`` is ``out/<scenario name>``). Rerunning into the same folder resumes: finished
+  parts are reused, with the chunk size the folder was started with when ``--chunk`` is not
+  given. A folder holding another scenario's parts (or another part size, or another explicit
+  ``--chunk``) is refused unless ``--overwrite`` (which discards them and the old
+  ``results.parquet`` and ``summary.json``).
 * ``poa-jax sweep --preset NAME[,NAME...] [--concurrency C1,C2,...] [--out DIR] [--chunk N]``
   — the closed-loop serving sweep (:func:`poa_jax.serving_sweep.run_serving_sweep`, float64;
   ``--dtype float32`` and a scenario file are rejected): for each preset (``llama70b-1p2d``,
@@ -94,7 +98,19 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument(
         "scenario", nargs="?", help="scenario TOML file (default: the built-in scenario)"
     )
-    s.add_argument("--out", help="output folder (default: out/<scenario name>)")
+    s.add_argument(
+        "--out",
+        help="output folder (default: out/<scenario name>); rerunning the same scenario into it "
+        "resumes, reusing the finished parts; a folder holding another scenario's parts is "
+        "refused (see --overwrite)",
+    )
+    s.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="where --out holds parts of another scenario, part size or --chunk, discard them "
+        "and its results.parquet and summary.json instead of refusing (parts of the same sweep "
+        "are still reused)",
+    )
     s.add_argument("--dtype", choices=("float32", "float64"), help="override solver.dtype")
     s.add_argument(
         "--warm-start",
@@ -107,13 +123,16 @@ def _parser() -> argparse.ArgumentParser:
         "--chunk",
         type=int,
         default=None,
-        help="points per solver call (default: 1024 on CPU, 8192 on GPU/TPU)",
+        help="points per solver call (default: 1024 on CPU, 8192 on GPU/TPU; when resuming, "
+        "the chunk size the folder was started with: it changes float rounding, and a resumed "
+        "table must equal an uninterrupted run's, so another --chunk is refused there)",
     )
     s.add_argument(
         "--part",
         type=int,
         default=None,
-        help="points per Parquet part, the unit of resuming (default: 16384)",
+        help="points per Parquet part, the unit of resuming (default: 16384; when resuming, "
+        "the folder's part size, and another --part is refused there)",
     )
     s.add_argument(
         "--no-merge",
@@ -242,6 +261,8 @@ def _cmd_serving_sweep(args) -> int:
         )
     if args.warm_start is not None:
         raise InputError("--warm-start: applies to scenario sweeps, not to --preset")
+    if getattr(args, "overwrite", False):
+        raise InputError("--overwrite: applies to scenario sweeps, not to --preset")
     _use_dtype("float64")
     from poa_jax import serving_sweep
 
@@ -306,6 +327,7 @@ def _cmd_sweep(args) -> int:
         chunk_size=args.chunk,
         part_size=args.part,
         merge=not args.no_merge,
+        overwrite=getattr(args, "overwrite", False),
         progress=not args.no_progress,
         log=lambda m: print(f"{PROG}: {m}", file=sys.stderr),
     )

@@ -30,6 +30,10 @@ per-class replacements of ``mix``, ``tokens``, ``shareable``), random replicates
 ``count`` seeds jittering the class mix and the worker capacities by log-normal factors) and
 policy grids (``[[policy_grid]]``: one policy per combination of listed parameter values).
 
+Size bounds (checked before anything is expanded): every axis has at most
+:data:`MAX_AXIS_POINTS` (10⁸) values — load points, seeds, policies after expanding the grids,
+topologies, variants — and a sweep at most :data:`MAX_POINTS` (10¹⁰) points in all.
+
 Example:
   >>> from poa_jax import scenario
   >>> sc = scenario.default_scenario()
@@ -79,9 +83,15 @@ __all__ = [
     "DTYPES",
     "DEFAULT_TOPOLOGIES",
     "DEFAULT_POLICIES",
+    "MAX_AXIS_POINTS",
+    "MAX_POINTS",
 ]
 
 DTYPES = ("float32", "float64")
+#: Most values on one axis (load points, seeds, policies, topologies, variants).
+MAX_AXIS_POINTS = 10**8
+#: Most points in one scenario (the product of its axes).
+MAX_POINTS = 10**10
 _LATENCY_FIELDS = ("a", "b", "c", "p", "d", "kappa", "rho_max")
 _PREFILL_FIELDS = ("a", "b", "c")
 #: Per-worker fields a topology may override (scalars or one value per worker).
@@ -199,12 +209,33 @@ class LoadAxis:
         if self.values is not None:
             object.__setattr__(self, "values", tuple(self.values))
 
+    @property
+    def size(self) -> int:
+        """``U``, the number of utilisation points (without building the grid)."""
+        return len(self.values) if self.values is not None else int(self.points)
+
     def utilisation(self) -> np.ndarray:
         """The utilisation grid, ``(U,)``."""
         if self.values is not None:
             return np.asarray(self.values, np.float64)
         # Rounded so that grid points read as typed (0.4, not 0.39999999999999997).
         return np.round(np.linspace(self.min, self.max, int(self.points)), 12)
+
+    def at(self, index: np.ndarray) -> np.ndarray:
+        """``utilisation()[index]``, computed for those indices only (as ``np.linspace`` does)."""
+        index = np.asarray(index, np.int64)
+        if self.values is not None:
+            return np.asarray(self.values, np.float64)[index]
+        lo, hi, n = float(self.min), float(self.max), int(self.points)
+        if n <= 1:
+            y = np.full(index.shape, lo)
+        else:
+            delta, div = hi - lo, n - 1
+            step = delta / div
+            y = index.astype(np.float64)
+            y = y / div * delta if step == 0 else y * step
+            y = np.where(index == n - 1, hi, y + lo)
+        return np.round(y, 12)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -454,7 +485,7 @@ class Scenario:
             len(self.topologies),
             max(len(self.variants), 1),
             int(self.seeds.count),
-            len(self.load.utilisation()),
+            self.load.size,
             len(self.policies),
         )
 
@@ -618,7 +649,7 @@ class Scenario:
             raise InputError(f"points: must be a 1-D array of indices in [0, {n_all})")
         tb = self._tables()
         t, v, s, u, p = np.unravel_index(points, self.shape)
-        util = self.load.utilisation()[u]
+        util = self.load.at(u)
         topo, var = tb["topo"], tb["var"]
         j, k = len(self.classes), tb["k_max"]
 
@@ -706,6 +737,8 @@ class _Check:
         self.source = source or "Scenario"
 
     def fail(self, path: str, rule: str, value: Any = dataclasses.MISSING):
+        if isinstance(value, tuple):  # shown as written in TOML: [1.0, 2.0], not (1.0, 2.0)
+            value = _thaw(value)
         shown = "" if value is dataclasses.MISSING else f" = {value!r}"
         raise InputError(f"{self.source}: {path}{shown}: {rule}")
 
@@ -730,15 +763,28 @@ class _Check:
         if not ok(v):
             self.fail(path, text, v)
 
-    def integer(self, path, v, minimum=1):
+    def integer(self, path, v, minimum=1, maximum=None):
         if not _is_int(v):
             self.fail(path, f"must be an integer, got {type(v).__name__}", v)
         if v < minimum:
             self.fail(path, f"must be an integer >= {minimum}", v)
+        if maximum is not None and v > maximum:
+            self.fail(path, f"must be at most {_count(maximum)} (points per axis)", v)
+
+    def size(self, path, n, what):
+        """At most :data:`MAX_AXIS_POINTS` values on one axis."""
+        if n > MAX_AXIS_POINTS:
+            self.fail(path, f"{n} {what}: at most {_count(MAX_AXIS_POINTS)} (points per axis)")
 
     def string(self, path, v):
         if not isinstance(v, str) or not v.strip():
             self.fail(path, "must be a non-empty string", v)
+
+
+def _count(n: int) -> str:
+    """``10**8`` as ``10^8``; other counts as digits."""
+    e = round(math.log10(n)) if n > 0 else 0
+    return f"10^{e}" if 10**e == n else str(n)
 
 
 _WORKER_RULES = dict(
@@ -828,7 +874,7 @@ def _validate(s: Scenario) -> None:
         ck.number("load.max", ld.max, "gt0")
         if ld.max < ld.min:
             ck.fail("load.max", f"must be >= load.min = {ld.min!r}", ld.max)
-        ck.integer("load.points", ld.points, 1)
+        ck.integer("load.points", ld.points, 1, MAX_AXIS_POINTS)
 
     if not s.policies:
         ck.fail("policies", "needs at least one policy")
@@ -882,7 +928,7 @@ def _validate(s: Scenario) -> None:
     sd = s.seeds
     if not isinstance(sd, SeedAxis):
         ck.fail("seeds", f"must be a SeedAxis, got {type(sd).__name__}")
-    ck.integer("seeds.count", sd.count, 1)
+    ck.integer("seeds.count", sd.count, 1, MAX_AXIS_POINTS)
     ck.number("seeds.jitter", sd.jitter, "ge0")
     ck.integer("seeds.seed", sd.seed, 0)
 
@@ -899,6 +945,21 @@ def _validate(s: Scenario) -> None:
         ck.fail("solver.dtype", f"must be one of {', '.join(DTYPES)}", sv.dtype)
     if sv.warm_start not in WARM_STARTS:
         ck.fail("solver.warm_start", 'must be "load" or left out', sv.warm_start)
+
+    # Counted, never expanded: a sweep's points are built chunk by chunk.
+    if ld.values is not None:
+        ck.size("load.values", len(ld.values), "values")
+    ck.size("topologies", len(s.topologies), "topologies")
+    ck.size("variants", len(s.variants), "variants")
+    ck.size("policies", len(s.policies), "policies")
+    total = math.prod(s.shape)
+    if total > MAX_POINTS:
+        dims = " x ".join(map(str, s.shape))
+        ck.fail(
+            "scenario",
+            f"{dims} (topologies x variants x seeds x loads x policies) = {total} points: "
+            f"must be at most {_count(MAX_POINTS)} in all",
+        )
 
 
 def _per_worker(ck: _Check, path, v, n, rule, allow_inf):
@@ -990,7 +1051,23 @@ def _parse(data: Mapping, source: str) -> Scenario:
         params = _table(ck, f"{p}.params", p_.get("params", {}))
         pols.append(PolicySpec(name=p_["name"], params=params, label=p_.get("label")))
 
-    pols += _policy_grid(ck, top.get("policy_grid", []))
+    grid = _policy_grid(ck, top.get("policy_grid", []))
+    labels = {}
+    for i, pol in enumerate(pols):
+        label = pol.display()
+        if isinstance(label, str):  # a bad listed label is named by _validate
+            labels.setdefault(label, f"policies[{i}]")
+    for p, pol in grid:
+        label = pol.display()
+        if label in labels:
+            ck.fail(
+                p,
+                f"duplicate policy label (a value listed twice, or the same policy as "
+                f"{labels[label]})",
+                label,
+            )
+        labels[label] = p
+    pols += [pol for _, pol in grid]
     if not pols:
         ck.fail("policies", "needs at least one policy (or a policy_grid)")
 
@@ -1033,15 +1110,41 @@ def _policy_grid(ck: _Check, grid) -> list[PolicySpec]:
         p = f"policy_grid[{i}]"
         g = _table(ck, p, g, None, ("name",))
         name = g.pop("name")
+        # Checked here, with the grid's key paths (the expanded policies have no place in the
+        # file that _validate could name).
+        if not isinstance(name, str) or name not in _policies.NAMES:
+            ck.fail(
+                f"{p}.name", f"unknown policy: must be one of {', '.join(_policies.NAMES)}", name
+            )
+        allowed = _policy_params(name)
         lists = {}
         for k, v in g.items():
-            vals = list(v) if isinstance(v, list | tuple) else [v]
+            if k not in allowed:
+                names = ", ".join(allowed) or "none"
+                ck.fail(f"{p}.{k}", f"unknown parameter of {name} (allowed: {names})")
+            listed = isinstance(v, list | tuple) and not (
+                k == "credits" and v and not isinstance(v[0], list | tuple)
+            )  # credits = [g1, g2, g3] is one value; [[...], [...]] lists several
+            vals = list(v) if listed else [v]
             if not vals:
                 ck.fail(f"{p}.{k}", "must list at least one value", v)
+            for j, x in enumerate(vals):
+                q = f"{p}.{k}[{j}]" if listed else f"{p}.{k}"
+                if k == "credits":
+                    if not isinstance(x, list | tuple) or len(x) != 3:
+                        ck.fail(q, "must be a list of 3 numbers (G1, G2, G3)", x)
+                    for m, c in enumerate(x):
+                        ck.number(f"{q}[{m}]", c, "ge0")
+                else:
+                    ck.number(q, x, "ge0")
             lists[k] = vals
+        combos = math.prod(len(v) for v in lists.values())
+        if len(out) + combos > MAX_AXIS_POINTS:
+            ck.fail(p, f"{combos} combinations: at most {_count(MAX_AXIS_POINTS)} policies in all")
         keys = list(lists)
         for combo in itertools.product(*(lists[k] for k in keys)):
-            out.append(PolicySpec(name=name, params=dict(zip(keys, combo, strict=True))))
+            spec = PolicySpec(name=name, params=dict(zip(keys, combo, strict=True)))
+            out.append((p, spec))
     return out
 
 
@@ -1049,8 +1152,9 @@ def load_scenario(path: str | os.PathLike) -> Scenario:
     """Reads a scenario TOML file.
 
     Raises:
-      InputError: missing file, invalid TOML, or a key or value breaking a rule (the message
-        names the file, the key path and the rule).
+      InputError: missing file, a file that is not UTF-8 text, invalid TOML, or a key or value
+        breaking a rule (the message names the file, the key path and the rule), including the
+        size bounds :data:`MAX_AXIS_POINTS` and :data:`MAX_POINTS`.
     """
     path = os.fspath(path)
     try:
@@ -1062,6 +1166,8 @@ def load_scenario(path: str | os.PathLike) -> Scenario:
         raise InputError(f"{path}: is a directory, not a scenario file") from None
     except tomllib.TOMLDecodeError as e:
         raise InputError(f"{path}: invalid TOML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: not a UTF-8 text file ({e.reason})") from None
     except OSError as e:
         raise InputError(f"{path}: cannot read: {e.strerror}") from None
     return Scenario.from_dict(data, source=path)

@@ -8,11 +8,20 @@ once), and writes
 * ``out_dir/summary.json`` — scenario, timing, device, and per topology × policy the PoA curve
   over load, its maximum and where it occurs, and the share of converged points.
 
-Interrupt safety: every chunk is written as ``out_dir/parts/part-NNNNN.parquet`` (to a temporary
-name, then renamed atomically). ``out_dir/parts/manifest.json`` records the scenario's hash
-(:meth:`~poa_jax.scenario.Scenario.hash`) and the chunking; rerunning the same scenario into the
-same folder skips the parts that exist, and ``results.parquet`` is assembled from the parts at
-the end. A different scenario or chunking discards the old parts.
+Interrupt safety: every part is written as ``out_dir/parts/part-NNNNNN.parquet`` (to a temporary
+name, then renamed atomically). ``out_dir/parts/_manifest.json`` records the scenario (its hash,
+:meth:`~poa_jax.scenario.Scenario.hash`, and its canonical form) and the chunking; rerunning the
+same scenario into the same folder skips the parts that exist, and ``results.parquet`` is
+assembled from the parts at the end. The bookkeeping files in ``parts/`` start with ``_``
+(``_manifest.json``, ``_process-NNNN.json``), so ``pyarrow.dataset.dataset(out_dir + "/parts")``
+reads the parts alone; folders written before that (``manifest.json``) still resume.
+
+A folder that holds parts of another scenario (or part size, or columns) is refused
+(:class:`~poa_jax.InputError` naming what differs) unless ``overwrite=True``, which discards
+those parts and the folder's ``results.parquet`` and ``summary.json``. The chunk size changes
+results only through float rounding, but a resumed table must equal an uninterrupted run's: a
+resume without ``chunk_size`` takes the folder's chunk size, and another ``chunk_size`` is
+refused unless ``overwrite=True``.
 
 The optimum of a game does not depend on the policy, and the optimum solver is a local method
 on a nonconvex social cost (the cache term), warm-started from each policy's equilibria. All
@@ -46,6 +55,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import time
 from typing import NamedTuple
 
@@ -291,33 +301,221 @@ def _write_json(path: str, data: dict) -> None:
     _write_atomic(path, write)
 
 
-def _prepare_parts(parts_dir: str, manifest: dict, log) -> None:
-    """Keeps the parts of the same scenario and chunking; discards anything else."""
-    path = os.path.join(parts_dir, "manifest.json")
-    old = None
-    if os.path.exists(path):
-        try:
-            with open(path, encoding="utf-8") as f:
-                old = json.load(f)
-        except (OSError, ValueError):
-            old = None
-    keep = old is not None and all(old.get(k) == manifest[k] for k in _MANIFEST_KEYS)
-    if os.path.isdir(parts_dir):
-        names = os.listdir(parts_dir)
-        stale = [f for f in names if f.startswith("part-")] if not keep else []
-        if stale and log:
-            log(f"discarding {len(stale)} part(s) of another scenario or chunking in {parts_dir}")
-        # Temporary files of writes that were killed are never results: always removed.
-        stale += [f for f in names if ".tmp-" in f and f not in stale]
-        for f in stale:
+#: The manifest of a parts folder (a leading ``_``: pyarrow's dataset discovery skips it).
+MANIFEST = "_manifest.json"
+#: The manifest's name before it had the ``_``: still read when resuming such a folder.
+_OLD_MANIFEST = "manifest.json"
+#: Temporaries of the final writes into ``out_dir`` (``_write_atomic``) left by a crash.
+_OUT_TMP = re.compile(r"(results\.parquet|summary\.json)\.tmp-[0-9]+")
+#: Per-process counts of a multi-process run, old and current names.
+_PROCESS_FILE = re.compile(r"_?process-[0-9]+\.json")
+
+
+def _process_path(parts_dir: str, rank: int) -> str:
+    return os.path.join(parts_dir, f"_process-{rank:04d}.json")
+
+
+def _read_json(path: str) -> dict | None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _read_manifest(parts_dir: str) -> dict | None:
+    """The folder's manifest, under its current or its old name (None: none readable)."""
+    # The current name again last: process 0 may be renaming an old folder's meanwhile.
+    for name in (MANIFEST, _OLD_MANIFEST, MANIFEST):
+        m = _read_json(os.path.join(parts_dir, name))
+        if m is not None:
+            return m
+    return None
+
+
+def _has_parts(parts_dir: str) -> bool:
+    with contextlib.suppress(OSError):
+        return any(f.startswith("part-") for f in os.listdir(parts_dir))
+    return False
+
+
+def _diff(old, new, path: str = "") -> list[tuple[str, object, object]]:
+    """``(key path, old, new)`` where two JSON values differ (lists of one length item-wise)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for k in list(old) + [k for k in new if k not in old]:
+            where = f"{path}.{k}" if path else k
+            out += _diff(old.get(k, _ABSENT), new.get(k, _ABSENT), where)
+        return out
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        out = []
+        for i, (a, b) in enumerate(zip(old, new, strict=True)):
+            out += _diff(a, b, f"{path}[{i}]")
+        return out
+    return [] if old == new else [(path, old, new)]
+
+
+class _Absent:
+    def __repr__(self):
+        return "absent"
+
+
+_ABSENT = _Absent()
+
+
+def _what_differs(old: dict, new: dict) -> str:
+    """The scenario differences between two manifests, for a message (at most three)."""
+    if "spec" not in old or old["spec"] == new["spec"]:
+        return f"scenario hash {old.get('scenario_hash')!r} there, {new['scenario_hash']!r} here"
+    diffs = _diff(old["spec"], new["spec"])
+    shown = []
+    for path, a, b in diffs[:3]:
+        a_, b_ = repr(a), repr(b)
+        shown.append(f"{path}: {a_} there, {b_} here" if len(a_ + b_) <= 60 else path)
+    more = f"; and {len(diffs) - 3} more" if len(diffs) > 3 else ""
+    return "; ".join(shown) + more
+
+
+def _resolve_layout(
+    scenario: Scenario,
+    out_dir: str,
+    chunk_size: int | None,
+    part_size: int | None,
+    overwrite: bool,
+    log,
+) -> tuple[int, int, dict, bool]:
+    """Chunk and part size, the manifest, and whether the folder's parts must be discarded.
+
+    Reads ``out_dir`` only (every process of a multi-process job calls it and decides alike).
+    Refuses (:class:`InputError`) a folder holding parts of another scenario, part size or
+    explicit chunk size, unless ``overwrite``; without ``chunk_size`` a resume takes the
+    folder's chunk size.
+    """
+    n = scenario.num_points
+    chunk = _chunk_points(chunk_size, scenario)
+    parts_dir = os.path.join(out_dir, "parts")
+
+    def manifest(chunk: int, part_size=part_size) -> dict:
+        part = _part_points(part_size, chunk, n)
+        return {
+            "scenario": scenario.name,
+            "scenario_hash": scenario.hash(),
+            "chunk_points": chunk,
+            "part_points": part,
+            "points": n,
+            "parts": -(-n // part),
+            "columns": list(COLUMNS),
+            "poa_jax_version": __version__,
+            "spec": json.loads(scenario.canonical_json()),
+        }
+
+    new = manifest(chunk)
+    old = _read_manifest(parts_dir)
+    refusal = note = None
+    if old is None:
+        summary = _read_json(os.path.join(out_dir, "summary.json")) or {}
+        if _has_parts(parts_dir):
+            refusal = f"{out_dir} holds parts of an unknown scenario (no readable {MANIFEST})"
+        elif summary.get("scenario_hash", new["scenario_hash"]) != new["scenario_hash"]:
+            refusal = (
+                f"{out_dir} holds the results of another scenario (summary.json: scenario hash "
+                f"{summary['scenario_hash']!r}, this one {new['scenario_hash']!r})"
+            )
+        if refusal is not None:
+            refusal += "; pass --overwrite to discard them, or choose another --out"
+    elif old.get("scenario_hash") != new["scenario_hash"] or old.get("points") != n:
+        refusal = (
+            f"{out_dir} holds parts of another scenario ({_what_differs(old, new)}); "
+            "pass --overwrite to discard them, or choose another --out"
+        )
+    elif old.get("columns") != new["columns"]:
+        refusal = (
+            f"{out_dir} holds parts with other columns (written by another poa-jax version); "
+            "pass --overwrite to discard them, or choose another --out"
+        )
+    else:
+        was = old.get("chunk_points")
+        if was == chunk:
+            pass
+        elif chunk_size is not None:
+            refusal = (
+                f"--chunk = {chunk_size}: {out_dir} was started with --chunk {was} (a resumed "
+                "table must equal an uninterrupted run's, and the chunk size changes the float "
+                f"rounding); pass --chunk {was} (or no --chunk) to resume, --overwrite to start "
+                "over, or choose another --out"
+            )
+        elif not _valid_chunk(was, scenario):
+            refusal = (
+                f"{out_dir} holds parts of an unknown chunking ({MANIFEST}: chunk_points = "
+                f"{was!r}); pass --overwrite to discard them, or choose another --out"
+            )
+        else:
+            note = (
+                f"{out_dir} was started with --chunk {was}: resuming with it (pass "
+                "--chunk N --overwrite to start over with another)"
+            )
+            chunk, new = was, manifest(was)
+        was = old.get("part_points")
+        if refusal is None and was != new["part_points"] and part_size is None:
+            adopted = manifest(chunk, was) if isinstance(was, int) and was > 0 else None
+            if adopted is not None and adopted["part_points"] == was:
+                new = adopted  # resume with the folder's part size, as with its chunk size
+                note = (note + "; " if note else f"{out_dir}: ") + f"resuming with --part {was}"
+        if refusal is None and was != new["part_points"]:
+            given = f"--part = {part_size}: " if part_size is not None else ""
+            refusal = (
+                f"{given}{out_dir} holds parts of {was} points, not {new['part_points']}; pass "
+                f"--part {was} to resume, --overwrite to discard them, or choose another --out"
+            )
+    if refusal is not None and not overwrite:
+        raise InputError(refusal)
+    if note is not None and log:
+        log(note)
+    discard = refusal is not None
+    return chunk, new["part_points"], new, discard
+
+
+def _valid_chunk(chunk, scenario: Scenario) -> bool:
+    """Whether a manifest's chunk size is one :func:`_chunk_points` could have chosen."""
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        return False
+    with contextlib.suppress(InputError):
+        return _chunk_points(chunk, scenario) == chunk
+    return False
+
+
+def _prepare(out_dir: str, manifest: dict, discard: bool, log) -> None:
+    """Readies ``out_dir`` (process 0 only): removes crashed writes' temporaries and, with
+    ``discard``, the parts and results of another sweep; writes the manifest."""
+    parts_dir = os.path.join(out_dir, "parts")
+    os.makedirs(out_dir, exist_ok=True)
+    stale = [f for f in os.listdir(out_dir) if _OUT_TMP.fullmatch(f)]
+    if discard:
+        present = set(os.listdir(out_dir))
+        results = [f for f in ("results.parquet", "summary.json") if f in present]
+        stale += results
+        old = os.listdir(parts_dir) if os.path.isdir(parts_dir) else []
+        old_parts = [f for f in old if f.startswith("part-")]
+        if log and (old_parts or results):
+            also = f", and {' and '.join(results)} in {out_dir}" if results else ""
+            log(f"--overwrite: discarding {len(old_parts)} part(s) in {parts_dir}{also}")
+        stale += [os.path.join("parts", f) for f in old_parts]
+        stale += [os.path.join("parts", f) for f in (MANIFEST, _OLD_MANIFEST) if f in old]
+    for f in stale:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(out_dir, f))
+    os.makedirs(parts_dir, exist_ok=True)
+    # Temporaries of killed writes are never results, and the per-process counts are rewritten
+    # by every multi-process run: always removed.
+    for f in os.listdir(parts_dir):
+        if ".tmp-" in f or _PROCESS_FILE.fullmatch(f):
             with contextlib.suppress(FileNotFoundError):
                 os.remove(os.path.join(parts_dir, f))
-    os.makedirs(parts_dir, exist_ok=True)
-    if not keep:
-        _write_json(path, manifest)
-
-
-_MANIFEST_KEYS = ("scenario_hash", "chunk_points", "part_points", "points", "parts", "columns")
+    if _read_json(os.path.join(parts_dir, MANIFEST)) != manifest:
+        _write_json(os.path.join(parts_dir, MANIFEST), manifest)
+    with contextlib.suppress(FileNotFoundError):  # renamed: the folder reads as a dataset
+        os.remove(os.path.join(parts_dir, _OLD_MANIFEST))
 
 
 def _device() -> dict:
@@ -476,6 +674,49 @@ PART_POINTS = 16384
 TABLE_MAX_ROWS = 2_000_000
 
 
+class _Progress:
+    """The progress bar's postfix: rate and time left over the points solved in this run (the
+    reused parts count as done, not as speed), the converged share, per solved chunk."""
+
+    def __init__(self, total: int, format_interval):
+        self.total, self.format_interval = total, format_interval
+        self.done = self.solved_points = self.reused_points = self.converged = 0
+        self.work_s = 0.0  # time spent in finished computed parts
+        self.part_s = 0.0  # time spent in the computed part under way
+
+    def reused(self, tab: pa.Table) -> None:
+        self.done += tab.num_rows
+        self.reused_points += tab.num_rows
+        self.converged += _count_true(tab)
+
+    def solved(self, tab: pa.Table, part_s: float) -> None:
+        self.done += tab.num_rows
+        self.solved_points += tab.num_rows
+        self.converged += _count_true(tab)
+        self.part_s = part_s
+
+    def part_done(self, part_s: float) -> None:
+        self.work_s += part_s
+        self.part_s = 0.0
+
+    def text(self) -> str:
+        out = []
+        elapsed = self.work_s + self.part_s
+        if self.solved_points and elapsed > 0:
+            rate = self.solved_points / elapsed
+            left = self.format_interval((self.total - self.done) / rate)
+            out.append(f"{rate:.1f} pt/s, {left} left")
+        if self.done:
+            out.append(f"converged={self.converged / self.done:.0%}")
+        if self.reused_points:
+            out.append(f"reused={self.reused_points}")
+        return ", ".join(out)
+
+
+def _count_true(tab: pa.Table) -> int:
+    return int(np.count_nonzero(tab.column("converged").to_numpy(zero_copy_only=False)))
+
+
 def _barrier(name: str) -> None:
     """Waits for every process of a multi-process JAX job (no-op with one process)."""
     if jax.process_count() > 1:
@@ -492,38 +733,46 @@ def run_sweep(
     log=None,
     part_size: int | None = None,
     merge: bool = True,
+    overwrite: bool = False,
 ) -> SweepResult:
     """Solves every point of ``scenario`` and writes the results and ``summary.json``.
 
     The points are expanded lazily (:meth:`~poa_jax.scenario.Scenario.build` per chunk), so
     host memory does not grow with the size of the sweep. Every part of ``part_size`` points is
     written to ``out_dir/parts/part-NNNNNN.parquet`` (atomically: to a temporary name, then
-    renamed) as soon as it is solved; a rerun skips the parts that exist and are whole, and
-    redoes the rest. In a multi-process JAX job (after ``jax.distributed.initialize``) process
-    ``i`` of ``n`` solves the parts ``i, i + n, …`` on its own devices; process 0 then writes
-    the summary and the merged table.
+    renamed) as soon as it is solved; a rerun of the same scenario skips the parts that exist
+    and are whole, and redoes the rest (with the chunk size the folder was started with, so the
+    table is the same as an uninterrupted run's). In a multi-process JAX job (after
+    ``jax.distributed.initialize``) process ``i`` of ``n`` solves the parts ``i, i + n, …`` on
+    its own devices; process 0 then writes the summary and the merged table.
 
     Args:
       scenario: the sweep (see :mod:`poa_jax.scenario`).
       out_dir: output folder (created); parts go to ``out_dir/parts``.
-      chunk_size: points solved per call (default :func:`default_chunk`), rounded up to a
-        multiple of the number of policies and capped at the number of points. Every chunk has
-        this shape, so JAX compiles once: the last one is padded by repeating its own points,
-        and the padding is dropped.
-      progress: show a tqdm progress bar (on stderr): points per second, time left and the
-        converged share.
-      log: optional ``callable(str)`` for notes (e.g. discarded stale parts).
+      chunk_size: points solved per call (default :func:`default_chunk`, or when resuming the
+        chunk size ``out_dir`` was started with), rounded up to a multiple of the number of
+        policies and capped at the number of points. Every chunk has this shape, so JAX
+        compiles once: the last one is padded by repeating its own points, and the padding is
+        dropped.
+      progress: show a tqdm progress bar (on stderr): points per second and time left (over
+        the points solved in this run, not the reused parts), and the converged share.
+      log: optional ``callable(str)`` for notes (the resumed chunk size, discarded parts).
       part_size: points per Parquet part (default :data:`PART_POINTS`), rounded up to a
         multiple of the chunk.
       merge: also write the whole table to ``out_dir/results.parquet`` (streamed part by part,
         so memory stays bounded); the parts folder is a Parquet dataset either way.
+      overwrite: where ``out_dir`` holds parts of another scenario, part size or chunk size,
+        discard them and ``out_dir``'s ``results.parquet`` and ``summary.json`` instead of
+        refusing (parts of the same sweep are still reused).
 
     Returns:
       A :class:`SweepResult` (on processes other than 0 of a multi-process job, with an empty
       summary and no table).
 
     Raises:
-      InputError: bad chunk or part size, or float64 requested without ``jax_enable_x64``.
+      InputError: bad chunk or part size, float64 requested without ``jax_enable_x64``, or
+        (without ``overwrite``) ``out_dir`` holds parts of another scenario, part size or
+        chunk size; nothing is solved then.
     """
     t_start = time.perf_counter()
     if scenario.solver.dtype == "float64" and not jax.config.jax_enable_x64:
@@ -531,34 +780,30 @@ def run_sweep(
             "solver.dtype = 'float64' needs jax.config.update('jax_enable_x64', True) "
             "before any JAX computation (the CLI does it for --dtype float64)"
         )
-    chunk = _chunk_points(chunk_size, scenario)
     n = scenario.num_points
-    part = _part_points(part_size, chunk, n)
-    n_parts = -(-n // part)
     rank, world = jax.process_index(), jax.process_count()
-
     out_dir = os.fspath(out_dir)
     parts_dir = os.path.join(out_dir, "parts")
-    manifest = {
-        "scenario": scenario.name,
-        "scenario_hash": scenario.hash(),
-        "chunk_points": chunk,
-        "part_points": part,
-        "points": n,
-        "parts": n_parts,
-        "columns": list(COLUMNS),
-        "poa_jax_version": __version__,
-    }
+    # Every process reads the folder and decides alike (a refusal raises everywhere).
+    chunk, part, manifest, discard = _resolve_layout(
+        scenario, out_dir, chunk_size, part_size, overwrite, log if rank == 0 else None
+    )
+    n_parts = -(-n // part)
     if rank == 0:
-        os.makedirs(out_dir, exist_ok=True)
-        _prepare_parts(parts_dir, manifest, log)
+        _prepare(out_dir, manifest, discard, log)
     _barrier("poa_jax.sweep.prepared")
 
     mine = range(rank, n_parts, world)
     todo_points = sum(min(part, n - k * part) for k in mine)
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=todo_points, unit="pt", desc=scenario.name, disable=not progress, leave=True)
+    # tqdm's own rate would count the reused parts as solved: the rate and the time left are
+    # computed here, over the points solved in this run.
+    bar = tqdm(
+        total=todo_points, unit="pt", desc=scenario.name, disable=not progress, leave=True,
+        bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]",
+    )  # fmt: skip
+    progress_text = _Progress(todo_points, tqdm.format_interval)
     acc = _Summary(scenario)
     first_call, computed, skipped, solve_s = None, 0, 0, 0.0
     try:
@@ -568,9 +813,12 @@ def run_sweep(
             tab = _read_part(path, hi - lo)
             if tab is not None:
                 skipped += 1
+                progress_text.reused(tab)
+                bar.set_postfix_str(progress_text.text(), refresh=False)
                 bar.update(tab.num_rows)
             else:
                 tables = []
+                t_part = time.perf_counter()
                 for c0 in range(lo, hi, chunk):
                     n_real = min(chunk, hi - c0)
                     # Pad by cycling the chunk's own points: whole games, so every chunk has
@@ -581,18 +829,19 @@ def run_sweep(
                     dt = time.perf_counter() - t0
                     first_call = dt if first_call is None else first_call
                     solve_s += dt
+                    progress_text.solved(tables[-1], time.perf_counter() - t_part)
+                    bar.set_postfix_str(progress_text.text(), refresh=False)
                     bar.update(n_real)
                 tab = pa.concat_tables(tables)
                 _write_atomic(path, lambda tmp, tab=tab: pq.write_table(tab, tmp))
+                progress_text.part_done(time.perf_counter() - t_part)
                 computed += 1
             acc.add(tab)
-            conv = int(acc.converged.sum()) / max(int(acc.n.sum()), 1)
-            bar.set_postfix(converged=f"{conv:.0%}", refresh=False)
     finally:
         bar.close()
     mine_timing = {"parts_computed": computed, "parts_reused": skipped, "solve": solve_s}
     if world > 1:  # for process 0's summary: what every process did
-        _write_json(os.path.join(parts_dir, f"process-{rank:04d}.json"), mine_timing)
+        _write_json(_process_path(parts_dir, rank), mine_timing)
     _barrier("poa_jax.sweep.solved")
 
     results_path = os.path.join(out_dir, "results.parquet")
@@ -606,7 +855,7 @@ def run_sweep(
             acc.add(_read_part(_part_path(parts_dir, k), min(part, n - k * part)))
         per_process = []
         for r in range(world):
-            with open(os.path.join(parts_dir, f"process-{r:04d}.json"), encoding="utf-8") as f:
+            with open(_process_path(parts_dir, r), encoding="utf-8") as f:
                 per_process.append(json.load(f))
         computed = sum(p["parts_computed"] for p in per_process)
         skipped = sum(p["parts_reused"] for p in per_process)

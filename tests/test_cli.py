@@ -157,7 +157,7 @@ def test_tiny_sweep_summary(tiny_run, tiny_toml):
         assert len(p["poa"]) == 3 and p["max_poa"] == max(p["poa"])
         assert p["utilisation_at_max_poa"] == s["utilisation"][int(np.argmax(p["poa"]))]
         assert 0.0 <= p["converged_share"] <= 1.0
-    manifest = json.loads((tiny_run["out"] / "parts" / "manifest.json").read_text())
+    manifest = json.loads((tiny_run["out"] / "parts" / "_manifest.json").read_text())
     assert manifest["scenario_hash"] == sc.hash() and manifest["parts"] == 2
 
 
@@ -176,6 +176,8 @@ def test_rerun_reuses_every_part(tiny_run, tiny_toml, tmp_path):
     )  # with the progress bar
     assert res.rc == 0, res.err
     assert "12/12" in res.err and "converged=" in res.err
+    # Nothing solved: no speed to report (reused parts are not points per second).
+    assert "reused=12" in res.err and "pt/s" not in res.err
     wt = _summary(out)["wall_time_s"]
     assert wt["parts_computed"] == 0 and wt["parts_reused"] == 2 and wt["first_call"] is None
     assert {p.name: p.stat().st_mtime_ns for p in (out / "parts").glob("part-*")} == stamps
@@ -204,14 +206,24 @@ def test_deleted_part_is_recomputed_alone(tiny_run, tiny_toml, tmp_path):
     assert _table_text(res.out) == _table_text(tiny_run["run"].out)
 
 
-def test_other_scenario_discards_old_parts(tiny_run, tmp_path):
+def test_other_scenario_is_refused_unless_overwrite(tiny_run, tmp_path):
     out = tmp_path / "changed"
     shutil.copytree(tiny_run["out"], out)
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.rglob("*")}
     other = tmp_path / "other.toml"
     other.write_text(TINY.replace("values = [0.3, 0.7, 1.0]", "values = [0.3, 0.7, 0.9]"))
-    res = run("sweep", other, "--out", out, "--chunk", CHUNK, "--part", CHUNK, "--no-progress")
+    args = ("sweep", other, "--out", out, "--chunk", CHUNK, "--part", CHUNK, "--no-progress")
+    res = run(*args)
+    assert res.rc == 2 and res.out == ""
+    assert res.err == (
+        f"poa-jax: error: {out} holds parts of another scenario (load.values[2]: 1.0 there, "
+        "0.9 here); pass --overwrite to discard them, or choose another --out\n"
+    )
+    assert {p.name: p.stat().st_mtime_ns for p in out.rglob("*")} == stamps  # untouched
+
+    res = run(*args, "--overwrite")
     assert res.rc == 0, res.err
-    assert "discarding 2 part(s)" in res.err
+    assert "discarding 2 part(s)" in res.err and "results.parquet and summary.json" in res.err
     s = _summary(out)
     assert s["wall_time_s"]["parts_computed"] == 2 and s["utilisation"] == [0.3, 0.7, 0.9]
     assert sorted(set(pq.read_table(out / "results.parquet")["utilisation"].to_pylist())) == [
@@ -219,6 +231,43 @@ def test_other_scenario_discards_old_parts(tiny_run, tmp_path):
         0.7,
         0.9,
     ]
+
+
+def test_resume_takes_the_folders_chunk_size(tiny_run, tiny_toml, tmp_path):
+    out = tmp_path / "chunked"
+    shutil.copytree(tiny_run["out"], out)
+    (out / "parts" / "part-000001.parquet").unlink()
+    res = run("sweep", tiny_toml, "--out", out, "--chunk", "4", "--part", CHUNK, "--no-progress")
+    assert res.rc == 2 and res.out == ""
+    lines = res.err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        f"poa-jax: error: --chunk = 4: {out} was started with --chunk 8 ("
+    )
+    assert "pass --chunk 8 (or no --chunk) to resume, --overwrite to start over" in lines[0]
+    assert not (out / "parts" / "part-000001.parquet").exists()  # nothing solved
+
+    res = run("sweep", tiny_toml, "--out", out, "--part", CHUNK, "--no-progress")
+    assert res.rc == 0, res.err
+    assert res.err == (
+        f"poa-jax: {out} was started with --chunk 8: resuming with it (pass --chunk N "
+        "--overwrite to start over with another)\n"
+    )
+    assert _summary(out)["chunk_points"] == 8
+    assert pq.read_table(out / "results.parquet").equals(
+        pq.read_table(tiny_run["out"] / "results.parquet")
+    )
+
+
+def test_sweep_help_explains_resuming():
+    res = run("sweep", "--help")
+    text = " ".join(res.out.split())
+    assert res.rc == 0
+    for words in (
+        "--overwrite",
+        "a folder holding another scenario's parts is refused",
+        "the chunk size the folder was started with",
+    ):
+        assert words in text, words
 
 
 def test_default_output_folder(tiny_run, tiny_toml, tmp_path, monkeypatch):
@@ -412,6 +461,15 @@ def test_missing_game_file(tmp_path):
 
 BAD_SWEEPS = {
     "missing file": (None, ["nope.toml: no such scenario file"]),
+    "not UTF-8": (b"\xff\xfe x", ["not a UTF-8 text file (invalid start byte)"]),
+    "too many load points": (
+        TINY.replace("values = [0.3, 0.7, 1.0]", "points = 10000000000"),
+        ["load.points = 10000000000: must be at most 10^8 (points per axis)"],
+    ),
+    "policy grid": (
+        TINY + '\n[[policy_grid]]\nname = "dynamoo"\nomega = [1.0]\n',
+        ["policy_grid[0].name = 'dynamoo': unknown policy"],
+    ),
     "malformed TOML": ("name = [", ["invalid TOML"]),
     "unknown key": (TINY + "\ncolour = 1\n", ["solver.colour: unknown key"]),
     "unknown policy": (
@@ -429,7 +487,9 @@ BAD_SWEEPS = {
 def test_bad_scenario_is_one_line_and_status_2(tmp_path, case):
     text, expected = BAD_SWEEPS[case]
     path = tmp_path / "nope.toml"
-    if text is not None:
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    elif text is not None:
         path.write_text(text)
     out = tmp_path / "out"
     res = run("sweep", path, "--out", out, "--no-progress")

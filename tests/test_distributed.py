@@ -79,3 +79,14 @@ def test_two_processes_equal_one(runs):
     s2 = json.loads((d / "two" / "summary.json").read_text())
     s1 = json.loads((d / "one" / "summary.json").read_text())
     assert s2["per_topology_policy"] == s1["per_topology_policy"]
+
+
+def test_parts_folder_of_two_processes_reads_as_a_dataset(runs):
+    import pyarrow.dataset
+
+    d, _ = runs
+    parts = d / "two" / "parts"
+    names = sorted(p.name for p in parts.iterdir() if not p.name.startswith("part-"))
+    assert names == ["_manifest.json", "_process-0000.json", "_process-0001.json"]
+    table = pyarrow.dataset.dataset(str(d / "two") + "/parts").to_table()  # as README says
+    assert table.sort_by("point").equals(pq.read_table(d / "two" / "results.parquet"))

@@ -270,3 +270,115 @@ def test_omitted_sections_take_defaults(tmp_path):
 def test_missing_scenario_file(tmp_path):
     with pytest.raises(pj.InputError, match="no such scenario file"):
         S.load_scenario(tmp_path / "nope.toml")
+
+
+def test_a_file_that_is_not_utf8(tmp_path):
+    path = tmp_path / "b.toml"
+    path.write_bytes(b"\xff\xfe x")
+    with pytest.raises(pj.InputError) as err:
+        S.load_scenario(path)
+    assert str(err.value) == f"{path}: not a UTF-8 text file (invalid start byte)"
+
+
+# --------------------------------------------------------------------------- size bounds
+
+
+def test_axis_and_total_bounds_are_checked_without_expanding(tmp_path):
+    import tracemalloc
+
+    grid = "[load]\nvalues = [0.3, 0.7, 1.0]"
+    cases = {
+        "points = 10000000000": "load.points = 10000000000: must be at most 10^8 (points per axis)",
+        "points = 100000000\n[seeds]\ncount = 100": (
+            "scenario: 2 x 1 x 100 x 100000000 x 2 (topologies x variants x seeds x loads x "
+            "policies) = 40000000000 points: must be at most 10^10 in all"
+        ),
+    }
+    tracemalloc.start()
+    try:
+        for load, expected in cases.items():
+            path = _write(tmp_path, TINY.replace(grid, "[load]\n" + load))
+            with pytest.raises(pj.InputError) as err:
+                S.load_scenario(path)
+            assert str(err.value) == f"{path}: {expected}"
+        with pytest.raises(pj.InputError, match=r"seeds.count = 100000001: must be at most 10\^8"):
+            S.load_scenario(_write(tmp_path, TINY + "\n[seeds]\ncount = 100000001\n"))
+        # At the bounds: 10^8 load points x 2 topologies x 2 policies, built a few at a time.
+        sc = S.load_scenario(_write(tmp_path, TINY.replace(grid, "[load]\npoints = 100000000")))
+        assert sc.num_points == 4 * 10**8
+        b = sc.build(np.array([0, 2 * 10**8 - 1, sc.num_points - 1]))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 20e6, peak  # nothing of the size of an axis, let alone of the point set
+    assert b.labels.columns["utilisation"].tolist() == [0.05, 1.2, 1.2]
+
+
+@pytest.mark.parametrize(
+    "axis",
+    [S.LoadAxis(), S.LoadAxis(0.1, 0.9, 1), S.LoadAxis(0.3, 0.3, 5), S.LoadAxis(1e-3, 7.7, 997)],
+)
+def test_load_points_by_index_equal_the_grid(axis):
+    u = axis.utilisation()
+    idx = np.arange(axis.size)[::-1]
+    np.testing.assert_array_equal(axis.at(idx), u[idx])
+    assert axis.size == len(u)
+
+
+def test_a_policy_grid_too_large_is_refused_before_expanding(tmp_path):
+    values = "[" + ", ".join(str(i / 100) for i in range(10001)) + "]"
+    text = TINY + f'\n[[policy_grid]]\nname = "dynamo"\nomega = {values}\ntau = {values}\n'
+    with pytest.raises(
+        pj.InputError, match=r"policy_grid\[0\]: 100020001 combinations: at most 10\^8 policies"
+    ):
+        S.load_scenario(_write(tmp_path, text))
+
+
+# --------------------------------------------------------------------------- policy grids
+
+
+GRID_ERRORS = {
+    "unknown policy": (
+        'name = "dynamoo"\nomega = [1.0]',
+        "policy_grid[0].name = 'dynamoo': unknown policy: must be one of",
+    ),
+    "unknown parameter": (
+        'name = "dynamo"\nomgea = [1.0]',
+        "policy_grid[0].omgea: unknown parameter of dynamo (allowed: omega, tau, ",
+    ),
+    "bad value": ('name = "dynamo"\nomega = [1.0, -2.0]', "policy_grid[0].omega[1] = -2.0: must"),
+    "duplicate label": (
+        'name = "dynamo"\nomega = [1.0, 1.0]',
+        "policy_grid[0] = 'dynamo(omega=1)': duplicate policy label (a value listed twice, or",
+    ),
+    "same as a listed policy": (
+        'name = "selfish"',
+        "policy_grid[0] = 'selfish': duplicate policy label (a value listed twice, or the same "
+        "policy as policies[0])",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(GRID_ERRORS))
+def test_policy_grid_errors_name_the_grid(tmp_path, case):
+    grid, expected = GRID_ERRORS[case]
+    path = _write(tmp_path, TINY + "\n[[policy_grid]]\n" + grid + "\n")
+    with pytest.raises(pj.InputError) as err:
+        S.load_scenario(path)
+    assert str(err.value).startswith(f"{path}: {expected}"), str(err.value)
+
+
+def test_policy_grid_appended_to_the_default_example(tmp_path):
+    text = (ROOT / "examples" / "default.toml").read_text(encoding="utf-8")
+    path = _write(tmp_path, text + '\n[[policy_grid]]\nname = "dynamoo"\nomega = [1.0]\n')
+    with pytest.raises(pj.InputError, match=r"policy_grid\[0\]\.name = 'dynamoo': unknown"):
+        S.load_scenario(path)
+
+
+def test_variant_length_error_shows_the_list(tmp_path):
+    path = _write(tmp_path, TINY + '\n[[variants]]\nname = "v"\nmix = [1, 2, 3]\n')
+    with pytest.raises(pj.InputError) as err:
+        S.load_scenario(path)
+    assert str(err.value) == (
+        f"{path}: variants[0].mix = [1, 2, 3]: must be a list of one number per request class (2)"
+    )

@@ -222,7 +222,7 @@ def test_crash_mid_write_resumes_to_the_identical_table(tmp_path, monkeypatch):
         sweep.run_sweep(sc, out, **kw)
     monkeypatch.setattr(sweep.pq, "write_table", real_write)
     parts = sorted(p.name for p in (out / "parts").iterdir())
-    assert parts[:2] == ["manifest.json", "part-000000.parquet"]
+    assert parts[:2] == ["_manifest.json", "part-000000.parquet"]
     assert "part-000002.parquet" not in parts  # the killed write never got its final name
     assert not (out / "results.parquet").exists()
     # A part cut short by something other than this engine (a copy, a full disk): redone too.
@@ -258,7 +258,7 @@ def test_a_hundred_million_point_sweep_starts_in_bounded_memory(tmp_path, monkey
     peak = _peak_during(run)
     assert peak < 50e6, peak
     # The first part was finished and kept; the second was interrupted and left nothing.
-    assert sorted(os.listdir(tmp_path / "parts")) == ["manifest.json", "part-000000.parquet"]
+    assert sorted(os.listdir(tmp_path / "parts")) == ["_manifest.json", "part-000000.parquet"]
 
 
 def test_cli_prints_the_summary_table_for_replicated_sweeps(stubbed, tmp_path, capsys):
@@ -275,3 +275,186 @@ def test_cli_prints_the_summary_table_for_replicated_sweeps(stubbed, tmp_path, c
     assert "60 points = 2 topologies x 1 variants x 5 seeds x 3 loads x 2 policies" in out
     assert "1D (1 worker) · selfish" in out and "PoA max" in out
     assert len(list((tmp_path / "o" / "parts").glob("part-*.parquet"))) == 4
+
+
+# --------------------------------------------------------------------------- the output folder
+
+
+def test_parts_folder_reads_as_the_readme_says(stubbed, tmp_path):
+    import pyarrow.dataset
+
+    sc = _tiny(variants=VARIANTS)  # 24 points: 6 parts of 4
+    out = tmp_path / "x"
+    res = sweep.run_sweep(sc, out, chunk_size=4, part_size=4, progress=False)
+    DIR = str(out)
+    table = pyarrow.dataset.dataset(DIR + "/parts").to_table()  # exactly as README says
+    assert table.num_rows == 24 and table.sort_by("point").equals(res.table)
+    # A folder of an older version (manifest.json, process-NNNN.json) resumes, and is renamed.
+    (out / "parts" / "_manifest.json").rename(out / "parts" / "manifest.json")
+    (out / "parts" / "process-0001.json").write_text('{"parts_computed": 3}')
+    again = sweep.run_sweep(sc, out, chunk_size=4, part_size=4, progress=False)
+    assert again.summary["wall_time_s"]["parts_reused"] == 6
+    assert [f for f in os.listdir(out / "parts") if not f.startswith("part-")] == ["_manifest.json"]
+    assert pyarrow.dataset.dataset(DIR + "/parts").to_table().num_rows == 24
+
+
+def _mtimes(folder) -> dict:
+    return {p.name: p.stat().st_mtime_ns for p in folder.rglob("*")}
+
+
+def test_another_scenario_is_refused_before_solving_and_overwrite_discards(stubbed, tmp_path):
+    sc = _tiny()
+    out = tmp_path / "o"
+    sweep.run_sweep(sc, out, chunk_size=4, part_size=4, progress=False)
+    before = _mtimes(out)
+    other = _tiny(load=S.LoadAxis(values=(0.3, 0.7, 0.9)))
+    for changed, what in [
+        (other, "load.values[2]: 1.0 there, 0.9 here"),
+        (sc.with_solver(dtype="float64"), "solver.dtype: 'float32' there, 'float64' here"),
+    ]:
+        with pytest.raises(pj.InputError) as err:
+            sweep.run_sweep(changed, out, chunk_size=4, part_size=4, progress=False)
+        assert str(err.value) == (
+            f"{out} holds parts of another scenario ({what}); pass --overwrite to discard them, "
+            "or choose another --out"
+        )
+    with pytest.raises(pj.InputError, match="holds parts of 4 points, not 8; pass --part 4"):
+        sweep.run_sweep(sc, out, chunk_size=4, part_size=8, progress=False)
+    assert _mtimes(out) == before  # nothing solved, written or removed
+
+    notes = []
+    res = sweep.run_sweep(
+        other, out, chunk_size=4, part_size=4, progress=False, overwrite=True, log=notes.append
+    )
+    assert notes == [
+        f"--overwrite: discarding 3 part(s) in {out / 'parts'}, and results.parquet and "
+        f"summary.json in {out}"
+    ]
+    assert res.summary["wall_time_s"]["parts_computed"] == 3
+    assert pq.read_table(out / "results.parquet")["utilisation"].to_pylist()[-1] == 0.9
+    # Parts of the same sweep are still reused under overwrite.
+    res = sweep.run_sweep(other, out, chunk_size=4, part_size=4, progress=False, overwrite=True)
+    assert res.summary["wall_time_s"]["parts_reused"] == 3
+
+
+def test_overwrite_also_drops_stale_results_without_parts(stubbed, tmp_path):
+    out = tmp_path / "o"
+    sweep.run_sweep(_tiny(), out, chunk_size=4, part_size=4, progress=False, merge=False)
+    (out / "results.parquet").write_bytes(b"stale")
+    for p in (out / "parts").iterdir():
+        p.unlink()
+    other = _tiny(load=S.LoadAxis(values=(0.3, 0.7, 0.9)))
+    with pytest.raises(pj.InputError, match="holds the results of another scenario"):
+        sweep.run_sweep(other, out, chunk_size=4, progress=False, merge=False)
+    sweep.run_sweep(other, out, chunk_size=4, progress=False, merge=False, overwrite=True)
+    assert not (out / "results.parquet").exists()  # not of this scenario: gone, not mixed
+
+
+def test_resume_keeps_the_folders_chunk_size(stubbed, tmp_path):
+    sc = _tiny(variants=VARIANTS)
+    out = tmp_path / "o"
+    first = sweep.run_sweep(sc, out, chunk_size=4, part_size=8, progress=False)
+    (out / "parts" / "part-000001.parquet").unlink()
+    notes = []
+    res = sweep.run_sweep(sc, out, part_size=8, progress=False, log=notes.append)
+    assert notes == [
+        f"{out} was started with --chunk 4: resuming with it (pass --chunk N --overwrite to "
+        "start over with another)"
+    ]
+    assert res.summary["chunk_points"] == 4 and res.table.equals(first.table)
+    assert res.summary["wall_time_s"]["parts_computed"] == 1
+    (out / "parts" / "part-000000.parquet").unlink()  # no --part either: the folder's, too
+    notes.clear()
+    res = sweep.run_sweep(sc, out, progress=False, log=notes.append)
+    assert notes == [
+        f"{out} was started with --chunk 4: resuming with it (pass --chunk N --overwrite to "
+        "start over with another); resuming with --part 8"
+    ]
+    assert res.table.equals(first.table) and res.summary["wall_time_s"]["parts_computed"] == 1
+    with pytest.raises(pj.InputError) as err:
+        sweep.run_sweep(sc, out, chunk_size=8, part_size=8, progress=False)
+    assert str(err.value).startswith(f"--chunk = 8: {out} was started with --chunk 4 (")
+    assert "pass --chunk 4 (or no --chunk) to resume, --overwrite to start over" in str(err.value)
+    res = sweep.run_sweep(sc, out, chunk_size=8, part_size=8, progress=False, overwrite=True)
+    assert res.summary["chunk_points"] == 8 and res.summary["wall_time_s"]["parts_computed"] == 3
+
+
+def test_a_rerun_removes_temporaries_of_a_crashed_merge(stubbed, tmp_path):
+    out = tmp_path / "o"
+    out.mkdir()
+    stale = ["results.parquet.tmp-4242", "summary.json.tmp-17"]
+    kept = ["results.parquet.tmp-x", "my.summary.json.tmp-1", "notes.txt"]
+    for f in stale + kept:
+        (out / f).write_text("x")
+    sweep.run_sweep(_tiny(), out, chunk_size=4, part_size=4, progress=False)
+    assert sorted(os.listdir(out)) == sorted(kept + ["parts", "results.parquet", "summary.json"])
+
+
+# --------------------------------------------------------------------------- progress
+
+
+class _Bar:
+    """Stands in for tqdm: records the postfix at every solved chunk."""
+
+    bars: list = []
+
+    def __init__(self, total, **_):
+        self.total, self.n, self.posts = total, 0, []
+        _Bar.bars.append(self)
+
+    def set_postfix_str(self, s, refresh=True):
+        self.posts.append(s)
+
+    def update(self, k):
+        self.n += k
+
+    def close(self):
+        pass
+
+    @staticmethod
+    def format_interval(t):
+        return f"{t:.0f}s"
+
+
+def test_converged_share_updates_per_chunk(tmp_path, monkeypatch):
+    import tqdm.auto
+
+    calls = []
+
+    def second_call_fails(*a, **k):
+        res = stub_price_of_anarchy(*a, **k)
+        calls.append(1)
+        if len(calls) == 2:
+            res.equilibrium.converged = np.zeros_like(res.equilibrium.converged)
+        return res
+
+    monkeypatch.setattr(sweep, "price_of_anarchy", second_call_fails)
+    monkeypatch.setattr(tqdm.auto, "tqdm", _Bar)
+    _Bar.bars = []
+    sweep.run_sweep(_tiny(), tmp_path, chunk_size=4, part_size=8, progress=True)  # 8 + 4 points
+    shares = [p.split("converged=")[1].split(",")[0] for p in _Bar.bars[0].posts]
+    assert shares == ["100%", "50%", "67%"]  # 4/4, 4/8, 8/12: one per chunk of 4
+
+
+def test_rate_counts_only_points_solved_in_this_run(stubbed, tmp_path, monkeypatch, capsys):
+    sc = _tiny(variants=VARIANTS)  # 24 points: 6 parts of 4
+    sweep.run_sweep(sc, tmp_path, chunk_size=4, part_size=4, progress=False)
+    (tmp_path / "parts" / "part-000003.parquet").unlink()
+    clock = [0.0]
+
+    def one_second_per_chunk(*a, **k):
+        clock[0] += 1.0
+        return stub_price_of_anarchy(*a, **k)
+
+    monkeypatch.setattr(sweep, "price_of_anarchy", one_second_per_chunk)
+    monkeypatch.setattr(sweep.time, "perf_counter", lambda: clock[0])
+    capsys.readouterr()
+    sweep.run_sweep(sc, tmp_path, chunk_size=4, part_size=4, progress=True)
+    err = capsys.readouterr().err
+    last = err.replace("\r", "\n").strip().splitlines()[-1]
+    # 4 points solved in 1 s; the 20 reused ones are done, not speed.
+    assert "24/24" in last and "4.0 pt/s, 00:00 left" in last and "reused=20" in last, last
+    capsys.readouterr()
+    sweep.run_sweep(sc, tmp_path, chunk_size=4, part_size=4, progress=True)  # all reused
+    last = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    assert "pt/s" not in last and "reused=24" in last, last
