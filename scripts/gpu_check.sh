@@ -69,6 +69,15 @@ step() {  # step NAME SECONDS COMMAND...: runs with a limit, logs to $OUT/NAME.l
 }
 echo "| step | status | wall |" >"$OUT/steps.md"; echo "|---|---|---|" >>"$OUT/steps.md"
 step install 60 "$PY" -m pip install --no-deps --no-build-isolation -e .
+# Where the install fails (e.g. a setuptools without bdist_wheel), run from the source tree:
+# a shadow package with kernels/ at poa_jax/kernels, first on PYTHONPATH.
+if [[ "${GPU_CHECK_FROM_SOURCE:-0}" == 1 ]] || ! "$PY" -c "import poa_jax.kernels.vi" 2>/dev/null; then
+    SHADOW=$(mktemp -d); mkdir "$SHADOW/poa_jax"
+    for f in poa_jax/*; do ln -s "$PWD/$f" "$SHADOW/poa_jax/"; done
+    ln -s "$PWD/kernels" "$SHADOW/poa_jax/kernels"
+    export PYTHONPATH="$SHADOW:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+    echo "| (from source: PYTHONPATH=$SHADOW) | | |" | tee -a "$OUT/steps.md"
+fi
 "$PY" - <<'PY' | tee "$OUT/device.txt"
 import jax, jaxlib
 print("jax", jax.__version__, "jaxlib", jaxlib.__version__, "devices", jax.devices())
