@@ -49,8 +49,9 @@ TUNE=("65536 32" "65536 128" "262144 128" "1048576 128")
 CMDBUF="1048576 128"
 LOOPS=("fixed 1" "while 4" "while 8" "fixed 8 cmdbuf")
 SMOKE=()
+INTERP=""  # smoke: the fused kernel in Pallas interpret mode (the CPU has no Pallas backend)
 PY="${PYTHON:-python3}"
-if [[ "${GPU_CHECK_SMOKE:-0}" == 1 ]]; then SIZES=64; BENCH=64; GRAPH=4; SMOKE=(--smoke); SLOW=(--points 192 --chunk 96)
+if [[ "${GPU_CHECK_SMOKE:-0}" == 1 ]]; then SIZES=64; BENCH=64; GRAPH=4; SMOKE=(--smoke); SLOW=(--points 192 --chunk 96); INTERP="--interpret 16"
     TUNE_N=300; TUNE=("1024 32" "128 16"); CMDBUF="128 16"; LOOPS=("fixed 1" "while 2" "fixed 2 cmdbuf"); fi
 [[ -n "${TUNE_SET:-}" ]] && IFS=';' read -r -a TUNE <<<"$TUNE_SET"
 [[ -n "${LOOP_SET:-}" ]] && IFS=';' read -r -a LOOPS <<<"$LOOP_SET"
@@ -96,13 +97,13 @@ want caching && step caching 90 "$PY" -m benchmarks.bench_caching "${SMOKE[@]}" 
 want graph && step graph 60 "$PY" -m benchmarks.bench_graph --instances "$GRAPH" --tol 1e-6 \
     --aeq-instances 0 --fw-instances 0 --json "$OUT/graph.json"
 # fused: the timing first (its rows are logged as they finish), then the kernel's GPU test
-want fused && step fused "${FUSED_LIMIT:-300}" sh -c "'$PY' -m benchmarks.bench_fused --sizes '$SIZES' \
+want fused && step fused "${FUSED_LIMIT:-300}" sh -c "'$PY' -m benchmarks.bench_fused --sizes '$SIZES' $INTERP \
     --repeats 2 --paths fused,pure --state registers,memory --out '$OUT/fused.md'; \
     '$PY' -m pytest -q -rs -m gpu \
     tests/test_pallas.py -p no:cacheprovider"
 want fused_rounds && step fused_rounds "${FUSED_LIMIT:-300}" "$PY" -m benchmarks.bench_fused \
     --sizes "$SIZES" --repeats 2 --paths fused --state registers,memory \
-    --rounds "${FUSED_ROUNDS:-64}" --out "$OUT/fused_rounds.md"
+    --rounds "${FUSED_ROUNDS:-64}" $INTERP --out "$OUT/fused_rounds.md"
 want slow_lanes && step slow_lanes 240 "$PY" -m benchmarks.bench_slow_lanes "${SLOW[@]}" \
     --skip-plain --unpacked --warm --json "$OUT/slow_lanes.json"
 if want tuning; then
