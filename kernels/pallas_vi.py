@@ -233,7 +233,15 @@ def project_simplex_lanes(
     y = [jnp.where(m[i], jnp.maximum(zm[i] - theta * inv_w[i], 0.0), 0.0) for i in range(K)]
     s = lane_sum(y)
     scale = jnp.where(s > 0, total / jnp.where(s > 0, s, 1.0), 1.0)
-    return [yi * scale for yi in y]
+    # As in project_simplex: where rounding lost the whole total, put it on the largest
+    # breakpoints in proportion to 1/w (the limit of the projection).
+    bmax = brk[0]
+    for i in range(1, K):
+        bmax = jnp.maximum(bmax, brk[i])
+    top = [jnp.where(brk[i] >= bmax, inv_w[i], 0.0) for i in range(K)]
+    fallback = total / jnp.maximum(lane_sum(top), tiny)
+    lost = (s <= 0) & (total > 0)
+    return [jnp.where(lost, t * fallback, yi * scale) for yi, t in zip(y, top, strict=True)]
 
 
 # --------------------------------------------------------------------------- the iteration

@@ -92,7 +92,16 @@ def project_simplex(
     # Restore the exact total lost to rounding by rescaling (y ≥ 0 keeps it on the simplex).
     s = jnp.sum(y)
     y = jnp.where(s > 0, y * (total / jnp.where(s > 0, s, 1.0)), y)
-    return y.astype(dtype)
+    # Where rounding lost the whole total (|z| ≫ total: θ rounds to the largest breakpoint),
+    # the limit of the projection puts it on the largest breakpoints, in proportion to 1/w.
+    return jnp.where((s > 0) | ~(total > 0), y, _on_top(brk, inv_w, total, tiny)).astype(dtype)
+
+
+def _on_top(brk, inv_w, total, tiny):
+    """``total`` spread over the coordinates at the largest breakpoint, in proportion to 1/w."""
+    top = [brk[..., i] >= jnp.max(brk, axis=-1) for i in range(brk.shape[-1])]
+    share = jnp.stack([jnp.where(t, inv_w[..., i], 0.0) for i, t in enumerate(top)], axis=-1)
+    return share * (total / jnp.maximum(jnp.sum(share, axis=-1, keepdims=True), tiny))
 
 
 def project_rows(

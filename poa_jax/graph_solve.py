@@ -530,7 +530,10 @@ def _solve_paths(prep: _Prepared, *, marginal: bool, tol: float, max_iters: int)
                 out[k][idx] = v
         steps = np.asarray(carry.steps)
         gap = out["gap"][todo]
-        todo = todo[~(gap <= tol) & (steps[todo] < max_iters) & ~np.isnan(gap)]
+        # A non-finite gap or inner error (overflow) never improves and never tightens `inner`:
+        # those lanes stop here, flagged, instead of looping forever.
+        finite = np.isfinite(gap) & np.isfinite(np.asarray(carry.error)[todo])
+        todo = todo[~(gap <= tol) & (steps[todo] < max_iters) & finite]
         if not todo.size:
             break
         before = pathset.size

@@ -294,3 +294,14 @@ def test_dataclass_replace_keeps_working():
     g = dataclasses.replace(_line(), demand=np.array([[1.0], [2.0]]))
     sol = pj.solve_equilibrium(g)
     assert sol.social_cost.shape == (2,)
+
+
+def test_overflowing_demand_stops_flagged_instead_of_looping():
+    # Demand 1e20 in float32 overflows the costs: the column generation looped forever (a NaN
+    # inner error never tightened its tolerance). Now the lane stops, status 2 (non-finite).
+    lat = pj.Latency(a=np.array([0, 1, 1, 0, 0.0]), b=np.array([1, 0, 0, 1, 0.0]))
+    g = pj.GraphGame(tail=[0, 0, 1, 2, 1], head=[1, 2, 3, 3, 2], latency=lat, origins=[0],
+                     destinations=[3], demand=[1e20], num_nodes=4)  # fmt: skip
+    r = pj.solve_equilibrium(g, max_iters=20, dtype="float32")
+    assert int(r.status) == 2 and not bool(r.converged)
+    assert not bool(pj.price_of_anarchy(g, dtype="float32").converged)

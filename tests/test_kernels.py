@@ -120,6 +120,32 @@ def test_project_simplex_feasible_on_extreme_inputs():
         np.testing.assert_allclose(y.sum(), total, rtol=1e-12)
 
 
+@pytest.mark.parametrize("k", [2, 3, 12])  # the unrolled branch and the vector one
+def test_project_simplex_keeps_the_total_when_rounding_loses_it(k):
+    # |z| ≫ total: θ rounds to the largest breakpoint and every coordinate to 0. The row kept
+    # no mass before (an optimum of all-zero flows, SC 0, reported converged); the limit of the
+    # projection puts the total on the largest breakpoints, in proportion to 1/w.
+    z = jnp.full((k,), 1e20, jnp.float32)
+    np.testing.assert_allclose(project(z, 1.0), np.full(k, 1.0 / k), rtol=1e-6)
+    w = jnp.ones((k,), jnp.float32).at[1].set(2.0)  # breakpoint w·z largest at 1
+    np.testing.assert_allclose(project_weighted(z, 3.0, w, jnp.ones(k, bool)),
+                               3.0 * (np.arange(k) == 1), rtol=1e-6)  # fmt: skip
+    y = project_weighted(z.at[0].set(-1e20), 2.0, w.at[1].set(1.0), jnp.arange(k) != 1)
+    want = np.where(np.arange(k) >= 2, 2.0 / (k - 2), 0.0) if k > 2 else np.array([2.0, 0.0])
+    np.testing.assert_allclose(y, want, rtol=1e-6)
+
+
+def test_optimum_keeps_the_demand_under_a_huge_prefill_cost():
+    import poa_jax as pj
+
+    for c in (1e10, 1e20):
+        g = pj.RoutingGame(demand=[1.0, 1.0], latency=pj.Latency(b=[1.0, 1.0]),
+                           shareable=[0.5, 0.5], prefill=pj.PrefillTime(c=c))  # fmt: skip
+        r = pj.price_of_anarchy(g, dtype="float32")
+        np.testing.assert_allclose(r.optimum.flows.sum(-1), [1.0, 1.0], rtol=1e-6)
+        assert float(r.optimum.social_cost) > 0 and float(r.poa) == pytest.approx(1.2345679)
+
+
 @pytest.mark.parametrize("k", [1, 2, 3, 4, 5, 7])
 def test_capped_columns_match_a_bisection_reference(k):
     """``{y ≥ 0, Σ y ≤ 1}``: ``max(z, 0)`` inside, else the simplex threshold (by bisection)."""

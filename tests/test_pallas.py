@@ -254,6 +254,20 @@ def test_simplex_lanes_match_kernels_simplex():
     np.testing.assert_allclose(got, np.asarray(want).T, rtol=1e-12, atol=1e-12)
 
 
+def test_simplex_lanes_keep_the_total_when_rounding_loses_it():
+    k, n = 3, 8
+    z = np.full((k, n), 1e20, np.float32)
+    z[0, ::2] = -1e20
+    w = np.ones((k, n), np.float32)
+    w[2, 1::2] = 2.0
+    total = np.full(n, 2.0, np.float32)
+    m = np.ones((k, n), bool)
+    got = np.asarray(_proj_kernel(*(jnp.asarray(a) for a in (z, total, w, m))))
+    want = jax.vmap(simplex.project_simplex)(z.T, total, w.T, m.T)
+    np.testing.assert_allclose(got, np.asarray(want).T, rtol=1e-6)
+    np.testing.assert_allclose(got.sum(0), 2.0, rtol=1e-6)
+
+
 def _affine_field(xk, w, shared):
     """``c_jk = a_k + b_k·X_k`` (a congestion game on parallel links), metric ``b_k``."""
     del shared
