@@ -30,15 +30,16 @@ class PoAResult:
     """Per-instance PoA results; ``...`` is the batch shape, ``S`` the number of starts.
 
     Attributes:
-      poa: ``(...)`` SC(worst equilibrium) / SC(opt), ≥ 1.
-      price_of_stability: ``(...)`` SC(best equilibrium) / SC(opt), in [1, poa].
+      poa: ``(...)`` SC(worst equilibrium) / SC(opt), ≥ 1; 1 where both costs are exactly 0;
+        NaN where either cost is not finite (e.g. float32 overflow: status 2, not converged).
+      price_of_stability: ``(...)`` SC(best equilibrium) / SC(opt), in [1, poa]; NaN as ``poa``.
       equilibrium: :class:`~poa_jax.Solution` of the worst equilibrium.
       best_equilibrium: :class:`~poa_jax.Solution` of the best equilibrium.
       optimum: :class:`~poa_jax.Solution` of the optimum.
       equilibrium_costs: ``(..., S)`` SC of every start's equilibrium (NaN where it did not
         converge), sorted worst first.
       converged_starts: ``(...)`` how many starts converged.
-      converged: ``(...)`` worst equilibrium and optimum both converged.
+      converged: ``(...)`` worst equilibrium and optimum both converged (and ``poa`` finite).
       start_flows: ``(..., S, J, K)`` where every start ended, in start order (routing games;
         ``None`` for the others): pass them as ``x0`` to warm-start neighbouring games.
     """
@@ -52,6 +53,16 @@ class PoAResult:
     converged_starts: np.ndarray
     converged: np.ndarray
     start_flows: np.ndarray | None = None
+
+
+def _ratio(eq_cost, opt_cost) -> np.ndarray:
+    """``eq_cost / opt_cost``: NaN where either cost is not finite (an overflowed solve must
+    not read as PoA 1), 1 where both are exactly 0."""
+    eq_cost, opt_cost = np.asarray(eq_cost), np.asarray(opt_cost)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = np.where(opt_cost > 0, eq_cost / np.where(opt_cost > 0, opt_cost, 1), eq_cost / 0.0)
+        r = np.where((eq_cost == 0) & (opt_cost == 0), 1.0, r)
+    return np.where(np.isfinite(eq_cost) & np.isfinite(opt_cost), r, np.nan)
 
 
 def _pick(out: dict, idx: np.ndarray) -> dict:
@@ -145,7 +156,9 @@ def price_of_anarchy(
     if method not in solve.METHODS:
         raise solve.InputError(f"method {method!r} is unknown: must be one of {solve.METHODS}")
     tol, max_iters = solve._resolve(dtype, tol, max_iters)
+    seed, descent_steps, _ = solve._optimum_options(seed, descent_steps)
     prep = batching.prepare(game, policy if policy is not None else selfish(), dtype)
+    solve._check_method(prep, method)
     if continuation is not None:
         if x0 is not None:
             raise solve.InputError("x0 and continuation: give one or the other")
@@ -187,9 +200,8 @@ def price_of_anarchy(
     w = solve._to_solution(_pick(eq, worst), prep)
     b = solve._to_solution(_pick(eq, best), prep)
     o = solve._to_solution(opt, prep)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        poa = np.where(o.social_cost > 0, w.social_cost / o.social_cost, 1.0)
-        pos = np.where(o.social_cost > 0, b.social_cost / o.social_cost, 1.0)
+    poa = _ratio(w.social_cost, o.social_cost)
+    pos = _ratio(b.social_cost, o.social_cost)
     costs = np.where(ok, sc, np.nan)
     costs = -np.sort(-np.where(np.isnan(costs), -np.inf, costs), axis=-1)
     costs = np.where(np.isinf(costs), np.nan, costs)
@@ -201,7 +213,7 @@ def price_of_anarchy(
         optimum=o,
         equilibrium_costs=costs.reshape(shape + (starts,)),
         converged_starts=ok.sum(-1).reshape(shape),
-        converged=w.converged & o.converged,
+        converged=w.converged & o.converged & np.isfinite(poa),
         start_flows=eq["flows"].reshape(shape + eq["flows"].shape[1:]),
     )
 
@@ -247,14 +259,7 @@ def _continued(prep, levels, starts, seed, method, tol, max_iters) -> dict:
     return out
 
 
-def _rescale(a, mask, demand, dtype) -> np.ndarray:
-    """Flows ``a (N, S, J, K)`` rescaled per class row to ``demand (N, J)`` on ``mask (N, K)``."""
-    mask = np.asarray(mask, bool)[:, None, None, :]
-    a = np.where(mask, np.asarray(a, np.float64), 0.0)
-    total = a.sum(-1, keepdims=True)
-    uniform = mask / mask.sum(-1, keepdims=True)
-    share = np.where(total > 0, a / np.where(total > 0, total, 1.0), uniform)
-    return (share * np.asarray(demand, np.float64)[:, None, :, None]).astype(dtype)
+_rescale = solve.rescale_starts  # shared with solve_optimum's x0
 
 
 def warm_starts(prep: batching.Prepared, x0) -> np.ndarray:
@@ -264,10 +269,7 @@ def warm_starts(prep: batching.Prepared, x0) -> np.ndarray:
     Raises:
       InputError: ``x0`` not finite and ≥ 0, or its shape not ``batch + (S, J, K)``.
     """
-    from poa_jax.validation import as_array, check
-
-    a = as_array("x0", x0)
-    check("x0", a, "finite_ge0")
+    a = solve._read_starts(x0)
     j, k = prep.num_classes, prep.num_workers
     nb = len(prep.batch_shape)
     if a.ndim != nb + 3 or a.shape[:nb] != prep.batch_shape or a.shape[-2:] != (j, k):
@@ -292,8 +294,7 @@ def _graph_poa(game, policy, tol, max_iters, method, dtype) -> PoAResult:
             sel = lower.reshape(lower.shape + (1,) * (a.ndim - lower.ndim))
             fix[f] = np.where(sel, b, a)
         opt = dataclasses.replace(opt, **fix)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        poa = np.where(opt.social_cost > 0, eq.social_cost / opt.social_cost, 1.0)
+    poa = _ratio(eq.social_cost, opt.social_cost)
     ok = eq.converged
     return PoAResult(
         poa=poa,

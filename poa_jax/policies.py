@@ -41,6 +41,7 @@ from jax.typing import ArrayLike
 
 from poa_jax import game as _game
 from poa_jax.errors import InputError
+from poa_jax.validation import as_array, check
 
 __all__ = [
     "Policy",
@@ -84,13 +85,16 @@ def dynamo(
     Args:
       omega: overlap score weight / prefill load scale ``ω ≥ 0`` (Dynamo default 1.0).
       tau: router temperature ``τ ≥ 0`` (default 0.0: argmin).
-      credits: overlap credits for the device, host and disk tiers (Dynamo 1.0/0.75/0.25);
-        the routing game's hits are device hits, so ``credits[0]`` applies.
+      credits: overlap credits for the device, host and disk tiers (Dynamo 1.0/0.75/0.25),
+        each finite and in [0, 1]; the routing game's hits are device hits, so ``credits[0]``
+        applies.
       span_floor: relative floor of the min–max span for ``τ > 0`` (see the module docstring).
     """
     credits = tuple(credits)
     if len(credits) != 3:
         raise InputError(f"dynamo.credits has {len(credits)} entries: must be 3 (G1, G2, G3)")
+    for i, v in enumerate(credits):  # overlap credits are fractions of a hit: in [0, 1]
+        check(f"dynamo.credits[{i}]", as_array(f"dynamo.credits[{i}]", v), "unit")
     return Policy(
         w_true=0.0, w_prefill=omega, w_decode=1.0, tau=tau, credit=credits[0],
         span_floor=span_floor,

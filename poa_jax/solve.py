@@ -53,14 +53,99 @@ class Solution:
 
 
 def _resolve(dtype, tol, max_iters):
-    """Checks ``tol``/``max_iters`` (before anything touches a device); fills defaults."""
-    tol = tolerances.default_tol(batching.float_dtype(dtype)) if tol is None else float(tol)
-    if not (np.isfinite(tol) and tol > 0):
-        raise InputError(f"tol = {tol!r}: must be finite and > 0")
+    """Checks ``tol``/``max_iters`` (before anything touches a device); fills defaults.
+
+    ``tol`` bounds a relative gap, which is at most 1: ``tol >= 1`` would accept every start.
+    """
+    from poa_jax.validation import integer, number
+
+    if tol is None:
+        tol = tolerances.default_tol(batching.float_dtype(dtype))
+    else:
+        tol = number("tol", tol)
+    if not (np.isfinite(tol) and 0 < tol < 1):
+        raise InputError(f"tol = {tol!r}: must be in (0, 1) (a relative gap is at most 1)")
     max_iters = tolerances.DEFAULT_MAX_ITERS if max_iters is None else max_iters
-    if int(max_iters) != max_iters or max_iters < 1:
-        raise InputError(f"max_iters = {max_iters!r}: must be an integer >= 1")
-    return tol, int(max_iters)
+    return tol, integer("max_iters", max_iters, 1)
+
+
+def _check_method(prep: batching.Prepared, method: str) -> None:
+    """Refuses a ``method`` that would be ignored or invalid for some instance of ``prep``.
+
+    Logit policies (``τ > 0``) are solved by logit averaging whatever ``method`` says, so they
+    take ``"auto"`` only; ``"frank_wolfe"`` needs a potential, which the cache term
+    (``shareable > 0``) breaks unless the policy ignores cache hits (load-balanced).
+    """
+    tau = np.asarray(prep.policy.tau)
+    if method != "auto" and np.any(tau > 0):
+        i = _where(prep, int(np.argmax(tau > 0)))
+        raise InputError(
+            f"method {method!r}: policy.tau{i} = {float(tau[np.argmax(tau > 0)])!r} > 0, and "
+            "logit policies (tau > 0) are solved by logit averaging: use method 'auto'"
+        )
+    if method == "frank_wolfe":
+        cache = np.any(np.asarray(prep.game.shareable) > 0, axis=-1)
+        pol = prep.policy
+        hits = (np.asarray(pol.w_true) > 0) | (np.asarray(pol.w_prefill) > 0)
+        bad = cache & hits
+        if bad.any():
+            i = _where(prep, int(np.argmax(bad)))
+            raise InputError(
+                f"method 'frank_wolfe': needs a potential, which the cache term breaks "
+                f"(RoutingGame.shareable{i} > 0 with a policy that sees cache hits): use "
+                "'projection' or 'extragradient'"
+            )
+
+
+def _where(prep: batching.Prepared, flat: int) -> str:
+    """``"[i, j]"``: the batch index of flat instance ``flat`` (``""`` when unbatched)."""
+    if not prep.batch_shape:
+        return ""
+    idx = np.unravel_index(flat, prep.batch_shape)
+    return f"[{', '.join(str(int(v)) for v in idx)}]"
+
+
+def rescale_starts(a, mask, demand, dtype) -> np.ndarray:
+    """Flows ``a (N, S, J, K)`` rescaled per class row to ``demand (N, J)`` on ``mask (N, K)``:
+    masked workers zeroed, a row summing to zero uniform over the existing workers."""
+    mask = np.asarray(mask, bool)[:, None, None, :]
+    a = np.where(mask, np.asarray(a, np.float64), 0.0)
+    total = a.sum(-1, keepdims=True)
+    uniform = mask / mask.sum(-1, keepdims=True)
+    share = np.where(total > 0, a / np.where(total > 0, total, 1.0), uniform)
+    return (share * np.asarray(demand, np.float64)[:, None, :, None]).astype(dtype)
+
+
+def _read_starts(x0) -> np.ndarray:
+    from poa_jax.validation import as_array, check
+
+    a = as_array("x0", x0)
+    check("x0", a, "finite_ge0")
+    return a
+
+
+def _optimum_starts(prep: batching.Prepared, x0) -> np.ndarray:
+    """Extra optimum starts ``x0 (..., J, K)`` or ``(..., S, J, K)`` as ``(N, S, J, K)``,
+    checked and rescaled as :func:`poa_jax.poa.warm_starts` does."""
+    a = _read_starts(x0)
+    j, k = prep.num_classes, prep.num_workers
+    nb = len(prep.batch_shape)
+    if a.ndim <= nb + 2:  # one start per instance
+        a, s = a[..., None, :, :] if a.ndim >= 2 else a, 1
+    else:
+        s = a.shape[-3]
+    want = prep.batch_shape + (s, j, k)
+    try:
+        if a.ndim > nb + 3:
+            raise ValueError
+        a = np.broadcast_to(a, want)
+    except ValueError:
+        raise InputError(
+            f"x0 has shape {a.shape}: must broadcast to {prep.batch_shape + (j, k)} "
+            f"(one start) or {prep.batch_shape + ('S', j, k)} (S starts)"
+        ) from None
+    a = a.reshape((-1, s, j, k))
+    return rescale_starts(a, prep.game.worker_mask, prep.game.demand, prep.dtype)
 
 
 def starting_flows(
@@ -160,11 +245,12 @@ def solve_equilibrium(
         or :class:`~poa_jax.CoupledGame` (the fixed point, :func:`poa_jax.coupled.solve`).
       policy: a :class:`~poa_jax.policies.Policy` (default selfish); fields broadcast with ``...``.
         Graph games take the selfish policy only.
-      tol: relative-gap tolerance (default by dtype, :mod:`poa_jax.tolerances`).
+      tol: relative-gap tolerance in (0, 1) (default by dtype, :mod:`poa_jax.tolerances`).
       max_iters: iteration bound (default 1000).
       method: ``auto`` (= ``projection``: projection dynamics with an endgame Newton step;
-        logit averaging for τ > 0), ``projection``, ``extragradient`` or ``frank_wolfe``
-        (needs a potential: no cache term, or load-balanced). Graph games: ``auto``
+        logit averaging for τ > 0, which takes ``auto`` only), ``projection``,
+        ``extragradient`` or ``frank_wolfe`` (needs a potential: no cache term, or
+        load-balanced; refused otherwise). Graph games: ``auto``
         (= ``paths``), ``paths`` or ``frank_wolfe`` (:mod:`poa_jax.graph_solve`).
       x0: optional start flows ``(..., J, K)``; default uniform over existing workers.
       dtype: float32 or float64 (default: JAX's default float).
@@ -189,6 +275,7 @@ def solve_equilibrium(
         raise InputError(f"method {method!r} is unknown: must be one of {', '.join(METHODS)}")
     tol, max_iters = _resolve(dtype, tol, max_iters)
     prep = batching.prepare(game, policy if policy is not None else selfish(), dtype)
+    _check_method(prep, method)
     if x0 is None:
         start = starting_flows(prep, 1, greedy=True)
     else:
@@ -199,10 +286,7 @@ def solve_equilibrium(
 
 
 def _user_start(prep, x0) -> np.ndarray:
-    from poa_jax.validation import as_array, check
-
-    a = as_array("x0", x0)
-    check("x0", a, "finite_ge0")
+    a = _read_starts(x0)
     j, k = prep.num_classes, prep.num_workers
     try:
         a = np.broadcast_to(a, prep.batch_shape + (j, k))
@@ -239,10 +323,14 @@ def solve_optimum(
       tol: gap tolerance on the marginal-cost condition (default by dtype).
       max_iters: iteration bound of the polish (default 1000).
       starts: number of generated starts (uniform, herds, random; see :func:`starting_flows`).
-      descent_steps: optax Adam steps over the softmax parametrisation before the polish.
-      lr: Adam learning rate.
-      x0: optional extra warm starts ``(..., S', J, K)`` or ``(..., J, K)``, e.g. equilibria.
-      seed: seed of the random starts.
+      descent_steps: optax Adam steps over the softmax parametrisation before the polish
+        (an integer >= 0).
+      lr: Adam learning rate (finite, > 0).
+      x0: optional extra warm starts ``(..., S', J, K)`` or ``(..., J, K)``, e.g. equilibria:
+        finite and >= 0; each class's row is rescaled to its demand (a row summing to zero
+        starts uniform) and missing workers are zeroed, as for
+        :func:`~poa_jax.price_of_anarchy`'s ``x0``.
+      seed: seed of the random starts (an integer >= 0).
       dtype: float32 or float64.
       method: for a :class:`~poa_jax.graph.GraphGame`: ``auto`` (= ``paths``), ``paths`` or
         ``frank_wolfe`` on the marginal link costs, or ``descent`` (optax Adam on path
@@ -261,19 +349,28 @@ def solve_optimum(
     if method != "auto":
         raise InputError(f"method {method!r}: routing-game optima take method 'auto' only")
     tol, max_iters = _resolve(dtype, tol, max_iters)
+    seed, descent_steps, lr = _optimum_options(seed, descent_steps, lr)
     prep = batching.prepare(game, None, dtype)
+    extra = None if x0 is None else _optimum_starts(prep, x0)
     x0s = starting_flows(prep, starts, seed)
-    if x0 is not None:
-        extra = np.asarray(x0)
-        if extra.ndim == len(prep.batch_shape) + 2:
-            extra = extra[..., None, :, :]
-        extra = extra.reshape((x0s.shape[0], -1) + x0s.shape[2:]).astype(prep.dtype)
+    if extra is not None:
         x0s = np.concatenate([x0s, extra], axis=1)
     out = batching.optima(
-        prep.game, x0s, tol=tol, max_iters=max_iters, descent_steps=int(descent_steps),
-        lr=float(lr),
-    )  # fmt: skip
+        prep.game, x0s, tol=tol, max_iters=max_iters, descent_steps=descent_steps, lr=lr
+    )
     return _to_solution(out, prep)
+
+
+def _optimum_options(seed, descent_steps, lr=0.05) -> tuple[int, int, float]:
+    """Checks the optimum's ``seed``, ``descent_steps`` and ``lr``."""
+    from poa_jax.validation import integer, number
+
+    seed = integer("seed", seed, 0)
+    descent_steps = integer("descent_steps", descent_steps, 0)
+    lr = number("lr", lr)
+    if not (np.isfinite(lr) and lr > 0):
+        raise InputError(f"lr = {lr!r}: must be finite and > 0")
+    return seed, descent_steps, lr
 
 
 def _caching_equilibrium(game, policy, tol, max_iters, x0, dtype, method="auto"):

@@ -13,7 +13,7 @@ import numpy as np
 
 from poa_jax.errors import InputError
 
-__all__ = ["as_array", "check", "RULES"]
+__all__ = ["as_array", "check", "RULES", "integer", "number"]
 
 
 def as_array(name: str, value, dtype=np.float64) -> np.ndarray:
@@ -49,6 +49,10 @@ def _open_unit(a):
     return np.isfinite(a) & (a > 0) & (a < 1)
 
 
+def _zero_one(a):
+    return (a == 0) | (a == 1)
+
+
 #: rule name -> (predicate, human text)
 RULES: dict[str, tuple[Callable[[np.ndarray], np.ndarray], str]] = {
     "finite_ge0": (_finite_ge0, "must be finite and >= 0"),
@@ -57,6 +61,7 @@ RULES: dict[str, tuple[Callable[[np.ndarray], np.ndarray], str]] = {
     "p": (_p, "must be finite and >= 1 (the family is convex only for p >= 1)"),
     "unit": (_unit, "must be in [0, 1]"),
     "open_unit": (_open_unit, "must be in (0, 1)"),
+    "zero_one": (_zero_one, "must be a boolean (True/False or 0/1)"),
 }
 
 
@@ -69,3 +74,31 @@ def check(name: str, arr: np.ndarray, rule: str) -> None:
         where = f"[{', '.join(map(str, idx))}]" if idx else ""
         value = (arr[idx] if idx else arr).item()
         raise InputError(f"{name}{where} = {value!r}: {text}")
+
+
+def number(name: str, value) -> float:
+    """``float(value)`` with an :class:`InputError` naming ``name`` on failure."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{name} = {value!r}: must be a number") from None
+
+
+def integer(name: str, value, minimum: int = 0) -> int:
+    """``value`` as an ``int >= minimum``: integers and integral floats (``3.0``); no bools."""
+    text = f"{name} = {value!r}: must be an integer >= {minimum}"
+    if isinstance(value, (bool, np.bool_)):
+        raise InputError(text)
+    if isinstance(value, (int, np.integer)):
+        out = int(value)
+    else:
+        try:
+            f = float(value)
+        except (TypeError, ValueError):
+            raise InputError(text) from None
+        if not f.is_integer():
+            raise InputError(text)
+        out = int(f)
+    if out < minimum:
+        raise InputError(text)
+    return out

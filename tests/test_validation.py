@@ -253,3 +253,172 @@ def test_demand_above_capacity_is_not_an_error(cache_games):
     sol = pj.solve_equilibrium(g)
     assert sol.overloaded.all()
     assert np.all(np.isfinite(sol.social_cost)) and np.all(np.isfinite(sol.flows))
+
+
+# --------------------------------------------------------------------------- audit fixes
+
+
+@pytest.mark.usefixtures("no_compile")
+@pytest.mark.parametrize("solver", sorted(SOLVERS))
+@pytest.mark.parametrize(
+    ("tol", "text"),
+    [(1.0, "tol = 1.0: must be in (0, 1)"), (10, "tol = 10.0: must be in (0, 1)"),
+     ("abc", "tol = 'abc': must be a number")],
+)  # fmt: skip
+def test_tol_must_be_below_one(solver, tol, text):
+    # a relative gap is at most 1: tol >= 1 marked every start converged (PoA 2668 "converged")
+    with pytest.raises(pj.InputError, match=re.escape(text)):
+        SOLVERS[solver](base_game(), tol=tol)
+
+
+@pytest.mark.usefixtures("no_compile")
+@pytest.mark.parametrize("solver", sorted(SOLVERS))
+def test_bool_max_iters(solver):
+    with pytest.raises(pj.InputError, match=re.escape("max_iters = True: must be an integer >= 1")):
+        SOLVERS[solver](base_game(), max_iters=True)
+    with pytest.raises(pj.InputError, match="max_iters = 'x'"):
+        SOLVERS[solver](base_game(), max_iters="x")
+
+
+@pytest.mark.usefixtures("no_compile")
+@pytest.mark.parametrize(
+    ("x0", "text"),
+    [
+        ([[0.9, -0.4]], r"x0\[0, 1\] = -0.4: must be finite and >= 0"),
+        ([[np.nan, 1.0]], r"x0\[0, 0\] = nan: must be finite"),
+        (np.ones(3), r"x0 has shape \(3,\): must broadcast to \(1, 2\)"),
+        (np.ones((2, 1, 1, 1, 2)), r"x0 has shape \(2, 1, 1, 1, 2\)"),
+    ],
+)
+def test_optimum_x0_is_checked(x0, text):
+    pigou = pj.RoutingGame(demand=[1.0], latency=pj.Latency(a=[0.0, 1.0], b=[1.0, 0.0]))
+    with pytest.raises(pj.InputError, match=text):
+        pj.solve_optimum(pigou, x0=x0)
+
+
+def test_optimum_x0_is_rescaled_to_demand_on_existing_workers():
+    # x0 = 0 returned flows 0 and SC 0 "converged"; flow on a masked worker was kept.
+    pigou = pj.RoutingGame(demand=[1.0], latency=pj.Latency(a=[0.0, 1.0], b=[1.0, 0.0]))
+    opt = pj.solve_optimum(pigou, starts=1, x0=[[0.0, 0.0]])
+    np.testing.assert_allclose(opt.flows, [[0.5, 0.5]], atol=1e-6)
+    np.testing.assert_allclose(opt.social_cost, 0.75, rtol=1e-8)
+    assert bool(opt.converged)
+    masked = dataclasses.replace(pigou, worker_mask=[True, False])
+    opt = pj.solve_optimum(masked, starts=1, x0=[[0.0, 1.0]])
+    np.testing.assert_array_equal(opt.flows, [[1.0, 0.0]])
+    np.testing.assert_allclose(opt.social_cost, 1.0)
+    # several starts per instance, (..., S, J, K), rescaled the same way as warm starts
+    opt = pj.solve_optimum(pigou, starts=1, x0=[[[3.0, 1.0]], [[0.0, 0.0]]])
+    np.testing.assert_allclose(opt.social_cost, 0.75, rtol=1e-8)
+
+
+def test_poa_is_nan_where_a_cost_overflows():
+    # float32 overflow: c·x^300 at x = 2 gave SC(eq) = SC(opt) = NaN and PoA = 1.0 "ok";
+    # κ = 1e-19 gives NaN/inf. The normal instance beside them must be unaffected.
+    lat = pj.Latency(
+        c=[[1.0, 1.0], [0.0, 0.0], [1.0, 1.0]], p=[[300.0, 300.0], [1.0, 1.0], [2.0, 2.0]],
+        d=[[0.0, 0.0], [1.0, 1.0], [0.0, 0.0]], kappa=[[np.inf] * 2, [1e-19] * 2, [np.inf] * 2],
+        a=[[0.0, 0.0], [0.0, 0.0], [0.0, 1.0]],
+    )  # fmt: skip
+    g = pj.RoutingGame(demand=[[4.0], [1.0], [1.0]], latency=lat)
+    r = pj.price_of_anarchy(g, dtype=np.float32)
+    assert np.isnan(r.poa[:2]).all() and np.isnan(r.price_of_stability[:2]).all(), r.poa
+    assert not r.converged[:2].any() and (r.equilibrium.status[:2] == 2).all()
+    alone = pj.price_of_anarchy(
+        pj.RoutingGame(demand=[1.0], latency=pj.Latency(c=[1.0, 1.0], p=[2.0, 2.0], a=[0, 1.0])),
+        dtype=np.float32,
+    )
+    assert r.converged[2] and bool(alone.converged) and alone.poa > 1
+    np.testing.assert_allclose(r.poa[2], alone.poa, rtol=1e-6)
+    np.testing.assert_allclose(r.optimum.social_cost[2], alone.optimum.social_cost, rtol=1e-6)
+
+
+def test_poa_ratio_rule():
+    from poa_jax.poa import _ratio
+
+    got = _ratio([0.0, 2.0, np.nan, 1.0, np.inf, 1.0], [0.0, 1.0, 1.0, np.inf, np.inf, 0.0])
+    np.testing.assert_array_equal(got, [1.0, 2.0, np.nan, np.nan, np.nan, np.inf])
+
+
+@pytest.mark.usefixtures("no_compile")
+@pytest.mark.parametrize("solver", ["solve_equilibrium", "price_of_anarchy"])
+def test_frank_wolfe_refused_with_cache_term(solver):
+    # base_game has shareable 0.5: no potential, FW converged on 4% with SC off by 16%
+    with pytest.raises(pj.InputError, match=r"'frank_wolfe'.*potential.*shareable\[0\]"):
+        SOLVERS[solver](base_game(), method="frank_wolfe")
+    with pytest.raises(pj.InputError, match=r"'frank_wolfe'.*shareable\[0\]"):
+        SOLVERS[solver](base_game(), policy=pj.policies.dynamo(), method="frank_wolfe")
+
+
+def test_frank_wolfe_with_cache_term_and_load_balanced_policy():
+    # load-balanced routing ignores cache hits: a potential exists, FW stays allowed
+    g = dataclasses.replace(base_game(), shareable=0.5)
+    sol = pj.solve_equilibrium(g, pj.policies.load_balanced(), method="frank_wolfe", tol=1e-6)
+    assert sol.converged.all(), sol.status
+
+
+@pytest.mark.usefixtures("no_compile")
+@pytest.mark.parametrize("solver", ["solve_equilibrium", "price_of_anarchy"])
+@pytest.mark.parametrize("method", ["projection", "extragradient", "frank_wolfe"])
+def test_logit_policy_takes_auto_only(solver, method):
+    tau = np.array([0.0, 0.0, 0.3, 0.0, 0.0])
+    with pytest.raises(pj.InputError, match=rf"method '{method}'.*tau\[2\].*logit.*'auto'"):
+        SOLVERS[solver](base_game(), policy=pj.policies.dynamo(tau=tau), method=method)
+
+
+@pytest.mark.usefixtures("no_compile")
+@pytest.mark.parametrize("solver", sorted(SOLVERS))
+@pytest.mark.parametrize("value", [np.nan, 0.5, 2.0, -1.0])
+def test_worker_mask_must_be_boolean(solver, value):
+    mask = np.ones((N, K))
+    mask[1, 2] = value
+    g = dataclasses.replace(base_game(), worker_mask=mask)
+    with pytest.raises(pj.InputError, match=re.escape("RoutingGame.worker_mask[1, 2] = ")) as e:
+        SOLVERS[solver](g)
+    assert "must be a boolean" in str(e.value)
+    with pytest.raises(pj.InputError, match="RoutingGame.worker_mask"):
+        SOLVERS[solver](dataclasses.replace(base_game(), worker_mask="yes"))
+
+
+@pytest.mark.usefixtures("no_compile")
+def test_worker_mask_accepts_zero_one():
+    from poa_jax import batching
+
+    mask = np.ones((N, K), np.int64)
+    mask[2, 1] = 0
+    prep = batching.prepare(dataclasses.replace(base_game(), worker_mask=mask))
+    np.testing.assert_array_equal(np.asarray(prep.game.worker_mask), mask.astype(bool))
+
+
+@pytest.mark.usefixtures("no_compile")
+@pytest.mark.parametrize("solver", ["solve_optimum", "price_of_anarchy"])
+@pytest.mark.parametrize(
+    ("kw", "text"),
+    [
+        (dict(seed=-1), "seed = -1: must be an integer >= 0"),
+        (dict(seed=1.5), "seed = 1.5: must be an integer >= 0"),
+        (dict(descent_steps=-1), "descent_steps = -1: must be an integer >= 0"),
+        (dict(descent_steps=2.7), "descent_steps = 2.7: must be an integer >= 0"),
+    ],
+)
+def test_bad_optimum_options(solver, kw, text):
+    with pytest.raises(pj.InputError, match=re.escape(text)):
+        SOLVERS[solver](base_game(), **kw)
+
+
+@pytest.mark.usefixtures("no_compile")
+@pytest.mark.parametrize("lr", [np.nan, -1.0, 0.0, "x"])
+def test_bad_lr(lr):
+    with pytest.raises(pj.InputError, match="lr = "):
+        pj.solve_optimum(base_game(), lr=lr)
+
+
+@pytest.mark.parametrize(
+    ("credits", "where"), [((1.0, np.nan, 0.25), 1), ((1.0, 0.75, 5.0), 2), ((1.5, 0.75, 0.25), 0),
+                           ((1.0, -0.1, 0.25), 1)],
+)  # fmt: skip
+def test_dynamo_credits_in_unit_interval(credits, where):
+    with pytest.raises(pj.InputError, match=re.escape(f"dynamo.credits[{where}] = ")) as e:
+        pj.policies.dynamo(credits=credits)
+    assert "must be in [0, 1]" in str(e.value)
+    pj.policies.dynamo(credits=(0.0, 1.0, 0.5))  # the bounds are allowed
