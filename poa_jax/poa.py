@@ -156,6 +156,10 @@ def price_of_anarchy(
     if method not in solve.METHODS:
         raise solve.InputError(f"method {method!r} is unknown: must be one of {solve.METHODS}")
     tol, max_iters = solve._resolve(dtype, tol, max_iters)
+    # Checked here, not after the equilibrium solve that makes the optimum's starts.
+    bad = isinstance(optimum_starts, bool) or not isinstance(optimum_starts, (int, np.integer))
+    if bad or optimum_starts < 1:
+        raise solve.InputError(f"optimum_starts = {optimum_starts!r}: must be an integer >= 1")
     seed, descent_steps, _ = solve._optimum_options(seed, descent_steps)
     prep = batching.prepare(game, policy if policy is not None else selfish(), dtype)
     solve._check_method(prep, method)

@@ -422,3 +422,11 @@ def test_dynamo_credits_in_unit_interval(credits, where):
         pj.policies.dynamo(credits=credits)
     assert "must be in [0, 1]" in str(e.value)
     pj.policies.dynamo(credits=(0.0, 1.0, 0.5))  # the bounds are allowed
+
+
+@pytest.mark.usefixtures("no_compile")
+@pytest.mark.parametrize("value", [0, -1, 1.5, True])
+def test_bad_optimum_starts_named_before_any_compile(value):
+    # (it was refused as "starts = 0" after the equilibrium had been compiled and solved)
+    with pytest.raises(pj.InputError, match=rf"^optimum_starts = {value!r}: must be an integer"):
+        pj.price_of_anarchy(base_game(), optimum_starts=value)
