@@ -410,7 +410,7 @@ BAD_GAMES = {
     "string for a number": (_game(demand=["1.0"]), ["demand[0] = '1.0'", "must be a number"]),
     "ragged array": (_game(demand=[[1.0], [1.0, 2.0]]), ["demand", "array of numbers"]),
     "starts zero": (_game(starts=0), ["starts = 0", "integer >= 1"]),
-    "tol zero": (_game(tol=0.0), ["tol = 0.0", "> 0"]),
+    "tol zero": (_game(tol=0.0), ["tol = 0.0", "must be in (0, 1)"]),
 }
 # Caching games (poa_jax.cache_io): the tiered example with one change.
 TIERED = ROOT / "examples" / "tiered_cache.json"
