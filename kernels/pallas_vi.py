@@ -303,7 +303,7 @@ def _judge(c: dict, acc, demand, has_norm) -> _Verdict:
     best = lane_sum([jnp.where(d > 0, d * r, 0.0) for d, r in zip(demand, rmin, strict=True)])
     den = nrm if has_norm[0] else jnp.abs(yc)
     g = jnp.maximum(yc - best, 0.0) / jnp.maximum(den, tiny)
-    floor = jnp.maximum(smax, 1.0) * jnp.finfo(dtype).eps ** 0.5
+    floor = jnp.where(smax > 0, smax, 1.0) * jnp.finfo(dtype).eps ** 0.5  # as vi.diagonal_metric
     ok = jnp.isfinite(g)
     alpha1 = jnp.where(ok, c["alpha_next"], c["alpha"] * 0.5)
     mom1 = jnp.where(ok, c["mom_next"], 0.0)
@@ -338,7 +338,7 @@ def _lane_update(opt: _Options, c: dict, v: _Verdict, live, acc) -> dict:
     steps (halve on a reversal, grow when aligned, clip), the best gap, the counters."""
     inner, dd, ss = acc
     tiny = _tiny(inner.dtype)
-    cos = inner / jnp.maximum(jnp.sqrt(dd * ss), tiny)
+    cos = inner / jnp.maximum(jnp.sqrt(dd) * jnp.sqrt(ss), tiny)  # √(dd·ss) underflows, as vi
     a1 = v.alpha1
     a2 = jnp.where(cos < 0, a1 * 0.5, jnp.where(cos > 0.5, a1 * opt.grow, a1))
     a2 = jnp.where(v.ok, jnp.clip(a2, opt.alpha_min, opt.alpha_max), a1)

@@ -37,7 +37,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from poa_jax.kernels.vi import Iteration
+from poa_jax.kernels.vi import Iteration, diagonal_metric
 
 __all__ = [
     "group_max",
@@ -163,10 +163,7 @@ def projection_iteration(
         raise ValueError(f"momentum = {momentum!r}: must be in [0, 1)")
 
     def metric(x):
-        s = scale_fn(x)
-        eps = jnp.finfo(s.dtype).eps
-        floor = jnp.maximum(jnp.max(jnp.where(valid, s, 0.0)), 1.0) * eps**0.5
-        return jnp.where(valid, jnp.maximum(s, floor), 1.0)
+        return diagonal_metric(scale_fn(x), valid)
 
     def gap_of(x, c):
         return _gap_and_min(x, c, demand, group, valid)
@@ -183,7 +180,7 @@ def projection_iteration(
         gy, cmin_y = gap_of(y, cy)
         dx = y - st.x
         inner = jnp.sum(st.s * dx * st.step)
-        norm = jnp.sqrt(jnp.sum(st.s * dx**2) * jnp.sum(st.s * st.step**2))
+        norm = jnp.sqrt(jnp.sum(st.s * dx**2)) * jnp.sqrt(jnp.sum(st.s * st.step**2))  # as vi
         cos = inner / jnp.maximum(norm, jnp.finfo(norm.dtype).tiny)
         alpha = jnp.where(cos < 0, st.alpha * 0.5, jnp.where(cos > 0.5, st.alpha * grow, st.alpha))
         alpha = jnp.clip(alpha, alpha_min, alpha_max)

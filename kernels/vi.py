@@ -129,12 +129,16 @@ def relative_gap(x: jax.Array, c: jax.Array, demand: jax.Array, mask: jax.Array)
 # --------------------------------------------------------------------------- projection
 
 
-def _metric(s: jax.Array, mask: jax.Array) -> jax.Array:
+def diagonal_metric(s: jax.Array, mask: jax.Array) -> jax.Array:
+    """The step metric: ``s`` floored at ``√eps·max s`` where ``mask``, 1 elsewhere."""
     # A floor relative to the largest curvature keeps the metric positive definite where a
     # resource's cost is flat (a constant-latency link); such a resource then absorbs the slack
     # of its row in the projection, which is the exact Newton step for it.
+    # The floor is relative, so the iteration does not depend on the cost units (costs × κ
+    # scale s by κ and leave x − αF/s unchanged); 1 stands in only where every s is 0.
     eps = jnp.finfo(s.dtype).eps
-    floor = jnp.maximum(jnp.max(jnp.where(mask, s, 0.0)), 1.0) * eps**0.5
+    smax = jnp.max(jnp.where(mask, s, 0.0))
+    floor = jnp.where(smax > 0, smax, 1.0) * eps**0.5
     return jnp.where(mask, jnp.maximum(s, floor), 1.0)
 
 
@@ -256,7 +260,9 @@ def projection_iteration(
         # that reverse direction (an overshoot) halve α; steps that agree grow it.
         dx = y - st.x
         inner = jnp.sum(s * dx * st.step)
-        norm = jnp.sqrt(jnp.sum(s * dx**2) * jnp.sum(s * st.step**2))
+        # √a·√b, not √(a·b): the product of two norms² underflows in float32 when costs are
+        # small (both scale with the cost unit).
+        norm = jnp.sqrt(jnp.sum(s * dx**2)) * jnp.sqrt(jnp.sum(s * st.step**2))
         cos = inner / jnp.maximum(norm, jnp.finfo(norm.dtype).tiny)
         alpha = jnp.where(cos < 0, st.alpha * 0.5, jnp.where(cos > 0.5, st.alpha * grow, st.alpha))
         alpha = jnp.clip(alpha, alpha_min, alpha_max)
@@ -266,7 +272,7 @@ def projection_iteration(
         new = _PState(
             x=jnp.where(finite, y, st.x),
             c=jnp.where(finite, cy, st.c),
-            s=jnp.where(finite, _metric(scale_fn(y), mask), st.s),
+            s=jnp.where(finite, diagonal_metric(scale_fn(y), mask), st.s),
             alpha=jnp.where(finite, alpha, st.alpha * 0.5),
             step=jnp.where(finite, dx, 0.0),
             best_x=jnp.where(improved, y, st.best_x),
@@ -280,7 +286,7 @@ def projection_iteration(
         c0 = cost_fn(x0)
         g0 = gap_fn(x0, c0)
         alpha = jnp.asarray(alpha0, x0.dtype)
-        s0 = _metric(scale_fn(x0), mask)
+        s0 = diagonal_metric(scale_fn(x0), mask)
         zero = jnp.zeros((), x0.dtype)
         return _PState(x0, c0, s0, alpha, jnp.zeros_like(x0), x0, g0, zero), g0
 
@@ -334,7 +340,7 @@ def extragradient_iteration(
 
     def step(st: _EGState):
         c = cost_fn(st.x)
-        s = _metric(scale_fn(st.x), mask)
+        s = diagonal_metric(scale_fn(st.x), mask)
         y = project_rows(st.x - st.alpha * _centred(c, st.x, demand, mask) / s, demand, s, mask)
         cy = cost_fn(y)
         lhs = st.alpha * jnp.sqrt(jnp.sum(jnp.where(mask, (c - cy) ** 2 / s, 0.0)))

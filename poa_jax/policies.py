@@ -153,7 +153,7 @@ def logit_response(
     lo = jnp.min(jnp.where(mask, r, jnp.inf), axis=-1, keepdims=True)
     hi = jnp.max(jnp.where(mask, r, -jnp.inf), axis=-1, keepdims=True)
     span = jnp.maximum(hi - lo, pol.span_floor * jnp.abs(hi))
-    flat = span <= jnp.finfo(x.dtype).eps * jnp.maximum(jnp.abs(hi), 1.0)
+    flat = span <= jnp.finfo(x.dtype).eps * jnp.abs(hi)  # relative: no cost unit assumed
     z = -(r - lo) / (jnp.where(flat, 1.0, span) * pol.tau)
     z = jnp.where(flat, 0.0, z)
     p = jax.nn.softmax(jnp.where(mask, z, -jnp.inf), axis=-1)

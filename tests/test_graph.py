@@ -305,3 +305,26 @@ def test_overflowing_demand_stops_flagged_instead_of_looping():
     r = pj.solve_equilibrium(g, max_iters=20, dtype="float32")
     assert int(r.status) == 2 and not bool(r.converged)
     assert not bool(pj.price_of_anarchy(g, dtype="float32").converged)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_cost_units_do_not_matter(dtype):
+    # Travel times in hours instead of seconds: the same flows, iteration for iteration. A
+    # power of two scales every float exactly. (The path solver's metric had an absolute floor,
+    # max(max s, 1)·√eps, that made its steps tiny when costs were small.)
+    import dataclasses
+
+    net, trips, _ = pj.tntp.bundled("Braess-Example")
+    g = pj.read_tntp(net, trips, demand_scale=np.array([0.5, 1.0, 3.0]))
+    k = 2.0**-30
+    lat = g.latency
+    small = dataclasses.replace(
+        g, latency=dataclasses.replace(lat, **{f: np.asarray(getattr(lat, f)) * k for f in "abcd"})
+    )
+    a, b = (pj.price_of_anarchy(x, dtype=dtype) for x in (g, small))
+    assert a.converged.all()
+    np.testing.assert_array_equal(b.converged, a.converged)
+    np.testing.assert_array_equal(b.poa, a.poa)
+    for s, t in ((b.equilibrium, a.equilibrium), (b.optimum, a.optimum)):
+        np.testing.assert_array_equal(s.link_flows, t.link_flows)
+        np.testing.assert_array_equal(s.social_cost, t.social_cost * k)

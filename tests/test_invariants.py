@@ -352,6 +352,34 @@ def test_random_starts_do_not_depend_on_the_batch(cache_games, take_instances):
     assert not np.allclose(s[0, 6], s[0, 7])  # but the random starts differ from each other
 
 
+def _costs_times(g: pj.RoutingGame, k: float) -> pj.RoutingGame:
+    """The same games with every cost coefficient × ``k`` (a change of time unit)."""
+    lat, pf = g.latency, g.prefill
+    return dataclasses.replace(
+        g,
+        latency=dataclasses.replace(lat, **{f: np.asarray(getattr(lat, f)) * k for f in "abcd"}),
+        prefill=dataclasses.replace(pf, **{f: np.asarray(getattr(pf, f)) * k for f in "abc"}),
+    )
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("k", [2.0**-30, 2.0**20])
+def test_cost_units_do_not_matter(cache_games, dtype, k):
+    # Costs in seconds instead of microseconds change nothing but the unit: the equilibria, the
+    # optimum and the PoA must not move. A power of two scales every float exactly, so the
+    # trajectories must be the same bit for bit. (An absolute floor in the solver's metric,
+    # max(max s, 1)·√eps, made the float32 steps tiny at costs ~1e-8: nothing converged.)
+    base = pj.price_of_anarchy(cache_games, dtype=dtype)
+    scaled = pj.price_of_anarchy(_costs_times(cache_games, k), dtype=dtype)
+    assert base.converged.mean() >= FLOOR_POA
+    np.testing.assert_array_equal(scaled.converged, base.converged)
+    np.testing.assert_array_equal(scaled.poa, base.poa)
+    for a, b in ((scaled.equilibrium, base.equilibrium), (scaled.optimum, base.optimum)):
+        np.testing.assert_array_equal(a.iterations, b.iterations)
+        np.testing.assert_array_equal(a.flows, b.flows)
+        np.testing.assert_array_equal(a.social_cost, b.social_cost * k)
+
+
 def test_compile_counter_sees_compiles(compile_counter):
     # Positive control for the no-recompile test: a fresh function must be seen compiling.
     jax.jit(lambda x: jnp.sin(x) * 3.0 + 1.0)(jnp.arange(7.0))

@@ -18,6 +18,7 @@ platform; ``@pytest.mark.gpu`` tests run the compiled kernel.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -36,9 +37,14 @@ N = 24
 J, K = 5, 6
 
 
-def _mixed_batch(seed, n, dtype, classes=J, workers=K):
-    """Cache-on games, half selfish / half Dynamo, with absent workers and empty classes."""
+def _mixed_batch(seed, n, dtype, classes=J, workers=K, cost_unit=1.0):
+    """Cache-on games, half selfish / half Dynamo, with absent workers and empty classes;
+    ``cost_unit`` scales every true-cost coefficient (the Dynamo weights stay as they are)."""
     g = random_games(seed, n, classes, workers, cache=True)
+    lat, pf = g.latency, g.prefill
+    lat = dataclasses.replace(lat, **{f: getattr(lat, f) * cost_unit for f in "abcd"})
+    pf = dataclasses.replace(pf, **{f: getattr(pf, f) * cost_unit for f in "abc"})
+    g = dataclasses.replace(g, latency=lat, prefill=pf)
     mask = np.ones((n, workers), bool)
     mask[: n // 4, workers - 2 :] = False  # e.g. a 4-worker topology padded to 6
     demand = np.array(g.demand)
@@ -239,6 +245,24 @@ def pl_call(kernel, like, in_specs, out_spec, grid):
         kernel, out_shape=jax.ShapeDtypeStruct(like.shape, like.dtype), grid=(grid,),
         in_specs=list(in_specs), out_specs=out_spec, interpret=True,
     )  # fmt: skip
+
+
+def test_cost_units_do_not_matter(eq32):
+    # The eq32 batch with its costs in a unit 2³⁰ times larger (selfish lanes only: the Dynamo
+    # lanes mix the true cost with token counts, whose unit does not change). A power of two
+    # scales every float exactly, so the fused iteration must be the same bit for bit: no
+    # absolute floor (the metric's was max(max s, 1)·√eps) and no underflow (√(a·b) of two
+    # squared norms did, at costs ~1e-9 in float32). Same shapes as eq32: nothing compiles.
+    prep0, _, out0, tol = eq32
+    prep = _mixed_batch(23, N, "float32", 3, 4, cost_unit=2.0**-30)
+    x0 = solve.starting_flows(prep, 1, greedy=True)
+    out = jax.device_get(
+        fused.fused_equilibria(prep.game, prep.policy, x0, interpret=True, tol=tol, max_iters=300)
+    )
+    selfish = np.arange(N) % 2 == 0
+    assert np.mean(out0["status"][selfish] == 0) >= 0.75
+    for key in ("status", "iterations", "flows"):
+        np.testing.assert_array_equal(out[key][selfish], out0[key][selfish], err_msg=key)
 
 
 def test_simplex_lanes_match_kernels_simplex():
