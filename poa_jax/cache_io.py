@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from poa_jax.errors import InputError
+from poa_jax.validation import MAX_STARTS, SEED_MAX
 
 __all__ = ["GAMES", "read", "solve", "report"]
 
@@ -74,16 +75,12 @@ def read(src: str, data: dict):
         if k in data:
             cli._numeric(src, k, data[k], allow_bool=False)
     opts = {"starts": cli._int_field(src, "starts", data.get("starts"))}
-    if "seed" in data:
-        s = data["seed"]
-        if not isinstance(s, int) or isinstance(s, bool) or s < 0:
-            raise InputError(f"{src}: seed = {s!r}: must be an integer >= 0")
-        opts["seed"] = s
-    if "optimum_starts" in data:
-        k = data["optimum_starts"]
-        if not isinstance(k, int) or isinstance(k, bool) or k < 0:
-            raise InputError(f"{src}: optimum_starts = {k!r}: must be an integer >= 0")
-        opts["optimum_starts"] = k
+    for key, high in (("seed", SEED_MAX), ("optimum_starts", MAX_STARTS)):
+        if key in data:
+            v = data[key]
+            if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= high:
+                raise InputError(f"{src}: {key} = {v!r}: must be an integer >= 0 (and <= {high})")
+            opts[key] = v
     opts = {k: v for k, v in opts.items() if v is not None}
     fields = {k: data[k] for k in arrays + scalars if k in data and k != "optimum_starts"}
     cls = caching.SelfishCachingGame if kind == "selfish_caching" else tiered_cache.TieredCacheGame

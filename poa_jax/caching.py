@@ -68,7 +68,7 @@ from poa_jax.batching import float_dtype
 from poa_jax.errors import InputError
 from poa_jax.kernels import coverage
 from poa_jax.kernels.loop import CONVERGED, MAX_ITERS
-from poa_jax.validation import as_array, check
+from poa_jax.validation import INT32_MAX, MAX_STARTS, SEED_MAX, as_array, check
 
 __all__ = [
     "SelfishCachingGame",
@@ -797,16 +797,27 @@ def enumerate_profiles(
     )
 
 
-def _integer(name, v, low: int) -> int:
-    """``v`` as an ``int``, or :class:`InputError`: a whole number (not a bool) ``>= low``."""
+def _integer(name, v, low: int, high: int = INT32_MAX) -> int:
+    """``v`` as an ``int``, or :class:`InputError`: a whole number (not a bool) in
+    ``[low, high]`` (a Python int of any size is refused by the bound, not by NumPy)."""
     number = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
-    if not number or isinstance(v, np.bool_) or not np.isfinite(v) or int(v) != v or v < low:
-        raise InputError(f"{name} = {v!r}: must be an integer >= {low}")
+    ok = number and not isinstance(v, np.bool_)
+    ok = ok and (isinstance(v, int) or bool(np.isfinite(v))) and int(v) == v and low <= v <= high
+    if not ok:
+        raise InputError(f"{name} = {v!r}: must be an integer >= {low} (and <= {high})")
     return int(v)
 
 
 def _positive_int(name, v) -> int:
     return _integer(name, v, 1)
+
+
+def _seed(v) -> int:
+    return _integer("seed", v, 0, SEED_MAX)
+
+
+def _starts(v) -> int:
+    return _integer("starts", v, 1, MAX_STARTS)
 
 
 def check_tol(tol) -> None:
@@ -897,8 +908,8 @@ def best_response(
       A :class:`BestResponse`.
     """
     check_tol(tol)
-    starts = _positive_int("starts", starts)
-    seed = _integer("seed", seed, 0)
+    starts = _starts(starts)
+    seed = _seed(seed)
     p = _prepare(game, dtype)
     max_rounds = _positive_int("max_rounds", max_rounds)
     keep = _positive_int("keep", keep)
@@ -1085,8 +1096,8 @@ def price_of_anarchy(
     """
     check_tol(tol)
     check_method(method)
-    starts = _positive_int("starts", starts)
-    seed = _integer("seed", seed, 0)
+    starts = _starts(starts)
+    seed = _seed(seed)
     max_rounds = _positive_int("max_rounds", max_rounds)
     keep = _integer("keep", keep, 0)
     exhaustive_max = _integer("exhaustive_max", exhaustive_max, 0)
@@ -1182,8 +1193,8 @@ def solve_optimum(
     """SC-minimising profiles: exact by enumeration for ``n ≤ exhaustive_max``; above, local
     search from best-response starts with the LP lower bound (as :func:`price_of_anarchy`)."""
     exhaustive_max = _integer("exhaustive_max", exhaustive_max, 0)
-    starts = _positive_int("starts", starts)
-    seed = _integer("seed", seed, 0)
+    starts = _starts(starts)
+    seed = _seed(seed)
     bound_steps = _positive_int("bound_steps", bound_steps)
     p = _prepare(game, dtype)
     if p.n <= exhaustive_max:

@@ -267,6 +267,8 @@ def _cmd_serving_sweep(args) -> int:
     from poa_jax import serving_sweep
 
     names = [n.strip() for n in args.preset.split(",") if n.strip()]
+    if not names:
+        raise InputError(f"--preset = {args.preset!r}: give at least one preset name")
     if args.concurrency is None:
         conc = list(serving_sweep.PAPER_GRID)
     else:
@@ -294,6 +296,8 @@ def _cmd_serving_sweep(args) -> int:
 def _cmd_plot(args) -> int:
     from poa_jax import plot
 
+    if args.png is not None and not str(args.png).lower().endswith(".png"):
+        raise InputError(f"--png = {args.png!r}: must name a .png file")
     path = plot.plot_sweep(args.out_dir, args.png)
     print(f"plot: {path}")
     return 0
@@ -550,8 +554,10 @@ def _jtype(v) -> str:
 def _int_field(src: str, name: str, v):
     if v is None:
         return None
-    if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-        raise InputError(f"{src}: {name} = {v!r}: must be an integer >= 1")
+    from poa_jax.validation import INT32_MAX
+
+    if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= INT32_MAX:
+        raise InputError(f"{src}: {name} = {v!r}: must be an integer >= 1 (and <= {INT32_MAX})")
     return v
 
 
@@ -639,7 +645,8 @@ def read_game(path: str, data=None):
 
 
 def _jsonable(a, single: bool = False):
-    """NumPy results as JSON values: scalars for 0-d, nested lists otherwise; NaN → null.
+    """NumPy results as JSON values: scalars for 0-d, nested lists otherwise; NaN → null,
+    ±inf → "inf" / "-inf".
 
     With ``single`` (a float32 solve) floats are written with float32's shortest repr.
     """
@@ -656,10 +663,11 @@ def _jsonable(a, single: bool = False):
 
 
 def _nan_to_none(obj):
+    """NaN → null and ±inf → the strings "inf" / "-inf": JSON has no non-finite numbers."""
     if isinstance(obj, list):
         return [_nan_to_none(x) for x in obj]
     if isinstance(obj, float) and not math.isfinite(obj):
-        return None if math.isnan(obj) else obj
+        return None if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
     return obj
 
 

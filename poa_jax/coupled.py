@@ -56,6 +56,8 @@ from poa_jax import batching, tiered_cache, tiered_kernels
 from poa_jax.caching import (
     _chunked,
     _integer,
+    _seed,
+    _starts,
     check_batch,
     check_bool,
     check_distance,
@@ -67,7 +69,7 @@ from poa_jax.errors import InputError
 from poa_jax.game import RoutingGame
 from poa_jax.kernels import loop, vi
 from poa_jax.kernels.descent import softmax_flows
-from poa_jax.validation import check
+from poa_jax.validation import MAX_STARTS, check
 
 __all__ = [
     "CoupledGame",
@@ -557,13 +559,13 @@ def solve_optimum(
 
 
 def _check_starts(starts) -> None:
-    _integer("optimum_starts", starts, 0)
+    _integer("optimum_starts", starts, 0, MAX_STARTS)
 
 
 def _check_optimum(optimum_steps, lr, seed) -> tuple[int, int]:
     """The joint descent's options, checked before anything is solved: ``(steps, seed)``."""
     _check_positive("lr", lr)
-    return _integer("optimum_steps", optimum_steps, 1), _integer("seed", seed, 0)
+    return _integer("optimum_steps", optimum_steps, 1), _seed(seed)
 
 
 def _check_positive(name: str, v) -> None:
@@ -581,7 +583,7 @@ def _check_routing_kw(kw: dict) -> None:
             f"{', '.join(unknown)}: not an option of the coupled game's price_of_anarchy"
         )
     if "starts" in kw:
-        _integer("starts", kw["starts"], 1)
+        _starts(kw["starts"])
     if "descent_steps" in kw:
         _integer("descent_steps", kw["descent_steps"], 0)
     method = kw.get("method", "auto")

@@ -21,6 +21,7 @@ from poa_jax.game import RoutingGame
 from poa_jax.graph import GraphGame
 from poa_jax.kernels.loop import CONVERGED
 from poa_jax.policies import Policy, selfish
+from poa_jax.validation import MAX_STARTS
 
 __all__ = ["PoAResult", "price_of_anarchy"]
 
@@ -138,7 +139,7 @@ def price_of_anarchy(
         solve._selfish_only(policy)
         kw = {} if max_iters is None else {"max_rounds": max_iters}
         if isinstance(game, caching.SelfishCachingGame):
-            caching._positive_int("starts", starts)
+            caching._starts(starts)
             return caching.price_of_anarchy(game, starts=max(int(starts), 16), seed=seed,
                                             dtype=dtype, tol=tol, method=method, **kw)  # fmt: skip
         caching.check_method(method, "the fluid tiered game is solved by best response")
@@ -152,14 +153,21 @@ def price_of_anarchy(
         )  # fmt: skip
     # --- end issue 4 ----------------------------------------------------------------------
     if isinstance(game, GraphGame):
+        solve.not_for_graphs(
+            starts=(starts, tolerances.DEFAULT_STARTS), optimum_starts=(optimum_starts, 4),
+            descent_steps=(descent_steps, 0), seed=(seed, 0), x0=(x0, None),
+            continuation=(continuation, None),
+        )  # fmt: skip
         return _graph_poa(game, policy, tol, max_iters, method, dtype)
     if method not in solve.METHODS:
         raise solve.InputError(f"method {method!r} is unknown: must be one of {solve.METHODS}")
     tol, max_iters = solve._resolve(dtype, tol, max_iters)
     # Checked here, not after the equilibrium solve that makes the optimum's starts.
     bad = isinstance(optimum_starts, bool) or not isinstance(optimum_starts, (int, np.integer))
-    if bad or optimum_starts < 1:
-        raise solve.InputError(f"optimum_starts = {optimum_starts!r}: must be an integer >= 1")
+    if bad or not 1 <= optimum_starts <= MAX_STARTS:
+        raise solve.InputError(
+            f"optimum_starts = {optimum_starts!r}: must be an integer >= 1 (and <= {MAX_STARTS})"
+        )
     seed, descent_steps, _ = solve._optimum_options(seed, descent_steps)
     prep = batching.prepare(game, policy if policy is not None else selfish(), dtype)
     solve._check_method(prep, method)

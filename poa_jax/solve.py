@@ -57,7 +57,7 @@ def _resolve(dtype, tol, max_iters):
 
     ``tol`` bounds a relative gap, which is at most 1: ``tol >= 1`` would accept every start.
     """
-    from poa_jax.validation import integer, number
+    from poa_jax.validation import INT32_MAX, integer, number
 
     if tol is None:
         tol = tolerances.default_tol(batching.float_dtype(dtype))
@@ -66,7 +66,7 @@ def _resolve(dtype, tol, max_iters):
     if not (np.isfinite(tol) and 0 < tol < 1):
         raise InputError(f"tol = {tol!r}: must be in (0, 1) (a relative gap is at most 1)")
     max_iters = tolerances.DEFAULT_MAX_ITERS if max_iters is None else max_iters
-    return tol, integer("max_iters", max_iters, 1)
+    return tol, integer("max_iters", max_iters, 1, INT32_MAX)
 
 
 def _check_method(prep: batching.Prepared, method: str) -> None:
@@ -219,6 +219,23 @@ def _equilibria_flat(prep, x0, method, tol, max_iters) -> dict:
     return out
 
 
+def not_for_graphs(**given) -> None:
+    """:class:`InputError` for an option given a value other than its default (``name=(value,
+    default)``) where the game is a :class:`~poa_jax.graph.GraphGame`: the path solvers have
+    one equilibrium (the link flows are unique) and their own starts, so it would be ignored."""
+    for name, (value, default) in given.items():
+        if default is None:
+            same = value is None
+        else:
+            plain = type(value) is not bool and not isinstance(value, np.ndarray)
+            same = plain and value == default
+        if not same:
+            raise InputError(
+                f"{name} = {value!r}: does not apply to a GraphGame (the path solvers find the "
+                "unique link flows from their own starts)"
+            )
+
+
 def solve_equilibrium(
     game: RoutingGame,
     policy: Policy | None = None,
@@ -267,6 +284,7 @@ def solve_equilibrium(
     """
     if isinstance(game, GraphGame):
         _selfish_only(policy)
+        not_for_graphs(x0=(x0, None))
         return _graph(game, False, tol, max_iters, method, dtype)
     cached = _caching_equilibrium(game, policy, tol, max_iters, x0, dtype, method)
     if cached is not None:
@@ -342,6 +360,8 @@ def solve_optimum(
       :class:`~poa_jax.graph_solve.GraphSolution` for a graph game.
     """
     if isinstance(game, GraphGame):
+        not_for_graphs(starts=(starts, 2), descent_steps=(descent_steps, 0), lr=(lr, 0.05),
+                       x0=(x0, None), seed=(seed, 0))  # fmt: skip
         return _graph(game, True, tol, max_iters, method, dtype)
     cached = _caching_optimum(game, x0, seed, dtype, starts)
     if cached is not None:
@@ -363,10 +383,10 @@ def solve_optimum(
 
 def _optimum_options(seed, descent_steps, lr=0.05) -> tuple[int, int, float]:
     """Checks the optimum's ``seed``, ``descent_steps`` and ``lr``."""
-    from poa_jax.validation import integer, number
+    from poa_jax.validation import INT32_MAX, SEED_MAX, integer, number
 
-    seed = integer("seed", seed, 0)
-    descent_steps = integer("descent_steps", descent_steps, 0)
+    seed = integer("seed", seed, 0, SEED_MAX)
+    descent_steps = integer("descent_steps", descent_steps, 0, INT32_MAX)
     lr = number("lr", lr)
     if not (np.isfinite(lr) and lr > 0):
         raise InputError(f"lr = {lr!r}: must be finite and > 0")
@@ -400,7 +420,7 @@ def _caching_optimum(game, x0, seed, dtype, starts):
     if isinstance(game, caching.SelfishCachingGame):
         if x0 is not None:
             raise InputError("x0: the discrete caching optimum takes no start")
-        caching._positive_int("starts", starts)
+        caching._starts(starts)
         return caching.solve_optimum(game, seed=seed, dtype=dtype)
     if isinstance(game, tiered_cache.TieredCacheGame):
         if x0 is None:  # SC is not convex: start from nothing, a uniform fill, equilibria

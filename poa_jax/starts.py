@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from poa_jax.errors import InputError
+from poa_jax.validation import MAX_STARTS, integer
 
 
 def start_shares(mask: np.ndarray, starts: int, seed: int = 0) -> np.ndarray:
     """Shares ``(N, S, K)`` (rows on the simplex over each instance's workers) for worker masks
     ``(N, K)``: uniform, herds, then seeded random mixes (module docstring)."""
-    if isinstance(starts, bool) or int(starts) != starts or starts < 1:
-        raise InputError(f"starts = {starts!r}: must be an integer >= 1")
+    starts = integer("starts", starts, 1, MAX_STARTS)
     mask = np.asarray(mask, bool)
     k = mask.shape[-1]
     uniform = mask / mask.sum(-1, keepdims=True)

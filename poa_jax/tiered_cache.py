@@ -75,6 +75,7 @@ from jax.typing import ArrayLike
 from poa_jax.caching import (
     _dtype,
     _integer,
+    _seed,
     check_batch,
     check_bool,
     check_distance,
@@ -82,6 +83,7 @@ from poa_jax.caching import (
     need_axis,
     read_real,
 )
+from poa_jax.caching import _starts as _count_starts
 from poa_jax.errors import InputError
 from poa_jax.kernels import loop
 from poa_jax.tiered_kernels import (
@@ -91,7 +93,7 @@ from poa_jax.tiered_kernels import (
     _opt_batch,
     _retract_batch,
 )
-from poa_jax.validation import check
+from poa_jax.validation import MAX_STARTS, check
 
 __all__ = [
     "TieredCacheGame",
@@ -573,8 +575,8 @@ def solve_equilibrium(
     """
     check_tol(tol)
     max_rounds = _integer("max_rounds", max_rounds, 1)
-    starts = _integer("starts", starts, 1)
-    seed = _integer("seed", seed, 0)
+    starts = _count_starts(starts)
+    seed = _seed(seed)
     p = _prepare(game, dtype)
     tol = TOL[p.dtype] if tol is None else float(tol)
     n = p.rm.shape[0]
@@ -701,7 +703,7 @@ def price_of_anarchy(
     ``optimum_starts`` random placements (:func:`_optimum_starts`), and never above the best
     equilibrium.
     """
-    optimum_starts = _integer("optimum_starts", optimum_starts, 0)
+    optimum_starts = _integer("optimum_starts", optimum_starts, 0, MAX_STARTS)
     optimum_steps = _integer("optimum_steps", optimum_steps, 1)
     _check_lr(lr)
     p, out = solve_equilibrium(game, starts=starts, seed=seed, tol=tol, max_rounds=max_rounds,

@@ -84,9 +84,21 @@ def number(name: str, value) -> float:
         raise InputError(f"{name} = {value!r}: must be a number") from None
 
 
-def integer(name: str, value, minimum: int = 0) -> int:
-    """``value`` as an ``int >= minimum``: integers and integral floats (``3.0``); no bools."""
+#: Largest iteration budget and count: the solvers' loop counters are int32.
+INT32_MAX = 2**31 - 1
+#: Largest seed (NumPy and JAX take 64-bit seeds).
+SEED_MAX = 2**63 - 1
+#: Largest number of starts per instance: every start is a lane of its own (memory grows with
+#: batch × starts), and 1 024 is far past the point where more starts find anything new.
+MAX_STARTS = 1024
+
+
+def integer(name: str, value, minimum: int = 0, maximum: int | None = None) -> int:
+    """``value`` as an ``int`` in ``[minimum, maximum]``: integers and integral floats
+    (``3.0``); no bools. ``maximum`` None: no upper bound."""
     text = f"{name} = {value!r}: must be an integer >= {minimum}"
+    if maximum is not None:
+        text = f"{name} = {value!r}: must be an integer >= {minimum} (and <= {maximum})"
     if isinstance(value, (bool, np.bool_)):
         raise InputError(text)
     if isinstance(value, (int, np.integer)):
@@ -99,6 +111,6 @@ def integer(name: str, value, minimum: int = 0) -> int:
         if not f.is_integer():
             raise InputError(text)
         out = int(f)
-    if out < minimum:
+    if out < minimum or (maximum is not None and out > maximum):
         raise InputError(text)
     return out

@@ -322,6 +322,20 @@ def test_solve_batch_in_float64(tmp_path, capsys):
     assert np.shape(r["flows"]) == (2, 1, 2)
 
 
+def test_solve_writes_an_infinite_poa_as_a_string(tmp_path, capsys):
+    # Load-balanced routing on Pigou with a free link: SC(opt) = 0, SC(eq) = 1/2, PoA = inf.
+    # json.dumps(allow_nan=False) raised after the whole solve (traceback, status 1).
+    game = {"demand": [1.0], "latency": {"a": [1.0, 0.0], "b": [0.0, 0.0]},
+            "policy": {"name": "load_balanced"}}  # fmt: skip
+    path = tmp_path / "inf.json"
+    path.write_text(json.dumps(game))
+    rc = cli.main(["solve", str(path), "--dtype", "float64"])
+    r = json.loads(capsys.readouterr().out)
+    assert rc == 0
+    assert r["poa"] == "inf" and r["optimum_cost"] == 0.0
+    np.testing.assert_allclose(r["equilibrium_cost"], 0.5)
+
+
 def test_solve_caching_games(tmp_path, capsys):
     """The two caching examples: the star of Chun et al. (PoA 14/11 exactly, by enumeration)
     and the three-worker cache paradox (its unique equilibrium costs 6.68)."""
@@ -410,6 +424,13 @@ BAD_GAMES = {
     "string for a number": (_game(demand=["1.0"]), ["demand[0] = '1.0'", "must be a number"]),
     "ragged array": (_game(demand=[[1.0], [1.0, 2.0]]), ["demand", "array of numbers"]),
     "starts zero": (_game(starts=0), ["starts = 0", "integer >= 1"]),
+    # Huge integers: max_iters 1e20 overflowed the int32 loop counter (traceback, status 1),
+    # and starts 1e20 filled the memory building the starts.
+    "huge max_iters": (
+        _game(max_iters=10**20),
+        ["max_iters = 100000000000000000000", "(and <= 2147483647)"],
+    ),
+    "too many starts": (_game(starts=5000), ["starts = 5000", "(and <= 1024)"]),
     "tol zero": (_game(tol=0.0), ["tol = 0.0", "must be in (0, 1)"]),
 }
 # Caching games (poa_jax.cache_io): the tiered example with one change.
@@ -436,6 +457,9 @@ BAD_GAMES.update({
         _tiered(optimum_starts=-1), ["optimum_starts = -1", "integer >= 0"]
     ),
     "caching symmetric": (_tiered(symmetric="yes"), ["symmetric = 'yes'", "true or false"]),
+    # A seed beyond int64 raised a TypeError inside np.isfinite (traceback, status 1).
+    "caching huge seed": (_tiered(seed=10**23), ["seed = 100000000000000000000000",
+                                                 "(and <= 9223372036854775807)"]),
 })  # fmt: skip
 
 
@@ -509,6 +533,8 @@ def test_bad_scenario_is_one_line_and_status_2(tmp_path, case):
         (["bench", "--chunk", "0"], "--chunk = 0: must be >= 1"),
         (["bench", "--round-iters", "0"], "--round-iters = 0: must be >= 1"),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
+        (["sweep", "--preset", " , "], "--preset = ' , ': give at least one preset name"),
+        (["plot", "anywhere", "--png", "x.txt"], "--png = 'x.txt': must name a .png file"),
         (["solve"], "the following arguments are required: game"),
         ([], "the following arguments are required: command"),
     ],

@@ -430,3 +430,57 @@ def test_bad_optimum_starts_named_before_any_compile(value):
     # (it was refused as "starts = 0" after the equilibrium had been compiled and solved)
     with pytest.raises(pj.InputError, match=rf"^optimum_starts = {value!r}: must be an integer"):
         pj.price_of_anarchy(base_game(), optimum_starts=value)
+
+
+@pytest.mark.usefixtures("no_compile")
+@pytest.mark.parametrize(
+    ("kw", "text"),
+    [
+        (dict(max_iters=10**20),
+         f"max_iters = {10**20}: must be an integer >= 1 (and <= 2147483647)"),
+        (dict(starts=10**20), f"starts = {10**20}: must be an integer >= 1 (and <= 1024)"),
+        (dict(optimum_starts=5000), "optimum_starts = 5000: must be an integer >= 1 (and <= 1024)"),
+        (dict(seed=2**64), f"seed = {2**64}: must be an integer >= 0 (and <= {2**63 - 1})"),
+    ],
+)  # fmt: skip
+def test_huge_integers_are_refused_before_any_compile(kw, text):
+    # max_iters 1e20 overflowed the int32 loop counter inside jit (OverflowError), and starts
+    # 1e20 went on building starts until the memory ran out.
+    with pytest.raises(pj.InputError, match=re.escape(text)):
+        pj.price_of_anarchy(base_game(), **kw)
+
+
+@pytest.mark.usefixtures("no_compile")
+@pytest.mark.parametrize("kind", ["selfish_caching", "tiered"])
+def test_huge_caching_integers_are_named(kind):
+    if kind == "selfish_caching":
+        g = pj.SelfishCachingGame(np.array([[0.0, 1.0], [1.0, 0.0]]), placement_cost=1.0)
+    else:
+        g = pj.TieredCacheGame(distance=np.zeros((2, 2)), rates=[[3.0, 1.0], [3.0, 1.0]],
+                               capacity=[[1.0], [1.0]])  # fmt: skip
+    # np.isfinite(10**23) raised a TypeError: the check itself crashed.
+    with pytest.raises(pj.InputError, match=re.escape("seed = 100000000000000000000000: must")):
+        pj.price_of_anarchy(g, seed=10**23)
+    with pytest.raises(pj.InputError, match=re.escape("starts = 5000: must be an integer >= 1")):
+        pj.price_of_anarchy(g, starts=5000)
+
+
+@pytest.mark.parametrize(
+    ("call", "kw", "name"),
+    [
+        ("eq", dict(x0=np.ones(5)), "x0"),
+        ("poa", dict(starts=0), "starts"),
+        ("poa", dict(optimum_starts=8), "optimum_starts"),
+        ("poa", dict(seed=3), "seed"),
+        ("opt", dict(descent_steps=10), "descent_steps"),
+        ("opt", dict(starts=5), "starts"),
+    ],
+)
+def test_options_a_graph_game_would_ignore_are_refused(call, kw, name):
+    # They were silently ignored: the path solvers have their own starts.
+    lat = pj.Latency(a=[0.0, 1.0, 1.0, 0.0, 0.0], b=[1.0, 0.0, 0.0, 1.0, 0.0])
+    g = pj.GraphGame(tail=[0, 0, 1, 2, 1], head=[1, 2, 3, 3, 2], latency=lat, origins=[0],
+                     destinations=[3], demand=[1.0], num_nodes=4)  # fmt: skip
+    fn = {"eq": pj.solve_equilibrium, "opt": pj.solve_optimum, "poa": pj.price_of_anarchy}[call]
+    with pytest.raises(pj.InputError, match=rf"^{name} = .*does not apply to a GraphGame"):
+        fn(g, **kw)
