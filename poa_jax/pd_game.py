@@ -26,7 +26,18 @@ attainment from the latency model of :mod:`poa_jax.load` (coefficients of a
   ``w_i·log(1 + g)``: ``g_1 = (w_1(G + 2) − (w_1 + w_2))/(w_1 + w_2)``, clipped to ``[0, G]``).
 * **Coordinated optimum.** Maximum goodput with both SLOs met: ``λ·U_P·U_D`` (the rate of
   requests meeting both, independence assumed), exact enumeration of all splits, batched over
-  loads. ``PoA = goodput(opt)/goodput(eq)`` (≥ 1; ``inf`` when the equilibrium's goodput is 0).
+  loads. ``PoA = goodput(opt)/goodput(eq)`` (≥ 1): ``inf`` when the equilibrium's goodput is 0
+  and the optimum's is not; ``1`` when both are 0 (no split meets the SLOs at that load, so
+  selfishness loses nothing).
+* **Numerics.** The pool-utility tables ``(N, W+1)`` are small and always computed in float64
+  (inside ``jax.enable_x64``), whatever the global JAX setting, so float32 and float64 sessions
+  choose the same splits. Ties — scores within ``TIE_RTOL = 1e-12`` relative of the best, far
+  above float64 rounding of the table — go to fewer GPUs (then fewer prefill workers).
+* **Limits.** The optimum and the variational equilibrium enumerate all ``(W+1)²`` splits per
+  load, so the budget is capped at ``MAX_GPUS = 4096`` GPUs (``W ≤ 4096`` workers); loads
+  must be finite, > 0 and small enough that the Dynamo planner's replica counts fit in int64.
+  A prompt is charged at least one uncached token (``n = max(L(1 − η), 1)``: with
+  ``shareable = 1`` the last token is still computed).
 * **Baselines.** AIConfigurator's rate matching scores a split by
   ``min(0.9·prefill_rate, 0.92·decode_rate)/GPUs`` (requests/s per GPU) and picks the best;
   Dynamo's planner sizes each pool as ``ceil(demand/engine_rate)``.
@@ -46,6 +57,7 @@ Example:
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -53,7 +65,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from poa_jax import load, serving
+from poa_jax import load, serving, validation
 from poa_jax.errors import InputError
 
 __all__ = [
@@ -66,7 +78,15 @@ __all__ = [
     "aiconfigurator_split",
     "dynamo_planner",
     "engine_rates",
+    "MAX_GPUS",
+    "TIE_RTOL",
 ]
+
+#: Largest GPU budget of :func:`solve_pd`: the exact enumeration holds ``(W+1)²`` splits per load.
+MAX_GPUS = 4096
+#: Relative tie tolerance of the split choice (the tables are float64: module docstring).
+TIE_RTOL = 1e-12
+_INT64_MAX = float(2**63)  # replica counts must stay below this
 
 _GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
 
@@ -165,31 +185,57 @@ def aiconfigurator_split(
     prefill_rate_per_worker: float, decode_rate_per_worker: float, max_workers: int, tp: int
 ) -> tuple[int, int, float]:
     """The split ``(n_P, n_D)`` (≥ 1 each, ``n_P + n_D ≤ max_workers``) with the highest
-    rate-matching score; ties go to fewer GPUs. Returns ``(n_P, n_D, score)``."""
-    if max_workers < 2:
-        raise InputError(f"max_workers = {max_workers}: must be >= 2 (one worker per pool)")
-    best = (0, 0, -np.inf)
-    for n_p in range(1, max_workers):
-        for n_d in range(1, max_workers - n_p + 1):
-            s = float(
-                aiconfigurator_score(
-                    n_p * prefill_rate_per_worker, n_d * decode_rate_per_worker, (n_p + n_d) * tp
-                )
-            )
-            if s > best[2] + 1e-12 * abs(best[2] if np.isfinite(best[2]) else 0):
-                best = (n_p, n_d, s)
-    return best
+    rate-matching score; ties (within ``TIE_RTOL`` relative) go to fewer GPUs, then fewer
+    prefill workers. Returns ``(n_P, n_D, score)``.
+
+    ``O(max_workers)``: for a fixed ``n_P`` the score rises in ``n_D`` while decode is the
+    bottleneck and falls after, so only ``n_D ∈ {⌊x⌋, ⌈x⌉}`` (``x = 0.9·n_P·r_P/(0.92·r_D)``,
+    clipped to ``[1, max_workers − n_P]``) can be best."""
+    w = validation.integer("max_workers", max_workers, 0)
+    if w < 2:
+        raise InputError(f"max_workers = {max_workers!r}: must be >= 2 (one worker per pool)")
+    tp = validation.integer("tp", tp, 1)
+    pr = validation.number("prefill_rate_per_worker", prefill_rate_per_worker)
+    dr = validation.number("decode_rate_per_worker", decode_rate_per_worker)
+    for name, v in (("prefill_rate_per_worker", pr), ("decode_rate_per_worker", dr)):
+        if not (math.isfinite(v) and v > 0):
+            raise InputError(f"{name} = {v!r}: must be finite and > 0")
+    n_p = np.arange(1, w, dtype=np.float64)
+    x = 0.9 * n_p * pr / (0.92 * dr)
+    hi = w - n_p
+    cand = np.clip(np.stack([np.floor(x), np.ceil(x)]), 1.0, hi)  # (2, w−1)
+    n_p = np.broadcast_to(n_p, cand.shape).ravel()
+    n_d = cand.ravel()
+    score = aiconfigurator_score(n_p * pr, n_d * dr, (n_p + n_d) * tp)
+    top = score.max()
+    tie = score >= top - TIE_RTOL * abs(top)
+    size = np.where(tie, n_p + n_d, np.inf)
+    i = np.lexsort((n_p, size))[0]  # fewest GPUs, then fewest prefill workers
+    return int(n_p[i]), int(n_d[i]), float(score[i])
 
 
 def dynamo_planner(demand, engine_rate) -> np.ndarray:
-    """Dynamo's planner: replicas ``ceil(demand / engine_rate)`` (same units, e.g. tokens/s)."""
-    demand = np.asarray(demand, np.float64)
-    rate = np.asarray(engine_rate, np.float64)
-    if np.any(rate <= 0):
-        raise InputError("dynamo_planner: engine_rate must be > 0")
-    if np.any(demand < 0):
-        raise InputError("dynamo_planner: demand must be >= 0")
-    return np.ceil(demand / rate).astype(np.int64)
+    """Dynamo's planner: replicas ``ceil(demand / engine_rate)`` (same units, e.g. tokens/s).
+
+    Raises:
+      InputError: a demand not finite or < 0, an engine rate NaN or ≤ 0 (``inf`` allowed: no
+        replica needed), or a replica count that does not fit in int64.
+    """
+    demand = validation.as_array("dynamo_planner: demand", demand)
+    rate = validation.as_array("dynamo_planner: engine_rate", engine_rate)
+    validation.check("dynamo_planner: engine_rate", rate, "pos_or_inf")
+    validation.check("dynamo_planner: demand", demand, "finite_ge0")
+    with np.errstate(over="ignore"):
+        q = np.ceil(demand / rate)
+    big = ~(q < _INT64_MAX)
+    if np.any(big):
+        idx = tuple(int(i) for i in np.argwhere(big)[0]) if big.ndim else ()
+        where = f"[{', '.join(map(str, idx))}]" if idx else ""
+        raise InputError(
+            f"dynamo_planner: demand{where} / engine_rate = {float(q[idx])!r} replicas: must be "
+            f"< 2**63 (an int64 count)"
+        )
+    return q.astype(np.int64)
 
 
 # --------------------------------------------------------------------------- serving Γ_PD
@@ -200,11 +246,17 @@ def engine_rates(p: serving.ServingPreset | str) -> tuple[float, float]:
     ``n = L(1 − η)`` uncached tokens) and the decode ``μ_D``."""
     p = serving.preset(p) if isinstance(p, str) else serving.check_preset(p)
     md = load.model_arrays(p)
-    n = p.prompt_tokens * (1.0 - p.shareable)
+    n = _uncached_tokens(p)
     s_b = md.pa + (md.pb + md.pc * n) * md.budget
     kappa = md.budget / s_b
-    mu = float(np.asarray(load.decode_capacity(jax.tree_util.tree_map(jnp.asarray, md)))[0])
+    with jax.enable_x64(True):  # float64 whatever the global setting (module docstring)
+        mu = float(np.asarray(load.decode_capacity(jax.tree_util.tree_map(jnp.asarray, md)))[0])
     return float(kappa / n), mu
+
+
+def _uncached_tokens(p) -> float:
+    """``n = max(L(1 − η), 1)``: at least the last prompt token is computed."""
+    return max(p.prompt_tokens * (1.0 - p.shareable), 1.0)
 
 
 def _pool_utils(md, n_tok, ttft_slo, itl_slo, rate, workers):
@@ -245,13 +297,14 @@ def pool_utilities(
     p = serving.preset(p) if isinstance(p, str) else serving.check_preset(p)
     rates = _rates(rates)
     w = _workers(p, gpus)
-    md = jax.tree_util.tree_map(jnp.asarray, load.model_arrays(p))
-    n_tok = p.prompt_tokens * (1.0 - p.shareable)
-    n_tok = max(n_tok, 1.0)
-    u_p, u_d = _utils_batch(
-        md, n_tok, p.ttft_slo, p.itl_slo, jnp.asarray(rates), jnp.arange(w + 1, dtype=float)
-    )
-    return np.asarray(u_p, np.float64), np.asarray(u_d, np.float64), w
+    n_tok = _uncached_tokens(p)
+    with jax.enable_x64(True):  # a small table: float64 whatever the global setting
+        md = jax.tree_util.tree_map(jnp.asarray, load.model_arrays(p))
+        u_p, u_d = _utils_batch(
+            md, n_tok, float(p.ttft_slo), float(p.itl_slo), jnp.asarray(rates),
+            jnp.arange(w + 1, dtype=jnp.float64),
+        )  # fmt: skip
+        return np.asarray(u_p, np.float64), np.asarray(u_d, np.float64), w
 
 
 class PDResult(NamedTuple):
@@ -273,22 +326,51 @@ class PDResult(NamedTuple):
 
 
 def _rates(rates) -> np.ndarray:
-    r = np.atleast_1d(np.asarray(rates, np.float64))
+    """Loads ``(N,)``: a scalar or a non-empty 1-D array of finite numbers > 0."""
+    if rates is None:
+        raise InputError("rates = None: must be a 1-D array of loads (requests/s)")
+    try:
+        raw = np.asarray(rates)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"rates: cannot be read as an array of numbers ({e})") from None
+    if raw.dtype.kind not in "iuf":
+        raise InputError(
+            f"rates: must be numbers (requests/s), got dtype {raw.dtype} ({rates!r:.60})"
+        )
+    r = np.atleast_1d(raw.astype(np.float64))
+    if r.ndim != 1:
+        raise InputError(f"rates: must be a scalar or a 1-D array of loads, got shape {r.shape}")
+    if r.size == 0:
+        raise InputError("rates: must hold at least one load, got an empty array")
     bad = ~(np.isfinite(r) & (r > 0))
-    if r.ndim != 1 or bad.any():
-        i = int(np.argmax(bad)) if r.ndim == 1 else 0
-        raise InputError(f"rate[{i}] = {r.ravel()[i]!r}: must be finite and > 0")
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise InputError(f"rate[{i}] = {float(r[i])!r}: must be finite and > 0")
     return r
 
 
 def _workers(p, gpus) -> int:
-    if isinstance(gpus, bool) or not isinstance(gpus, int | np.integer):
+    if isinstance(gpus, bool | np.bool_) or not isinstance(gpus, int | np.integer):
         raise InputError(f"gpus = {gpus!r}: must be an integer number of GPUs")
     if gpus < p.tp:
         raise InputError(
             f"gpus = {gpus}: the budget must hold at least one worker (tp = {p.tp} GPUs)"
         )
+    if gpus > MAX_GPUS:
+        raise InputError(
+            f"gpus = {gpus}: must be <= MAX_GPUS = {MAX_GPUS} (the optimum enumerates all "
+            f"(W+1)² splits per load)"
+        )
     return int(gpus) // p.tp
+
+
+def _real(name: str, v, *, positive: bool) -> float:
+    if isinstance(v, bool | np.bool_) or not isinstance(v, numbers.Real):
+        raise InputError(f"{name} = {v!r}: must be a real number (a scalar)")
+    f = float(v)
+    if not (math.isfinite(f) and (f > 0 if positive else f >= 0)):
+        raise InputError(f"{name} = {v!r}: must be finite and {'>' if positive else '>='} 0")
+    return f
 
 
 def _ration(d, w):
@@ -317,43 +399,59 @@ def solve_pd(
     ``rates (N,)`` on ``gpus`` GPUs; AIConfigurator and Dynamo-planner splits alongside.
 
     Raises:
-      InputError: an SLO ≤ 0, a budget smaller than one worker, a load ≤ 0, an unknown preset.
+      InputError: an unknown or invalid preset (:func:`poa_jax.serving.check_preset`); an SLO
+        or a price that is not a real scalar, an SLO not finite and > 0, a price not finite
+        and >= 0; loads that are not a non-empty 1-D array of finite numbers > 0, or so large
+        that the Dynamo planner's replicas overflow int64; a budget that is not an integer,
+        smaller than one worker or above ``MAX_GPUS``. All before anything is compiled.
     """
     import dataclasses
 
-    p = serving.preset(p) if isinstance(p, str) else p
-    for name, v in (("ttft_slo", ttft_slo), ("itl_slo", itl_slo)):
-        if v is not None and not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
-            raise InputError(f"{name} = {v!r}: an SLO must be finite and > 0")
+    p = serving.preset(p) if isinstance(p, str) else serving.check_preset(p)
     if ttft_slo is not None:
-        p = dataclasses.replace(p, ttft_slo=float(ttft_slo))
+        p = dataclasses.replace(p, ttft_slo=_real("ttft_slo", ttft_slo, positive=True))
     if itl_slo is not None:
-        p = dataclasses.replace(p, itl_slo=float(itl_slo))
-    p = serving.check_preset(p)
-    if not (math.isfinite(price) and price >= 0):
-        raise InputError(f"price = {price!r}: must be finite and >= 0")
-    u_p, u_d, w = pool_utilities(p, rates, gpus)
+        p = dataclasses.replace(p, itl_slo=_real("itl_slo", itl_slo, positive=True))
+    price = _real("price", price, positive=False)
     rates = _rates(rates)
+    w = _workers(p, gpus)
+    pr, dr = engine_rates(p)
+    with np.errstate(over="ignore"):
+        need = np.maximum(rates / pr, rates / dr)
+    if not np.all(need < _INT64_MAX):
+        i = int(np.argmax(~(need < _INT64_MAX)))
+        raise InputError(
+            f"rate[{i}] = {float(rates[i])!r}: must be < 2**63 × the engine rate (the Dynamo "
+            "planner's replica count must fit in int64)"
+        )
+    dyn = np.stack([dynamo_planner(rates, pr), dynamo_planner(rates, dr)], -1)
+    u_p, u_d, w = pool_utilities(p, rates, gpus)
     n = np.arange(w + 1)
     net_p = u_p - price * p.tp * n
     net_d = u_d - price * p.tp * n
     d = np.stack([np.argmax(net_p, -1), np.argmax(net_d, -1)], -1)  # smallest maximiser
     selfish = _ration(d, w)
-    # All splits with n_P + n_D ≤ W: (N, W+1, W+1).
+    # All splits with n_P + n_D ≤ W: (W+1, W+1) per load, a chunk of loads at a time.
     ok = (n[:, None] + n[None, :]) <= w
-    tot = np.where(ok, u_p[:, :, None] + u_d[:, None, :], -np.inf)
-    good = np.where(ok, u_p[:, :, None] * u_d[:, None, :], -np.inf) * rates[:, None, None]
     size = (n[:, None] + n[None, :]).astype(float)
+    chunk = max(1, 2**22 // (w + 1) ** 2)
 
-    def best(score):
-        # Exact enumeration; ties (within rounding) go to fewer GPUs.
-        top = np.max(score, axis=(1, 2), keepdims=True)
-        tie = score >= top - 1e-12 * np.maximum(np.abs(top), 1e-300)
-        flat = np.where(tie, size, np.inf).reshape(len(rates), -1).argmin(-1)
-        return np.stack(np.unravel_index(flat, (w + 1, w + 1)), -1)
+    def best(combine, scale):
+        # Exact enumeration; ties (within TIE_RTOL relative) go to fewer GPUs, then fewer
+        # prefill workers (row-major order).
+        out = []
+        for a in range(0, len(rates), chunk):
+            sl = slice(a, a + chunk)
+            score = np.where(ok, combine(u_p[sl, :, None], u_d[sl, None, :]), -np.inf)
+            score = score * scale[sl, None, None]
+            top = np.max(score, axis=(1, 2), keepdims=True)
+            tie = score >= top - TIE_RTOL * np.maximum(np.abs(top), 1e-300)
+            flat = np.where(tie, size, np.inf).reshape(len(score), -1).argmin(-1)
+            out.append(np.stack(np.unravel_index(flat, (w + 1, w + 1)), -1))
+        return np.concatenate(out)
 
-    ve = best(tot)
-    opt = best(good)
+    ve = best(np.add, np.ones_like(rates))
+    opt = best(np.multiply, rates)
     rows = np.arange(len(rates))
 
     def gp(split):
@@ -363,9 +461,7 @@ def solve_pd(
     with np.errstate(divide="ignore", invalid="ignore"):
         poa_s = np.where(g_s > 0, g_o / g_s, np.where(g_o > 0, np.inf, 1.0))
         poa_v = np.where(g_v > 0, g_o / g_v, np.where(g_o > 0, np.inf, 1.0))
-    pr, dr = engine_rates(p)
     aic = np.asarray(aiconfigurator_split(pr, dr, max(w, 2), p.tp)[:2]) if w >= 2 else np.zeros(2)
-    dyn = np.stack([dynamo_planner(rates, pr), dynamo_planner(rates, dr)], -1)
     return PDResult(
         rate=rates, demands=d, selfish=selfish, variational=ve, optimum=opt,
         goodput_selfish=g_s, goodput_variational=g_v, goodput_optimum=g_o,

@@ -29,8 +29,8 @@ Everything is elementwise JAX (``jit``/``vmap`` ready); inputs are checked by th
 
 Example:
   >>> from poa_jax import queueing as qu
-  >>> round(float(qu.mm1_sojourn_quantile(0.99, lam=0.5, mu=1.0)), 6)   # ln(100)/0.5
-  9.21034
+  >>> round(float(qu.mm1_sojourn_quantile(0.99, lam=0.5, mu=1.0)), 4)   # ln(100)/0.5
+  9.2103
 """
 
 from __future__ import annotations
@@ -53,9 +53,12 @@ BISECTION_STEPS = 64
 
 
 def mm1_sojourn_cdf(t: ArrayLike, lam: ArrayLike, mu: ArrayLike) -> jax.Array:
-    """``P(T ≤ t) = 1 − exp(−(μ − λ)t)`` for ``t ≥ 0`` (0 below)."""
+    """``P(T ≤ t) = 1 − exp(−(μ − λ)t)`` for ``t ≥ 0`` (0 below); 0 everywhere when
+    ``λ ≥ μ`` (an unstable queue: the sojourn time is infinite)."""
     t = jnp.asarray(t)
-    return jnp.where(t >= 0, -jnp.expm1(-(jnp.asarray(mu) - lam) * jnp.maximum(t, 0.0)), 0.0)
+    rate = jnp.asarray(mu) - jnp.asarray(lam)
+    cdf = -jnp.expm1(-jnp.where(rate > 0, rate, 0.0) * jnp.maximum(t, 0.0))
+    return jnp.where((t >= 0) & (rate > 0), cdf, 0.0)
 
 
 def mm1_sojourn_quantile(q: ArrayLike, lam: ArrayLike, mu: ArrayLike) -> jax.Array:

@@ -14,8 +14,16 @@ interval** is ``(C_{i*}, C_{i*+1}]``: the grid cannot place the knee more finely
     knee       C_i = C_{i*+1}
     saturated  C_i > C_{i*+1}
 
-A curve without positive curvature (straight or concave up to rounding, ``max κ ≤ 1e-9·max
-|slope|/span``) has no knee: every point is *slack* and the knee is ``None``.
+A curve without a significant positive curvature has no knee: every point is *slack* and the
+knee is ``None``. The curvature at ``i*`` is significant when it exceeds both
+
+* ``1e-9·max|slope|/span`` (a straight line, or a concave curve, up to rounding), and
+* the curvature that a perturbation of ``rtol·max|R|`` at the single point ``i*`` would give,
+  ``2·rtol·max|R|·(1/h_{i*−1} + 1/h_{i*})/(C_{i*+1} − C_{i*−1})`` (``h`` the grid steps), with
+  ``rtol = max(1e-9, 64·ε)`` and ``ε`` the machine epsilon of the latency's dtype (float64 for
+  non-float input; ``7.6e-6`` for float32): a flat curve with rounding noise has no knee;
+
+and the latency rises after it (``s_{i*} > 0``: a knee is where a flat curve starts to climb).
 
 Vectorised NumPy over leading axes (host-side post-processing of a sweep).
 
@@ -53,6 +61,15 @@ def _check(loads, latency):
     return c, r
 
 
+def _rtol(latency) -> float:
+    """Relative rounding tolerance of a curve: ``max(1e-9, 64·ε)`` of its float dtype."""
+    dt = getattr(latency, "dtype", None)
+    if dt is None:
+        dt = np.asarray(latency).dtype
+    eps = np.finfo(dt).eps if np.issubdtype(dt, np.floating) else np.finfo(np.float64).eps
+    return max(1e-9, 64.0 * float(eps))
+
+
 def second_difference(loads, latency) -> np.ndarray:
     """``κ (..., n)`` on the grid; ``κ_0 = κ_{n−1} = 0`` (end points have no curvature)."""
     c, r = _check(loads, latency)
@@ -76,11 +93,20 @@ def knees(loads, latency) -> tuple[np.ndarray, np.ndarray]:
     """Batched: knee grid index ``(...)`` (−1 where none) and regime codes ``(..., n)``
     (0 slack, 1 knee, 2 saturated)."""
     c, r = _check(loads, latency)
+    rtol = _rtol(latency)
+    h = np.diff(c)
+    s = np.diff(r, axis=-1) / h  # (..., n−1) slopes
     kap = second_difference(c, r)
-    slope = np.abs(np.diff(r, axis=-1) / np.diff(c))
-    scale = np.max(slope, axis=-1) / (c[-1] - c[0])
+    scale = np.max(np.abs(s), axis=-1) / (c[-1] - c[0])
     i_star = np.argmax(kap, axis=-1)
-    has = np.max(kap, axis=-1) > 1e-9 * np.maximum(scale, 1e-300)
+    k_star = np.take_along_axis(kap, i_star[..., None], -1)[..., 0]
+    # Curvature of a one-point perturbation of rtol·max|R| at each interior point.
+    bump = 2.0 * (1.0 / h[:-1] + 1.0 / h[1:]) / (c[2:] - c[:-2])
+    bump = np.concatenate([[np.inf], bump, [np.inf]])[i_star]
+    with np.errstate(invalid="ignore"):
+        noise = rtol * np.max(np.abs(r), axis=-1) * bump
+        rising = np.take_along_axis(s, np.minimum(i_star, c.size - 2)[..., None], -1)[..., 0] > 0
+        has = (k_star > 1e-9 * np.maximum(scale, 1e-300)) & (k_star > noise) & rising
     has &= np.all(np.isfinite(r), axis=-1)
     idx = np.where(has, i_star + 1, -1)
     grid = np.arange(c.size)
@@ -94,7 +120,7 @@ def knee(loads, latency) -> Knee:
     c, r = _check(loads, latency)
     if r.ndim != 1:
         raise InputError("knee: latency must be 1-D (use knees() for batches)")
-    idx, codes = knees(c, r)
+    idx, codes = knees(c, latency)  # the latency's own dtype sets the rounding tolerance
     i = int(idx)
     labels = tuple(REGIMES[int(v)] for v in codes)
     kap = second_difference(c, r)

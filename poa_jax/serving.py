@@ -55,6 +55,7 @@ import csv
 import dataclasses
 import itertools
 import math
+import numbers
 import os
 from typing import NamedTuple
 
@@ -250,32 +251,80 @@ class Fit(NamedTuple):
     points: dict  # phase -> rows used
 
 
+def _real(name: str, v, rule: str) -> float:
+    """``v`` as a float under ``rule`` (``gt0``: finite and > 0; ``ge0``: finite and >= 0)."""
+    if isinstance(v, bool | np.bool_) or not isinstance(v, numbers.Real):
+        raise InputError(f"{name} = {v!r}: must be a real number")
+    f = float(v)
+    if rule == "gt0" and not (math.isfinite(f) and f > 0):
+        raise InputError(f"{name} = {v!r}: must be finite and > 0")
+    if rule == "ge0" and not (math.isfinite(f) and f >= 0):
+        raise InputError(f"{name} = {v!r}: must be finite and >= 0")
+    return f
+
+
+def _int(name: str, v, minimum: int) -> int:
+    """``v`` as an ``int >= minimum`` (integers and integral floats; no bools)."""
+    text = f"{name} = {v!r}: must be an integer >= {minimum}"
+    if isinstance(v, bool | np.bool_) or not isinstance(v, numbers.Real):
+        raise InputError(text)
+    if not (math.isfinite(float(v)) and float(v).is_integer() and v >= minimum):
+        raise InputError(text)
+    return int(v)
+
+
 def check_preset(p: ServingPreset) -> ServingPreset:
-    """Checks a preset's fields; :class:`InputError` names the field and the rule."""
+    """Checks a preset's fields; :class:`InputError` names the field and the rule.
+
+    Rules: SLOs, ``residency``, link bandwidths, every :class:`~poa_jax.topology.GPUSpec`
+    rate and capacity and the model's ``parameters`` and bytes per weight / KV value are finite
+    and > 0; link latencies are finite and >= 0; ``mfu``, ``mbu`` and
+    ``gpu_memory_utilization`` are in (0, 1] and ``shareable`` in [0, 1]; ``tp``, token counts,
+    ``templates``, the model's ``layers``/``kv_heads``/``head_dim`` and ``gpus_per_node`` are
+    integers >= 1; ``decode_nodes`` is a non-empty tuple of integer node indices >= 0.
+    """
     if not isinstance(p, ServingPreset):
         raise InputError(f"preset: expected a ServingPreset or a name, got {type(p).__name__}")
     for f in ("ttft_slo", "itl_slo", "mfu", "mbu", "residency", "nvlink_bandwidth",
-              "ib_bandwidth"):  # fmt: skip
-        v = getattr(p, f)
-        if not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
-            raise InputError(f"ServingPreset.{f} = {v!r}: must be finite and > 0")
+              "ib_bandwidth", "gpu_memory_utilization"):  # fmt: skip
+        _real(f"ServingPreset.{f}", getattr(p, f), "gt0")
+    for f in ("nvlink_latency", "ib_latency"):
+        _real(f"ServingPreset.{f}", getattr(p, f), "ge0")
     for f in ("mfu", "mbu", "gpu_memory_utilization"):
         v = getattr(p, f)
         if not 0 < v <= 1:
             raise InputError(f"ServingPreset.{f} = {v!r}: must be in (0, 1]")
+    _real("ServingPreset.shareable", p.shareable, "ge0")
     if not 0 <= p.shareable <= 1:
         raise InputError(f"ServingPreset.shareable = {p.shareable!r}: must be in [0, 1]")
     for f in ("tp", "prompt_tokens", "output_tokens", "templates", "max_num_batched_tokens"):
-        v = getattr(p, f)
-        if isinstance(v, bool) or int(v) != v or v < 1:
-            raise InputError(f"ServingPreset.{f} = {v!r}: must be an integer >= 1")
+        _int(f"ServingPreset.{f}", getattr(p, f), 1)
     if p.max_num_batched_tokens < p.prompt_tokens:
         raise InputError(
             f"ServingPreset.max_num_batched_tokens = {p.max_num_batched_tokens}: must be >= "
             f"prompt_tokens = {p.prompt_tokens} (a prompt must fit in one iteration)"
         )
-    if len(p.decode_nodes) < 1:
+    if not isinstance(p.decode_nodes, tuple | list) or len(p.decode_nodes) < 1:
         raise InputError("ServingPreset.decode_nodes: must name at least one decode worker")
+    for i, b in enumerate(p.decode_nodes):
+        _int(f"ServingPreset.decode_nodes[{i}]", b, 0)
+    g, m = p.gpu, p.model
+    if not isinstance(g, topo.GPUSpec):
+        raise InputError(f"ServingPreset.gpu: expected a GPUSpec, got {type(g).__name__}")
+    if not isinstance(m, topo.ModelSpec):
+        raise InputError(f"ServingPreset.model: expected a ModelSpec, got {type(m).__name__}")
+    for f in ("flops", "hbm_bandwidth", "hbm_bytes", "nvlink_bandwidth", "nic_bandwidth"):
+        _real(f"ServingPreset.gpu.{f}", getattr(g, f), "gt0")
+    _int("ServingPreset.gpu.gpus_per_node", g.gpus_per_node, 1)
+    for f in ("parameters", "weight_bytes_per_param", "kv_bytes_per_value"):
+        _real(f"ServingPreset.model.{f}", getattr(m, f), "gt0")
+    for f in ("layers", "kv_heads", "head_dim"):
+        _int(f"ServingPreset.model.{f}", getattr(m, f), 1)
+    if m.name not in HIDDEN:
+        raise InputError(
+            f"ServingPreset.model.name = {m.name!r}: no hidden size known (HIDDEN has "
+            f"{', '.join(HIDDEN)}); add it to serving.HIDDEN"
+        )
     return p
 
 
@@ -370,11 +419,13 @@ def fit_csv(path: str | os.PathLike) -> Fit:
 
     Raises:
       InputError: missing file or columns, non-numeric or negative values, a phase with fewer
-        points than coefficients.
+        points than coefficients, a fit with no capacity limit (prefill coefficients all 0, or
+        a decode floor α = 0: the closed loop would divide by 0). A UTF-8 byte-order mark
+        before the header is ignored.
     """
     path = os.fspath(path)
     try:
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # a BOM is not a name
             rows = list(csv.DictReader(f))
             header = rows and list(rows[0].keys())
     except FileNotFoundError:
@@ -422,6 +473,17 @@ def fit_csv(path: str | os.PathLike) -> Fit:
                 f"{path}: {len(pts)} {phase} point(s): need at least {design.shape[1]} to fit"
             )
         coef, res = _nnls_small(design, y)
+        if phase == "prefill" and not np.any(coef > 0):
+            raise InputError(
+                f"{path}: prefill fit (a, b, c) = (0, 0, 0): the measured latencies give an "
+                "iteration time of 0, i.e. no prefill capacity limit; check the latency column"
+            )
+        if phase == "decode" and not coef[0] > 0:
+            raise InputError(
+                f"{path}: decode fit α = {float(coef[0]) + 0.0!r}: the step time at batch → 0 "
+                "must be > 0 (with α = 0 the decode worker has no capacity limit); check the "
+                "latency column"
+            )
         out[phase] = tuple(float(v) for v in coef)
         rmse[phase] = math.sqrt(res / len(pts))
         points[phase] = len(pts)

@@ -97,3 +97,116 @@ def test_pd_bad_inputs():
         pd.solve_pd("llama-7b", [100.0], 16)
     with pytest.raises(InputError, match="rate"):
         pd.solve_pd("llama70b-1p2d", [0.0], 16)
+
+
+# --------------------------------------------------------------------------- audit fixes
+
+P70 = "llama70b-1p2d"
+
+
+def test_splits_do_not_depend_on_the_jax_dtype():
+    # The tables are float64 whatever the global setting: float32 used to pick (2,4),(3,6),(4,7)
+    # here (an extra worker gains 4e-12..2.5e-10 attainment, below float32 resolution).
+    import jax
+
+    rates = [1525.0, 2300.0, 2775.0]
+    with jax.enable_x64(False):
+        r32 = pd.solve_pd(P70, rates, 48)
+    r64 = pd.solve_pd(P70, rates, 48)
+    for f in ("demands", "selfish", "variational", "optimum", "dynamo", "aiconfigurator"):
+        np.testing.assert_array_equal(getattr(r32, f), getattr(r64, f), err_msg=f)
+    np.testing.assert_array_equal(r64.optimum, [[3, 4], [4, 6], [4, 8]])
+    np.testing.assert_allclose(r32.goodput_optimum, r64.goodput_optimum, rtol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        (dict(rates=[]), r"rates: must hold at least one load"),
+        (dict(rates=[[1.0, 2.0]]), r"rates: must be a scalar or a 1-D array .* shape \(1, 2\)"),
+        (dict(rates=None), r"rates = None"),
+        (dict(rates=["a"]), r"rates: must be numbers"),
+        (dict(rates=[True]), r"rates: must be numbers"),
+        (dict(rates=[1.0, -2.0]), r"rate\[1\] = -2.0: must be finite and > 0"),
+        (dict(rates=[1e300]), r"rate\[0\] = 1e\+300: .*int64"),
+        (dict(price="x"), r"price = 'x': must be a real number"),
+        (dict(price=None), r"price = None: must be a real number"),
+        (dict(price=np.array([1e-3, 2e-3])), r"price = .*must be a real number"),
+        (dict(price=-1.0), r"price = -1.0: must be finite and >= 0"),
+        (dict(ttft_slo=True), r"ttft_slo = True: must be a real number"),
+        (dict(itl_slo=float("inf")), r"itl_slo = inf: must be finite and > 0"),
+        (dict(gpus=10**6), r"gpus = 1000000: must be <= MAX_GPUS = 4096"),
+        (dict(gpus=16.0), r"gpus = 16.0: must be an integer"),
+        (dict(p=3, ttft_slo=0.5), r"preset: expected a ServingPreset or a name, got int"),
+    ],
+)
+def test_solve_pd_bad_input_names_field_and_rule(kw, match):
+    args = dict(p=P70, rates=[100.0], gpus=16) | kw
+    p, rates, gpus = args.pop("p"), args.pop("rates"), args.pop("gpus")
+    with pytest.raises(InputError, match=match):
+        pd.solve_pd(p, rates, gpus, **args)
+
+
+def test_solve_pd_accepts_numpy_scalars():
+    r = pd.solve_pd(P70, np.float32(100.0), np.int64(16), ttft_slo=np.float32(0.5), price=0)
+    r0 = pd.solve_pd(P70, [100.0], 16)
+    np.testing.assert_array_equal(r.optimum, r0.optimum)
+
+
+def test_shareable_one_charges_one_token():
+    # η = 1: pool_utilities charges one uncached token; engine_rates used to divide by 0
+    # (prefill rate inf, zero Dynamo prefill replicas).
+    import dataclasses
+
+    from poa_jax import serving
+
+    p1 = dataclasses.replace(serving.preset(P70), shareable=1.0)
+    pr, dr = pd.engine_rates(p1)
+    assert math.isfinite(pr) and pr > 0 and math.isfinite(dr)
+    pr_one = pd.engine_rates(dataclasses.replace(p1, prompt_tokens=128, shareable=1 - 1 / 128))
+    assert pr == pytest.approx(pr_one[0], rel=1e-12)  # n = 1 token either way
+    r = pd.solve_pd(p1, [100.0, 1000.0], 16)
+    assert (r.dynamo >= 1).all()
+
+
+def test_dynamo_planner_rejects_overflow_and_nan():
+    with pytest.raises(InputError, match=r"demand\[0\] / engine_rate = 1e\+300 replicas"):
+        pd.dynamo_planner([1e300], 1.0)
+    with pytest.raises(InputError, match=r"demand\[1\] = nan"):
+        pd.dynamo_planner([1.0, float("nan")], 1.0)
+    with pytest.raises(InputError, match=r"engine_rate = nan"):
+        pd.dynamo_planner([1.0], float("nan"))
+    assert pd.dynamo_planner(5.0, np.inf) == 0
+
+
+def test_aiconfigurator_split_matches_brute_force_with_fewer_gpu_ties():
+    from fractions import Fraction as F
+
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        pr, dr = int(rng.integers(1, 20)), int(rng.integers(1, 20))
+        w, tp = int(rng.integers(2, 12)), int(rng.integers(1, 5))
+        got = pd.aiconfigurator_split(float(pr), float(dr), w, tp)
+        best = min(
+            (-min(F(9, 10) * a * pr, F(92, 100) * b * dr) / (a + b), a + b, a, b)
+            for a in range(1, w)
+            for b in range(1, w - a + 1)
+        )
+        assert got[:2] == best[2:], (pr, dr, w, tp, got, best)
+        assert got[2] == pytest.approx(float(-best[0]) / tp, rel=1e-12)
+
+
+def test_aiconfigurator_split_is_fast_on_large_budgets():
+    import time
+
+    t = time.perf_counter()
+    n_p, n_d, _ = pd.aiconfigurator_split(3.7, 1.3, 4096, 1)
+    assert time.perf_counter() - t < 0.5  # the O(W²) Python loop took ~7 s
+    assert n_p + n_d <= 4096 and n_p >= 1 and n_d >= 1
+
+
+def test_poa_is_one_when_nothing_meets_the_slo():
+    # Documented: PoA = 1 (not inf) when both the equilibrium and the optimum have goodput 0.
+    r = pd.solve_pd(P70, [100.0], 16, ttft_slo=1e-9)
+    assert r.goodput_optimum[0] == 0 and r.goodput_selfish[0] == 0
+    assert r.poa_selfish[0] == 1.0 and r.poa_variational[0] == 1.0

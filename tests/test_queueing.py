@@ -111,3 +111,26 @@ def test_mixture_quantile_matches_simulation():
         cdf = qu.mixture_cdf(got, jnp.array([0.7, 0.3]), jnp.zeros(2), jnp.ones(2),
                              jnp.array([0.37, 0.23]))  # fmt: skip
         assert float(cdf) == pytest.approx(q, abs=1e-12)
+
+
+def test_mm1_sojourn_cdf_unstable_queue_is_zero():
+    # λ ≥ μ: the queue grows without bound, the sojourn time is infinite, P(T ≤ t) = 0
+    # (the old formula returned 1 − e^{t} = −1.718 at λ = 2, μ = 1, t = 1).
+    got = np.asarray(qu.mm1_sojourn_cdf(jnp.asarray([1.0, 5.0, 0.0]), 2.0, 1.0))
+    np.testing.assert_array_equal(got, 0.0)
+    assert float(qu.mm1_sojourn_cdf(1.0, 1.0, 1.0)) == 0.0  # critical load λ = μ
+    assert float(qu.mm1_sojourn_cdf(1.0, 0.5, 1.0)) == pytest.approx(-math.expm1(-0.5))
+
+
+@pytest.mark.parametrize("x64", [False, True])
+def test_module_doctest_float32_and_float64(x64):
+    import doctest
+
+    import jax
+
+    with jax.enable_x64(x64):
+        finder = doctest.DocTestFinder()
+        runner = doctest.DocTestRunner(optionflags=doctest.NORMALIZE_WHITESPACE)
+        for t in finder.find(qu, "poa_jax.queueing", globs={}):
+            runner.run(t)
+        assert runner.failures == 0 and runner.tries > 0

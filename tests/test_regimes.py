@@ -63,3 +63,30 @@ def test_bad_grid():
         regimes.knee([1.0, 3.0, 2.0], [1.0, 2.0, 3.0])
     with pytest.raises(InputError, match="at least 3"):
         regimes.knee([1.0, 2.0], [1.0, 2.0])
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("at", [1, 5, 9])
+def test_rounding_noise_on_a_flat_curve_is_no_knee(dtype, at):
+    # One ulp at one point of a flat curve is rounding, not a knee (the old slope-relative
+    # threshold flagged it: interval (5.0, 6.0) for a bump at index 5).
+    c = np.arange(1.0, 12.0)
+    r = np.full(11, 0.4, dtype)
+    r[at] += np.spacing(dtype(0.4))
+    k = regimes.knee(c, r)
+    assert k.value is None and k.interval is None and set(k.regimes) == {"slack"}
+    idx, _ = regimes.knees(c, np.stack([r, r]))
+    assert idx.tolist() == [-1, -1]
+
+
+def test_real_knee_survives_in_float32_and_a_large_offset():
+    r = np.maximum(0.4, GRID / 250.0)
+    assert regimes.knee(GRID, r.astype(np.float32)).interval == (96.0, 128.0)
+    assert regimes.knee(GRID, 1e3 + r).interval == (96.0, 128.0)
+
+
+def test_falling_then_flat_curve_has_no_knee():
+    # Positive curvature where a falling curve flattens out is not a knee: latency does not rise.
+    r = np.maximum(1.0, 3.0 - GRID / 48.0)
+    k = regimes.knee(GRID, r)
+    assert k.value is None and set(k.regimes) == {"slack"}
