@@ -12,8 +12,11 @@ NumPy data shared by a batch; costs are traced, so callers ``vmap`` over instanc
       D_{i+1}[o, v] = min(D_i[o, v], min_{e: head[e]=v, tail[e] passable} D_i[o, tail[e]] + t_e),
 
   to a fixed point (at most ``V − 1`` rounds; the loop stops as soon as no label changes). It
-  returns distances and the predecessor link of every node. Costs must be ≥ 0 (no negative
-  cycles), which every latency of the family guarantees.
+  returns distances and the predecessor link of every node: among the *tight* links
+  (``D[o, tail] + t_e = D[o, head]``) the one on a fewest-links shortest path, so ties through
+  zero-cost links or cycles never make predecessors point at each other (the tree is acyclic and
+  every traced path starts at its origin). Costs must be ≥ 0 (no negative cycles), which every
+  latency of the family guarantees.
 * :func:`trace_paths` — the links of the tree path ``o → d`` for a list of OD pairs, by following
   predecessor links back from ``d`` (``V − 1`` gathers), as a ``(W, V − 1)`` array padded with
   ``−1``.
@@ -96,11 +99,40 @@ def shortest_paths(
         return i + 1, new, jnp.any(new < dist)
 
     _, dist, _ = jax.lax.while_loop(cond, body, (0, start, jnp.array(True)))
-    _, via = relax(dist)
+    # Predecessors: ties between equally short routes (zero-cost links, zero-cost cycles) must not
+    # be broken by the link order, or two nodes of a zero-cost cycle can point at each other and
+    # a traced path never reaches its origin. With the distances fixed, a link is *tight* when
+    # ``dist[tail] + t_e == dist[head]`` (the same float sum as in `relax`, so exact); every
+    # reached node has a tight path from the origin. A breadth-first search on the tight links
+    # gives hop counts ``h`` (integers, no rounding), and each node's predecessor is a tight link
+    # whose tail has ``h = h[v] − 1``: hop counts fall strictly along predecessors, so the tree is
+    # acyclic and every traced path ends at its origin.
+    cand = jnp.where(passable, dist[:, tail] + cost[None, :], jnp.inf)  # (O, E)
+    inl = np.asarray(inlinks)
+    head = np.zeros(num_links, np.int32)  # each link's head, from the in-link table
+    rows, cols = np.nonzero(inl < num_links)
+    head[inl[rows, cols]] = rows
+    tight = jnp.isfinite(cand) & (cand <= dist[:, jnp.asarray(head)])  # (O, E)
+    big = jnp.int32(num_nodes + 1)
+    hop0 = jnp.where(jnp.arange(num_nodes)[None, :] == origins_[:, None], 0, big).astype(jnp.int32)
+
+    def hop_cand(hop):
+        hc = jnp.where(tight, hop[:, tail] + 1, big)  # (O, E)
+        hc = jnp.concatenate([hc, jnp.full((hc.shape[0], 1), big, jnp.int32)], axis=1)
+        return hc[:, table]  # (O, V, D)
+
+    def hop_body(c):
+        i, hop, _ = c
+        new = jnp.minimum(hop, jnp.min(hop_cand(hop), axis=-1))
+        return i + 1, new, jnp.any(new < hop)
+
+    _, hop, _ = jax.lax.while_loop(cond, hop_body, (0, hop0, jnp.array(True)))
+    via = hop_cand(hop)
     arg = jnp.argmin(via, axis=-1)  # (O, V)
     link = table[jnp.arange(num_nodes)[None, :], arg]
+    ok = jnp.take_along_axis(via, arg[..., None], axis=-1)[..., 0] == hop  # tail at h[v] − 1
     reached = jnp.isfinite(dist) & (jnp.arange(num_nodes)[None, :] != origins_[:, None])
-    pred = jnp.where(reached & (link < num_links), link, -1)
+    pred = jnp.where(reached & ok & (hop < big) & (link < num_links), link, -1)
     return dist, pred.astype(jnp.int32)
 
 

@@ -91,31 +91,64 @@ def from_tntp(net: tntp.TNTPNetwork, trips: tntp.TNTPTrips, demand_scale: ArrayL
       ``c = fft·b / cap^power`` and ``p = power``; ``power = 0`` (a constant) folds ``fft·b`` into
       ``a``. The family is convex only for ``p ≥ 1``: ``0 < power < 1`` is an error naming the
       file and line.
-    * OD pairs are the entries with positive demand between different zones, in file order
-      (origin-major); ``demand_scale`` (any shape) multiplies them and becomes the batch axes.
+    * OD pairs are the entries with positive demand between different zones, sorted by
+      (origin, destination) zone, whatever the order of the trips file; ``demand_scale`` (any
+      shape, finite and ``>= 0``, not empty) multiplies them and becomes the batch axes.
     * A positive demand with no path between its zones is an error naming the trips file and
-      line (:func:`poa_jax.tntp.check_connected`).
+      line (:func:`poa_jax.tntp.check_connected`); so is a trips file whose only positive
+      demand is intra-zonal (nothing to route).
+    * A self-loop link row (``init node = term node``; :func:`poa_jax.tntp.read_net` reads
+      them) and a BPR coefficient ``fft·b / cap^power`` that is not finite (a tiny capacity)
+      are errors naming the net file and line.
     """
+    scale = _demand_scale(demand_scale)
     tntp.check_connected(net, trips)
     name = Path(net.path).name
+
+    def where(e: int) -> str:
+        return f"{name}:{int(net.link_lines[e]) if net.link_lines is not None else '?'}"
+
     for e in range(net.num_links):
         pw = float(net.power[e])
         if 0.0 < pw < 1.0:
-            line = int(net.link_lines[e]) if net.link_lines is not None else "?"
             raise InputError(
-                f"{name}:{line}: power = {pw!r}: poa_jax's latency family needs power = 0 or "
+                f"{where(e)}: power = {pw!r}: poa_jax's latency family needs power = 0 or "
                 ">= 1 (convex link costs)"
             )
+    loops = np.flatnonzero(np.asarray(net.init_node) == np.asarray(net.term_node))
+    if loops.size:
+        e = int(loops[0])
+        raise InputError(
+            f"{where(e)}: link {int(net.init_node[e])} -> {int(net.term_node[e])} is a self-loop "
+            "(a link from a node to itself): graph games need init node != term node"
+        )
     fft, b, cap, pw = net.free_flow_time, net.b, net.capacity, net.power
     const = pw == 0
     a = fft + net.fixed_cost + np.where(const, fft * b, 0.0)
-    c = np.where(const, 0.0, fft * b / cap ** np.where(const, 1.0, pw))
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore", under="ignore"):
+        c = np.where(const, 0.0, fft * b / cap ** np.where(const, 1.0, pw))
+    for label, arr in (("fft + toll/distance cost", a), ("fft*b/capacity^power", c)):
+        bad = np.flatnonzero(~np.isfinite(arr))
+        if bad.size:
+            e = int(bad[0])
+            raise InputError(
+                f"{where(e)}: {label} = {float(arr[e])!r} (capacity {float(cap[e])!r}, fft "
+                f"{float(fft[e])!r}, b {float(b[e])!r}, power {float(pw[e])!r}): the link's "
+                "latency coefficient must be finite"
+            )
     lat = Latency(a=a, c=c, p=np.where(const, 1.0, pw))
     m = trips.matrix
     o, d = np.nonzero((m > 0) & ~np.eye(m.shape[0], dtype=bool))
+    if o.size == 0 and np.any(m > 0):
+        z = int(np.flatnonzero(np.diag(m) > 0)[0])
+        lo = trips.line_of
+        line = int(lo[z, z]) if lo.shape == m.shape and lo[z, z] > 0 else 0
+        raise InputError(
+            f"{Path(trips.path).name}{f':{line}' if line else ''}: the only positive demand is "
+            f"intra-zonal (origin = destination, e.g. zone {z + 1}): there is no OD pair to route"
+        )
     order = np.lexsort((d, o))
     o, d = o[order], d[order]
-    scale = np.asarray(demand_scale, np.float64)
     return GraphGame(
         tail=(net.init_node - 1).astype(np.int64),
         head=(net.term_node - 1).astype(np.int64),
@@ -127,6 +160,26 @@ def from_tntp(net: tntp.TNTPNetwork, trips: tntp.TNTPTrips, demand_scale: ArrayL
         first_thru_node=net.first_thru_node - 1,
         names=tuple(f"{i}->{j}" for i, j in zip(net.init_node, net.term_node, strict=True)),
     )
+
+
+def _demand_scale(value) -> np.ndarray:
+    """``demand_scale`` as a float array: finite, ``>= 0``, at least one entry."""
+    try:
+        scale = np.asarray(value, np.float64)
+    except (TypeError, ValueError):
+        raise InputError(
+            f"demand_scale = {value!r}: must be a number or an array of numbers"
+        ) from None
+    if scale.size == 0:
+        raise InputError(
+            f"demand_scale has shape {scale.shape}: empty batch, needs at least one instance"
+        )
+    bad = ~(np.isfinite(scale) & (scale >= 0))
+    if bad.any():
+        idx = tuple(int(i) for i in np.argwhere(bad)[0])
+        where = f"[{', '.join(map(str, idx))}]" if idx else ""
+        raise InputError(f"demand_scale{where} = {scale[idx].item()!r}: must be finite and >= 0")
+    return scale
 
 
 def read_tntp(net_path, trips_path, demand_scale: ArrayLike = 1.0) -> GraphGame:
@@ -142,17 +195,54 @@ def read_tntp(net_path, trips_path, demand_scale: ArrayLike = 1.0) -> GraphGame:
     return from_tntp(tntp.read_net(net_path), tntp.read_trips(trips_path), demand_scale)
 
 
-def write_tntp_flows(path, game: GraphGame, link_flows: ArrayLike) -> None:
-    """Writes one instance's link flows (and link costs at them) as a TNTP flow file."""
+def write_tntp_flows(path, game: GraphGame, link_flows: ArrayLike, instance=None) -> None:
+    """Writes one instance's link flows (and link costs at them) as a TNTP flow file.
+
+    ``instance`` picks the latency of a batched game (an index into its batch shape, an int or
+    a tuple; e.g. ``cluster_game(..., demand=[100, 200])`` has latencies ``(2, E)``): it may be
+    left out when the latency holds one instance.
+    """
     f = np.asarray(link_flows, np.float64)
-    if f.shape != (game.num_links,):
-        raise InputError(
-            f"link_flows has shape {f.shape}: one instance's flows, ({game.num_links},), expected"
-        )
+    e = game.num_links
+    if f.shape != (e,):
+        raise InputError(f"link_flows has shape {f.shape}: one instance's flows, ({e},), expected")
     lat = game.latency
-    fields = [np.broadcast_to(np.asarray(getattr(lat, k), np.float64), f.shape)
-              for k in ("a", "b", "c", "p", "d", "kappa", "rho_max")]  # fmt: skip
-    cost = np.asarray(Latency(*fields).value(f))
+    names = ("a", "b", "c", "p", "d", "kappa", "rho_max")
+    fields = {k: np.asarray(getattr(lat, k), np.float64) for k in names}
+    for k, v in fields.items():
+        if v.ndim and v.shape[-1] not in (1, e):
+            raise InputError(
+                f"GraphGame.latency.{k} has shape {v.shape}: last axis must be E = {e} (or 1)"
+            )
+    try:
+        batch = np.broadcast_shapes(*(v.shape[:-1] for v in fields.values() if v.ndim))
+    except ValueError:
+        raise InputError("GraphGame.latency: leading (batch) axes do not broadcast") from None
+    if instance is None:
+        if int(np.prod(batch, dtype=np.int64)) != 1:
+            raise InputError(
+                f"write_tntp_flows: the game's latency has batch shape {batch}: pass instance= "
+                "(the index of the instance whose flows these are)"
+            )
+        idx = (0,) * len(batch)
+    else:
+        idx = (instance,) if not isinstance(instance, tuple) else instance
+        ok = len(idx) == len(batch) and all(
+            isinstance(i, (int, np.integer)) and not isinstance(i, (bool, np.bool_))
+            and -n <= int(i) < n
+            for i, n in zip(idx, batch, strict=False)
+        )  # fmt: skip
+        if not ok:
+            raise InputError(
+                f"write_tntp_flows: instance = {instance!r}: must index the latency's batch "
+                f"shape {batch} (one integer per axis)"
+            )
+        idx = tuple(int(i) for i in idx)
+    one = [
+        np.broadcast_to(np.broadcast_to(v, batch + v.shape[-1:])[idx] if v.ndim else v, f.shape)
+        for v in fields.values()
+    ]
+    cost = np.asarray(Latency(*one).value(f))
     tail = np.asarray(game.tail) + 1
     head = np.asarray(game.head) + 1
     tntp.write_flows(path, tail, head, f, cost)

@@ -45,7 +45,7 @@ from poa_jax.errors import InputError
 from poa_jax.graph import GraphGame
 from poa_jax.kernels import graphs, loop, ragged
 from poa_jax.latency import Latency
-from poa_jax.validation import as_array, check
+from poa_jax.validation import as_array, check, integer
 
 __all__ = ["GraphSolution", "solve_graph", "GRAPH_METHODS"]
 
@@ -152,14 +152,19 @@ def _ints(name: str, value, n: int | None = None) -> np.ndarray:
     return a.astype(np.int64)
 
 
+def _count(name: str, value, minimum: int) -> int:
+    """An integer field (``4``, ``4.0``); strings, bools and fractions are errors."""
+    if isinstance(value, (str, bytes)):
+        raise InputError(f"{name} = {value!r}: must be an integer >= {minimum}")
+    return integer(name, value, minimum)
+
+
 def prepare_graph(game: GraphGame, dtype) -> _Prepared:
     """Checks and flattens a graph game batch. Raises :class:`InputError` before compiling."""
     from poa_jax.batching import float_dtype
 
     dt = float_dtype(dtype)
-    v = int(game.num_nodes)
-    if v < 2:
-        raise InputError(f"GraphGame.num_nodes = {v}: must be >= 2")
+    v = _count("GraphGame.num_nodes", game.num_nodes, 2)
     tail = _ints("GraphGame.tail", game.tail)
     e = tail.shape[0]
     if e == 0:
@@ -183,7 +188,7 @@ def prepare_graph(game: GraphGame, dtype) -> _Prepared:
     same = np.flatnonzero(origins == dest)
     if same.size:
         raise InputError(f"GraphGame.origins/destinations[{int(same[0])}]: origin = destination")
-    ftn = int(game.first_thru_node)
+    ftn = _count("GraphGame.first_thru_node", game.first_thru_node, 0)
     if not 0 <= ftn <= v:
         raise InputError(f"GraphGame.first_thru_node = {ftn}: must be in 0..{v}")
 
@@ -198,7 +203,17 @@ def prepare_graph(game: GraphGame, dtype) -> _Prepared:
         check(name, lat[f], _LAT_RULES[f])
         if lat[f].ndim and lat[f].shape[-1] not in (1, e):
             raise InputError(f"{name} has shape {lat[f].shape}: last axis must be E = {e} (or 1)")
-    mask = as_array("GraphGame.link_mask", game.link_mask, dtype=bool)
+    if game.names is not None:
+        try:
+            names = None if isinstance(game.names, str) else tuple(game.names)
+        except TypeError:
+            names = None
+        if names is None or len(names) != e:
+            got = "a string" if names is None else f"{len(names)} entries"
+            raise InputError(f"GraphGame.names has {got}: must be E = {e} link labels (or None)")
+    mask = as_array("GraphGame.link_mask", game.link_mask)  # NaN, 2, 0.5 are not booleans
+    check("GraphGame.link_mask", mask, "zero_one")
+    mask = mask.astype(bool)
     if mask.ndim and mask.shape[-1] not in (1, e):
         raise InputError(f"GraphGame.link_mask has shape {mask.shape}: last axis must be E = {e}")
     parts = [demand.shape[:-1], mask.shape[:-1]] + [a.shape[:-1] for a in lat.values()]
@@ -210,6 +225,8 @@ def prepare_graph(game: GraphGame, dtype) -> _Prepared:
             f"link_mask {mask.shape}, latency {[a.shape for a in lat.values()]}"
         ) from None
     n = int(np.prod(batch, dtype=np.int64))
+    if n == 0:
+        raise InputError(f"GraphGame: empty batch, shape {batch}: needs at least one instance")
 
     def flat(a, last):
         a = a.reshape(1) if a.ndim == 0 else a
@@ -290,13 +307,29 @@ def _measures(lat, demand, link_mask, f, topo: _Topology, marginal: bool):
     true_t = lat.value(f)
     sc = jnp.sum(jnp.where(link_mask, f * true_t, 0.0))
     total = jnp.sum(jnp.where(link_mask, f * t, 0.0))
-    shortfall = total - jnp.sum(jnp.where(demand > 0, demand * best, 0.0))
+    lower = jnp.sum(jnp.where(demand > 0, demand * best, 0.0))
+    shortfall = total - lower
     tiny = jnp.finfo(f.dtype).tiny
     gap = jnp.maximum(shortfall, 0.0) / jnp.maximum(jnp.abs(sc), tiny)
     aec = jnp.maximum(shortfall, 0.0) / jnp.maximum(jnp.sum(demand), tiny)
     potential = jnp.sum(jnp.where(link_mask, lat.integral(f), 0.0))
     over = jnp.any(link_mask & (f > lat.saturation()))
-    gap = jnp.where(jnp.isfinite(gap), gap, jnp.inf)
+    # Flows that do not carry each pair's demand from its origin to its destination (a link
+    # flow leaving or entering a node off balance), or that cost less than the shortest paths
+    # allow, are not a solution whatever the gap says: never report them converged. The bounds
+    # are far above rounding (√eps relative) and far below any real imbalance.
+    v = topo.inlinks.shape[0]
+    fm = jnp.where(link_mask, f, 0.0)
+    div = jnp.zeros(v, f.dtype).at[jnp.asarray(topo.tail)].add(fm)
+    div = div.at[jnp.asarray(topo.head)].add(-fm)
+    want = jnp.zeros(v, f.dtype).at[jnp.asarray(topo.origins[topo.origin_index])].add(demand)
+    want = want.at[jnp.asarray(topo.destinations)].add(-demand)
+    slack = jnp.sqrt(jnp.finfo(f.dtype).eps)
+    balanced = jnp.max(jnp.abs(div - want)) <= slack * jnp.maximum(jnp.sum(demand), tiny)
+    balanced &= jnp.all(~link_mask | (f >= -slack * jnp.maximum(jnp.sum(demand), tiny)))
+    balanced &= shortfall >= -slack * jnp.maximum(jnp.abs(total), jnp.abs(lower))
+    gap = jnp.where(jnp.isfinite(gap) & balanced, gap, jnp.inf)
+    aec = jnp.where(balanced, aec, jnp.inf)
     return gap, aec, sc, potential, over, pred
 
 
@@ -416,10 +449,28 @@ def _j_trees(lat, link_mask, *, topo, marginal):
 class _PathSet:
     """Host-side union of the paths found: flat, in the order found, each with its OD pair."""
 
-    def __init__(self, num_pairs: int, num_links: int):
+    def __init__(self, num_pairs: int, num_links: int, topo: _Topology | None = None):
         self.index: dict[tuple[int, tuple[int, ...]], int] = {}
         self.num_pairs = num_pairs
         self.num_links = num_links
+        self.topo = topo
+
+    def _check(self, w: int, path: tuple[int, ...]) -> None:
+        """A stored path must run from its pair's origin to its destination, link to link, with
+        no node twice (a shortest-path tree that cycled produced walks that never touched the
+        origin, reported as converged)."""
+        t = self.topo
+        if t is None:
+            return
+        o, d = int(t.origins[t.origin_index[w]]), int(t.destinations[w])
+        nodes = [int(t.tail[path[0]])] + [int(t.head[e]) for e in path]
+        linked = all(int(t.tail[e]) == nodes[i] for i, e in enumerate(path))
+        if nodes[0] != o or nodes[-1] != d or not linked or len(set(nodes)) != len(nodes):
+            raise RuntimeError(
+                f"internal error: the shortest-path tree of OD pair {w} ({o} -> {d}) traced the "
+                f"links {list(path)} (nodes {nodes}), not a path from {o} to {d}; no result "
+                "is reported rather than a wrong one"
+            )
 
     @property
     def size(self) -> int:
@@ -437,6 +488,7 @@ class _PathSet:
         for u, row in enumerate(uniq):
             path = tuple(int(e) for e in row[:0:-1] if e >= 0)
             if path:
+                self._check(int(row[0]), path)
                 flat[u] = self.index.setdefault((int(row[0]), path), len(self.index))
         return flat[inv.reshape(-1)].reshape(n, w)
 
@@ -501,7 +553,7 @@ def _solve_paths(prep: _Prepared, *, marginal: bool, tol: float, max_iters: int)
     topo = prep.topo
     lat, demand, mask = prep.latency, prep.demand, prep.link_mask
     n, w = demand.shape
-    pathset = _PathSet(w, topo.num_links)
+    pathset = _PathSet(w, topo.num_links, topo)
     flat = pathset.add_trees(np.asarray(_j_trees(lat, mask, topo=topo, marginal=marginal)))
     paths = pathset.arrays()
     x0 = np.zeros((n, paths.group.shape[0]), prep.dtype)
@@ -640,7 +692,7 @@ def _solve_descent(prep: _Prepared, *, tol: float, max_iters: int) -> dict:
     generation builds for the marginal costs; started from the uniform split over those paths
     (not from the projection solution), so it checks the optimum's value independently."""
     ref = _solve_paths(prep, marginal=True, tol=tol, max_iters=max_iters)
-    pathset = _PathSet(prep.demand.shape[1], prep.topo.num_links)
+    pathset = _PathSet(prep.demand.shape[1], prep.topo.num_links, prep.topo)
     for key in ref["paths"]:
         pathset.index[key] = len(pathset.index)
     paths = pathset.arrays()

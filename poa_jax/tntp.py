@@ -40,7 +40,9 @@ nodes ``1..num_zones``. The link travel time is the BPR function
 otherwise), ``capacity > 0`` (it divides the flow), ``length``, ``free_flow_time``, ``b``,
 ``power``, ``speed`` and ``toll >= 0`` (a negative value makes a cost negative or
 non-increasing, which breaks the equilibrium theory the solvers rely on), all finite;
-``link_type`` an integer. Parallel links and self-loops are accepted. The number of link rows
+``link_type`` an integer. Parallel links and self-loops are read (``read_net``); a game built
+from the files (``from_tntp`` / ``read_tntp``) refuses a self-loop, naming its line. The number
+of link rows
 must equal ``<NUMBER OF LINKS>``.
 
 *Trips file* (``*_trips.tntp``). Required metadata ``<NUMBER OF ZONES>``; optional

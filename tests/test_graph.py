@@ -328,3 +328,267 @@ def test_cost_units_do_not_matter(dtype):
     for s, t in ((b.equilibrium, a.equilibrium), (b.optimum, a.optimum)):
         np.testing.assert_array_equal(s.link_flows, t.link_flows)
         np.testing.assert_array_equal(s.social_cost, t.social_cost * k)
+
+
+# --------------------------------------------------------------------------- zero-cost links
+
+
+def _follow(pred, tail, origin, node, v):
+    """Nodes from ``node`` back to the origin along predecessor links (fails on a cycle)."""
+    seen = [node]
+    while node != origin:
+        e = int(pred[node])
+        assert e >= 0, f"node {node} has no predecessor"
+        node = int(tail[e])
+        assert node not in seen, f"predecessor cycle {seen + [node]}"
+        seen.append(node)
+        assert len(seen) <= v
+    return seen
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_shortest_path_trees_are_acyclic_with_zero_cost_cycles(dtype):
+    # Two-way links, many of cost 0: zero-cost cycles everywhere. Predecessors picked by argmin
+    # over ties pointed at each other along such cycles, and traced paths never reached their
+    # origin. Batched (vmap) and in both precisions.
+    if dtype == jnp.float64 and not jax.config.jax_enable_x64:
+        pytest.skip("needs x64")
+    rng = np.random.default_rng(7)
+    v = 9
+    und = [(i, j) for i in range(v) for j in range(i + 1, v) if rng.random() < 0.45]
+    und += [(i, i + 1) for i in range(v - 1)]  # connected
+    links = [(i, j) for i, j in und] + [(j, i) for i, j in und]
+    order = rng.permutation(len(links))
+    tail = np.array([links[k][0] for k in order])
+    head = np.array([links[k][1] for k in order])
+    e = tail.size
+    costs = rng.choice([0.0, 0.0, 0.5, 1.0], size=(6, e))
+    costs[0] = 0.0  # every link free
+    origins = np.arange(v)
+    inl = graphs.in_links(head, v)
+    thru = np.ones(v, bool)
+    sp = jax.jit(jax.vmap(lambda c: graphs.shortest_paths(c, tail, origins, inl, thru)))
+    dist, pred = (np.asarray(a) for a in sp(jnp.asarray(costs, dtype)))
+    dest = np.tile(np.arange(v), v)
+    oidx = np.repeat(np.arange(v), v)
+    for k in range(costs.shape[0]):
+        w = np.full((v, v), np.inf)
+        for t, h, c in zip(tail, head, costs[k], strict=True):
+            w[t, h] = min(w[t, h], c)
+        fin = np.isfinite(w)  # explicit zeros in a sparse matrix are (free) edges
+        ref = dijkstra(csr_matrix((w[fin], np.nonzero(fin)), shape=(v, v)), indices=origins)
+        np.testing.assert_allclose(dist[k], ref, atol=1e-6)
+        for o in range(v):
+            for node in range(v):
+                path = _follow(pred[k, o], tail, o, node, v)
+                # each predecessor link is tight
+                for a, b in zip(path[1:], path[:-1], strict=True):
+                    e_ = pred[k, o, b]
+                    assert tail[e_] == a and head[e_] == b
+                    assert dist[k, o, a] + costs[k, e_] == pytest.approx(dist[k, o, b], abs=1e-6)
+        links_ = np.asarray(graphs.trace_paths(jnp.asarray(pred[k]), tail, oidx, dest))
+        for wi in range(v * v):
+            p = [int(x) for x in links_[wi] if x >= 0][::-1]
+            if oidx[wi] == dest[wi]:
+                assert p == []
+            else:
+                assert tail[p[0]] == oidx[wi] and head[p[-1]] == dest[wi]
+                assert all(head[a] == tail[b] for a, b in zip(p, p[1:], strict=False))
+
+
+def _zero_cycle_game():
+    # 0 → 2 directly (1.7x) or 0 → 3 → 2 (1.4x + 0.8x); the other links form zero-cost-at-zero-
+    # flow cycles (2 → 1 → 2, 2 → 3 → 2, 3 → 0 → 3, ...).
+    return pj.GraphGame(
+        tail=[0, 3, 2, 0, 1, 2, 3, 2], head=[2, 0, 1, 3, 2, 3, 2, 0],
+        latency=pj.Latency(b=[1.7, 0.7, 0.7, 1.4, 0.9, 1.1, 0.8, 1.6]),
+        origins=[0], destinations=[2], demand=[1.0], num_nodes=4,
+    )  # fmt: skip
+
+
+def _conservation_error(g, flows):
+    v = g.num_nodes
+    div = np.zeros(v)
+    np.add.at(div, np.asarray(g.tail), flows)
+    np.add.at(div, np.asarray(g.head), -flows)
+    want = np.zeros(v)
+    np.add.at(want, np.asarray(g.origins), np.asarray(g.demand, float))
+    np.add.at(want, np.asarray(g.destinations), -np.asarray(g.demand, float))
+    return np.abs(div - want).max()
+
+
+@pytest.mark.parametrize("method", ["paths", "frank_wolfe"])
+def test_zero_cost_cycles_give_the_equilibrium(method):
+    # Was: 0.818 left the origin, a stored path (4, 2, 4) that never touched it, gap 0, converged.
+    g = _zero_cycle_game()
+    ue = pj.solve_equilibrium(g, tol=1e-9, method=method)
+    x = 2.2 / 3.9  # 1.7 x = 2.2 (1 − x)
+    want = np.array([x, 0, 0, 1 - x, 0, 0, 1 - x, 0])
+    np.testing.assert_allclose(ue.link_flows, want, atol=1e-6)
+    np.testing.assert_allclose(ue.potential, 1.7 * x**2 / 2 + 2.2 * (1 - x) ** 2 / 2, rtol=1e-8)
+    assert bool(ue.converged) and _conservation_error(g, ue.link_flows) < 1e-9
+    tail, head = np.asarray(g.tail), np.asarray(g.head)
+    for _, p in ue.paths:
+        assert tail[p[0]] == 0 and head[p[-1]] == 2
+
+
+def test_zero_cost_two_way_tntp_pair(tmp_path):
+    # Nodes 3 ⇄ 4 with free-flow time 0 (cost 0 both ways): both methods loaded 4 → 3 and
+    # 3 → 4 only (flows [1, 0, 1, 1], SC 2, converged); the answer is 1 → 3 → 4 → 2, SC 4.
+    net = tmp_path / "zc_net.tntp"
+    net.write_text(
+        "<NUMBER OF ZONES> 2\n<NUMBER OF NODES> 4\n<FIRST THRU NODE> 1\n<NUMBER OF LINKS> 4\n"
+        "<END OF METADATA>\n~ init term cap len fft b power speed toll type ;\n"
+        "4 3 1 0 0 0.15 4 0 0 1 ;\n1 3 1 0 1 1 1 0 0 1 ;\n"
+        "3 4 1 0 0 0.15 4 0 0 1 ;\n4 2 1 0 1 1 1 0 0 1 ;\n"
+    )
+    trips = tmp_path / "zc_trips.tntp"
+    trips.write_text(
+        "<NUMBER OF ZONES> 2\n<TOTAL OD FLOW> 1.0\n<END OF METADATA>\nOrigin 1\n  2 : 1.0;\n"
+    )
+    g = pj.read_tntp(net, trips)
+    for method in ("paths", "frank_wolfe"):
+        ue = pj.solve_equilibrium(g, method=method)
+        np.testing.assert_allclose(ue.link_flows, [0, 1, 1, 1], atol=1e-9)
+        np.testing.assert_allclose(ue.social_cost, 4.0, rtol=1e-9)
+        assert bool(ue.converged)
+
+
+def _simple_paths(tail, head, v, o, d):
+    adj = [[] for _ in range(v)]
+    for e, (t, h) in enumerate(zip(tail, head, strict=True)):
+        adj[t].append((e, h))
+    out = []
+
+    def dfs(u, seen, path):
+        if u == d:
+            out.append(path)
+            return
+        for e, h in adj[u]:
+            if h not in seen:
+                dfs(h, seen | {h}, path + [e])
+
+    dfs(o, {o}, [])
+    return out
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_random_two_way_graphs_match_scipy(seed):
+    # t_e = b_e f_e on two-way graphs: every pair of opposite links is a zero-cost cycle at the
+    # start. The equilibrium minimises the Beckmann potential Σ b f² / 2 over path flows
+    # (scipy SLSQP on all simple paths): the same potential, flows that conserve demand.
+    from scipy.optimize import minimize
+
+    rng = np.random.default_rng(100 + seed)
+    v = 5
+    und = [(i, j) for i in range(v) for j in range(i + 1, v) if rng.random() < 0.6]
+    und += [(i, i + 1) for i in range(v - 1) if (i, i + 1) not in und]
+    links = [(i, j) for i, j in und] + [(j, i) for i, j in und]
+    links = [links[k] for k in rng.permutation(len(links))]
+    tail = np.array([a for a, _ in links])
+    head = np.array([b for _, b in links])
+    e = tail.size
+    b = rng.uniform(0.5, 2.0, e)
+    pairs = [(o, d) for o in range(v) for d in range(v) if o != d and rng.random() < 0.3]
+    pairs = pairs or [(0, v - 1)]
+    dem = rng.uniform(0.5, 2.0, len(pairs))
+    g = pj.GraphGame(tail=tail, head=head, latency=pj.Latency(b=b),
+                     origins=[o for o, _ in pairs], destinations=[d for _, d in pairs],
+                     demand=dem, num_nodes=v)  # fmt: skip
+    ue = pj.solve_equilibrium(g, tol=1e-9)
+    paths, grp = [], []
+    for w, (o, d) in enumerate(pairs):
+        for p in _simple_paths(tail, head, v, o, d):
+            paths.append(p)
+            grp.append(w)
+    grp = np.array(grp)
+    delta = np.zeros((e, len(paths)))
+    for j, p in enumerate(paths):
+        delta[p, j] = 1.0
+
+    def pot(x):
+        f = delta @ x
+        return 0.5 * np.sum(b * f * f), delta.T @ (b * f)
+
+    cons = [{"type": "eq", "fun": (lambda x, w=w: x[grp == w].sum() - dem[w])}
+            for w in range(len(pairs))]  # fmt: skip
+    x0 = np.array([dem[w] / np.sum(grp == w) for w in grp])
+    ref = minimize(pot, x0, jac=True, method="SLSQP", bounds=[(0, None)] * len(paths),
+                   constraints=cons, options=dict(ftol=1e-14, maxiter=2000))  # fmt: skip
+    assert bool(ue.converged)
+    assert _conservation_error(g, ue.link_flows) < 1e-9
+    np.testing.assert_allclose(ue.potential, ref.fun, rtol=1e-6)
+    np.testing.assert_allclose(ue.link_flows, delta @ ref.x, atol=1e-4)
+
+
+def test_flows_that_do_not_conserve_demand_are_never_converged():
+    # The measures clipped a negative shortfall to gap 0: flows of a cyclic "path" that carried
+    # no demand out of the origin read as a perfect equilibrium.
+    from poa_jax import graph_solve as gs
+
+    g = _zero_cycle_game()
+    prep = gs.prepare_graph(g, "float64")
+    lat = jax.tree_util.tree_map(lambda a: a[0], prep.latency)
+    f_ok = jnp.array([2.2 / 3.9, 0, 0, 1.7 / 3.9, 0, 0, 1.7 / 3.9, 0])
+    f_bad = jnp.array([0.0, 0, 0, 0, 0, 0, 0, 0])  # nothing leaves the origin: cost 0 < 1·dist
+    gap_ok = gs._measures(lat, prep.demand[0], prep.link_mask[0], f_ok, prep.topo, False)[0]
+    gap_bad = gs._measures(lat, prep.demand[0], prep.link_mask[0], f_bad, prep.topo, False)[0]
+    assert float(gap_ok) < 1e-12
+    assert np.isinf(float(gap_bad))
+    # a traced "path" that does not start at its origin is refused, not stored
+    ps = gs._PathSet(1, g.num_links, prep.topo)
+    with pytest.raises(RuntimeError, match="not a path from 0 to 2"):
+        ps.add_trees(np.array([[[4, 2, 4]]]))  # links from the destination back
+    assert ps.add_trees(np.array([[[6, 3, -1]]])).tolist() == [[0]]
+
+
+# --------------------------------------------------------------------------- more bad input
+
+
+@pytest.mark.parametrize(
+    ("over", "match"),
+    [
+        (dict(link_mask=np.array([2, 1])), r"GraphGame.link_mask\[0\] = 2.0: must be a boolean"),
+        (dict(link_mask=np.array([np.nan, 1])), r"GraphGame.link_mask\[0\] = nan: must be a bool"),
+        (dict(num_nodes=4.7), r"GraphGame.num_nodes = 4.7: must be an integer"),
+        (dict(num_nodes="4"), r"GraphGame.num_nodes = '4': must be an integer"),
+        (dict(num_nodes=1), r"GraphGame.num_nodes = 1: must be an integer >= 2"),
+        (dict(first_thru_node=1.5), r"GraphGame.first_thru_node = 1.5: must be an integer"),
+        (dict(names=("a",)), r"GraphGame.names has 1 entries: must be E = 2"),
+        (dict(demand=np.zeros((0, 1))), r"GraphGame: empty batch, shape \(0,\)"),
+        (dict(link_mask=np.ones((0, 2), bool)), r"GraphGame: empty batch"),
+    ],
+)
+def test_bad_graph_fields_are_rejected_before_solving(over, match):
+    with pytest.raises(pj.InputError, match=match):
+        pj.solve_equilibrium(_line(**over))
+
+
+def test_integral_float_node_counts_and_good_names_still_work():
+    r = pj.solve_equilibrium(_line(num_nodes=3.0, first_thru_node=np.int64(0), names=("x", "y")))
+    assert bool(r.converged) and r.social_cost == pytest.approx(2.0)
+
+
+def test_empty_cluster_batch_is_rejected():
+    c = T.paper_70b_1p2d()
+    with pytest.raises(pj.InputError, match="empty batch"):
+        pj.solve_equilibrium(T.cluster_game(c, demand=[]))
+
+
+def test_write_tntp_flows_of_a_batched_cluster_game(tmp_path):
+    # Crashed with a NumPy broadcast error: the latency of every cluster_game is (N, E).
+    c = T.paper_70b_1p2d()
+    cg = T.cluster_game(c, demand=[100.0, 200.0])
+    sol = pj.solve_equilibrium(cg)
+    with pytest.raises(pj.InputError, match=r"batch shape \(2,\): pass instance="):
+        pj.write_tntp_flows(tmp_path / "f.tntp", cg, sol.link_flows[0])
+    with pytest.raises(pj.InputError, match="instance = 2: must index"):
+        pj.write_tntp_flows(tmp_path / "f.tntp", cg, sol.link_flows[1], instance=2)
+    for i in range(2):
+        out = tmp_path / f"f{i}.tntp"
+        pj.write_tntp_flows(out, cg, sol.link_flows[i], instance=i)
+        back = pj.tntp.read_flows(out)
+        lat = pj.Latency(*[np.asarray(getattr(cg.latency, k), np.float64)[i]
+                           for k in ("a", "b", "c", "p", "d", "kappa", "rho_max")])  # fmt: skip
+        np.testing.assert_allclose(back.volume, sol.link_flows[i])
+        np.testing.assert_allclose(back.cost, np.asarray(lat.value(back.volume)), rtol=1e-12)

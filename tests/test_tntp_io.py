@@ -489,3 +489,73 @@ def test_reachable_matches_naive_search(tmp_path, seed):
     arcs = [tuple(int(x) for x in rng.integers(1, n + 1, 2)) for _ in range(18)]
     net = _toy(tmp_path, f"rand{seed}_net.tntp", zones, n, ftn, arcs)
     assert np.array_equal(reachable(net), _naive_reachable(n, zones, ftn, arcs))
+
+
+# ------------------------------------------------------------------------------------------
+# read_tntp / from_tntp: what a graph game cannot use is named at read time
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("scale", "msg"),
+    [
+        ("x", "demand_scale = 'x': must be a number or an array of numbers"),
+        (-1, "demand_scale = -1.0: must be finite and >= 0"),
+        ([1.0, np.nan], "demand_scale[1] = nan: must be finite and >= 0"),
+        ([], "demand_scale has shape (0,): empty batch"),
+    ],
+)
+def test_read_tntp_bad_demand_scale(scale, msg):
+    from poa_jax import read_tntp
+
+    with _raises(msg):
+        read_tntp(BR_NET, BR_TRIPS, demand_scale=scale)
+
+
+def test_read_tntp_self_loop_names_file_line(tmp_path):
+    from poa_jax import read_tntp
+
+    _toy(tmp_path, "loop_net.tntp", 2, 3, 1, [(1, 3), (3, 3), (3, 2)])
+    trips = _toy_trips(tmp_path, "loop_trips.tntp", {1: {2: 1.0}}, 2)
+    # rows start at line 7
+    with _raises("loop_net.tntp:8: link 3 -> 3 is a self-loop"):
+        read_tntp(tmp_path / "loop_net.tntp", trips.path)
+
+
+def test_read_tntp_tiny_capacity_names_file_line(tmp_path):
+    from poa_jax import read_tntp
+
+    net = _edit(BR_NET, tmp_path / "cap_net.tntp", {})
+    lines = net.read_text().splitlines()
+    k = next(i for i, line in enumerate(lines) if line.strip().startswith("1\t"))
+    fields = lines[k].split("\t")
+    fields[3], fields[7] = "1e-300", "4"  # capacity, power (after the leading tab)
+    lines[k] = "\t".join(fields)
+    net.write_text("\n".join(lines) + "\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no RuntimeWarning from the overflow either
+        with pytest.raises(
+            InputError, match=rf"cap_net.tntp:{k + 1}: fft\*b/capacity\^power = inf"
+        ):
+            read_tntp(net, BR_TRIPS)
+
+
+def test_read_tntp_only_intrazonal_demand_names_trips_file(tmp_path):
+    from poa_jax import read_tntp
+
+    _toy(tmp_path, "iz_net.tntp", 2, 3, 1, [(1, 3), (3, 2)])
+    trips = _toy_trips(tmp_path, "iz_trips.tntp", {1: {1: 5.0, 2: 0.0}}, 2)
+    with _raises("iz_trips.tntp:6: the only positive demand is intra-zonal"):
+        read_tntp(tmp_path / "iz_net.tntp", trips.path)
+
+
+def test_read_tntp_od_pairs_sorted_not_in_file_order(tmp_path):
+    from poa_jax import read_tntp
+
+    _toy(tmp_path, "o_net.tntp", 3, 3, 1, [(1, 2), (2, 3), (3, 1)])
+    trips = _toy_trips(tmp_path, "o_trips.tntp", {3: {2: 1.0, 1: 2.0}, 1: {3: 3.0, 2: 4.0}}, 3)
+    g = read_tntp(tmp_path / "o_net.tntp", trips.path)
+    assert list(zip(g.origins.tolist(), g.destinations.tolist(), strict=True)) == [
+        (0, 1), (0, 2), (2, 0), (2, 1)
+    ]  # fmt: skip
+    np.testing.assert_array_equal(g.demand, [4.0, 3.0, 2.0, 1.0])
