@@ -5,9 +5,18 @@ request; ``K`` decode workers are the router's choice. Request classes ``j`` (pr
 with mix ``π_j`` (Σ π = 1), ``L_j`` prompt tokens and shareable prefix fraction ``η_j``; a flow
 ``x[j, k] = X·π_j·S[j, k]`` (requests/s; ``S`` rows on simplices) at throughput ``X``.
 
-*Prefix cache on the decode workers* (:func:`poa_jax.game.hit_fraction`): a hit means the
-prefix's KV is already on the decode worker, so only the uncached tokens
-``n[j,k] = L_j(1 − h[j,k])`` are prefilled and transferred.
+*Prefix cache on the decode workers* (the form of :func:`poa_jax.game.hit_fraction`): a hit
+means the prefix's KV is already on the decode worker, so only the uncached tokens
+``n[j,k] = L_j(1 − h[j,k])`` are prefilled and transferred. With ``X_k = Σ_j x[j,k]``
+
+    h[j,k] = η_j·x[j,k] / (x[j,k] + ρ_res·(1 + X_k/M_k)),
+    M_k = B_max / (m·max(α + β·B_max, γ·B_max))
+
+where ``ρ_res`` is the preset's ``residency`` (requests/s) and ``M_k`` the worker's cache as a
+*flow*: by Little's law the throughput that keeps ``B_max`` sequences (the KV capacity)
+resident for their residence time, ``m`` decode steps at a full cache. Every term of the
+eviction is a rate, so ``h`` is dimensionless and the model does not depend on the time unit
+(scaling every time by ``s`` scales every rate by ``1/s`` and leaves ``h`` unchanged).
 
 *Prefill (shared).* Uncached token rate ``Λ = Σ x·n`` and token-weighted length
 ``n̄ = Σ x·n² / Λ``. An iteration of ``T`` tokens takes ``t_P(T) = a + b·T + c·n̄·T``; the
@@ -35,8 +44,13 @@ decode time is ``m·ITL = m·α/(1 − X_k·m·β)``. Capacity: ``μ_k = B*/(m(�
 The reported ITL is the step time at the stage's batch ``B_k = X_k·D_k`` (Little), with the cliff:
 ``ITL_k = max(α + β·B_k, γ·B_k)·max(1, B_k/B_max)``.
 
-Every singular term continues linearly (value and slope matched) above ``ρ_max = 0.99`` of its
-capacity, as the latency family does (DESIGN §2.1), so overloaded points are finite and flagged.
+In the **open loop** every singular term continues linearly (value and slope matched) above
+``ρ_max = 0.99`` of its capacity, as the latency family does (DESIGN §2.1), so overloaded points
+are finite and flagged. The **closed loop** uses the exact singular terms (``1/(1 − ρ)``, no
+continuation; ``stage_costs(..., exact=True)``): a closed system cannot run above capacity, and
+with the exact terms ``SC(X·π·S) → ∞`` as ``X`` approaches the capacity of the routing, so
+``C = X·R(X)`` has its root strictly below capacity for every ``C`` and the throughput
+saturates at capacity as ``C → ∞`` (with the continuation it grew without bound).
 
 *True cost and social cost* (DESIGN §2.2): ``c[j,k] = TTFT[j,k] + D_k``, ``SC = Σ x·c``; mean
 latency ``R = SC/X``. **Little's law**: the number of requests in the system is ``Σ x·c = X·R``.
@@ -52,10 +66,15 @@ latency ``R = SC/X``. **Little's law**: the number of requests in the system is 
 solved jointly in one bounded loop per point: each iteration takes one step of the routing
 dynamics at the current ``X`` (scaled projection for ``τ = 0`` — and for the optimum, on the
 marginal cost ``∂SC/∂x`` — or averaged logit response for ``τ > 0``) and then Newton steps in
-``X`` on ``g(X) = SC(X·π·S) − C`` (increasing in ``X``: one root). It stops when the routing gap
+``X`` on ``g(X) = SC(X·π·S) − C`` (increasing in ``X`` on ``(0, X_cap(S))``, ``+∞`` at the
+capacity ``X_cap``: one root), every ``X`` kept strictly below capacity at the current shares
+(:func:`_feasible_x`: backtracking towards the last feasible ``X``). It stops when the routing gap
 is below ``tol`` and ``|g|/C`` below ``little_tol``; a final Newton polish at the final routing
 makes ``|X·R − C|/C`` reach rounding (≤ 1e-12 in float64). The **coordinated optimum** at the
 same ``C`` minimises ``R`` (equivalently maximises ``X``), and ``PoA = R_eq/R_opt = X_opt/X_eq``.
+``SC`` is not convex (the cache term), so the optimum is a *local* optimum: the best converged
+one over several starts (by default :func:`closed_loop` uses two: a whole-class assignment and
+the uniform routing).
 
 Batching: every function below acts on one point; :func:`solve` flattens a batch of points ×
 starts, pads it to fixed-size chunks and runs ``jit(vmap(·))`` once per chunk shape (no
@@ -100,6 +119,9 @@ RHO_MAX = 0.99
 #: roughly 5–40% of the traffic each (Dirichlet(1) makes classes of 0.1%, whose hit fraction
 #: swings with their routing and slows every solver without changing any latency).
 MIX_CONCENTRATION = 5.0
+#: Default optimum starts of :func:`closed_loop` / :func:`open_loop`: the whole-class
+#: assignment and the uniform routing (the best converged one is kept).
+OPT_STARTS = 2
 #: Quantiles of TTFT reported.
 QUANTILES = (0.5, 0.9, 0.99)
 
@@ -109,7 +131,8 @@ class Model(NamedTuple):
 
     Fields ``pa, pb, pc, budget, m: ()``; ``alpha, beta, gamma, bmax, kv_lat, kv_spt,
     residency, cache, link_cap: (K,)``; ``link: (K, K)`` one-hot (worker k uses link l);
-    ``mask: (K,)`` bool, which slots are workers.
+    ``mask: (K,)`` bool, which slots are workers. ``residency`` and ``cache`` are flows
+    (requests/s): ``cache = M_k = B_max/(m·max(α + β·B_max, γ·B_max))`` (module docstring).
     """
 
     pa: jax.Array
@@ -154,6 +177,12 @@ def model_arrays(p: serving.ServingPreset | str, workers: int | None = None, fit
 
     onehot = np.zeros((kk, kk))
     onehot[np.arange(k), co.link] = 1.0
+    # The hit model's eviction residency·(1 + X_k/M_k) needs M_k as a flow (requests/s), as
+    # X_k is: by Little's law the flow that keeps B_max sequences resident for their residence
+    # time, m steps at a full cache (module docstring).
+    bmax = np.asarray(co.decode_bmax, np.float64)
+    step = np.maximum(co.decode_alpha + co.decode_beta * bmax, co.decode_gamma * bmax)
+    cache_flow = bmax / (float(co.output_tokens) * step)
     return Model(
         pa=np.float64(co.prefill_a),
         pb=np.float64(co.prefill_b),
@@ -169,7 +198,7 @@ def model_arrays(p: serving.ServingPreset | str, workers: int | None = None, fit
         link=onehot,
         link_cap=pad(co.link_tokens_per_s, np.inf),
         residency=pad(p.residency, 1.0),
-        cache=pad(co.decode_bmax, 1.0),
+        cache=pad(cache_flow, 1.0),
         mask=np.arange(kk) < k,
     )
 
@@ -225,16 +254,25 @@ def router_settings(
 # --------------------------------------------------------------------------- one point
 
 
-def _singular(rho, scale):
-    """``scale·ρ/(1 − ρ)``, continued linearly above ``ρ_max``."""
+def _singular(rho, scale, exact=False):
+    """``scale·ρ/(1 − ρ)``, continued linearly above ``ρ_max`` (``exact``: the singular form
+    itself, ``+inf`` at ``ρ ≥ 1`` — the closed loop keeps every evaluated point below it)."""
+    if exact:
+        ok = rho < 1.0
+        r = jnp.where(ok, rho, 0.0)
+        return jnp.where(ok, scale * r / (1.0 - r), jnp.inf)
     r = jnp.minimum(rho, RHO_MAX)
     val = scale * r / (1.0 - r)
     slope = scale / (1.0 - r) ** 2
     return val + slope * jnp.maximum(rho - RHO_MAX, 0.0)
 
 
-def _ps(rho):
-    """Processor-sharing stretch ``1/(1 − ρ)``, continued linearly above ``ρ_max``."""
+def _ps(rho, exact=False):
+    """Processor-sharing stretch ``1/(1 − ρ)``, continued linearly above ``ρ_max``
+    (``exact``: ``+inf`` at ``ρ ≥ 1``)."""
+    if exact:
+        ok = rho < 1.0
+        return jnp.where(ok, 1.0 / (1.0 - jnp.where(ok, rho, 0.0)), jnp.inf)
     r = jnp.minimum(rho, RHO_MAX)
     return 1.0 / (1.0 - r) + jnp.maximum(rho - RHO_MAX, 0.0) / (1.0 - r) ** 2
 
@@ -248,10 +286,15 @@ def decode_capacity(md: Model) -> jax.Array:
     return bstar / (md.m * (md.alpha + md.beta * bstar))
 
 
-def _decode_time(md: Model, xk):
+def _decode_time(md: Model, xk, exact=False):
     """``(D_k, memory-bound part m·ITL, ρ_k)`` for worker loads ``xk (K,)``."""
     mu = decode_capacity(md)
     rho = xk / mu
+    if exact:  # μ_k < 1/(mβ): below capacity 1 − X m β > 0
+        ok = rho < 1.0
+        den = 1.0 - jnp.where(ok, xk, 0.0) * md.m * md.beta
+        mem = jnp.where(ok, md.m * md.alpha / den, jnp.inf)
+        return mem + _singular(rho, 0.5 / mu, True), mem, rho
     # m·α/(1 − X m β), continued linearly above ρ_max·μ (where 1 − X m β stays > 0).
     xbar = RHO_MAX * mu
     xc = jnp.minimum(xk, xbar)
@@ -262,12 +305,12 @@ def _decode_time(md: Model, xk):
     return mem + wait, mem, rho
 
 
-def _prefill_wait(md: Model, lam, nbar):
+def _prefill_wait(md: Model, lam, nbar, exact=False):
     """``(W_P, ρ_P)``: M/D/1 wait at the budget-limited token capacity ``κ_P = B/t_P(B)``."""
     s_budget = md.pa + (md.pb + md.pc * nbar) * md.budget
     kappa = md.budget / s_budget
     rho = lam / kappa
-    return _singular(rho, 0.5 * nbar / kappa), rho
+    return _singular(rho, 0.5 * nbar / kappa, exact), rho
 
 
 class Stages(NamedTuple):
@@ -285,8 +328,10 @@ class Stages(NamedTuple):
     rho_link: jax.Array  # (K,) by link index
 
 
-def stage_costs(md: Model, wl: Workload, x: jax.Array) -> Stages:
-    """All stage quantities at flow ``x (J, K)`` for one point."""
+def stage_costs(md: Model, wl: Workload, x: jax.Array, exact: bool = False) -> Stages:
+    """All stage quantities at flow ``x (J, K)`` for one point. ``exact``: the singular terms
+    without the linear continuation above ``ρ_max`` (``+inf`` at or above capacity), the form
+    the closed loop solves (module docstring)."""
     mask = md.mask
     x = jnp.where(mask[None, :], x, 0.0)
     xk = jnp.sum(x, axis=0)
@@ -296,23 +341,24 @@ def stage_costs(md: Model, wl: Workload, x: jax.Array) -> Stages:
     lam = jnp.sum(x * n)
     tiny = jnp.finfo(x.dtype).tiny
     nbar = jnp.where(lam > 0, jnp.sum(x * n * n) / jnp.maximum(lam, tiny), jnp.mean(wl.tokens))
-    wait, rho_p = _prefill_wait(md, lam, nbar)
+    wait, rho_p = _prefill_wait(md, lam, nbar, exact)
     own = md.pa + md.pb * n + md.pc * n * n
     tok_k = jnp.sum(x * n, axis=0)
     link_load = md.link.T @ tok_k  # (L,)
     rho_l = jnp.where(jnp.isinf(md.link_cap), 0.0, link_load / md.link_cap)
-    stretch = md.link @ _ps(rho_l)  # (K,)
+    stretch = md.link @ _ps(rho_l, exact)  # (K,)
     kv = md.kv_lat[None, :] + n * md.kv_spt[None, :] * stretch[None, :]
-    dec, mem, rho_d = _decode_time(md, xk)
+    dec, mem, rho_d = _decode_time(md, xk, exact)
     shift = own + kv
     ttft = shift + wait
     cost = ttft + dec[None, :]
     return Stages(cost, ttft, shift, h, wait, rho_p, dec, mem, rho_d, rho_l)
 
 
-def social_cost(md: Model, wl: Workload, x: jax.Array) -> jax.Array:
-    """``SC = Σ x·c`` (requests in the system, by Little's law)."""
-    st = stage_costs(md, wl, x)
+def social_cost(md: Model, wl: Workload, x: jax.Array, exact: bool = False) -> jax.Array:
+    """``SC = Σ x·c`` (requests in the system, by Little's law); ``exact`` as
+    :func:`stage_costs` (the closed loop's model)."""
+    st = stage_costs(md, wl, x, exact)
     return jnp.sum(jnp.where(md.mask[None, :], x * st.cost, 0.0))
 
 
@@ -325,12 +371,12 @@ def _perceived(md, wl, pol, x, st):
     return pol.w_true * st.cost + pol.w_prefill * prefill + pol.w_decode * decode
 
 
-def _slope(md, wl, pol, x, st):
+def _slope(md, wl, pol, x, st, exact=False):
     """Diagonal slope of the perceived cost (cache derivative left out), a metric."""
     tok = wl.tokens[:, None]
     n = tok * (1.0 - st.hit)
     xk = jnp.sum(x, axis=0)
-    ddec = jax.jvp(lambda v: _decode_time(md, v)[0], (xk,), (jnp.ones_like(xk),))[1]
+    ddec = jax.jvp(lambda v: _decode_time(md, v, exact)[0], (xk,), (jnp.ones_like(xk),))[1]
     true = ddec[None, :] + n * (st.wait / jnp.maximum(jnp.sum(x * n), 1e-30))
     return pol.w_true * true + pol.w_prefill * n + pol.w_decode * tok
 
@@ -373,7 +419,7 @@ class _State(NamedTuple):
     k: jax.Array  # () int32 iterations
 
 
-def _little_slope(md, wl, x, st):
+def _little_slope(md, wl, x, st, exact=True):
     """``dSC(X·π·S)/dX`` at fixed shares, hit fractions held: ``R + W_P'(Λ)·Λ + Σ_k X_k² D_k'/X``
     (the link and hit-rate terms, both tiny, left out) — Newton's derivative without a jvp."""
     xk = jnp.sum(x, axis=0)
@@ -381,17 +427,50 @@ def _little_slope(md, wl, x, st):
     n = wl.tokens[:, None] * (1.0 - st.hit)
     lam = jnp.sum(x * n)
     nbar = jnp.where(lam > 0, jnp.sum(x * n * n) / jnp.maximum(lam, 1e-300), 1.0)
-    dw = jax.jvp(lambda v: _prefill_wait(md, v, nbar)[0], (lam,), (jnp.ones_like(lam),))[1]
-    dd = jax.jvp(lambda v: _decode_time(md, v)[0], (xk,), (jnp.ones_like(xk),))[1]
+    dw = jax.jvp(lambda v: _prefill_wait(md, v, nbar, exact)[0], (lam,), (jnp.ones_like(lam),))[1]
+    dd = jax.jvp(lambda v: _decode_time(md, v, exact)[0], (xk,), (jnp.ones_like(xk),))[1]
     sc = jnp.sum(jnp.where(md.mask[None, :], x * st.cost, 0.0))
     return sc / xr + dw * lam + jnp.sum(jnp.where(md.mask, xk * xk * dd, 0.0)) / xr
+
+
+def _max_rho(md, wl, shares, x_rate):
+    """Largest utilisation (prefill, decode workers, links) at throughput ``X`` and shares."""
+    st = stage_costs(md, wl, x_rate * wl.mix[:, None] * shares)
+    rho_d = jnp.max(jnp.where(md.mask, st.rho_decode, 0.0))
+    return jnp.maximum(jnp.maximum(st.rho_prefill, rho_d), jnp.max(st.rho_link))
+
+
+#: Bound on the halvings of :func:`_feasible_x` (each loop stops far earlier in practice).
+FEASIBLE_STEPS = 200
+
+
+def _feasible_x(md, wl, shares, lo, x):
+    """A throughput strictly below capacity at ``shares`` (every ``ρ < 1``): ``lo`` is first
+    shrunk until it is below capacity, then ``x`` is moved halfway towards it until it is.
+    Every utilisation increases with ``X`` at fixed shares, so the feasible set is an interval
+    ``(0, X_cap)`` and both loops end."""
+    ok = lambda v: _max_rho(md, wl, shares, v) < 1.0
+
+    def shrink(c):
+        v, i = c
+        r = _max_rho(md, wl, shares, v)
+        return v * jnp.clip((1.0 - 1e-3) / jnp.maximum(r, 1e-300), 0.5, 0.999), i + 1
+
+    lo = jax.lax.while_loop(
+        lambda c: ~ok(c[0]) & (c[1] < FEASIBLE_STEPS), shrink, (lo, jnp.int32(0))
+    )[0]
+    return jax.lax.while_loop(
+        lambda c: ~ok(c[0]) & (c[1] < FEASIBLE_STEPS),
+        lambda c: (lo + 0.5 * (c[0] - lo), c[1] + 1),
+        (x, jnp.int32(0)),
+    )[0]
 
 
 #: Passes of the local search of :func:`_assignment` (class moves, then one class exchange).
 ASSIGN_PASSES = 2
 
 
-def _assignment(md, wl, shares, x_rate):
+def _assignment(md, wl, shares, x_rate, exact=False):
     """A whole-class assignment found by discrete local search at fixed throughput ``X``:
     shares ``(J, K)`` with one-hot rows (every class on one worker).
 
@@ -415,22 +494,25 @@ def _assignment(md, wl, shares, x_rate):
     rows = jnp.eye(shares.shape[1], dtype=shares.dtype)
     valid = md.mask
     order = jnp.argsort(-wl.mix)
-    sc = jax.vmap(lambda c: social_cost(md, wl, x_rate * wl.mix[:, None] * c))
+    sc = jax.vmap(lambda c: social_cost(md, wl, x_rate * wl.mix[:, None] * c, exact))
 
-    def best(cand, ok):
+    def best(cand, ok, cur):
+        # Candidates at or above capacity (exact model: SC = inf) are never taken.
         v = sc(cand)
-        return cand[jnp.argmin(jnp.where(ok & jnp.isfinite(v), v, jnp.inf))]
+        ok = ok & jnp.isfinite(v)
+        pick = cand[jnp.argmin(jnp.where(ok, v, jnp.inf))]
+        return jnp.where(jnp.any(ok), pick, cur)
 
     def move(i, s):
         row = (jnp.arange(nj) == order[i % nj])[None, :, None]
-        return best(jnp.where(row, rows[:, None, :], s[None]), valid)
+        return best(jnp.where(row, rows[:, None, :], s[None]), valid, s)
 
     a, b = (x.ravel()[:, None] for x in jnp.meshgrid(jnp.arange(nj), jnp.arange(nj)))
     idx = jnp.arange(nj)[None, :]
     perm = jnp.where(idx == a, b, jnp.where(idx == b, a, idx))  # (J², J): classes a, b exchanged
 
     def exchange(s):
-        return best(s[perm], jnp.ones(perm.shape[0], bool))  # row a ↔ row b; a = b: no change
+        return best(s[perm], jnp.ones(perm.shape[0], bool), s)  # row a ↔ b; a = b: no change
 
     s = jax.lax.fori_loop(0, nj, move, shares)
     return jax.lax.fori_loop(
@@ -447,12 +529,12 @@ def _init_one(md, wl, pol, c_target, s0, *, closed, newton, assign=False):
             return c_target
         # X0 = C / R(0), refined by exact Newton steps at the start shares.
         x_small = 1e-9 * wl.mix[:, None] * s
-        r0 = jnp.sum(x_small * stage_costs(md, wl, x_small).cost) / 1e-9
+        r0 = jnp.sum(x_small * stage_costs(md, wl, x_small, True).cost) / 1e-9
         return _newton_x(md, wl, s, c_target / jnp.maximum(r0, 1e-300), c_target, newton)
 
     x0 = rate(s0)
     if assign:
-        s0 = _assignment(md, wl, s0, x0)
+        s0 = _assignment(md, wl, s0, x0, closed)
         x0 = rate(s0)
     dt = s0.dtype
     return _State(
@@ -468,13 +550,13 @@ def _step_one(md, wl, pol, c_target, s: _State, *, closed, optimum, logit, tol, 
     tiny = 1e-300
     demand = s.x_rate * wl.mix
     x = demand[:, None] * s.shares
-    st = stage_costs(md, wl, x)
+    st = stage_costs(md, wl, x, closed)
     if optimum:
-        cost = jax.grad(lambda y: social_cost(md, wl, y))(x)
-        slope = 2.0 * _slope(md, wl, Policy(1.0, 0.0, 0.0, 0.0, 1.0, 0.1), x, st)
+        cost = jax.grad(lambda y: social_cost(md, wl, y, closed))(x)
+        slope = 2.0 * _slope(md, wl, Policy(1.0, 0.0, 0.0, 0.0, 1.0, 0.1), x, st, closed)
     else:
         cost = _perceived(md, wl, pol, x, st)
-        slope = _slope(md, wl, pol, x, st)
+        slope = _slope(md, wl, pol, x, st, closed)
     if logit:
         target = _logit(pol, cost, mask, demand)
         gap = jnp.sum(jnp.abs(target - x)) / jnp.maximum(jnp.sum(demand), tiny)
@@ -505,6 +587,8 @@ def _step_one(md, wl, pol, c_target, s: _State, *, closed, optimum, logit, tol, 
         dg = _little_slope(md, wl, x, st)
         xr = jnp.clip(s.x_rate - (sc - c_target) / jnp.maximum(dg, tiny), 0.1 * s.x_rate,
                       10.0 * s.x_rate)  # fmt: skip
+        # Stay strictly below capacity at the new shares (the exact model is +inf there).
+        xr = _feasible_x(md, wl, shares, s.x_rate, xr)
     else:
         xr = s.x_rate
     new = _State(shares, xr, alpha, dx, err, gap, s.k + 1)
@@ -525,27 +609,33 @@ def _advance_one(md, wl, pol, c_target, s, *, budget, max_iters, **kw):
 
 
 def _newton_x(md, wl, shares, x_rate, c_target, steps: int):
-    """Exact Newton steps (jvp) on ``g(X) = SC(X·π·S) − C`` at fixed shares (safeguarded)."""
+    """Exact Newton steps (jvp) on ``g(X) = SC(X·π·S) − C`` at fixed shares, exact singular
+    model, safeguarded: each step within ``[X/10, 10X]`` and strictly below capacity
+    (:func:`_feasible_x`), where ``g`` has its root for every ``C``."""
     direction = wl.mix[:, None] * shares
 
     def body(_, xr):
-        g, dg = jax.jvp(lambda v: social_cost(md, wl, v * direction), (xr,), (jnp.ones_like(xr),))
+        g, dg = jax.jvp(
+            lambda v: social_cost(md, wl, v * direction, True), (xr,), (jnp.ones_like(xr),)
+        )
         nxt = xr - (g - c_target) / jnp.maximum(dg, 1e-300)
-        return jnp.clip(nxt, 0.1 * xr, 10.0 * xr)
+        nxt = jnp.clip(nxt, 0.1 * xr, 10.0 * xr)
+        return _feasible_x(md, wl, shares, xr, nxt)
 
-    return jax.lax.fori_loop(0, steps, body, x_rate)
+    x0 = _feasible_x(md, wl, shares, x_rate, x_rate)
+    return jax.lax.fori_loop(0, steps, body, x0)
 
 
 def _finish_one(md, wl, pol, c_target, s: _State, *, closed, tol):
     xr = _newton_x(md, wl, s.shares, s.x_rate, c_target, 4) if closed else s.x_rate
     if not closed:
         c_target = social_cost(md, wl, xr * wl.mix[:, None] * s.shares)
-    return _outputs(md, wl, s.shares, xr, c_target, s.gap, s.k, tol)
+    return _outputs(md, wl, s.shares, xr, c_target, s.gap, s.k, tol, closed)
 
 
-def _outputs(md, wl, shares, xr, c_target, gap, iters, tol):
+def _outputs(md, wl, shares, xr, c_target, gap, iters, tol, exact=False):
     x = xr * wl.mix[:, None] * shares
-    st = stage_costs(md, wl, x)
+    st = stage_costs(md, wl, x, exact)
     mask = md.mask[None, :]
     sc = jnp.sum(jnp.where(mask, x * st.cost, 0.0))
     r = sc / jnp.maximum(xr, 1e-300)
@@ -923,11 +1013,14 @@ def closed_loop(
     policy: Policy | None = None,
     *,
     optimum: bool = False,
-    starts: int = 1,
+    starts: int | None = None,
     **options,
 ) -> ClosedLoop:
     """Closed-loop solve of one preset at concurrencies ``C (N,)`` for one policy (the worst
-    equilibrium over ``starts``). See :func:`solve` for ``options``.
+    equilibrium over ``starts``, default 1), or with ``optimum`` the coordinated optimum: the
+    best converged start (a local optimum: ``SC`` is not convex) over ``starts``, default
+    ``OPT_STARTS`` (the whole-class assignment and the uniform routing). See :func:`solve` for
+    ``options``.
 
     Example:
       >>> import jax; jax.config.update("jax_enable_x64", True)
@@ -946,10 +1039,11 @@ def open_loop(
     policy: Policy | None = None,
     *,
     optimum: bool = False,
-    starts: int = 1,
+    starts: int | None = None,
     **options,
 ) -> ClosedLoop:
-    """Open-loop solve (arrival rate ``λ (N,)`` req/s) of one preset for one policy."""
+    """Open-loop solve (arrival rate ``λ (N,)`` req/s) of one preset for one policy (starts as
+    :func:`closed_loop`)."""
     lam = _loads("rate", rate)
     return _one_preset(preset, lam, policy, False, optimum, starts, options)
 
@@ -977,6 +1071,8 @@ def _one_preset(preset, loads, policy, closed, optimum, starts, options):
     pol = dynamo() if policy is None else policy
     if not isinstance(pol, Policy):
         raise InputError(f"policy: expected a pj.policies.Policy, got {type(pol).__name__}")
+    if starts is None:
+        starts = OPT_STARTS if optimum else 1
     n = loads.shape[0]
     b = lambda tree: jax.tree_util.tree_map(lambda a: np.broadcast_to(a, (n,) + np.shape(a)), tree)
     res = solve(b(md), b(wl), pol, loads, closed=closed, optimum=optimum, starts=starts, **options)

@@ -131,7 +131,8 @@ class ServingPreset:
     * ``gpu_memory_utilization = 0.9``: vLLM's default share of HBM for weights + KV cache.
     * ``residency = 1.0`` req/s: a template's prefix stays resident on a decode worker that sees
       it at this rate with half probability (:mod:`poa_jax.game` hit model) — *assumed*;
-      ``cache_size``: the worker's KV capacity in requests, ``B_max``.
+      ``cache_size``: the worker's KV capacity, ``B_max`` sequences (the load model
+      turns it into a flow, :func:`poa_jax.load.model_arrays`).
     * ``ttft_slo = 0.5`` s, ``itl_slo = 0.05`` s: SLOs for Γ_PD — *assumed*, typical of
       interactive serving benchmarks.
     """

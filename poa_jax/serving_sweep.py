@@ -5,8 +5,10 @@
 
 * the closed-loop **equilibrium** of every router setting (:func:`poa_jax.load.solve`, the worst
   over ``starts`` starts: uniform, herding on worker 0, …), and
-* the closed-loop **coordinated optimum** (multi-start; its mean latency is also capped by every
-  equilibrium's, so ``PoA ≥ 1``),
+* the closed-loop **coordinated optimum** (multi-start: the best converged start, a local
+  optimum; its mean latency is also capped by every converged equilibrium's, so ``PoA ≥ 1``;
+  unconverged starts never enter, so a point's results do not depend on the other presets
+  solved in the same batch),
 
 then the **PoA** ``R_eq/R_opt = X_opt/X_eq`` per point, and from the latency-versus-``C`` curves
 the **regimes and the knee** (:mod:`poa_jax.regimes`). It writes
@@ -35,7 +37,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from poa_jax import __version__, load, policies, regimes, serving
+from poa_jax import __version__, load, policies, regimes, serving, validation
 from poa_jax.errors import InputError
 from poa_jax.kernels import loop
 
@@ -109,7 +111,9 @@ def settings(include_baselines: bool = True):
 
 
 def _concurrency(values) -> np.ndarray:
-    c = np.asarray(values, np.float64)
+    if isinstance(values, str):
+        raise InputError(f"concurrency = {values!r}: must be a list of numbers")
+    c = validation.as_array("concurrency", values)
     if c.ndim != 1 or c.size < 1:
         raise InputError("concurrency: must be a non-empty list of numbers")
     bad = ~(np.isfinite(c) & (c > 0))
@@ -126,9 +130,26 @@ def solve_grid(
     seed: int = 0, include_baselines: bool = True, tol=None, max_iters: int = 400,
     chunk: int | None = None,
 ) -> dict:  # fmt: skip
-    """Solves the grid; returns arrays with axes (topology, variant, C, policy)."""
-    ps = [serving.preset(p) if isinstance(p, str) else serving.check_preset(p) for p in presets]
-    conc = _concurrency(concurrency)
+    """Solves the grid; returns arrays with axes (topology, variant, C, policy).
+
+    The optimum of a point is the best *converged* optimum start (a local optimum; the best
+    unconverged one, with its not-converged status, where none converged), capped by the
+    point's converged equilibria (each is a feasible routing at the same ``C``), so
+    ``PoA ≥ 1``. Unconverged starts do not enter: their end points depend on rounding (hence
+    on the batch they were solved in), and a point's results must not depend on the other
+    presets of the sweep. Every argument is checked before anything is compiled.
+    """
+    ps, conc, opts = _check_grid_args(
+        presets, concurrency, variants=variants, starts=starts, opt_starts=opt_starts,
+        seed=seed, include_baselines=include_baselines, tol=tol, max_iters=max_iters,
+        chunk=chunk,
+    )  # fmt: skip
+    variants, starts, opt_starts, seed = (
+        opts[k] for k in ("variants", "starts", "opt_starts", "seed")
+    )
+    include_baselines, tol, max_iters, chunk = (
+        opts[k] for k in ("include_baselines", "tol", "max_iters", "chunk")
+    )
     labels, pol, tau, omega = settings(include_baselines)
     kmax = max(p.decode_workers for p in ps)
     mds = [load.model_arrays(p, kmax) for p in ps]
@@ -167,20 +188,19 @@ def solve_grid(
         np.broadcast_to(conc[None, None, :], opt_shape).reshape(-1), optimum=True,
         starts=opt_starts, seed=seed + 1, tol=tol, max_iters=max_iters, chunk=chunk,
     )  # fmt: skip
-    # Every start's final routing (converged or not) satisfies Little's law, so the lowest latency
-    # over the starts bounds the optimum's (SC is non-convex: starts end in different minima).
-    opt_all = np.asarray(opt.latency, np.float64).reshape(opt_shape + (-1,))
+    # The best converged start (the best unconverged one where none converged: its status says
+    # so). Unconverged starts do not cap it: their end points depend on rounding, so on the
+    # batch (padding, the other presets), and the results of a point must not.
     opt, _ = load.pick(opt, "best")
     t2 = time.perf_counter()
     r = lambda a, shape: np.asarray(a).reshape(shape + np.asarray(a).shape[1:])
     eqd = {f: r(getattr(eq, f), eq_shape) for f in load.ClosedLoop._fields}
     optd = {f: r(getattr(opt, f), opt_shape) for f in load.ClosedLoop._fields}
-    # The optimum is at least as good as every routing evaluated at the same C and variant:
-    # each equilibrium point (converged or not) is a feasible routing that satisfies Little's
-    # law, so its latency bounds the optimum's — and PoA ≥ 1 holds by construction.
-    eq_lat = np.where(np.isfinite(eqd["latency"]), eqd["latency"], np.inf)
-    opt_all = np.where(np.isfinite(opt_all), opt_all, np.inf).min(axis=-1)
-    opt_lat = np.minimum(np.minimum(optd["latency"], opt_all), np.min(eq_lat, axis=-1))
+    # The optimum is at least as good as every converged equilibrium at the same C and variant
+    # (a feasible routing that satisfies Little's law), so PoA ≥ 1 holds by construction.
+    eq_ok = np.isfinite(eqd["latency"]) & np.asarray(eqd["converged"], bool)
+    eq_lat = np.where(eq_ok, eqd["latency"], np.inf)
+    opt_lat = np.minimum(optd["latency"], np.min(eq_lat, axis=-1))
     opt_thr = conc[None, None, :] / opt_lat
     with np.errstate(divide="ignore", invalid="ignore"):
         poa = eqd["latency"] / opt_lat[..., None]
@@ -200,6 +220,50 @@ def solve_grid(
         starts=starts,
         timing={"equilibria": t1 - t0, "optima": t2 - t1},
     )
+
+
+def _check_grid_args(presets, concurrency, **kw):
+    """Validates every argument of :func:`solve_grid` (raises :class:`InputError` naming it);
+    returns the presets, the concurrency grid and the normalised options."""
+    if isinstance(presets, str | serving.ServingPreset):
+        presets = [presets]
+    try:
+        presets = list(presets)
+    except TypeError:
+        raise InputError(
+            f"presets = {presets!r}: must be a preset name or a list of them"
+        ) from None
+    if not presets:
+        raise InputError("presets: must name at least one preset")
+    ps = []
+    for i, p in enumerate(presets):
+        if isinstance(p, str):
+            ps.append(serving.preset(p))
+        elif isinstance(p, serving.ServingPreset):
+            ps.append(serving.check_preset(p))
+        else:
+            raise InputError(f"presets[{i}] = {p!r}: must be a preset name or a ServingPreset")
+    conc = _concurrency(concurrency)
+    out = {
+        "variants": validation.integer("variants", kw["variants"], 1),
+        "starts": validation.integer("starts", kw["starts"], 1, validation.MAX_STARTS),
+        "opt_starts": validation.integer("opt_starts", kw["opt_starts"], 1, validation.MAX_STARTS),
+        "seed": validation.integer("seed", kw["seed"], 0, validation.SEED_MAX),
+        "max_iters": validation.integer("max_iters", kw["max_iters"], 1, validation.INT32_MAX),
+    }
+    inc = kw["include_baselines"]
+    if not isinstance(inc, bool | np.bool_):
+        raise InputError(f"include_baselines = {inc!r}: must be True or False")
+    out["include_baselines"] = bool(inc)
+    tol = kw["tol"]
+    if tol is not None:
+        tol = validation.number("tol", tol)
+        if not (math.isfinite(tol) and tol > 0):
+            raise InputError(f"tol = {tol!r}: must be finite and > 0")
+    out["tol"] = tol
+    chunk = kw["chunk"]
+    out["chunk"] = None if chunk is None else validation.integer("chunk", chunk, 1)
+    return ps, conc, out
 
 
 def _finite(v):
