@@ -14,6 +14,12 @@ milliseconds to run), so the fixtures below fix a few batch shapes that the test
 The checks that need JAX processes of their own (8 host devices, a 2-process job, loop modes
 read at import) run beside the suite as background jobs (:mod:`tests.background`), started when
 collection finishes.
+
+Every compiled XLA CPU executable keeps a few dozen memory mappings alive for as long as JAX's
+caches hold it. The suite compiles a few thousand, and a Linux process may hold at most
+``vm.max_map_count`` (65 530 by default) mappings: past that, LLVM's next ``mmap`` fails and
+the compiler segfaults (CI did, at 92%). ``_release_executables`` clears JAX's caches after a
+test module once the process holds more than half its allowance.
 """
 
 from __future__ import annotations
@@ -22,6 +28,9 @@ import jax
 
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+import gc  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -63,6 +72,26 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def _mappings() -> tuple[int, int] | None:
+    """(memory mappings this process holds, the kernel's limit), or None off Linux."""
+    try:
+        limit = int(Path("/proc/sys/vm/max_map_count").read_text())
+        with open("/proc/self/maps", "rb") as f:
+            return sum(1 for _ in f), limit
+    except (OSError, ValueError):
+        return None
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _release_executables():
+    """After a module, drop JAX's compiled executables if mappings pass half the limit."""
+    yield
+    held = _mappings()
+    if held is not None and held[0] > held[1] // 2:
+        jax.clear_caches()
+        gc.collect()
 
 
 @pytest.fixture(scope="session")
