@@ -88,6 +88,7 @@ from poa_jax.errors import InputError
 from poa_jax.kernels import loop
 from poa_jax.tiered_kernels import (
     _br_batch,
+    _cert_batch,
     _costs_batch,
     _eq_batch,
     _opt_batch,
@@ -104,6 +105,7 @@ __all__ = [
     "best_response",
     "solve_equilibrium",
     "solve_optimum",
+    "stationarity_gap",
     "price_of_anarchy",
     "capacity_paradox",
 ]
@@ -111,6 +113,10 @@ __all__ = [
 #: Credits of G1 HBM, G2 host DRAM, G3 local SSD, G4 networked storage (the shared credit).
 DYNAMO_CREDITS = (1.0, 0.75, 0.25, 0.5)
 TOL = {np.dtype(np.float64): 1e-9, np.dtype(np.float32): 1e-5}
+#: The optimum's default tolerance on its relative first-order gap (stationarity certificate,
+#: :func:`poa_jax.tiered_kernels._stationarity_lanes`). Certified points sit far below it
+#: (float64 ~1e-8 and under, float32 ~1e-6); points still moving sit at 1e-4 … 1e-1.
+OPT_TOL = {np.dtype(np.float64): 1e-6, np.dtype(np.float32): 1e-5}
 LANES = 8  # instances per call: 256 -> 8 took the 256-instance optimum from 21.5 s to 17.4 s (CPU)
 #: Instances per call of the optimum's descent, on the kernel's minor axis (see
 #: :func:`_optimum_lanes`): measured on a 2-core CPU, float32, W, T, B = 8, 4, 256, 100 steps:
@@ -512,7 +518,8 @@ class TieredSolution:
     Attributes:
       placement: ``(..., W, T, B)``.
       social_cost: ``(...)``.
-      gap: ``(...)`` relative best-response gap (equilibria; NaN for optima).
+      gap: ``(...)`` relative best-response gap (equilibria) or an upper bound on the relative
+        first-order gap (optima, :func:`solve_optimum`).
       rounds: ``(...)`` best-response rounds (equilibria) or descent steps (optima).
       status: ``(...)`` 0 converged, 1 out of rounds, 2 non-finite.
       converged: ``(...)`` bool.
@@ -621,17 +628,39 @@ def _pick(p, out, worst: bool) -> TieredSolution:
     )
 
 
+def _optimum_status(sc, gap, tol):
+    """0 stationary (``gap ≤ tol``), 1 out of steps, 2 a non-finite cost."""
+    bad = ~np.isfinite(sc)
+    return np.where(bad, 2, np.where(gap <= tol, 0, 1)).astype(np.int32)
+
+
 def solve_optimum(
-    game: TieredCacheGame, *, y0=None, steps: int = 1500, lr: float = 0.2, dtype=None
+    game: TieredCacheGame,
+    *,
+    y0=None,
+    steps: int = 1500,
+    lr: float = 0.2,
+    tol: float | None = None,
+    dtype=None,
 ) -> TieredSolution:
     """Coordinated placement by projected gradient descent with optax from ``y0`` (batched).
 
     ``y0 (..., S, W, T, B)`` or ``(..., W, T, B)``: starts (default: one empty placement and
     one uniform fill); the best point seen over all starts is kept.
+
+    The descent runs ``steps`` steps; it then certifies the point it returns. ``gap`` is an
+    upper bound on its relative Frank–Wolfe gap, ``max_{y'} ⟨−∇SC(y), y' − y⟩ / SC(y)`` over
+    the feasible placements: 0 exactly at a stationary point (a KKT point of SC; SC is not
+    convex, so it may be a local optimum). The bound is the LP dual priced by the
+    projection's multipliers, tight at a stationary point and loose away from one. ``status``
+    is 0 (converged) where ``gap ≤ tol`` (default :data:`OPT_TOL`: 1e-6 in float64, 1e-5 in
+    float32), 1 where the descent ran out of steps short of that, 2 for a non-finite cost.
     """
     steps = _integer("steps", steps, 1)
     _check_lr(lr)
+    check_tol(tol)
     p = _prepare(game, dtype)
+    tol = OPT_TOL[p.dtype] if tol is None else float(tol)
     n = p.rm.shape[0]
     w, t, b = p.dims
     if y0 is None:
@@ -649,15 +678,30 @@ def solve_optimum(
     rows = np.arange(n)
     sh = p.batch_shape
     placement, shared = _split(p, out["placement"].reshape(n, s, w, t, b)[rows, i])
+    sc, gap = sc[rows, i], out["gap"].reshape(n, s)[rows, i]
+    status = _optimum_status(sc, gap, tol)
     return TieredSolution(
         placement=placement,
         shared=shared,
-        social_cost=sc[rows, i].reshape(sh),
-        gap=np.full(sh, np.nan),
+        social_cost=sc.reshape(sh),
+        gap=gap.reshape(sh),
         rounds=np.full(sh, int(steps)),
-        status=np.zeros(sh, np.int32),
-        converged=np.ones(sh, bool),
+        status=status.reshape(sh),
+        converged=(status == loop.CONVERGED).reshape(sh),
     )
+
+
+def stationarity_gap(game: TieredCacheGame, y, dtype=None, shared=None) -> np.ndarray:
+    """Upper bound on the relative first-order (Frank–Wolfe) gap of placement ``y``, ``(...)``.
+
+    The certificate :func:`solve_optimum` reports as ``gap``, for any feasible placement
+    ``y (..., W, T, B)`` (and the pool's ``shared (..., B)``): 0 (to rounding) exactly where no
+    feasible direction lowers SC to first order. Priced without a warm start
+    (``CERT_ITERS_COLD`` dual steps), so it may be looser than the solver's own.
+    """
+    p = _prepare(game, dtype)
+    y = _placement(p, y, shared=shared)
+    return np.asarray(_chunked(_cert_batch, _pack(p) + (y,), OPT_LANES)).reshape(p.batch_shape)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -671,7 +715,8 @@ class TieredPoAResult:
       equilibrium_costs: ``(..., S)`` SC of every start's equilibrium, worst first, NaN where it
         did not converge.
       equilibrium: worst equilibrium (:class:`TieredSolution`); best_equilibrium; optimum.
-      converged: ``(...)`` the worst equilibrium converged.
+      converged: ``(...)`` the worst equilibrium converged and the optimum is certified
+        stationary (``optimum.gap ≤ optimum_tol``).
     """
 
     poa: np.ndarray
@@ -693,6 +738,7 @@ def price_of_anarchy(
     max_rounds: int = 200,
     optimum_steps: int = 1500,
     optimum_starts: int = 4,
+    optimum_tol: float | None = None,
     lr: float = 0.2,
     dtype=None,
 ) -> TieredPoAResult:
@@ -701,11 +747,13 @@ def price_of_anarchy(
     Equilibria from ``starts`` starts (:func:`solve_equilibrium`); the optimum by
     :func:`solve_optimum` warm-started from every equilibrium found, a uniform fill and
     ``optimum_starts`` random placements (:func:`_optimum_starts`), and never above the best
-    equilibrium.
+    equilibrium. ``converged`` needs both the worst equilibrium (best-response gap ≤ ``tol``)
+    and the optimum (first-order gap ≤ ``optimum_tol``, :func:`solve_optimum`).
     """
     optimum_starts = _integer("optimum_starts", optimum_starts, 0, MAX_STARTS)
     optimum_steps = _integer("optimum_steps", optimum_steps, 1)
     _check_lr(lr)
+    check_tol(optimum_tol)
     p, out = solve_equilibrium(game, starts=starts, seed=seed, tol=tol, max_rounds=max_rounds,
                                dtype=dtype, _all=True)  # fmt: skip
     worst, best = _pick(p, out, True), _pick(p, out, False)
@@ -715,17 +763,20 @@ def price_of_anarchy(
     rnd = _optimum_starts(p, optimum_starts, seed).astype(p.dtype)
     y0 = np.concatenate([out["placement"], uni, rnd], 1)
     y0 = y0.reshape(p.batch_shape + y0.shape[1:])
-    opt = solve_optimum(game, y0=y0, steps=optimum_steps, lr=lr, dtype=dtype)
+    opt = solve_optimum(game, y0=y0, steps=optimum_steps, lr=lr, tol=optimum_tol, dtype=dtype)
     lower = best.social_cost < opt.social_cost
     if np.any(lower):
+        # the best equilibrium costs less than the descent's point (rounding, a short descent):
+        # it becomes the optimum, certified on its own
+        placement = np.where(lower[..., None, None, None], best.placement, opt.placement)
+        shared = None if opt.shared is None else np.where(lower[..., None], best.shared, opt.shared)
+        gap = np.where(lower, stationarity_gap(game, placement, dtype, shared), opt.gap)
+        sc = np.where(lower, best.social_cost, opt.social_cost)
+        status = _optimum_status(sc, gap, OPT_TOL[p.dtype] if optimum_tol is None else optimum_tol)
         opt = dataclasses.replace(
-            opt,
-            placement=np.where(lower[..., None, None, None], best.placement, opt.placement),
-            social_cost=np.where(lower, best.social_cost, opt.social_cost),
-            shared=None
-            if opt.shared is None
-            else np.where(lower[..., None], best.shared, opt.shared),
-        )
+            opt, placement=placement, social_cost=sc, shared=shared, gap=gap, status=status,
+            converged=status == loop.CONVERGED,
+        )  # fmt: skip
     ok = out["status"] == loop.CONVERGED
     costs = np.where(ok, out["social_cost"], -np.inf)
     costs = -np.sort(-costs, axis=-1)
@@ -736,7 +787,8 @@ def price_of_anarchy(
         pos = np.where(o > 0, best.social_cost / np.where(o > 0, o, 1), 1.0)
     return TieredPoAResult(
         poa=poa, price_of_stability=pos, optimum_cost=opt.social_cost, equilibrium_costs=costs,
-        equilibrium=worst, best_equilibrium=best, optimum=opt, converged=worst.converged,
+        equilibrium=worst, best_equilibrium=best, optimum=opt,
+        converged=worst.converged & opt.converged,
     )  # fmt: skip
 
 

@@ -61,6 +61,8 @@ _FLOOR = 1e-12
 #: step's multipliers: 1 is enough for the descent to reach scipy's optima (tests) and costs a
 #: third of 3.
 PROJ_ITERS = 1
+#: Dual steps of the final projection that prices the optimum's stationarity certificate.
+CERT_ITERS = 50
 
 
 # --------------------------------------------------------------------------- one instance
@@ -356,26 +358,78 @@ def _optimum_lanes(reach, rm, cap, credit, size, ys0, *, steps, lr, proj_iters=P
     tiny = jnp.finfo(dt).tiny
 
     def body(k, carry):
-        ys, lam, best_ys, best = carry
+        ys, lam, best_ys, best, _ = carry
         val, alpha, beta = _sc_grad_lanes(reach, rm, credit, ys)
         better = val < best
         best_ys = [jnp.where(better[None, None], y, b) for y, b in zip(ys, best_ys, strict=True)]
         best = jnp.where(better, val, best)
         # −η·g/max|g| = c·(α·v_t + β), c = η / max_{w,b}(α·max v + β)
         gmax = jnp.max(alpha * vtop + beta, axis=(0, 1))
-        c = (sched(k) / _smax(gmax, tiny)).astype(dt)[None, None]
-        alpha, beta = alpha * c, beta * c
+        c = (sched(k) / _smax(gmax, tiny)).astype(dt)
+        alpha, beta = alpha * c[None, None], beta * c[None, None]
         zs = [y + (alpha * v[:, None] + beta) for v, y in zip(credit, ys, strict=True)]
         ys, lam = _project_tiers(zs, cap, size, lam, proj_iters, smin2)
-        return ys, lam, best_ys, best
+        return ys, lam, best_ys, best, c
 
     lam0 = [jnp.zeros_like(c) for c in cap]
-    init = (ys0, lam0, ys0, _sc_lanes(reach, rm, credit, ys0))
-    ys, _, best_ys, best = jax.lax.fori_loop(0, steps, body, init)
+    sc0 = _sc_lanes(reach, rm, credit, ys0)
+    init = (ys0, lam0, ys0, sc0, jnp.ones_like(sc0))
+    ys, lam, best_ys, best, c = jax.lax.fori_loop(0, steps, body, init)
     last = _sc_lanes(reach, rm, credit, ys)
     keep = (last < best)[None, None]
     best_ys = [jnp.where(keep, y, b) for y, b in zip(ys, best_ys, strict=True)]
-    return best_ys, jnp.minimum(best, last)
+    return best_ys, jnp.minimum(best, last), lam, c
+
+
+def _certify_lanes(reach, rm, cap, credit, size, ys, lam, c, iters):
+    """:func:`_stationarity_lanes` at ``ys``, priced by the projection ``Π(y + g/max g)``.
+
+    At a stationary ``y`` the projection returns ``y`` for any step, and its tier multipliers
+    ``λ`` over the step are the LP dual prices that make the bound exact. The step is the full
+    max-norm one (not the descent's last, ~50× shorter: in float32 that one leaves the prices
+    only ~1e-5 accurate); ``iters`` dual steps, warm-started from the descent's last multipliers
+    ``lam`` of step ``c`` rescaled to it.
+    """
+    _, alpha, beta = _sc_grad_lanes(reach, rm, credit, ys)
+    vtop = functools.reduce(_smax, credit)[:, None]
+    tiny = jnp.finfo(c.dtype).tiny
+    step = 1.0 / _smax(jnp.max(alpha * vtop + beta, axis=(0, 1)), tiny)
+    zs = [y + step[None, None] * (alpha * v[:, None] + beta)
+          for v, y in zip(credit, ys, strict=True)]  # fmt: skip
+    warm = [mu * (step / _smax(c, tiny))[None] for mu in lam]
+    _, lam = _project_tiers(zs, cap, size, warm, iters, jnp.min(size, axis=0) ** 2)
+    prices = [mu / step[None] for mu in lam]
+    return _stationarity_lanes(reach, rm, cap, credit, size, ys, prices)
+
+
+def _stationarity_lanes(reach, rm, cap, credit, size, ys, lam):
+    r"""Relative first-order gap of ``ys`` (an upper bound on the Frank–Wolfe gap), ``(...)``.
+
+    With ``g = −∇SC(y)`` (``g[w, t, b] = α[w, b]·v_t + β[w, b] ≥ 0``, :func:`_sc_grad_lanes`)
+    the Frank–Wolfe gap ``max_{y' feasible} ⟨g, y' − y⟩`` is 0 exactly where ``y`` is a
+    stationary point of SC over the placements (a KKT point; SC is not convex, so a local
+    optimum or a saddle). ``max ⟨g, y'⟩`` is a linear program per worker; for any tier prices
+    ``λ[w, t] ≥ 0`` weak duality bounds it by
+
+        D_w(λ) = Σ_t λ[w, t]·C[w, t] + Σ_b max(0, max_t (g[w, t, b] − λ[w, t]·s_b)),
+
+    so ``gap = Σ_w (D_w(λ) − ⟨g_w, y_w⟩) / SC(y) ≥`` the relative Frank–Wolfe gap. At a fixed
+    point of the projected step the projection's multipliers (over the step) make it tight.
+    0 for a game with SC = 0 whose bound is 0; ``inf`` where SC = 0 and the bound is not.
+    """
+    sc, alpha, beta = _sc_grad_lanes(reach, rm, credit, ys)
+    # D_w(λ) − ⟨g_w, y_w⟩ as a sum of terms that are each ≥ 0 and vanish at a KKT point (no
+    # cancellation between two large sums): Σ_t λ_t·(C_t − used_t) plus, per block, the best
+    # reduced gain r = g − λ·s (or 0) less the reduced gain y collects, Σ_t y_t·r_t.
+    red = [alpha * v[:, None] + beta - mu[:, None] * size[None]
+           for v, mu in zip(credit, lam, strict=True)]  # fmt: skip
+    top = _smax(functools.reduce(_smax, red), 0.0)
+    per_block = _smax(top - _add([y * r for y, r in zip(ys, red, strict=True)]), 0.0)
+    slack = [mu * _smax(c - jnp.sum(y * size[None], axis=1), 0.0)
+             for mu, c, y in zip(lam, cap, ys, strict=True)]  # fmt: skip
+    excess = jnp.sum(per_block, axis=(0, 1)) + jnp.sum(_add(slack), axis=0)
+    rel = excess / jnp.where(sc > 0, sc, 1.0)
+    return jnp.where(sc > 0, rel, jnp.where(excess > 0, jnp.inf, 0.0))
 
 
 def _opt_batch_lanes(reach, rm, capacity, credit, size, y0, *, steps, lr):
@@ -385,9 +439,10 @@ def _opt_batch_lanes(reach, rm, capacity, credit, size, y0, *, steps, lr):
     ys0 = [last(y0[:, :, i]) for i in range(t)]
     cap = [last(capacity[:, :, i]) for i in range(t)]
     cr = [last(credit[:, :, i]) for i in range(t)]
-    ys, sc = _optimum_lanes(last(reach), last(rm), cap, cr, last(size), ys0,
-                            steps=steps, lr=lr)  # fmt: skip
-    return dict(placement=jnp.moveaxis(jnp.stack(ys, axis=1), -1, 0), social_cost=sc)
+    ys, sc, lam, c = _optimum_lanes(last(reach), last(rm), cap, cr, last(size), ys0,
+                                    steps=steps, lr=lr)  # fmt: skip
+    gap = _certify_lanes(last(reach), last(rm), cap, cr, last(size), ys, lam, c, CERT_ITERS)
+    return dict(placement=jnp.moveaxis(jnp.stack(ys, axis=1), -1, 0), social_cost=sc, gap=gap)
 
 
 #: XLA options for the descent on CPU: no YNNPACK library fusions. jaxlib 0.10's CPU backend
@@ -415,8 +470,27 @@ def _opt_jit():
 
 
 def _opt_batch(reach, rm, capacity, credit, size, y0, *, steps, lr):
-    """Batched optimum ``(N, ...)`` arrays → ``dict(placement (N, W, T, B), social_cost (N,))``."""
+    """Batched optimum ``(N, ...)`` arrays → ``dict(placement (N, W, T, B), social_cost (N,),
+    gap (N,))``, ``gap`` the relative first-order gap of the placement (:func:`_certify_lanes`)."""
     return _opt_jit()(reach, rm, capacity, credit, size, y0, steps=steps, lr=lr)
+
+
+def _cert_batch_lanes(reach, rm, capacity, credit, size, y, *, iters):
+    last = lambda a: jnp.moveaxis(a, 0, -1)  # noqa: E731
+    t = y.shape[2]
+    ys = [last(y[:, :, i]) for i in range(t)]
+    cap = [last(capacity[:, :, i]) for i in range(t)]
+    cr = [last(credit[:, :, i]) for i in range(t)]
+    one = jnp.ones(y.shape[:1], y.dtype)
+    lam0 = [jnp.zeros_like(c) for c in cap]
+    return _certify_lanes(last(reach), last(rm), cap, cr, last(size), ys, lam0, one, iters)
+
+
+#: Dual steps when a placement is certified without the descent's multipliers to start from.
+CERT_ITERS_COLD = 200
+_cert_batch = jax.jit(
+    functools.partial(_cert_batch_lanes, iters=CERT_ITERS_COLD),
+)
 
 
 @functools.partial(jax.jit, static_argnames=("tol", "max_rounds", "pool"))

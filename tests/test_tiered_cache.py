@@ -203,6 +203,71 @@ def test_optimum_against_scipy(solved):
         assert ours <= float(res.equilibrium.social_cost[b]) + 1e-12
 
 
+def _fw_gap_lp(reach, r, cap, size, m, v, y):
+    """Relative Frank–Wolfe gap ``max_{y'} ⟨−∇SC(y), y' − y⟩ / SC(y)`` by linprog per worker.
+
+    The gradient by central differences of :func:`_costs`: SC is affine in each single
+    coordinate (own credit and every peer factor are), so the difference is exact to rounding.
+    """
+    y = np.asarray(y, np.float64)
+    sc = _costs(reach, r, m, v, y).sum()
+    grad = np.zeros_like(y)
+    for idx in np.ndindex(*y.shape):
+        e = np.zeros_like(y)
+        e[idx] = 0.5
+        grad[idx] = _costs(reach, r, m, v, y + e).sum() - _costs(reach, r, m, v, y - e).sum()
+    total = 0.0
+    for w in range(W):
+        a_ub, b_ub = [], []
+        for b in range(B):
+            row = np.zeros((T, B))
+            row[:, b] = 1
+            a_ub.append(row.ravel())
+            b_ub.append(1.0)
+        for t in range(T):
+            row = np.zeros((T, B))
+            row[t] = size
+            a_ub.append(row.ravel())
+            b_ub.append(cap[w, t])
+        lp = scipy_opt.linprog(grad[w].ravel(), A_ub=a_ub, b_ub=b_ub, bounds=(0, 1))
+        total += float(grad[w].ravel() @ y[w].ravel()) - lp.fun
+    return total / sc
+
+
+def test_optimum_certificate_against_linprog(solved):
+    """The optimum's ``gap`` bounds the Frank–Wolfe gap from above, is tight where the point is
+    stationary, and sets the status; a placement away from stationarity is not certified."""
+    insts, res = solved
+    opt = res.optimum
+    for b, (_, r, cap, size, m, v, a, _) in enumerate(insts):
+        truth = _fw_gap_lp(a, r, cap, size, m, v, opt.placement[b])
+        assert opt.gap[b] >= truth - 1e-9
+        if truth <= 1e-10:
+            assert opt.gap[b] <= 1e-6 and opt.converged[b] and opt.status[b] == 0
+        else:
+            assert opt.status[b] == (0 if opt.gap[b] <= 1e-6 else 1)
+        # half of the optimum: feasible, far from stationary (it gives up half of every hit)
+        half = 0.5 * opt.placement[b]
+        truth = _fw_gap_lp(a, r, cap, size, m, v, half)
+        game = _game(*insts[b][:5], insts[b][7])
+        bound = tiered_cache.stationarity_gap(game, half)
+        assert truth > 1e-2 and bound >= truth - 1e-9
+    assert res.converged.all() == (res.equilibrium.converged & opt.converged).all()
+
+
+def test_optimum_out_of_steps_is_not_called_converged(solved):
+    insts, _ = solved
+    game = _batch(insts)
+    short = tiered_cache.solve_optimum(game, y0=np.zeros((len(insts), W, T, B)), steps=1)
+    assert (short.gap > 1e-3).all() and (short.status == 1).all() and not short.converged.any()
+    res = tiered_cache.price_of_anarchy(game, optimum_steps=1, optimum_starts=0)
+    assert not res.optimum.converged.all() and not res.converged.all()
+    np.testing.assert_array_equal(res.converged, res.equilibrium.converged & res.optimum.converged)
+    full = tiered_cache.solve_optimum(game, steps=1500)
+    loose = tiered_cache.solve_optimum(game, steps=1500, tol=1.0)
+    assert loose.converged.all() and (full.converged == (full.gap <= 1e-6)).all()
+
+
 @pytest.mark.parametrize(
     "kwargs,match",
     [
