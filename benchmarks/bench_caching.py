@@ -372,6 +372,8 @@ def run_fluid(args, pj, tc):
         rate=N / steady, eq_converged_share=float(eq.converged.mean()),
         eq_rounds_median=float(np.median(eq.rounds)), eq_rounds_max=int(eq.rounds.max()),
         eq_gap_max=float(eq.gap.max()), poa_mean=float(poa.mean()), poa_max=float(poa.max()),
+        opt_certified_share=float(opt.converged.mean()),
+        opt_gap_median=float(np.median(opt.gap)), opt_gap_max=float(opt.gap.max()),
     )  # fmt: skip
     m = min(args.fluid_ref_instances, N)
     t_eq = t_opt = 0.0

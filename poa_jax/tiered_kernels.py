@@ -390,7 +390,7 @@ def _certify_lanes(reach, rm, cap, credit, size, ys, lam, c, iters):
     only ~1e-5 accurate); ``iters`` dual steps, warm-started from the descent's last multipliers
     ``lam`` of step ``c`` rescaled to it.
     """
-    _, alpha, beta = _sc_grad_lanes(reach, rm, credit, ys)
+    sc, alpha, beta = _sc_grad_lanes(reach, rm, credit, ys)
     vtop = functools.reduce(_smax, credit)[:, None]
     tiny = jnp.finfo(c.dtype).tiny
     step = 1.0 / _smax(jnp.max(alpha * vtop + beta, axis=(0, 1)), tiny)
@@ -399,10 +399,16 @@ def _certify_lanes(reach, rm, cap, credit, size, ys, lam, c, iters):
     warm = [mu * (step / _smax(c, tiny))[None] for mu in lam]
     _, lam = _project_tiers(zs, cap, size, warm, iters, jnp.min(size, axis=0) ** 2)
     prices = [mu / step[None] for mu in lam]
-    return _stationarity_lanes(reach, rm, cap, credit, size, ys, prices)
+    grad = (sc, alpha, beta)
+    # Any prices give a bound: where the projection's are poor (far from stationarity) the
+    # free ones (0: every block in its best tier, capacity ignored) may be lower.
+    return jnp.minimum(
+        _stationarity_lanes(grad, cap, credit, size, ys, prices),
+        _stationarity_lanes(grad, cap, credit, size, ys, [jnp.zeros_like(c) for c in cap]),
+    )
 
 
-def _stationarity_lanes(reach, rm, cap, credit, size, ys, lam):
+def _stationarity_lanes(grad, cap, credit, size, ys, lam):
     r"""Relative first-order gap of ``ys`` (an upper bound on the Frank–Wolfe gap), ``(...)``.
 
     With ``g = −∇SC(y)`` (``g[w, t, b] = α[w, b]·v_t + β[w, b] ≥ 0``, :func:`_sc_grad_lanes`)
@@ -416,8 +422,9 @@ def _stationarity_lanes(reach, rm, cap, credit, size, ys, lam):
     so ``gap = Σ_w (D_w(λ) − ⟨g_w, y_w⟩) / SC(y) ≥`` the relative Frank–Wolfe gap. At a fixed
     point of the projected step the projection's multipliers (over the step) make it tight.
     0 for a game with SC = 0 whose bound is 0; ``inf`` where SC = 0 and the bound is not.
+    ``grad`` is ``(SC, α, β)`` at ``ys`` (:func:`_sc_grad_lanes`).
     """
-    sc, alpha, beta = _sc_grad_lanes(reach, rm, credit, ys)
+    sc, alpha, beta = grad
     # D_w(λ) − ⟨g_w, y_w⟩ as a sum of terms that are each ≥ 0 and vanish at a KKT point (no
     # cancellation between two large sums): Σ_t λ_t·(C_t − used_t) plus, per block, the best
     # reduced gain r = g − λ·s (or 0) less the reduced gain y collects, Σ_t y_t·r_t.
