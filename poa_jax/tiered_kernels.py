@@ -381,6 +381,113 @@ def _optimum_lanes(reach, rm, cap, credit, size, ys0, *, steps, lr, proj_iters=P
     return best_ys, jnp.minimum(best, last), lam, c
 
 
+def _social_lmo(alpha, beta, v, cap, size):
+    r"""One worker's placement minimising SC given the others: the LP ``max ⟨g, u⟩``.
+
+    ``g[t, b] = α_b·v_t + β_b`` (``α, β (B, ...)``, ``v, cap (T, ...)``, ``size (B, ...)``);
+    ``u (T, B, ...)`` fractions with ``Σ_t u ≤ 1`` per block and ``Σ_b s_b·u ≤ C_t`` per tier.
+    SC is linear in one worker's placement (:func:`_sc_grad_lanes`: ``α``, ``β`` do not depend
+    on it), so this is the exact coordinated best response.
+
+    Per unit of size a block is worth ``a_b·v_t + c_b`` (``a = α/s``, ``c = β/s``). Given the
+    kept amounts ``x_b``, the Monge argument of the selfish best response still places them
+    (higher ``a`` in higher ``v``), so with the tiers by decreasing credit, ``P_k`` their
+    cumulative capacities and ``w_k = v_k − v_{k+1}`` (``v_{T+1} = 0``)
+
+        V(x) = Σ_b c_b·x_b + Σ_k w_k·TopSum_{P_k}(x),
+
+    ``TopSum_P`` the largest ``a``-weighted mass of ``P`` kept units: an assignment
+    (gross-substitutes, M♮-concave) valuation, non-decreasing in ``x``. It is maximised
+    greedily: add, whole, the block of largest marginal value
+    ``c_b + Σ_k w_k·max(0, a_b − θ_k)`` (``θ_k`` the ``a`` of the kept unit at ``P_k``, 0 while
+    fewer are kept) until the tiers are full or no block adds value (Murota's greedy for
+    M♮-concave functions under a cardinality bound). Tests check it against linprog.
+    """
+    dt = alpha.dtype
+    n_b = alpha.shape[0]
+    tiny = jnp.finfo(dt).tiny
+    ot = jnp.argsort(-v, axis=0)
+    vs = jnp.take_along_axis(v, ot, 0)
+    big_p = jnp.cumsum(jnp.take_along_axis(cap, ot, 0), 0)  # (T, ...)
+    wk = vs - jnp.concatenate([vs[1:], jnp.zeros_like(vs[:1])], 0)
+    a = alpha / size
+    ob = jnp.argsort(-a, axis=0)  # blocks by decreasing a
+    a_s, c_s, s_s = (jnp.take_along_axis(q, ob, 0) for q in (a, beta / size, size))
+    total = big_p[-1]
+    eps = 64 * jnp.finfo(dt).eps * _smax(total, tiny)
+    rows = jnp.arange(n_b).reshape((n_b,) + (1,) * (alpha.ndim - 1))
+
+    def state(x, kept):
+        """θ (T, ...) and the marginal values (B, ...) of the kept amounts ``x``."""
+        cum = jnp.cumsum(x, 0)
+        j = jnp.minimum(jnp.sum(cum[:, None] < (big_p - eps[None])[None], axis=0), n_b - 1)
+        theta = jnp.where(kept[None] >= big_p - eps[None], jnp.take_along_axis(a_s, j, 0), 0.0)
+        gain = c_s + jnp.sum(wk[:, None] * _smax(a_s[None] - theta[:, None], 0.0), axis=0)
+        return cum, j, theta, jnp.where(x >= s_s, -jnp.inf, gain)
+
+    def add(carry):
+        x, kept, _, k = carry
+        cum, j, _, gain = state(x, kept)
+        pick = jnp.argmax(gain, 0)
+        room = total - kept
+        go = (jnp.max(gain, 0) > 0) & (room > eps)
+        # Add until a marginal value can change: the block is whole, the tiers are full, the
+        # kept mass reaches the next P_k, or the unit at a filled P_k (block j_k) would leave
+        # its block because the pick sits above it in the a-order.
+        before_j = jnp.take_along_axis(cum - x, j, 0)
+        filled = kept[None] >= big_p - eps[None]
+        shift = jnp.where(filled & (pick[None] < j), big_p - before_j, jnp.inf)
+        reach_p = jnp.where(filled, jnp.inf, big_p - kept[None])
+        step = _smin(jnp.min(_smin(shift, reach_p), axis=0), room)
+        step = _smax(step, eps)  # progress even where a boundary sits within rounding
+        amount = jnp.where((rows == pick[None]) & go[None], _smin(s_s - x, step[None]), 0.0)
+        return x + amount, kept + jnp.sum(amount, 0), jnp.any(go), k + 1
+
+    limit = n_b * (big_p.shape[0] + 2)
+    zero = jnp.zeros_like(a_s)
+    x, kept, _, _ = jax.lax.while_loop(
+        lambda c: c[2] & (c[3] < limit), add, (zero, jnp.zeros_like(total), True, 0)
+    )
+    # LP dual prices of the tiers: λ_k = Σ_{j≥k} w_j·θ_j + η, with θ_T = 0 (given Σ x ≤ P_T,
+    # TopSum_{P_T} is the plain sum) and η the price of that total, the best marginal value
+    # of what is not wholly kept once the tiers are full. The reduced gain of a block is then
+    # c_b + Σ_j w_j·max(0, a_b − θ_j) − η (θ non-increasing): ≤ 0 for what is left out.
+    _, _, theta, _ = state(x, kept)
+    theta = theta.at[-1].set(0.0)
+    gain = c_s + jnp.sum(wk[:, None] * _smax(a_s[None] - theta[:, None], 0.0), axis=0)
+    gain = jnp.where(x >= s_s, -jnp.inf, gain)
+    eta = jnp.where(total - kept <= eps, _smax(jnp.max(gain, 0), 0.0), 0.0)
+    lam_rank = jnp.flip(jnp.cumsum(jnp.flip(wk * theta, 0), 0), 0) + eta[None]
+    prices = jnp.take_along_axis(lam_rank, jnp.argsort(ot, axis=0), 0)
+    cum = jnp.cumsum(x, 0)
+    before = cum - x
+    p_prev = jnp.concatenate([jnp.zeros_like(big_p[:1]), big_p[:-1]], 0)
+    amt = _smax(_smin(cum[None], big_p[:, None]) - _smax(before[None], p_prev[:, None]), 0.0)
+    u_sorted = amt / s_s[None]  # (rank, sorted block, ...)
+    inv_b = jnp.argsort(ob, axis=0)
+    u_sorted = jnp.take_along_axis(u_sorted, jnp.broadcast_to(inv_b[None], u_sorted.shape), 1)
+    inv_t = jnp.argsort(ot, axis=0)
+    u = jnp.take_along_axis(u_sorted, jnp.broadcast_to(inv_t[:, None], u_sorted.shape), 0)
+    return u, prices
+
+
+def _polish_lanes(reach, rm, cap, credit, size, ys, sweeps: int):
+    """Block-coordinate descent: each worker in turn takes its coordinated best response
+    (:func:`_social_lmo`), kept only where SC does not rise; ``sweeps`` passes over the workers.
+    Each accepted step lowers SC; a point no worker can improve is first-order stationary."""
+    n_w = ys[0].shape[0]
+    cap_a, cr_a = jnp.stack(cap), jnp.stack(credit)  # (T, W, ...)
+
+    def visit(w, ys):
+        sc, alpha, beta = _sc_grad_lanes(reach, rm, credit, ys)
+        u, _ = _social_lmo(alpha[w], beta[w], cr_a[:, w], cap_a[:, w], size)  # (T, B, ...)
+        new = [y.at[w].set(u[i]) for i, y in enumerate(ys)]
+        ok = (_sc_lanes(reach, rm, credit, new) <= sc)[None, None]
+        return [jnp.where(ok, q, y) for q, y in zip(new, ys, strict=True)]
+
+    return jax.lax.fori_loop(0, sweeps * n_w, lambda k, ys: visit(k % n_w, ys), ys)
+
+
 def _certify_lanes(reach, rm, cap, credit, size, ys, lam, c, iters):
     """:func:`_stationarity_lanes` at ``ys``, priced by the projection ``Π(y + g/max g)``.
 
@@ -400,12 +507,17 @@ def _certify_lanes(reach, rm, cap, credit, size, ys, lam, c, iters):
     _, lam = _project_tiers(zs, cap, size, warm, iters, jnp.min(size, axis=0) ** 2)
     prices = [mu / step[None] for mu in lam]
     grad = (sc, alpha, beta)
-    # Any prices give a bound: where the projection's are poor (far from stationarity) the
-    # free ones (0: every block in its best tier, capacity ignored) may be lower.
-    return jnp.minimum(
-        _stationarity_lanes(grad, cap, credit, size, ys, prices),
-        _stationarity_lanes(grad, cap, credit, size, ys, [jnp.zeros_like(c) for c in cap]),
-    )
+    # Every worker's coordinated best response at once (workers as one more lane axis): its
+    # LP prices make the bound exact wherever that LP is solved exactly.
+    wl = lambda q: jnp.moveaxis(q, 0, 1)  # noqa: E731  (W, B, ...) -> (B, W, ...)
+    _, lmo = _social_lmo(wl(alpha), wl(beta), jnp.stack(credit), jnp.stack(cap),
+                         jnp.broadcast_to(size[:, None], wl(alpha).shape))  # fmt: skip
+    # Any prices give a bound; the lowest is kept (the free ones, 0, cover a degenerate LP).
+    return functools.reduce(
+        jnp.minimum,
+        [_stationarity_lanes(grad, cap, credit, size, ys, q)
+         for q in (prices, list(lmo), [jnp.zeros_like(c) for c in cap])],
+    )  # fmt: skip
 
 
 def _stationarity_lanes(grad, cap, credit, size, ys, lam):
@@ -439,7 +551,7 @@ def _stationarity_lanes(grad, cap, credit, size, ys, lam):
     return jnp.where(sc > 0, rel, jnp.where(excess > 0, jnp.inf, 0.0))
 
 
-def _opt_batch_lanes(reach, rm, capacity, credit, size, y0, *, steps, lr):
+def _opt_batch_lanes(reach, rm, capacity, credit, size, y0, *, steps, lr, sweeps=0):
     """:func:`_optimum_lanes` on a batch ``(N, ...)``: instances moved to the minor axis."""
     last = lambda a: jnp.moveaxis(a, 0, -1)  # noqa: E731
     t = y0.shape[2]
@@ -448,6 +560,9 @@ def _opt_batch_lanes(reach, rm, capacity, credit, size, y0, *, steps, lr):
     cr = [last(credit[:, :, i]) for i in range(t)]
     ys, sc, lam, c = _optimum_lanes(last(reach), last(rm), cap, cr, last(size), ys0,
                                     steps=steps, lr=lr)  # fmt: skip
+    if sweeps:
+        ys = _polish_lanes(last(reach), last(rm), cap, cr, last(size), ys, sweeps)
+        sc = _sc_lanes(last(reach), last(rm), cr, ys)
     gap = _certify_lanes(last(reach), last(rm), cap, cr, last(size), ys, lam, c, CERT_ITERS)
     return dict(placement=jnp.moveaxis(jnp.stack(ys, axis=1), -1, 0), social_cost=sc, gap=gap)
 
@@ -472,14 +587,16 @@ def _compiler_options() -> dict | None:
 @functools.cache
 def _opt_jit():
     return jax.jit(
-        _opt_batch_lanes, static_argnames=("steps", "lr"), compiler_options=_compiler_options()
+        _opt_batch_lanes,
+        static_argnames=("steps", "lr", "sweeps"),
+        compiler_options=_compiler_options(),
     )
 
 
-def _opt_batch(reach, rm, capacity, credit, size, y0, *, steps, lr):
+def _opt_batch(reach, rm, capacity, credit, size, y0, *, steps, lr, sweeps=0):
     """Batched optimum ``(N, ...)`` arrays → ``dict(placement (N, W, T, B), social_cost (N,),
     gap (N,))``, ``gap`` the relative first-order gap of the placement (:func:`_certify_lanes`)."""
-    return _opt_jit()(reach, rm, capacity, credit, size, y0, steps=steps, lr=lr)
+    return _opt_jit()(reach, rm, capacity, credit, size, y0, steps=steps, lr=lr, sweeps=sweeps)
 
 
 def _cert_batch_lanes(reach, rm, capacity, credit, size, y, *, iters):

@@ -255,12 +255,76 @@ def test_optimum_certificate_against_linprog(solved):
     assert res.converged.all() == (res.equilibrium.converged & opt.converged).all()
 
 
+def _lp_max(g, cap, size):
+    """``max ⟨g, u⟩`` over one worker's placements ``u (T, B)`` by linprog: (value, u)."""
+    t, b = g.shape
+    a_ub = [np.kron(np.ones(t), np.eye(b)[k]) for k in range(b)]
+    a_ub += [np.kron(np.eye(t)[k], size) for k in range(t)]
+    lp = scipy_opt.linprog(-g.ravel(), A_ub=np.array(a_ub), b_ub=np.r_[np.ones(b), cap],
+                           bounds=(0, 1))  # fmt: skip
+    return -lp.fun, lp.x.reshape(t, b)
+
+
+def test_coordinated_best_response_is_the_lp_optimum():
+    """The greedy of _social_lmo against linprog on random LPs, ties, zero credits and
+    capacities included, and its prices against the LP value (weak duality, tight)."""
+    import jax.numpy as jnp
+
+    rng = np.random.default_rng(7)
+    for _ in range(60):
+        t, b = int(rng.integers(1, 5)), int(rng.integers(1, 14))
+        alpha = rng.random(b) * rng.choice([0.0, 1.0, 10.0])
+        beta = rng.random(b) * rng.choice([0.0, 1.0, 10.0])
+        v = np.round(rng.random(t), 1) * (rng.random(t) > 0.2)  # ties and zeros
+        cap = rng.uniform(0, 3, t) * (rng.random(t) > 0.1)
+        size = rng.choice([0.5, 1.0, rng.uniform(0.2, 2)], b)
+        col = lambda a: jnp.asarray(a)[:, None]  # noqa: E731  (one lane)
+        u, lam = tiered_kernels._social_lmo(col(alpha), col(beta), col(v), col(cap), col(size))
+        u, lam = np.asarray(u)[..., 0], np.asarray(lam)[:, 0]
+        g = alpha[None] * v[:, None] + beta[None]
+        best, _ = _lp_max(g, cap, size)
+        assert (u >= 0).all() and (u.sum(0) <= 1 + 1e-12).all()
+        assert ((u * size).sum(1) <= cap + 1e-12).all()
+        assert (g * u).sum() == pytest.approx(best, rel=1e-12, abs=1e-12)
+        dual = lam @ cap + np.maximum(0, (g - lam[:, None] * size[None]).max(0)).sum()
+        assert (lam >= 0).all() and dual == pytest.approx(best, rel=1e-9, abs=1e-12)
+
+
+def test_polish_reaches_the_block_coordinate_optimum_of_linprog():
+    """The coordinated best responses (polish) against block-coordinate descent by linprog,
+    written here: from the same point both reach the same SC, and the result is certified."""
+    rng = np.random.default_rng(3)
+    for k in range(2):
+        d, r, cap, size, m, v, a, fields = _instance(10 + k)
+        game = _game(d, r, cap, size, m, fields)
+        y = rng.random((W, T, B)) * 0.2
+        ours = tiered_cache.solve_optimum(game, y0=y, steps=1, polish_sweeps=30)
+        # linprog's block-coordinate descent from the same (retracted) first step
+        start = tiered_cache.solve_optimum(game, y0=y, steps=1, polish_sweeps=0).placement
+        x = start.copy()
+        for _ in range(30):
+            for w in range(W):
+                e = np.zeros_like(x)
+                grad = np.zeros((T, B))
+                for idx in np.ndindex(T, B):
+                    e[:] = 0
+                    e[(w,) + idx] = 0.5
+                    grad[idx] = _costs(a, r, m, v, x - e).sum() - _costs(a, r, m, v, x + e).sum()
+                _, x[w] = _lp_max(grad, cap[w], size)
+        ref = _costs(a, r, m, v, x).sum()
+        assert float(ours.social_cost) == pytest.approx(ref, rel=1e-9)
+        assert float(ours.social_cost) <= _costs(a, r, m, v, start).sum()
+        assert ours.converged and ours.gap <= 1e-6
+
+
 def test_optimum_out_of_steps_is_not_called_converged(solved):
     insts, _ = solved
     game = _batch(insts)
-    short = tiered_cache.solve_optimum(game, y0=np.zeros((len(insts), W, T, B)), steps=1)
+    short = tiered_cache.solve_optimum(
+        game, y0=np.zeros((len(insts), W, T, B)), steps=1, polish_sweeps=0
+    )
     assert (short.gap > 1e-3).all() and (short.status == 1).all() and not short.converged.any()
-    res = tiered_cache.price_of_anarchy(game, optimum_steps=1, optimum_starts=0)
+    res = tiered_cache.price_of_anarchy(game, optimum_steps=1, optimum_starts=0, polish_sweeps=0)
     assert not res.optimum.converged.all() and not res.converged.all()
     np.testing.assert_array_equal(res.converged, res.equilibrium.converged & res.optimum.converged)
     full = tiered_cache.solve_optimum(game, steps=1500)
