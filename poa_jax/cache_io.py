@@ -127,13 +127,12 @@ def report(res, single: bool) -> dict:
             optimum=j(res.optimum),
         )  # fmt: skip
     else:
-        eq = res.equilibrium
+        eq, opt = res.equilibrium, res.optimum
+        names = np.vectorize(lambda c: STATUS.get(int(c), str(c)), otypes=[object])
         out.update(
-            gap=j(eq.gap), rounds=j(eq.rounds),
-            status=np.vectorize(lambda c: STATUS.get(int(c), str(c)), otypes=[object])(
-                np.asarray(eq.status)
-            ).tolist(),
-            equilibrium_placement=j(eq.placement), optimum_placement=j(res.optimum.placement),
+            gap=j(eq.gap), rounds=j(eq.rounds), status=names(np.asarray(eq.status)).tolist(),
+            optimum_gap=j(opt.gap), optimum_status=names(np.asarray(opt.status)).tolist(),
+            equilibrium_placement=j(eq.placement), optimum_placement=j(opt.placement),
         )  # fmt: skip
         if eq.shared is not None:
             out.update(equilibrium_shared=j(eq.shared), optimum_shared=j(res.optimum.shared))

@@ -55,10 +55,12 @@ one tier and ``reach[w, P] = σ_P``.)
 fractional knapsack (blocks by density into tiers by credit); equilibria by sequential best
 response from ``starts`` placements to a relative best-response gap; the optimum by projected
 gradient descent (optax's cosine schedule) started from every equilibrium found and a uniform
-fill, keeping the best point seen, so ``SC(opt) ≤ SC(eq)`` by construction. The optimum is a
-local one: ``poa`` is SC(worst equilibrium found) / SC(best placement found), a lower bound on
-the true PoA over the equilibria found, and exact only where the optimum is (tests compare with
-scipy).
+fill, keeping the best point seen, then polished by block-coordinate descent (each worker's
+exact coordinated best response, an LP solved by a greedy), so ``SC(opt) ≤ SC(eq)`` by
+construction. The optimum is certified by an upper bound on its first-order (Frank–Wolfe) gap
+(``optimum.gap``, status 0 where it is within tolerance). It is a local optimum: ``poa`` is
+SC(worst equilibrium found) / SC(best placement found), a lower bound on the true PoA over the
+equilibria found, and exact only where the optimum is (tests compare with scipy).
 
 Arrays: ``distance (..., W, W)``, ``rates (..., W, B)``, ``capacity (..., W, T)``,
 ``credit (..., T)`` or ``access_latency (..., W, T)``, ``miss_cost (..., W, B)`` (or

@@ -33,6 +33,12 @@ The projection onto the feasible set is computed through its dual — with tier 
 ``λ[w, t] ≥ 0`` it separates into one projection per block onto ``{Σ_t y ≤ 1, y ≥ 0}``
 (:mod:`poa_jax.kernels.capped`), and ``λ`` is updated by a few warm-started diagonal Newton steps
 per descent step — followed by a scaling retraction that makes every iterate exactly feasible.
+**Polish and certificate.** ``SC`` is linear in one worker's placement (``α``, ``β`` above do
+not depend on it), so each worker's coordinated best response is an LP, solved exactly by the
+greedy of :func:`_social_lmo`; block-coordinate descent over the workers
+(:func:`_polish_lanes`) follows the projected descent. The point returned is certified by
+:func:`_stationarity_lanes`, an upper bound on its relative Frank–Wolfe gap by LP duality.
+
 The batched descent keeps the instances on the minor axis and the tiers as separate arrays
 (:func:`_optimum_lanes`); the best point seen is kept, so the optimum never costs more than its
 start.
