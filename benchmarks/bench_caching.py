@@ -351,13 +351,17 @@ class FluidRef:
         a_ub = np.vstack([np.kron(np.ones(t), np.eye(b)), np.kron(np.eye(t), self.size)])
         y, sc = y.copy(), self.costs(y).sum()
         for _ in range(sweeps):
+            improved = False
             for i in range(w):
                 lp = linprog(self.grad(y)[i].ravel(), A_ub=a_ub,
                              b_ub=np.r_[np.ones(b), self.cap[i]], bounds=(0, 1))  # fmt: skip
                 new = y.copy()
                 new[i] = lp.x.reshape(t, b)
                 if (val := self.costs(new).sum()) <= sc:
+                    improved |= val < sc
                     y, sc = new, val
+            if not improved:  # as poa_jax's polish: stop after a pass that lowers nothing
+                break
         return y, sc
 
 

@@ -449,7 +449,9 @@ def _social_lmo(alpha, beta, v, cap, size):
         amount = jnp.where((rows == pick[None]) & go[None], _smin(s_s - x, step[None]), 0.0)
         return x + amount, kept + jnp.sum(amount, 0), jnp.any(go), k + 1
 
-    limit = n_b * (big_p.shape[0] + 2)
+    # Each trip completes a block (≤ B), reaches a P_k (≤ T), moves the unit at a P_k up one
+    # block (j_k only falls: ≤ T·B) or fills the tiers: (B + 1)·(T + 2) bounds them all.
+    limit = (n_b + 1) * (big_p.shape[0] + 2)
     zero = jnp.zeros_like(a_s)
     x, kept, _, _ = jax.lax.while_loop(
         lambda c: c[2] & (c[3] < limit), add, (zero, jnp.zeros_like(total), True, 0)
@@ -479,19 +481,29 @@ def _social_lmo(alpha, beta, v, cap, size):
 
 def _polish_lanes(reach, rm, cap, credit, size, ys, sweeps: int):
     """Block-coordinate descent: each worker in turn takes its coordinated best response
-    (:func:`_social_lmo`), kept only where SC does not rise; ``sweeps`` passes over the workers.
-    Each accepted step lowers SC; a point no worker can improve is first-order stationary."""
+    (:func:`_social_lmo`), kept only where SC does not rise; at most ``sweeps`` passes over the
+    workers, fewer once a whole pass lowers SC nowhere in the batch. Each accepted step lowers
+    SC; a point no worker can improve is first-order stationary."""
     n_w = ys[0].shape[0]
     cap_a, cr_a = jnp.stack(cap), jnp.stack(credit)  # (T, W, ...)
 
-    def visit(w, ys):
+    def visit(w, carry):
+        ys, improved = carry
         sc, alpha, beta = _sc_grad_lanes(reach, rm, credit, ys)
         u, _ = _social_lmo(alpha[w], beta[w], cr_a[:, w], cap_a[:, w], size)  # (T, B, ...)
         new = [y.at[w].set(u[i]) for i, y in enumerate(ys)]
-        ok = (_sc_lanes(reach, rm, credit, new) <= sc)[None, None]
-        return [jnp.where(ok, q, y) for q, y in zip(new, ys, strict=True)]
+        val = _sc_lanes(reach, rm, credit, new)
+        ok = (val <= sc)[None, None]
+        ys = [jnp.where(ok, q, y) for q, y in zip(new, ys, strict=True)]
+        return ys, improved | jnp.any(val < sc)
 
-    return jax.lax.fori_loop(0, sweeps * n_w, lambda k, ys: visit(k % n_w, ys), ys)
+    def sweep(carry):
+        ys, k, _ = carry
+        ys, improved = jax.lax.fori_loop(0, n_w, visit, (ys, False))
+        return ys, k + 1, improved
+
+    ys, _, _ = jax.lax.while_loop(lambda c: (c[1] < sweeps) & c[2], sweep, (ys, 0, True))
+    return ys
 
 
 def _certify_lanes(reach, rm, cap, credit, size, ys, lam, c, iters):
