@@ -387,6 +387,21 @@ def _optimum_lanes(reach, rm, cap, credit, size, ys0, *, steps, lr, proj_iters=P
     return best_ys, jnp.minimum(best, last), lam, c
 
 
+def _count_below(cum, lim):
+    """``#{b : cum[b] < lim_k}`` per ``lim_k`` (``lim (K, ...)``) for ``cum (B, ...)``
+    non-decreasing along its first axis: a binary search (``⌈log₂ B⌉ + 1`` gathers of ``(K,
+    ...)``) where the count over a ``(B, K, ...)`` comparison costs ``K·B`` per lane."""
+    n = cum.shape[0]
+    pos = jnp.zeros(lim.shape, jnp.int32)
+    step = 1 << (n.bit_length() - 1)
+    while step:  # unrolled: invariant cum[:pos] < lim; try to extend it by ``step``
+        probe = jnp.minimum(pos + step - 1, n - 1)
+        ok = (pos + step <= n) & (jnp.take_along_axis(cum, probe, 0) < lim)
+        pos = jnp.where(ok, pos + step, pos)
+        step >>= 1
+    return pos
+
+
 def _social_lmo(alpha, beta, v, cap, size):
     r"""One worker's placement minimising SC given the others: the LP ``max ⟨g, u⟩``.
 
@@ -423,51 +438,58 @@ def _social_lmo(alpha, beta, v, cap, size):
     eps = 64 * jnp.finfo(dt).eps * _smax(total, tiny)
     rows = jnp.arange(n_b).reshape((n_b,) + (1,) * (alpha.ndim - 1))
 
-    def state(x, kept):
-        """θ (T, ...) and the marginal values (B, ...) of the kept amounts ``x``."""
-        cum = jnp.cumsum(x, 0)
-        j = jnp.minimum(jnp.sum(cum[:, None] < (big_p - eps[None])[None], axis=0), n_b - 1)
-        theta = jnp.where(kept[None] >= big_p - eps[None], jnp.take_along_axis(a_s, j, 0), 0.0)
+    lim = big_p - eps[None]  # (T, ...)
+
+    def state(x, cum, kept):
+        """For the kept amounts ``x`` (``cum`` their cumulative sum in the a-order, carried):
+        whether each ``P_k`` is filled, the block ``j_k`` holding the unit at ``P_k``, the kept
+        mass before that block, ``θ`` (T, ...) and the marginal values (B, ...)."""
+        filled = kept[None] >= lim
+        j = jnp.minimum(_count_below(cum, lim), n_b - 1)
+        theta = jnp.where(filled, jnp.take_along_axis(a_s, j, 0), 0.0)
         gain = c_s + jnp.sum(wk[:, None] * _smax(a_s[None] - theta[:, None], 0.0), axis=0)
-        return cum, j, theta, jnp.where(x >= s_s, -jnp.inf, gain)
+        before_j = jnp.take_along_axis(cum - x, j, 0)
+        return filled, j, before_j, theta, jnp.where(x >= s_s, -jnp.inf, gain)
 
     def add(carry):
-        x, kept, _, k = carry
-        cum, j, _, gain = state(x, kept)
+        x, cum, kept, _, k = carry
+        filled, j, before_j, _, gain = state(x, cum, kept)
         pick = jnp.argmax(gain, 0)
         room = total - kept
         go = (jnp.max(gain, 0) > 0) & (room > eps)
         # Add until a marginal value can change: the block is whole, the tiers are full, the
         # kept mass reaches the next P_k, or the unit at a filled P_k (block j_k) would leave
         # its block because the pick sits above it in the a-order.
-        before_j = jnp.take_along_axis(cum - x, j, 0)
-        filled = kept[None] >= big_p - eps[None]
         shift = jnp.where(filled & (pick[None] < j), big_p - before_j, jnp.inf)
         reach_p = jnp.where(filled, jnp.inf, big_p - kept[None])
         step = _smin(jnp.min(_smin(shift, reach_p), axis=0), room)
         step = _smax(step, eps)  # progress even where a boundary sits within rounding
         amount = jnp.where((rows == pick[None]) & go[None], _smin(s_s - x, step[None]), 0.0)
-        return x + amount, kept + jnp.sum(amount, 0), jnp.any(go), k + 1
+        added = jnp.where(go, _smin(jnp.take_along_axis(s_s - x, pick[None], 0)[0], step), 0.0)
+        # The cumulative sum moves by ``added`` from the pick on: carried, not recomputed (XLA's
+        # CPU cumsum is a reduce-window, O(B²): it was most of a trip's time). The sum of the
+        # one nonzero ``amount`` is a gather, not a reduction over the blocks.
+        cum = cum + jnp.where(rows >= pick[None], added[None], 0.0)
+        return x + amount, cum, kept + added, jnp.any(go), k + 1
 
     # Each trip completes a block (≤ B), reaches a P_k (≤ T), moves the unit at a P_k up one
     # block (j_k only falls: ≤ T·B) or fills the tiers: (B + 1)·(T + 2) bounds them all.
     limit = (n_b + 1) * (big_p.shape[0] + 2)
     zero = jnp.zeros_like(a_s)
-    x, kept, _, _ = jax.lax.while_loop(
-        lambda c: c[2] & (c[3] < limit), add, (zero, jnp.zeros_like(total), True, 0)
+    x, cum, kept, _, _ = jax.lax.while_loop(
+        lambda c: c[3] & (c[4] < limit), add, (zero, zero, jnp.zeros_like(total), True, 0)
     )
     # LP dual prices of the tiers: λ_k = Σ_{j≥k} w_j·θ_j + η, with θ_T = 0 (given Σ x ≤ P_T,
     # TopSum_{P_T} is the plain sum) and η the price of that total, the best marginal value
     # of what is not wholly kept once the tiers are full. The reduced gain of a block is then
     # c_b + Σ_j w_j·max(0, a_b − θ_j) − η (θ non-increasing): ≤ 0 for what is left out.
-    _, _, theta, _ = state(x, kept)
+    theta = state(x, cum, kept)[3]
     theta = theta.at[-1].set(0.0)
     gain = c_s + jnp.sum(wk[:, None] * _smax(a_s[None] - theta[:, None], 0.0), axis=0)
     gain = jnp.where(x >= s_s, -jnp.inf, gain)
     eta = jnp.where(total - kept <= eps, _smax(jnp.max(gain, 0), 0.0), 0.0)
     lam_rank = jnp.flip(jnp.cumsum(jnp.flip(wk * theta, 0), 0), 0) + eta[None]
     prices = jnp.take_along_axis(lam_rank, jnp.argsort(ot, axis=0), 0)
-    cum = jnp.cumsum(x, 0)
     before = cum - x
     p_prev = jnp.concatenate([jnp.zeros_like(big_p[:1]), big_p[:-1]], 0)
     amt = _smax(_smin(cum[None], big_p[:, None]) - _smax(before[None], p_prev[:, None]), 0.0)

@@ -290,6 +290,19 @@ def test_coordinated_best_response_is_the_lp_optimum():
         assert (lam >= 0).all() and dual == pytest.approx(best, rel=1e-9, abs=1e-12)
 
 
+def test_count_below_is_searchsorted():
+    """The greedy's binary search against NumPy's, for every length up to 40 (ties, values
+    past both ends, several lanes)."""
+    rng = np.random.default_rng(11)
+    for n in range(1, 41):
+        cum = np.cumsum(rng.choice([0.0, 0.5, 1.0], (n, 3)), 0)  # non-decreasing, with ties
+        lim = rng.uniform(-1, cum.max() + 1, (4, 3))
+        lim[0] = cum[rng.integers(n)]  # exactly on a value
+        got = np.asarray(tiered_kernels._count_below(cum, lim))
+        want = np.stack([np.searchsorted(cum[:, i], lim[:, i], "left") for i in range(3)], 1)
+        np.testing.assert_array_equal(got, want)
+
+
 def test_polish_reaches_the_block_coordinate_optimum_of_linprog():
     """The coordinated best responses (polish) against block-coordinate descent by linprog,
     written here: from the same point both reach the same SC, and the result is certified."""
