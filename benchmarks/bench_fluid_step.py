@@ -2,7 +2,7 @@ r"""Where the fluid optimum's descent step spends its time: memory passes, not a
 
 Two measurements, both float32, on whatever device is present:
 
-* **step** — the committed descent kernel (:func:`poa_jax.tiered_kernels._opt_batch_lanes`) on
+* **step** — the committed descent kernel (:func:`poa_jax.tiered_kernels._descent_batch_lanes`) on
   ``--instances`` fluid instances (``W × T × B``, the generator of
   :mod:`benchmarks.bench_caching`), ``--steps`` steps, in calls of each ``--lanes`` width:
   µs per instance and step (steady state, best of ``--repeats``), and the same for a *trivial*
@@ -111,7 +111,7 @@ def run(args) -> dict:
     y0 = jnp.asarray(np.random.default_rng(0).random((n, w, t, b)) * 0.05, jnp.float32)
     opts = tk._compiler_options()
     kernels = {
-        "descent": jax.jit(tk._opt_batch_lanes, static_argnames=("steps", "lr"),
+        "descent": jax.jit(tk._descent_batch_lanes, static_argnames=("steps", "lr"),
                            compiler_options=opts),
         "trivial body": jax.jit(_trivial, static_argnames=("steps", "lr"), compiler_options=opts),
     }  # fmt: skip

@@ -57,6 +57,7 @@ import concurrent.futures
 import dataclasses
 import functools
 import os
+import threading
 
 import jax
 import jax.numpy as jnp
@@ -719,6 +720,72 @@ def _chunked(fn, arrays, chunk: int, **kw):
     else:
         parts += [one(lo) for lo in starts]
     return tm(lambda *p: np.concatenate(p), *parts)
+
+
+def _compacted(fn, arrays, state, lanes: int, max_rounds: int):
+    """Rounds of jitted ``fn(*arrays, state) -> (state, more)`` on ``lanes`` instances at a
+    time, each instance until its own ``more`` is false or it has had ``max_rounds`` rounds.
+
+    ``arrays`` (a tuple of arrays) and ``state`` (one array) have the instances on their
+    leading axis; ``state`` is returned updated. A finished instance leaves its slot at once
+    and the next one waiting takes it, so a call costs what its live lanes need, not what the
+    slowest instance of a fixed chunk needs (the polish of the fluid optimum: 8.2 passes per
+    64-instance chunk → 5.1 per instance). Slots empty once nothing waits are filled with a
+    copy of a live lane (its result is dropped), so every call has one shape, ``min(lanes,
+    next power of two ≥ N)``. :func:`chunk_threads` slot sets run at once, drawing from one
+    queue; an instance's rounds never depend on which others share its call.
+    """
+    state = np.array(state, copy=True)
+    n = state.shape[0]
+    if n == 0 or max_rounds < 1:
+        return state
+    size = max(1, min(lanes, 1 << max(n - 1, 0).bit_length()))
+    waiting = iter(range(n))
+    lock = threading.Lock()
+    compiled = threading.Event()
+    sig = (fn, size, tuple((np.shape(a)[1:], str(np.asarray(a).dtype)) for a in arrays),
+           state.shape[1:], str(state.dtype))  # fmt: skip
+    if sig in _COMPILED:
+        compiled.set()
+
+    def run(first: bool):
+        try:
+            slots_loop(first)
+        finally:  # a failed first call must not leave the others waiting
+            compiled.set()
+
+    def slots_loop(first: bool):
+        slots = np.full(size, -1)
+        rounds = np.zeros(size, int)
+        while True:
+            with lock:
+                for k in np.flatnonzero(slots < 0):
+                    slots[k] = next(waiting, -1)
+                    rounds[k] = 0
+            live = slots >= 0
+            if not live.any():
+                return
+            if not first:
+                compiled.wait()
+            idx = np.where(live, slots, slots[live][0])
+            new, more = jax.device_get(fn(*(a[idx] for a in arrays), state[idx]))
+            if first:
+                _COMPILED.add(sig)
+                compiled.set()
+                first = False
+            rounds += live
+            state[slots[live]] = new[live]
+            slots[live & (~np.asarray(more, bool) | (rounds >= max_rounds))] = -1
+
+    threads = min(chunk_threads(), -(-n // size))
+    if threads > 1:
+        with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+            jobs = [pool.submit(run, i == 0) for i in range(threads)]
+            for job in jobs:
+                job.result()
+    else:
+        run(True)
+    return state
 
 
 #: Call signatures :func:`_chunked` has run (their programs are compiled).

@@ -75,6 +75,8 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from poa_jax.caching import (
+    _chunked,
+    _compacted,
     _dtype,
     _integer,
     _seed,
@@ -92,9 +94,10 @@ from poa_jax.tiered_kernels import (
     _br_batch,
     _cert_batch,
     _costs_batch,
+    _descent_batch,
     _eq_batch,
-    _opt_batch,
     _retract_batch,
+    _sweep_batch,
 )
 from poa_jax.validation import MAX_STARTS, check
 
@@ -413,12 +416,6 @@ def _pack(p: _Prepared):
     return (p.reach, p.rm, p.capacity, p.credit, p.size)
 
 
-def _chunked(fn, arrays, chunk, **kw):
-    from poa_jax.caching import _chunked as chunked
-
-    return chunked(fn, arrays, chunk, **kw)
-
-
 # --------------------------------------------------------------------------- public
 
 
@@ -651,19 +648,21 @@ def solve_optimum(
     ``y0 (..., S, W, T, B)`` or ``(..., W, T, B)``: starts (default: one empty placement and
     one uniform fill); the best point seen over all starts is kept.
 
-    The descent runs ``steps`` steps, then ``polish_sweeps`` passes of block-coordinate
-    descent: each worker in turn takes its coordinated best response, the placement that
-    minimises SC given the others (SC is linear in one worker's placement; an LP solved
-    exactly by a greedy, :func:`poa_jax.tiered_kernels._social_lmo`). On 8 workers × 4 tiers ×
-    256 blocks the descent alone stays within 1e-5 of the equilibrium it starts from while the
-    polish lowers SC by ~1% (a PoA understated by as much without it). It then certifies the
-    point it returns. ``gap`` is an
-    upper bound on its relative Frank–Wolfe gap, ``max_{y'} ⟨−∇SC(y), y' − y⟩ / SC(y)`` over
-    the feasible placements: 0 exactly at a stationary point (a KKT point of SC; SC is not
-    convex, so it may be a local optimum). The bound is the LP dual priced by the
-    projection's multipliers, tight at a stationary point and loose away from one. ``status``
-    is 0 (converged) where ``gap ≤ tol`` (default :data:`OPT_TOL`: 1e-6 in float64, 1e-5 in
-    float32), 1 where the descent ran out of steps short of that, 2 for a non-finite cost.
+    The descent runs ``steps`` steps, then at most ``polish_sweeps`` passes of
+    block-coordinate descent: each worker in turn takes its coordinated best response, the
+    placement that minimises SC given the others (SC is linear in one worker's placement; an
+    LP solved exactly by a greedy, :func:`poa_jax.tiered_kernels._social_lmo`). Each instance
+    stops after its own pass that lowers nothing, whatever else is in the batch. On 8 workers
+    × 4 tiers × 256 blocks the descent alone stays within 1e-5 of the equilibrium it starts
+    from while the polish lowers SC by ~1% (a PoA understated by as much without it). It then
+    certifies the point it returns. ``gap`` is an upper bound on its relative Frank–Wolfe
+    gap, ``max_{y'} ⟨−∇SC(y), y' − y⟩ / SC(y)`` over the feasible placements: 0 exactly at a
+    stationary point (a KKT point of SC; SC is not convex, so it may be a local optimum). The
+    bound is the LP dual priced by the projection's multipliers and by the coordinated best
+    responses' prices, tight at a stationary point and loose away from one. ``status`` is 0
+    (converged) where ``gap ≤ tol`` (default :data:`OPT_TOL`: 1e-6 in float64, 1e-5 in
+    float32), 1 where the descent and the polish stopped short of that, 2 for a non-finite
+    cost.
     """
     steps = _integer("steps", steps, 1)
     polish_sweeps = _integer("polish_sweeps", polish_sweeps, 0, 10_000)
@@ -681,8 +680,11 @@ def solve_optimum(
     s = x.shape[1]
     rep = lambda a: np.repeat(a, s, axis=0)  # noqa: E731
     args = tuple(rep(a) for a in _pack(p))
-    out = _chunked(_opt_batch, args + (x.reshape(n * s, w, t, b),), OPT_LANES,
-                   steps=int(steps), lr=float(lr), sweeps=int(polish_sweeps))  # fmt: skip
+    desc = _chunked(_descent_batch, args + (x.reshape(n * s, w, t, b),), OPT_LANES,
+                    steps=int(steps), lr=float(lr))  # fmt: skip
+    y = _compacted(_sweep_batch, args, desc["placement"], OPT_LANES, int(polish_sweeps))
+    out = _chunked(_cert_batch, args + (y, desc["lam"], desc["c"]), OPT_LANES)
+    out["placement"] = y
     sc = out["social_cost"].reshape(n, s)
     i = np.argmin(sc, -1)
     rows = np.arange(n)
@@ -711,7 +713,8 @@ def stationarity_gap(game: TieredCacheGame, y, dtype=None, shared=None) -> np.nd
     """
     p = _prepare(game, dtype)
     y = _placement(p, y, shared=shared)
-    return np.asarray(_chunked(_cert_batch, _pack(p) + (y,), OPT_LANES)).reshape(p.batch_shape)
+    gap = _chunked(_cert_batch, _pack(p) + (y,), OPT_LANES)["gap"]
+    return np.asarray(gap).reshape(p.batch_shape)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -36,7 +36,8 @@ per descent step — followed by a scaling retraction that makes every iterate e
 **Polish and certificate.** ``SC`` is linear in one worker's placement (``α``, ``β`` above do
 not depend on it), so each worker's coordinated best response is an LP, solved exactly by the
 greedy of :func:`_social_lmo`; block-coordinate descent over the workers
-(:func:`_polish_lanes`) follows the projected descent. The point returned is certified by
+(:func:`_sweep_lanes`, one pass per call, each instance stopping after its own pass that
+lowers nothing) follows the projected descent. The point returned is certified by
 :func:`_stationarity_lanes`, an upper bound on its relative Frank–Wolfe gap by LP duality.
 
 The batched descent keeps the instances on the minor axis and the tiers as separate arrays
@@ -501,11 +502,13 @@ def _social_lmo(alpha, beta, v, cap, size):
     return u, prices
 
 
-def _polish_lanes(reach, rm, cap, credit, size, ys, sweeps: int):
-    """Block-coordinate descent: each worker in turn takes its coordinated best response
-    (:func:`_social_lmo`), kept only where SC does not rise; at most ``sweeps`` passes over the
-    workers, fewer once a whole pass lowers SC nowhere in the batch. Each accepted step lowers
-    SC; a point no worker can improve is first-order stationary."""
+def _sweep_lanes(reach, rm, cap, credit, size, ys):
+    """One pass of block-coordinate descent: each worker in turn takes its coordinated best
+    response (:func:`_social_lmo`), kept only where SC does not rise. Returns the placement
+    and, per lane, whether the pass lowered SC. Each accepted step lowers SC (or keeps it); a
+    point no worker can improve is first-order stationary. The passes are driven from the host
+    (:func:`poa_jax.caching._compacted`), so that each instance stops after its own pass that
+    lowers nothing."""
     n_w = ys[0].shape[0]
     cap_a, cr_a = jnp.stack(cap), jnp.stack(credit)  # (T, W, ...)
 
@@ -517,15 +520,9 @@ def _polish_lanes(reach, rm, cap, credit, size, ys, sweeps: int):
         val = _sc_lanes(reach, rm, credit, new)
         ok = (val <= sc)[None, None]
         ys = [jnp.where(ok, q, y) for q, y in zip(new, ys, strict=True)]
-        return ys, improved | jnp.any(val < sc)
+        return ys, improved | (val < sc)
 
-    def sweep(carry):
-        ys, k, _ = carry
-        ys, improved = jax.lax.fori_loop(0, n_w, visit, (ys, False))
-        return ys, k + 1, improved
-
-    ys, _, _ = jax.lax.while_loop(lambda c: (c[1] < sweeps) & c[2], sweep, (ys, 0, True))
-    return ys
+    return jax.lax.fori_loop(0, n_w, visit, (ys, jnp.zeros(rm.shape[2:], bool)))
 
 
 def _certify_lanes(reach, rm, cap, credit, size, ys, lam, c, iters):
@@ -591,20 +588,42 @@ def _stationarity_lanes(grad, cap, credit, size, ys, lam):
     return jnp.where(sc > 0, rel, jnp.where(excess > 0, jnp.inf, 0.0))
 
 
-def _opt_batch_lanes(reach, rm, capacity, credit, size, y0, *, steps, lr, sweeps=0):
-    """:func:`_optimum_lanes` on a batch ``(N, ...)``: instances moved to the minor axis."""
+def _to_lanes(reach, rm, capacity, credit, size, y):
+    """Batch arrays ``(N, ...)`` in the kernel layout: instances on the minor axis, the
+    capacity, the credit and the placement as lists over the tiers."""
     last = lambda a: jnp.moveaxis(a, 0, -1)  # noqa: E731
-    t = y0.shape[2]
-    ys0 = [last(y0[:, :, i]) for i in range(t)]
-    cap = [last(capacity[:, :, i]) for i in range(t)]
-    cr = [last(credit[:, :, i]) for i in range(t)]
-    ys, sc, lam, c = _optimum_lanes(last(reach), last(rm), cap, cr, last(size), ys0,
-                                    steps=steps, lr=lr)  # fmt: skip
-    if sweeps:
-        ys = _polish_lanes(last(reach), last(rm), cap, cr, last(size), ys, sweeps)
-        sc = _sc_lanes(last(reach), last(rm), cr, ys)
-    gap = _certify_lanes(last(reach), last(rm), cap, cr, last(size), ys, lam, c, CERT_ITERS)
-    return dict(placement=jnp.moveaxis(jnp.stack(ys, axis=1), -1, 0), social_cost=sc, gap=gap)
+    tiers = lambda a: [last(a[:, :, i]) for i in range(a.shape[2])]  # noqa: E731
+    return last(reach), last(rm), tiers(capacity), tiers(credit), last(size), tiers(y)
+
+
+def _from_lanes(ys):
+    """Tier-list placements ``(W, B, N)`` back to ``(N, W, T, B)``."""
+    return jnp.moveaxis(jnp.stack(ys, axis=1), -1, 0)
+
+
+def _descent_batch_lanes(reach, rm, capacity, credit, size, y0, *, steps, lr):
+    """:func:`_optimum_lanes` on a batch ``(N, ...)``: ``dict(placement (N, W, T, B), lam
+    (N, W, T), c (N,))``, the last two the descent's last tier multipliers and step scale (the
+    certificate's warm start)."""
+    args = _to_lanes(reach, rm, capacity, credit, size, y0)
+    ys, _, lam, c = _optimum_lanes(*args, steps=steps, lr=lr)
+    return dict(placement=_from_lanes(ys), lam=jnp.moveaxis(jnp.stack(lam, 1), -1, 0), c=c)
+
+
+def _sweep_batch_lanes(reach, rm, capacity, credit, size, y):
+    """:func:`_sweep_lanes` on a batch: ``(placement (N, W, T, B), improved (N,))``."""
+    ys, improved = _sweep_lanes(*_to_lanes(reach, rm, capacity, credit, size, y))
+    return _from_lanes(ys), improved
+
+
+def _cert_batch_lanes(reach, rm, capacity, credit, size, y, lam, c, *, iters):
+    """``dict(social_cost (N,), gap (N,))`` of placements ``y (N, W, T, B)``, ``gap`` by
+    :func:`_certify_lanes` with ``iters`` dual steps from the multipliers ``lam (N, W, T)`` of
+    step scale ``c (N,)`` (zeros and ones: a cold start)."""
+    reach, rm, cap, cr, size, ys = _to_lanes(reach, rm, capacity, credit, size, y)
+    lam = [jnp.moveaxis(lam[:, :, i], 0, -1) for i in range(lam.shape[2])]
+    gap = _certify_lanes(reach, rm, cap, cr, size, ys, lam, c, iters)
+    return dict(social_cost=_sc_lanes(reach, rm, cr, ys), gap=gap)
 
 
 #: XLA options for the descent on CPU: no YNNPACK library fusions. jaxlib 0.10's CPU backend
@@ -625,36 +644,37 @@ def _compiler_options() -> dict | None:
 
 
 @functools.cache
-def _opt_jit():
-    return jax.jit(
-        _opt_batch_lanes,
-        static_argnames=("steps", "lr", "sweeps"),
-        compiler_options=_compiler_options(),
-    )
+def _cpu_jit(fn, **static):
+    """``fn`` jitted with :func:`_compiler_options`, ``static`` its static argument values."""
+    return jax.jit(functools.partial(fn, **static), compiler_options=_compiler_options())
 
 
-def _opt_batch(reach, rm, capacity, credit, size, y0, *, steps, lr, sweeps=0):
-    """Batched optimum ``(N, ...)`` arrays → ``dict(placement (N, W, T, B), social_cost (N,),
-    gap (N,))``, ``gap`` the relative first-order gap of the placement (:func:`_certify_lanes`)."""
-    return _opt_jit()(reach, rm, capacity, credit, size, y0, steps=steps, lr=lr, sweeps=sweeps)
+def _descent_batch(reach, rm, capacity, credit, size, y0, *, steps, lr):
+    """Batched projected descent ``(N, ...)`` (:func:`_descent_batch_lanes`)."""
+    f = _cpu_jit(_descent_batch_lanes, steps=steps, lr=lr)
+    return f(reach, rm, capacity, credit, size, y0)
 
 
-def _cert_batch_lanes(reach, rm, capacity, credit, size, y, *, iters):
-    last = lambda a: jnp.moveaxis(a, 0, -1)  # noqa: E731
-    t = y.shape[2]
-    ys = [last(y[:, :, i]) for i in range(t)]
-    cap = [last(capacity[:, :, i]) for i in range(t)]
-    cr = [last(credit[:, :, i]) for i in range(t)]
-    one = jnp.ones(y.shape[:1], y.dtype)
-    lam0 = [jnp.zeros_like(c) for c in cap]
-    return _certify_lanes(last(reach), last(rm), cap, cr, last(size), ys, lam0, one, iters)
+def _sweep_batch(reach, rm, capacity, credit, size, y):
+    """One pass of the polish on a batch (:func:`_sweep_batch_lanes`)."""
+    return _cpu_jit(_sweep_batch_lanes)(reach, rm, capacity, credit, size, y)
 
 
 #: Dual steps when a placement is certified without the descent's multipliers to start from.
 CERT_ITERS_COLD = 200
-_cert_batch = jax.jit(
-    functools.partial(_cert_batch_lanes, iters=CERT_ITERS_COLD),
-)
+
+
+def _cert_batch(reach, rm, capacity, credit, size, y, lam=None, c=None):
+    """``dict(social_cost, gap)`` of a batch of placements (:func:`_cert_batch_lanes`): warm
+    from the descent's ``lam``, ``c`` (:data:`CERT_ITERS` dual steps), else cold
+    (:data:`CERT_ITERS_COLD`)."""
+    iters = CERT_ITERS
+    if lam is None:
+        iters = CERT_ITERS_COLD
+        lam = np.zeros(capacity.shape, y.dtype)
+        c = np.ones(y.shape[:1], y.dtype)
+    f = _cpu_jit(_cert_batch_lanes, iters=iters)
+    return f(reach, rm, capacity, credit, size, y, lam, c)
 
 
 @functools.partial(jax.jit, static_argnames=("tol", "max_rounds", "pool"))

@@ -290,6 +290,55 @@ def test_coordinated_best_response_is_the_lp_optimum():
         assert (lam >= 0).all() and dual == pytest.approx(best, rel=1e-9, abs=1e-12)
 
 
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_compacted_rounds_are_per_instance(monkeypatch, threads):
+    """The host driver of the polish: every instance gets exactly its own number of rounds
+    (until its ``more`` is false, at most ``max_rounds``), whatever the lanes, the threads and
+    the other instances; freed slots are refilled, so the calls cost what the rounds need."""
+    import jax
+
+    from poa_jax.caching import _compacted
+
+    monkeypatch.setenv("POA_JAX_CHUNK_THREADS", threads)
+    calls = []
+
+    @jax.jit
+    def count_up(target, state):
+        return state + 1, state + 1 < target
+
+    def fn(target, state):
+        calls.append(len(target))
+        return count_up(target, state)
+
+    rng = np.random.default_rng(2)
+    target = (1 + 10 * (rng.random(37) < 0.2)).astype(np.int32)  # a few slow instances
+    for lanes, max_rounds in [(8, 100), (4, 5), (64, 3), (1, 100)]:
+        calls.clear()
+        out = _compacted(fn, (target,), np.zeros(37, np.int32), lanes, max_rounds)
+        np.testing.assert_array_equal(out, np.minimum(target, max_rounds))
+        size = min(lanes, 64)
+        assert set(calls) == {size}
+        rounds = int(np.minimum(target, max_rounds).sum())
+        # full calls, then each slot set's drain (fixed chunks would pay their slowest each)
+        assert len(calls) <= rounds / size + 2 * min(max_rounds, target.max()) + 2
+    with pytest.raises(ZeroDivisionError):  # an error in a call surfaces, nothing hangs
+        _compacted(lambda a, s: 1 // 0, (target,), np.zeros(37), 8, 3)
+    assert _compacted(fn, (target,), np.zeros(37, np.int32), 8, 0).sum() == 0
+
+
+def test_polish_does_not_depend_on_the_batch():
+    """Each instance's polish stops after its own pass that lowers nothing: solved in a batch
+    or alone, the same optimum."""
+    insts = [_instance(20 + k) for k in range(3)]
+    y = np.random.default_rng(5).random((3, W, T, B)) * 0.3
+    together = tiered_cache.solve_optimum(_batch(insts), y0=y, steps=5, polish_sweeps=10)
+    for k, inst in enumerate(insts):
+        alone = tiered_cache.solve_optimum(_game(*inst[:5], inst[7]), y0=y[k], steps=5,
+                                           polish_sweeps=10)  # fmt: skip
+        assert float(alone.social_cost) == pytest.approx(together.social_cost[k], rel=1e-12)
+        np.testing.assert_allclose(alone.placement, together.placement[k], atol=1e-12)
+
+
 def test_count_below_is_searchsorted():
     """The greedy's binary search against NumPy's, for every length up to 40 (ties, values
     past both ends, several lanes)."""
