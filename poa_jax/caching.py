@@ -723,28 +723,28 @@ def _chunked(fn, arrays, chunk: int, **kw):
 
 
 def _compacted(fn, arrays, state, lanes: int, max_rounds: int):
-    """Rounds of jitted ``fn(*arrays, state) -> (state, more)`` on ``lanes`` instances at a
+    """Rounds of jitted ``fn(*arrays, *state) -> (state, more)`` on ``lanes`` instances at a
     time, each instance until its own ``more`` is false or it has had ``max_rounds`` rounds.
 
-    ``arrays`` (a tuple of arrays) and ``state`` (one array) have the instances on their
-    leading axis; ``state`` is returned updated. A finished instance leaves its slot at once
-    and the next one waiting takes it, so a call costs what its live lanes need, not what the
-    slowest instance of a fixed chunk needs (the polish of the fluid optimum: 8.2 passes per
-    64-instance chunk → 5.1 per instance). Slots empty once nothing waits are filled with a
-    copy of a live lane (its result is dropped), so every call has one shape, ``min(lanes,
-    next power of two ≥ N)``. :func:`chunk_threads` slot sets run at once, drawing from one
-    queue; an instance's rounds never depend on which others share its call.
+    ``arrays`` and ``state`` (tuples of arrays, or one array for ``state``) have the instances
+    on their leading axis; ``state`` is returned updated. A finished instance leaves its slot
+    at once and the next one waiting takes it, so a call costs what its live lanes need, not
+    what the slowest instance of a fixed chunk needs (the polish of the fluid optimum: 8.2
+    passes per 64-instance chunk → 5.1 per instance). Slots empty once nothing waits are
+    filled with a copy of a live lane (its result is dropped), so every call has one shape,
+    ``min(lanes, next power of two ≥ N)``. :func:`chunk_threads` slot sets run at once,
+    drawing from one queue; an instance's rounds never depend on which others share its call.
     """
-    state = np.array(state, copy=True)
-    n = state.shape[0]
+    single = not isinstance(state, tuple)
+    states = tuple(np.array(a, copy=True) for a in ((state,) if single else state))
+    n = states[0].shape[0]
     if n == 0 or max_rounds < 1:
-        return state
+        return states[0] if single else states
     size = max(1, min(lanes, 1 << max(n - 1, 0).bit_length()))
     waiting = iter(range(n))
     lock = threading.Lock()
     compiled = threading.Event()
-    sig = (fn, size, tuple((np.shape(a)[1:], str(np.asarray(a).dtype)) for a in arrays),
-           state.shape[1:], str(state.dtype))  # fmt: skip
+    sig = (fn, size, tuple((np.shape(a)[1:], str(np.asarray(a).dtype)) for a in arrays + states))
     if sig in _COMPILED:
         compiled.set()
 
@@ -768,13 +768,15 @@ def _compacted(fn, arrays, state, lanes: int, max_rounds: int):
             if not first:
                 compiled.wait()
             idx = np.where(live, slots, slots[live][0])
-            new, more = jax.device_get(fn(*(a[idx] for a in arrays), state[idx]))
+            new, more = jax.device_get(fn(*(a[idx] for a in arrays + states)))
+            new = (new,) if single else new
             if first:
                 _COMPILED.add(sig)
                 compiled.set()
                 first = False
             rounds += live
-            state[slots[live]] = new[live]
+            for a, b in zip(states, new, strict=True):
+                a[slots[live]] = b[live]
             slots[live & (~np.asarray(more, bool) | (rounds >= max_rounds))] = -1
 
     threads = min(chunk_threads(), -(-n // size))
@@ -785,7 +787,7 @@ def _compacted(fn, arrays, state, lanes: int, max_rounds: int):
                 job.result()
     else:
         run(True)
-    return state
+    return states[0] if single else states
 
 
 #: Call signatures :func:`_chunked` has run (their programs are compiled).

@@ -682,8 +682,13 @@ def solve_optimum(
     args = tuple(rep(a) for a in _pack(p))
     desc = _chunked(_descent_batch, args + (x.reshape(n * s, w, t, b),), OPT_LANES,
                     steps=int(steps), lr=float(lr))  # fmt: skip
-    y = _compacted(_sweep_batch, args, desc["placement"], OPT_LANES, int(polish_sweeps))
-    out = _chunked(_cert_batch, args + (y, desc["lam"], desc["c"]), OPT_LANES)
+    y = desc["placement"]
+    if polish_sweeps:  # the polish's last LP prices also price the certificate
+        y, prices = _compacted(_sweep_batch, args, (y, np.zeros_like(desc["lam"])), OPT_LANES,
+                               int(polish_sweeps))  # fmt: skip
+        out = _chunked(_cert_batch, args + (y, desc["lam"], desc["c"], prices), OPT_LANES)
+    else:
+        out = _chunked(_cert_batch, args + (y, desc["lam"], desc["c"]), OPT_LANES)
     out["placement"] = y
     sc = out["social_cost"].reshape(n, s)
     i = np.argmin(sc, -1)

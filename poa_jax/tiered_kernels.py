@@ -508,25 +508,29 @@ def _sweep_lanes(reach, rm, cap, credit, size, ys):
     and, per lane, whether the pass lowered SC. Each accepted step lowers SC (or keeps it); a
     point no worker can improve is first-order stationary. The passes are driven from the host
     (:func:`poa_jax.caching._compacted`), so that each instance stops after its own pass that
-    lowers nothing."""
+    lowers nothing. Also returns each worker's LP prices from the pass, ``(T, W, ...)``, which
+    price the certificate (:func:`_certify_lanes`)."""
     n_w = ys[0].shape[0]
     cap_a, cr_a = jnp.stack(cap), jnp.stack(credit)  # (T, W, ...)
 
     def visit(w, carry):
-        ys, improved = carry
+        ys, improved, prices = carry
         sc, alpha, beta = _sc_grad_lanes(reach, rm, credit, ys)
-        u, _ = _social_lmo(alpha[w], beta[w], cr_a[:, w], cap_a[:, w], size)  # (T, B, ...)
+        u, lam = _social_lmo(alpha[w], beta[w], cr_a[:, w], cap_a[:, w], size)  # (T, B, ...)
         new = [y.at[w].set(u[i]) for i, y in enumerate(ys)]
         val = _sc_lanes(reach, rm, credit, new)
         ok = (val <= sc)[None, None]
         ys = [jnp.where(ok, q, y) for q, y in zip(new, ys, strict=True)]
-        return ys, improved | (val < sc)
+        return ys, improved | (val < sc), prices.at[:, w].set(lam)
 
-    return jax.lax.fori_loop(0, n_w, visit, (ys, jnp.zeros(rm.shape[2:], bool)))
+    init = (ys, jnp.zeros(rm.shape[2:], bool), jnp.zeros_like(cap_a))
+    return jax.lax.fori_loop(0, n_w, visit, init)
 
 
-def _certify_lanes(reach, rm, cap, credit, size, ys, lam, c, iters):
-    """:func:`_stationarity_lanes` at ``ys``, priced by the projection ``Π(y + g/max g)``.
+def _certify_lanes(reach, rm, cap, credit, size, ys, lam, c, iters, lmo_prices=None):
+    """:func:`_stationarity_lanes` at ``ys``, priced by the projection ``Π(y + g/max g)`` and by
+    the workers' coordinated best responses (``lmo_prices``, tier lists of ``(W, ...)``: the
+    polish's last pass computed them; else they are computed here).
 
     At a stationary ``y`` the projection returns ``y`` for any step, and its tier multipliers
     ``λ`` over the step are the LP dual prices that make the bound exact. The step is the full
@@ -546,14 +550,17 @@ def _certify_lanes(reach, rm, cap, credit, size, ys, lam, c, iters):
     grad = (sc, alpha, beta)
     # Every worker's coordinated best response at once (workers as one more lane axis): its
     # LP prices make the bound exact wherever that LP is solved exactly.
-    wl = lambda q: jnp.moveaxis(q, 0, 1)  # noqa: E731  (W, B, ...) -> (B, W, ...)
-    _, lmo = _social_lmo(wl(alpha), wl(beta), jnp.stack(credit), jnp.stack(cap),
-                         jnp.broadcast_to(size[:, None], wl(alpha).shape))  # fmt: skip
+    # (Prices from the polish's last pass are exact where that pass changed nothing, and any
+    # prices still give a bound.)
+    if lmo_prices is None:
+        wl = lambda q: jnp.moveaxis(q, 0, 1)  # noqa: E731  (W, B, ...) -> (B, W, ...)
+        _, lmo_prices = _social_lmo(wl(alpha), wl(beta), jnp.stack(credit), jnp.stack(cap),
+                                    jnp.broadcast_to(size[:, None], wl(alpha).shape))  # fmt: skip
     # Any prices give a bound; the lowest is kept (the free ones, 0, cover a degenerate LP).
     return functools.reduce(
         jnp.minimum,
         [_stationarity_lanes(grad, cap, credit, size, ys, q)
-         for q in (prices, list(lmo), [jnp.zeros_like(c) for c in cap])],
+         for q in (prices, list(lmo_prices), [jnp.zeros_like(c) for c in cap])],
     )  # fmt: skip
 
 
@@ -610,19 +617,22 @@ def _descent_batch_lanes(reach, rm, capacity, credit, size, y0, *, steps, lr):
     return dict(placement=_from_lanes(ys), lam=jnp.moveaxis(jnp.stack(lam, 1), -1, 0), c=c)
 
 
-def _sweep_batch_lanes(reach, rm, capacity, credit, size, y):
-    """:func:`_sweep_lanes` on a batch: ``(placement (N, W, T, B), improved (N,))``."""
-    ys, improved = _sweep_lanes(*_to_lanes(reach, rm, capacity, credit, size, y))
-    return _from_lanes(ys), improved
+def _sweep_batch_lanes(reach, rm, capacity, credit, size, y, prices):
+    """:func:`_sweep_lanes` on a batch: ``((placement (N, W, T, B), prices (N, W, T)),
+    improved (N,))`` (``prices`` in: the last pass's, replaced)."""
+    ys, improved, prices = _sweep_lanes(*_to_lanes(reach, rm, capacity, credit, size, y))
+    return (_from_lanes(ys), jnp.moveaxis(prices, -1, 0).transpose(0, 2, 1)), improved
 
 
-def _cert_batch_lanes(reach, rm, capacity, credit, size, y, lam, c, *, iters):
+def _cert_batch_lanes(reach, rm, capacity, credit, size, y, lam, c, prices=None, *, iters):
     """``dict(social_cost (N,), gap (N,))`` of placements ``y (N, W, T, B)``, ``gap`` by
     :func:`_certify_lanes` with ``iters`` dual steps from the multipliers ``lam (N, W, T)`` of
-    step scale ``c (N,)`` (zeros and ones: a cold start)."""
+    step scale ``c (N,)`` (zeros and ones: a cold start), and the polish's LP ``prices (N, W,
+    T)`` where it ran."""
     reach, rm, cap, cr, size, ys = _to_lanes(reach, rm, capacity, credit, size, y)
-    lam = [jnp.moveaxis(lam[:, :, i], 0, -1) for i in range(lam.shape[2])]
-    gap = _certify_lanes(reach, rm, cap, cr, size, ys, lam, c, iters)
+    tiers = lambda a: [jnp.moveaxis(a[:, :, i], 0, -1) for i in range(a.shape[2])]  # noqa: E731
+    lmo = None if prices is None else tiers(prices)
+    gap = _certify_lanes(reach, rm, cap, cr, size, ys, tiers(lam), c, iters, lmo)
     return dict(social_cost=_sc_lanes(reach, rm, cr, ys), gap=gap)
 
 
@@ -655,26 +665,26 @@ def _descent_batch(reach, rm, capacity, credit, size, y0, *, steps, lr):
     return f(reach, rm, capacity, credit, size, y0)
 
 
-def _sweep_batch(reach, rm, capacity, credit, size, y):
+def _sweep_batch(reach, rm, capacity, credit, size, y, prices):
     """One pass of the polish on a batch (:func:`_sweep_batch_lanes`)."""
-    return _cpu_jit(_sweep_batch_lanes)(reach, rm, capacity, credit, size, y)
+    return _cpu_jit(_sweep_batch_lanes)(reach, rm, capacity, credit, size, y, prices)
 
 
 #: Dual steps when a placement is certified without the descent's multipliers to start from.
 CERT_ITERS_COLD = 200
 
 
-def _cert_batch(reach, rm, capacity, credit, size, y, lam=None, c=None):
+def _cert_batch(reach, rm, capacity, credit, size, y, lam=None, c=None, prices=None):
     """``dict(social_cost, gap)`` of a batch of placements (:func:`_cert_batch_lanes`): warm
     from the descent's ``lam``, ``c`` (:data:`CERT_ITERS` dual steps), else cold
-    (:data:`CERT_ITERS_COLD`)."""
+    (:data:`CERT_ITERS_COLD`); priced by the polish's ``prices`` where given."""
     iters = CERT_ITERS
     if lam is None:
         iters = CERT_ITERS_COLD
         lam = np.zeros(capacity.shape, y.dtype)
         c = np.ones(y.shape[:1], y.dtype)
     f = _cpu_jit(_cert_batch_lanes, iters=iters)
-    return f(reach, rm, capacity, credit, size, y, lam, c)
+    return f(reach, rm, capacity, credit, size, y, lam, c, prices)
 
 
 @functools.partial(jax.jit, static_argnames=("tol", "max_rounds", "pool"))
