@@ -123,10 +123,12 @@ TOL = {np.dtype(np.float64): 1e-9, np.dtype(np.float32): 1e-5}
 #: (float64 ~1e-8 and under, float32 ~1e-6); points still moving sit at 1e-4 … 1e-1.
 OPT_TOL = {np.dtype(np.float64): 1e-6, np.dtype(np.float32): 1e-5}
 LANES = 8  # instances per call: 256 -> 8 took the 256-instance optimum from 21.5 s to 17.4 s (CPU)
-#: Instances per call of the optimum's descent, on the kernel's minor axis (see
-#: :func:`_optimum_lanes`): measured on a 2-core CPU, float32, W, T, B = 8, 4, 256, 100 steps:
-#: 16 → 106, 32 → 92, 64 → 74, 128 → 71 µs per instance and step (a loaded machine).
-OPT_LANES = 64
+#: Instances per call of the optimum's descent, polish and certificate, on the kernels' minor
+#: axis (see :func:`_optimum_lanes`). 2-core CPU, float32, W, T, B = 8, 4, 256, 512 instances
+#: from the equilibrium, 300 steps + polish, steady, two interleaved runs: 16 → 8.5 s,
+#: 32 → 7.8 / 7.2 s, 48 → 7.1 s, 64 → 9.6 / 7.5 s, 128 → 11.5 s. (The descent alone, 100
+#: steps on a loaded machine, had measured 74 µs per instance and step at 64, 92 at 32.)
+OPT_LANES = 32
 
 
 @dataclasses.dataclass(frozen=True)
