@@ -127,8 +127,16 @@ LANES = 8  # instances per call: 256 -> 8 took the 256-instance optimum from 21.
 #: axis (see :func:`_optimum_lanes`). 2-core CPU, float32, W, T, B = 8, 4, 256, 512 instances
 #: from the equilibrium, 300 steps + polish, steady, two interleaved runs: 16 → 8.5 s,
 #: 32 → 7.8 / 7.2 s, 48 → 7.1 s, 64 → 9.6 / 7.5 s, 128 → 11.5 s. (The descent alone, 100
-#: steps on a loaded machine, had measured 74 µs per instance and step at 64, 92 at 32.)
+#: steps on a loaded machine, had measured 74 µs per instance and step at 64, 92 at 32.) On
+#: an accelerator :data:`OPT_LANES_ACCEL` (the sixth session's H200 measurement ran at 64).
 OPT_LANES = 32
+OPT_LANES_ACCEL = 64
+
+
+def _opt_lanes() -> int:
+    import jax
+
+    return OPT_LANES if jax.default_backend() == "cpu" else OPT_LANES_ACCEL
 
 
 @dataclasses.dataclass(frozen=True)
@@ -682,15 +690,16 @@ def solve_optimum(
     s = x.shape[1]
     rep = lambda a: np.repeat(a, s, axis=0)  # noqa: E731
     args = tuple(rep(a) for a in _pack(p))
-    desc = _chunked(_descent_batch, args + (x.reshape(n * s, w, t, b),), OPT_LANES,
+    lanes = _opt_lanes()
+    desc = _chunked(_descent_batch, args + (x.reshape(n * s, w, t, b),), lanes,
                     steps=int(steps), lr=float(lr))  # fmt: skip
     y = desc["placement"]
     if polish_sweeps:  # the polish's last LP prices also price the certificate
-        y, prices = _compacted(_sweep_batch, args, (y, np.zeros_like(desc["lam"])), OPT_LANES,
+        y, prices = _compacted(_sweep_batch, args, (y, np.zeros_like(desc["lam"])), lanes,
                                int(polish_sweeps))  # fmt: skip
-        out = _chunked(_cert_batch, args + (y, desc["lam"], desc["c"], prices), OPT_LANES)
+        out = _chunked(_cert_batch, args + (y, desc["lam"], desc["c"], prices), lanes)
     else:
-        out = _chunked(_cert_batch, args + (y, desc["lam"], desc["c"]), OPT_LANES)
+        out = _chunked(_cert_batch, args + (y, desc["lam"], desc["c"]), lanes)
     out["placement"] = y
     sc = out["social_cost"].reshape(n, s)
     i = np.argmin(sc, -1)
@@ -720,7 +729,7 @@ def stationarity_gap(game: TieredCacheGame, y, dtype=None, shared=None) -> np.nd
     """
     p = _prepare(game, dtype)
     y = _placement(p, y, shared=shared)
-    gap = _chunked(_cert_batch, _pack(p) + (y,), OPT_LANES)["gap"]
+    gap = _chunked(_cert_batch, _pack(p) + (y,), _opt_lanes())["gap"]
     return np.asarray(gap).reshape(p.batch_shape)
 
 
