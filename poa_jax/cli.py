@@ -12,7 +12,8 @@ Subcommands (``poa-jax bench`` times the solvers on the device present and print
   given. A folder holding another scenario's parts (or another part size, or another explicit
   ``--chunk``) is refused unless ``--overwrite`` (which discards them and the old
   ``results.parquet`` and ``summary.json``).
-* ``poa-jax sweep --preset NAME[,NAME...] [--concurrency C1,C2,...] [--out DIR] [--chunk N]``
+* ``poa-jax sweep --preset NAME[,NAME...] [--concurrency C1,C2,...] [--variants V] [--seed S]
+  [--out DIR] [--chunk N]``
   — the closed-loop serving sweep (:func:`poa_jax.serving_sweep.run_serving_sweep`, float64;
   ``--dtype float32`` and a scenario file are rejected): for each preset (``llama70b-1p2d``,
   ``llama70b-1p5d``, ``nemotron340b-1p2d``, …; an unknown name lists the known ones) and each
@@ -154,6 +155,19 @@ def _parser() -> argparse.ArgumentParser:
         help="with --preset only: in-flight requests C, comma list of numbers > 0 (default "
         "the paper's 8,16,32,64,96,128,160,192,256,384,512)",
     )
+    s.add_argument(
+        "--variants",
+        type=int,
+        default=None,
+        help="with --preset only: workload variants per preset, ≥ 1 (default 1, the base "
+        "workload; more add seeded perturbations, and the summary gives the largest PoA)",
+    )
+    s.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="with --preset only: seed of the workload variants and random starts (default 0)",
+    )
     s.set_defaults(func=_cmd_sweep)
 
     pl = sub.add_parser(
@@ -279,7 +293,12 @@ def _cmd_serving_sweep(args) -> int:
                 f"--concurrency = {args.concurrency!r}: must be a comma list of numbers"
             ) from None
     out = args.out or os.path.join("out", _folder_name("-".join(names) or "serving"))
-    summary = serving_sweep.run_serving_sweep(names, conc, out, chunk=args.chunk)
+    extra = {k: v for k in ("variants", "seed") if (v := getattr(args, k)) is not None}
+    if extra.get("variants", 1) < 1:
+        raise InputError(f"--variants = {args.variants}: must be ≥ 1")
+    if extra.get("seed", 0) < 0:
+        raise InputError(f"--seed = {args.seed}: must be ≥ 0")
+    summary = serving_sweep.run_serving_sweep(names, conc, out, chunk=args.chunk, **extra)
     for d in summary["per_topology_policy"]:
         knee = d["knee_interval"]
         kn = f"({knee[0]:g}, {knee[1]:g}]" if knee else "none"
@@ -306,8 +325,9 @@ def _cmd_plot(args) -> int:
 def _cmd_sweep(args) -> int:
     if getattr(args, "preset", None) is not None:
         return _cmd_serving_sweep(args)
-    if getattr(args, "concurrency", None) is not None:
-        raise InputError("--concurrency: needs --preset NAME")
+    for name in ("concurrency", "variants", "seed"):
+        if getattr(args, name, None) is not None:
+            raise InputError(f"--{name}: needs --preset NAME")
     from poa_jax import scenario as _scenario
     from poa_jax import sweep as _sweep
 

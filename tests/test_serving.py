@@ -190,8 +190,9 @@ def test_load_bad_inputs():
 def cli_sweep(tmp_path_factory):
     out = tmp_path_factory.mktemp("serving")
     code = cli.main(
-        ["sweep", "--preset", "llama70b-1p2d", "--concurrency", "32,128,512", "--out", str(out)]
-    )
+        ["sweep", "--preset", "llama70b-1p2d", "--concurrency", "32,512", "--variants", "2",
+         "--seed", "3", "--out", str(out)]
+    )  # fmt: skip
     return code, out
 
 
@@ -201,13 +202,18 @@ def test_cli_sweep_preset_end_to_end(cli_sweep, capsys):
     t = pq.read_table(os.path.join(out, "results.parquet")).to_pydict()
     for col in ("concurrency", "throughput", "ttft_p99", "itl", "regime", "knee", "poa"):
         assert col in t
-    assert len(t["poa"]) == 3 * 18  # 3 loads × (16 Dynamo settings + selfish + load-balanced)
+    # 2 loads × 2 workload variants × (16 Dynamo settings + selfish + load-balanced)
+    assert len(t["poa"]) == 2 * 2 * 18
+    assert sorted(set(t["variant"])) == [0, 1]
     assert min(t["poa"]) >= 1.0
     s = json.load(open(os.path.join(out, "summary.json"), encoding="utf-8"))
+    assert s["variants"] == 2
     d = s["per_topology_policy"][0]
-    assert d["topology"] == "llama70b-1p2d" and len(d["poa"]) == 3
+    assert d["topology"] == "llama70b-1p2d" and len(d["poa"]) == 2
     assert d["knee_interval"] is None or len(d["knee_interval"]) == 2
-    assert len(s["per_topology"][0]["poa_spread_across_settings"]) == 3
+    # the largest PoA over the variants is at least their mean, at every load
+    assert np.all(np.asarray(d["poa_max_over_variants"]) >= np.asarray(d["poa"]) - 1e-12)
+    assert len(s["per_topology"][0]["poa_spread_across_settings"]) == 2
 
 
 def test_cli_plot_writes_png(cli_sweep):
@@ -224,6 +230,11 @@ def test_cli_bad_inputs(tmp_path, capsys):
     assert cli.main(["sweep", "--preset", "llama70b-1p2d", "--concurrency", "8,x"]) == 2
     assert "--concurrency" in capsys.readouterr().err
     assert cli.main(["sweep", "--concurrency", "8,16"]) == 2
+    assert cli.main(["sweep", "--variants", "2"]) == 2
+    assert "--variants: needs --preset NAME" in capsys.readouterr().err
+    for opt, bad in (("--variants", "0"), ("--seed", "-1")):
+        assert cli.main(["sweep", "--preset", "llama70b-1p2d", opt, bad]) == 2
+        assert f"{opt} = {bad}: must be ≥ " in capsys.readouterr().err
     assert cli.main(["plot", str(tmp_path)]) == 2
 
 
