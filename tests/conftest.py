@@ -20,14 +20,36 @@ caches hold it. The suite compiles a few thousand, and a Linux process may hold 
 ``vm.max_map_count`` (65 530 by default) mappings: past that, LLVM's next ``mmap`` fails and
 the compiler segfaults (CI did, at 92%). ``_release_executables`` clears JAX's caches after a
 test module once the process holds more than half its allowance.
+
+This process compiles at ``--xla_backend_optimization_level=0`` (unless the caller's
+``XLA_FLAGS`` sets a level): LLVM's optimisation passes are a fifth of the suite's time. The
+subprocesses that tests start run at the default level.
 """
 
 from __future__ import annotations
 
-import jax
+import os
+
+# Compile time is most of this suite's time, and LLVM's optimisation passes a large share of it:
+# this process compiles at -O0. What the tests check (values to tolerances, shapes, statuses,
+# compile counts) holds at any level; the subprocesses the tests start (8 host devices, the
+# 2-process job, the loop modes: bit-for-bit comparisons of the default build) and the
+# benchmarks run at XLA's default level. XLA reads XLA_FLAGS once, at its first compile: the
+# flag is set for that compile, below, and taken out of the environment again.
+_XLA_FLAGS = os.environ.get("XLA_FLAGS")
+if "xla_backend_optimization_level" not in (_XLA_FLAGS or ""):
+    os.environ["XLA_FLAGS"] = f"{_XLA_FLAGS or ''} --xla_backend_optimization_level=0".strip()
+
+import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+jax.jit(lambda v: v + 1)(1).block_until_ready()  # XLA parses its flags here
+if _XLA_FLAGS is None:
+    os.environ.pop("XLA_FLAGS", None)
+else:
+    os.environ["XLA_FLAGS"] = _XLA_FLAGS
 
 import gc  # noqa: E402
 from pathlib import Path  # noqa: E402

@@ -83,7 +83,7 @@ def test_closed_loop_optimum_default_starts_beat_equilibrium():
 def test_solve_grid_does_not_depend_on_batch_companions():
     """The PoA of a preset is the same alone and with another preset in the batch (the
     optimum took unconverged starts, whose end points depend on the padding)."""
-    kw = dict(variants=2, include_baselines=False)
+    kw = dict(variants=2, include_baselines=False, chunk=64)
     alone = ss.solve_grid(["llama70b-1p2d"], [64.0, 512.0], **kw)
     both = ss.solve_grid(["llama70b-1p2d", "llama70b-1p5d"], [64.0, 512.0], **kw)
     np.testing.assert_allclose(alone["opt_latency"][0], both["opt_latency"][0], rtol=1e-9)
