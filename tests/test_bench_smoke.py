@@ -121,3 +121,18 @@ def test_fused_bench_smoke_reports_slot_occupancy(tmp_path):
         busy[rounds] = row["eq"]["slots_busy"]
         assert 0.0 < busy[rounds] <= 1.0
     assert busy["32"] > busy["160,160,320"]
+
+
+def test_coupled_bench_smoke_reports_the_rounds(tmp_path, capsys):
+    """``bench_coupled --smoke``: both optima of each configuration, the rounds' one stationary
+    and never below the descent's PoA."""
+    from benchmarks import bench_coupled
+
+    out = tmp_path / "coupled.json"
+    rows = bench_coupled.main(["--smoke", "--json", str(out)])
+    assert [r["optimum"] for r in rows] == ["descent", "rounds"]
+    descent, rounds = rows
+    assert rounds["stationary_share"] == 1.0 and rounds["gap_max"] <= 1e-6
+    assert rounds["poa_mean"] >= descent["poa_mean"] and rounds["poa_rise_max"] >= 0
+    assert json.loads(out.read_text())["rows"] == rows
+    assert "PoA rise max" in capsys.readouterr().out
