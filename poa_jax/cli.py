@@ -33,7 +33,8 @@ Subcommands (``poa-jax bench`` times the solvers on the device present and print
   JSON (keys: ``demand``, ``latency`` {a, b, c, p, d, kappa, rho_max}, optional ``tokens``,
   ``shareable``, ``residency``, ``cache_size``, ``prefill`` {a, b, c}, ``worker_mask``,
   ``policy`` {name, ...parameters} (default selfish), ``starts``, ``tol``, ``max_iters``);
-  prints the PoA result as JSON on stdout.
+  prints the PoA result as JSON on stdout. A file with a ``game`` key holds a caching game
+  instead (``selfish_caching``, ``tiered_cache``, ``coupled``: :mod:`poa_jax.cache_io`).
 
 Bad input (a missing or malformed file, an unknown key, a value breaking a rule) prints one line
 ``poa-jax: error: <file>: <field>[index]: <rule>`` on stderr and exits with status 2; nothing is
@@ -208,10 +209,12 @@ def _parser() -> argparse.ArgumentParser:
         "solve",
         help="solve one routing or caching game (or a batch) from JSON",
         description="Solve a routing game, or a caching game (a 'game' key: selfish_caching, "
-        "tiered_cache), from JSON and print its PoA result as JSON.",
+        "tiered_cache, coupled), from JSON and print its PoA result as JSON.",
     )
     g.add_argument(
-        "game", help="game JSON file (see examples/game.json, examples/tiered_cache.json)"
+        "game",
+        help="game JSON file (see examples/game.json, examples/tiered_cache.json, "
+        "examples/coupled.json)",
     )
     g.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     g.set_defaults(func=_cmd_solve)

@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 import pytest
 from poa_jax.kernels import loop
 
+import poa_jax as pj
 from poa_jax import cli, sweep
 from poa_jax import scenario as S
 from tests.scenarios import TINY
@@ -357,6 +358,63 @@ def test_solve_caching_games(tmp_path, capsys):
     assert cli.main(["solve", str(path), "--dtype", "float64"]) == 0
     r = json.loads(capsys.readouterr().out)
     assert np.sum(r["equilibrium_shared"]) == pytest.approx(1.0) and r["converged"] is True
+
+
+def test_solve_coupled_game(capsys):
+    """``examples/coupled.json`` gives what the Python API gives for the same game: the coupled
+    fixed point, a stationary joint optimum, PoA ≥ 1."""
+    path = ROOT / "examples" / "coupled.json"
+    assert cli.main(["solve", str(path), "--dtype", "float64"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    data = json.loads(path.read_text())
+    rt = data["routing"]
+    routing = pj.RoutingGame(
+        demand=rt["demand"], tokens=rt["tokens"], shareable=rt["shareable"],
+        latency=pj.Latency(**rt["latency"]), prefill=pj.PrefillTime(**rt["prefill"]),
+    )  # fmt: skip
+    game = pj.CoupledGame(routing, data["distance"], data["capacity"], credit=data["credit"])
+    ref = pj.price_of_anarchy(game, dtype="float64", optimum_starts=4, seed=0)
+    assert r["poa"] == pytest.approx(float(ref.poa), rel=1e-12) and r["poa"] > 1.05
+    assert r["optimum_cost"] == pytest.approx(float(ref.optimum_cost), rel=1e-12)
+    assert r["status"] == "converged" and r["optimum_status"] == "converged" and r["converged"]
+    assert r["optimum_gap"] <= 1e-6 and r["dtype"] == "float64"
+    np.testing.assert_allclose(r["hit"], ref.equilibrium.hit, rtol=1e-12)
+    assert np.shape(r["placement"]) == (3, 2, 2) and "shared" not in r
+
+
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        ({"starts": 2}, "starts: the coupled game computes one fixed point"),
+        (
+            {"routing": {"demand": [1.0], "latency": {"a": [0.0, 1.0]}, "starts": 2}},
+            "routing.starts: not an option of the coupled game's file",
+        ),
+        (
+            {
+                "routing": {
+                    "demand": [1.0],
+                    "latency": {"a": [0.0, 1.0]},
+                    "policy": {"name": "dynamo"},
+                }
+            },
+            "routing.policy: the coupled game routes",
+        ),
+        ({"routing": [1.0]}, "routing: must be an object, got array"),
+        ({"capacity": [[-1.0, 1.0]] * 3}, "capacity"),
+        ({"damping": "x"}, "damping"),
+        ({"colour": 1}, "colour: unknown key"),
+    ],
+)
+def test_solve_coupled_game_bad_input(tmp_path, capsys, change, expected):
+    data = json.loads((ROOT / "examples" / "coupled.json").read_text())
+    data.update(change)
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(data))
+    assert cli.main(["solve", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"poa-jax: error: {path}: ") and expected in err, err
+    assert "CoupledGame." not in err
 
 
 def test_console_script_solves_pigou():
