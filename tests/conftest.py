@@ -21,13 +21,14 @@ caches hold it. The suite compiles a few thousand, and a Linux process may hold 
 the compiler segfaults (CI did, at 92%). ``_release_executables`` clears JAX's caches after a
 test module once the process holds more than half its allowance.
 
-This process compiles at ``--xla_backend_optimization_level=0`` (unless the caller's
-``XLA_FLAGS`` sets a level): LLVM's optimisation passes are a fifth of the suite's time. The
-subprocesses that tests start run at the default level.
+On a CPU-only install this process compiles at ``--xla_backend_optimization_level=0`` (unless
+the caller's ``XLA_FLAGS`` sets a level): LLVM's optimisation passes are a fifth of the suite's
+time. The subprocesses that tests start run at the default level.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 # Compile time is most of this suite's time, and LLVM's optimisation passes a large share of it:
@@ -36,8 +37,14 @@ import os
 # 2-process job, the loop modes: bit-for-bit comparisons of the default build) and the
 # benchmarks run at XLA's default level. XLA reads XLA_FLAGS once, at its first compile: the
 # flag is set for that compile, below, and taken out of the environment again.
+# Only where JAX can have no accelerator (no PJRT plugin installed, or JAX_PLATFORMS=cpu): the
+# GPU tests of a lent machine compile as users do.
+_CPU_ONLY = os.environ.get("JAX_PLATFORMS", "").strip().lower() == "cpu" or not any(
+    importlib.util.find_spec(m)
+    for m in ("jax_plugins", "jax_cuda12_plugin", "jax_cuda13_plugin", "libtpu")
+)
 _XLA_FLAGS = os.environ.get("XLA_FLAGS")
-if "xla_backend_optimization_level" not in (_XLA_FLAGS or ""):
+if _CPU_ONLY and "xla_backend_optimization_level" not in (_XLA_FLAGS or ""):
     os.environ["XLA_FLAGS"] = f"{_XLA_FLAGS or ''} --xla_backend_optimization_level=0".strip()
 
 import jax  # noqa: E402
