@@ -13,6 +13,10 @@ of their first test, on **one** worker thread: at most one job's processes compe
 main process. A fixture whose job was not started (it was requested some other way) runs it in
 place. An exception in a job (a failed ``assert``, a timeout) is raised again by its fixture,
 so the tests that use it error with the job's message.
+
+Under pytest-xdist nothing is started ahead: a worker collects every test but runs only those it
+is sent, so each job runs in place in the worker whose test needs it, while the other workers
+keep the other cores busy.
 """
 
 from __future__ import annotations

@@ -13,7 +13,9 @@ milliseconds to run), so the fixtures below fix a few batch shapes that the test
 
 The checks that need JAX processes of their own (8 host devices, a 2-process job, loop modes
 read at import) run beside the suite as background jobs (:mod:`tests.background`), started when
-collection finishes.
+collection finishes. Under pytest-xdist (the README's command: ``-n auto --dist loadfile``) the
+workers are the parallelism: each runs a job in place when its first test needs it, and the
+longest files are sent first (:data:`_LONG_FILES`).
 
 Every compiled XLA CPU executable keeps a few dozen memory mappings alive for as long as JAX's
 caches hold it. The suite compiles a few thousand, and a Linux process may hold at most
@@ -82,11 +84,18 @@ def _has_gpu() -> bool:
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a GPU; skipped on CPU")
+    if hasattr(config.option, "loadscopereorder"):
+        # pytest-xdist would hand out the files by their number of tests, most first; hand them
+        # out in the collection order below instead, the longest to run first.
+        config.option.loadscopereorder = False
 
 
 def pytest_collection_finish(session):
-    """Start the subprocess jobs the selected tests use (:mod:`tests.background`)."""
-    if not session.config.option.collectonly:
+    """Start the subprocess jobs the selected tests use (:mod:`tests.background`).
+
+    Not in a pytest-xdist worker: it collects every test but runs only those it is sent, and the
+    other worker is the second core's work; a job runs there in place when a test needs it."""
+    if not session.config.option.collectonly and "PYTEST_XDIST_WORKER" not in os.environ:
         background.start(background.jobs_used_by(session.items))
 
 
@@ -94,7 +103,28 @@ def pytest_sessionfinish(session, exitstatus):
     background.finish()
 
 
+#: The test files that take longest (their background jobs included), longest first. They run
+#: first, so that pytest-xdist's ``--dist loadfile`` (one file to a worker at a time, in this
+#: order) ends with short files on both workers: longest-processing-time-first scheduling.
+_LONG_FILES = (
+    "test_graph.py",
+    "test_sharding.py",
+    "test_tiered_cache.py",
+    "test_cli.py",
+    "test_pallas.py",
+    "test_bench_smoke.py",
+    "test_invariants.py",
+    "test_closed_loop.py",
+)
+
+
+def _file_rank(item) -> int:
+    name = item.path.name
+    return _LONG_FILES.index(name) if name in _LONG_FILES else len(_LONG_FILES)
+
+
 def pytest_collection_modifyitems(config, items):
+    items.sort(key=_file_rank)  # stable: the order inside a file, and of the others, is kept
     if _has_gpu():
         return
     skip = pytest.mark.skip(reason="needs a GPU (jax.devices() has none)")
