@@ -1300,42 +1300,53 @@ def paradox_search(
     Args:
       distance: ``(B, n+1, n+1)``; placement_cost, demand: ``(B, n+1)`` or broadcastable.
 
+    The enumeration picks the equilibria in ``dtype``; the rises are then recomputed in float64
+    from their profiles (a difference of two close float32 sums would be rounding), and a rise
+    counts as a paradox past ``TIE[dtype]`` relative to the game's cost (the ties
+    within which the enumeration's worst and best are arbitrary).
+
     Returns:
-      A dict of ``(B,)`` arrays: ``node_worst``, ``node_best`` (cost rise of the original nodes,
-      > 0 = paradox), ``capacity_worst``, ``capacity_best`` (SC rise), and the counts.
+      A dict of float64 arrays of the batch shape: ``node_worst``, ``node_best`` (cost rise of
+      the original nodes, > 0 = paradox), ``capacity_worst``, ``capacity_best`` (SC rise); the
+      counts ``node_paradox_worst`` … ``capacity_paradox_best`` and ``instances``.
     """
     full = SelfishCachingGame(distance, placement_cost, demand)
     p = _prepare(full, dtype)
     n1 = p.n
     if n1 > 16:
         raise InputError(f"paradox_search: n + 1 = {n1} nodes: must be <= 16")
-    ex_full = enumerate_profiles(full, keep=0, dtype=dtype)
-    small = SelfishCachingGame(p.dist[:, :-1, :-1], p.alpha[:, :-1], p.demand[:, :-1])
-    ex_small = enumerate_profiles(small, keep=0, dtype=dtype)
+    if n1 < 2:
+        raise InputError(
+            f"paradox_search: n + 1 = {n1} node: needs at least 2 (the last one is the node added)"
+        )
     sh = p.batch_shape
-
-    def original_cost(profile):
-        c = _node_costs(p, profile.reshape(-1, n1))
-        return c[:, :-1].sum(-1).reshape(sh)
-
-    node_worst = original_cost(ex_full.worst_equilibrium) - ex_small.worst_cost
-    node_best = original_cost(ex_full.best_equilibrium) - ex_small.best_cost
+    small = SelfishCachingGame(p.dist[:, :-1, :-1], p.alpha[:, :-1], p.demand[:, :-1])
     alpha2 = p.alpha.copy()
     alpha2[:, 0] *= 0.5
     cheaper = SelfishCachingGame(p.dist, alpha2, p.demand)
-    ex_cheap = enumerate_profiles(cheaper, keep=0, dtype=dtype)
-    cap_worst = ex_cheap.worst_cost.reshape(sh) - ex_full.worst_cost
-    cap_best = ex_cheap.best_cost.reshape(sh) - ex_full.best_cost
-    eps = 1e-9
-    return dict(
-        node_worst=node_worst, node_best=node_best,
-        capacity_worst=cap_worst, capacity_best=cap_best,
-        node_paradox_worst=int(np.sum(node_worst > eps)),
-        node_paradox_best=int(np.sum(node_best > eps)),
-        capacity_paradox_worst=int(np.sum(cap_worst > eps)),
-        capacity_paradox_best=int(np.sum(cap_best > eps)),
-        instances=int(np.prod(sh)),
-    )  # fmt: skip
+    ex = {k: enumerate_profiles(g, keep=0, dtype=dtype)
+          for k, g in (("full", full), ("small", small), ("cheap", cheaper))}  # fmt: skip
+    prep = {"full": p, "small": _prepare(small, dtype), "cheap": _prepare(cheaper, dtype)}
+
+    def costs(game, which, nodes=None):
+        """Float64 node costs of an enumerated equilibrium, summed over ``nodes``: the
+        enumeration picks the profiles in ``dtype``, the rises are differences of costs that
+        can be close, so they are recomputed exactly from the profiles."""
+        q = prep[game]
+        c = _node_costs(q, getattr(ex[game], which).reshape(-1, q.n))
+        return c[:, : nodes or q.n].sum(-1).reshape(sh)
+
+    rises, tol = {}, TIE[p.dtype]
+    for kind, which in (("worst", "worst_equilibrium"), ("best", "best_equilibrium")):
+        before = costs("small", which)
+        rises[f"node_{kind}"] = costs("full", which, nodes=n1 - 1) - before
+        full_cost = costs("full", which)
+        rises[f"capacity_{kind}"] = costs("cheap", which) - full_cost
+    # a rise counts when it passes the ties of the enumeration (relative TIE[dtype])
+    scale = np.maximum(1.0, np.abs(costs("full", "worst_equilibrium")))
+    counts = {f"{k.split('_')[0]}_paradox_{k.split('_')[1]}": int(np.sum(v > tol * scale))
+              for k, v in rises.items()}  # fmt: skip
+    return dict(**rises, **counts, instances=int(np.prod(sh)))
 
 
 def _node_costs(p: _Prepared, x: np.ndarray) -> np.ndarray:

@@ -272,7 +272,48 @@ def test_paradox_search_agrees_with_brute_force():
         cheap_eq, _ = brute_force(d[b], a2, w[b])
         assert out["capacity_worst"][b] == pytest.approx(cheap_eq[0] - full_eq[0], abs=1e-9)
         assert out["capacity_best"][b] == pytest.approx(cheap_eq[-1] - full_eq[-1], abs=1e-9)
+        # adding the last node: the original nodes' cost at the full game's worst (best)
+        # equilibrium against the game without it
+        small_eq, _ = brute_force(d[b, :-1, :-1], a[b, :-1], w[b, :-1])
+        full = _equilibria(d[b], a[b], w[b])
+        assert out["node_worst"][b] == pytest.approx(sum(full[0][1][:-1]) - small_eq[0], abs=1e-9)
+        assert out["node_best"][b] == pytest.approx(sum(full[-1][1][:-1]) - small_eq[-1], abs=1e-9)
     assert out["instances"] == 4
+    assert out["node_worst"].shape == out["capacity_best"].shape == (4,)
+
+
+def _equilibria(d, alpha, w):
+    """Every pure NE as ``(SC, node costs)``, worst first (by brute force, as above)."""
+    n = len(d)
+    m = [np.inf] * n
+    out = []
+    for prof in itertools.product([False, True], repeat=n):
+        costs = [_node_cost(d, alpha, w, m, prof, i) for i in range(n)]
+        if all(
+            _node_cost(d, alpha, w, m, prof[:i] + (not prof[i],) + prof[i + 1 :], i)
+            >= costs[i] - 1e-9
+            for i in range(n)
+        ):
+            out.append((sum(costs), costs))
+    return sorted(out, key=lambda e: -e[0])
+
+
+def test_paradox_search_in_float32_finds_no_paradox_where_there_is_none():
+    """A node added far away (it caches for itself only) changes nothing for the others; in
+    float32 the enumeration's rounding must not count as a paradox (it counted ~half)."""
+    rng = np.random.default_rng(0)
+    b, n1 = 64, 7
+    pts = rng.random((b, n1, 2)) * 2
+    pts[:, -1] = 100.0
+    d = np.sqrt(((pts[:, :, None] - pts[:, None]) ** 2).sum(-1))
+    a = rng.uniform(0.2, 3.0, (b, n1))
+    a[:, -1] = 1.0
+    w = rng.uniform(0.2, 2.0, (b, n1))
+    out = caching.paradox_search(d, a, w, dtype="float32")
+    assert out["node_paradox_worst"] == out["node_paradox_best"] == 0
+    assert np.abs(out["node_worst"]).max() < 1e-9  # recomputed in float64 from the profiles
+    one = caching.paradox_search(d[0], a[0], w[0], dtype="float32")
+    assert one["node_worst"].shape == one["capacity_worst"].shape == ()
 
 
 def test_benchmark_smoke_mode_runs(tmp_path):
