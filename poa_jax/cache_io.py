@@ -181,14 +181,14 @@ def report(res, single: bool) -> dict:
         "equilibrium_costs": j(res.equilibrium_costs),
         "converged": j(res.converged),
     }
+    # the costs are NaN-padded to a fixed width: keep the columns some instance fills
+    width = max(1, int(np.max(res.equilibrium_count, initial=0)))
+    out["equilibrium_costs"] = j(np.asarray(res.equilibrium_costs)[..., :width])
+    out["equilibrium_count"] = j(res.equilibrium_count)
     if isinstance(res, caching.CachingPoAResult):
-        # the costs are NaN-padded to a fixed width: keep the columns some instance fills
-        width = max(1, int(np.max(res.equilibrium_count, initial=0)))
-        out["equilibrium_costs"] = j(np.asarray(res.equilibrium_costs)[..., :width])
         out.update(
             exact=j(res.exact), poa_upper=j(res.poa_upper),
             optimum_lower_bound=j(res.optimum_lower_bound),
-            equilibrium_count=j(res.equilibrium_count),
             worst_equilibrium=j(res.worst_equilibrium), best_equilibrium=j(res.best_equilibrium),
             optimum=j(res.optimum),
         )  # fmt: skip

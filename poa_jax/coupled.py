@@ -615,6 +615,17 @@ class CoupledPoAResult:
     optimum_gap: np.ndarray | None = None
     optimum_status: np.ndarray | None = None
 
+    @property
+    def equilibrium_costs(self) -> np.ndarray:
+        """``(..., 1)`` SC of the fixed point: the one equilibrium computed (the field every
+        game's result has)."""
+        return np.asarray(self.equilibrium.social_cost)[..., None]
+
+    @property
+    def equilibrium_count(self) -> np.ndarray:
+        """``(...)`` ones: one fixed point is computed."""
+        return np.ones(np.shape(self.poa), np.int64)
+
 
 def price_of_anarchy(
     game: CoupledGame,

@@ -55,6 +55,11 @@ class PoAResult:
     converged: np.ndarray
     start_flows: np.ndarray | None = None
 
+    @property
+    def optimum_cost(self) -> np.ndarray:
+        """``(...)`` SC(opt), as every game's result names it (``optimum.social_cost``)."""
+        return self.optimum.social_cost
+
 
 def _ratio(eq_cost, opt_cost) -> np.ndarray:
     """``eq_cost / opt_cost``: NaN where either cost is not finite (an overflowed solve must
@@ -137,7 +142,7 @@ def price_of_anarchy(
 
     if isinstance(game, (caching.SelfishCachingGame, tiered_cache.TieredCacheGame)):
         solve._selfish_only(policy)
-        kw = {} if max_iters is None else {"max_rounds": max_iters}
+        kw = solve._rounds_kw(max_iters)
         if isinstance(game, caching.SelfishCachingGame):
             caching._starts(starts)
             return caching.price_of_anarchy(game, starts=max(int(starts), 16), seed=seed,

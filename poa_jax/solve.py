@@ -393,6 +393,16 @@ def _optimum_options(seed, descent_steps, lr=0.05) -> tuple[int, int, float]:
     return seed, descent_steps, lr
 
 
+def _rounds_kw(max_iters) -> dict:
+    """``max_iters`` as the caching solvers' ``max_rounds`` keyword, checked under the name the
+    caller used."""
+    if max_iters is None:
+        return {}
+    from poa_jax.validation import INT32_MAX, integer
+
+    return {"max_rounds": integer("max_iters", max_iters, 1, INT32_MAX)}
+
+
 def _caching_equilibrium(game, policy, tol, max_iters, x0, dtype, method="auto"):
     """The caching games' equilibria (their own result types), or None for other games."""
     from poa_jax import caching, coupled, tiered_cache
@@ -401,7 +411,7 @@ def _caching_equilibrium(game, policy, tol, max_iters, x0, dtype, method="auto")
                              coupled.CoupledGame)):  # fmt: skip
         return None
     _selfish_only(policy)
-    kw = {} if max_iters is None else {"max_rounds": max_iters}
+    kw = _rounds_kw(max_iters)
     if isinstance(game, caching.SelfishCachingGame):
         caching.check_method(method)
         return caching.best_response(game, x0=x0, dtype=dtype, tol=tol, **kw)

@@ -741,8 +741,10 @@ class TieredPoAResult:
       poa: ``(...)`` SC(worst equilibrium found) / SC(best placement found), ≥ 1.
       price_of_stability: ``(...)`` SC(best equilibrium found) / SC(best placement found).
       optimum_cost: ``(...)`` SC of the best placement found (an upper bound on SC(opt)).
-      equilibrium_costs: ``(..., S)`` SC of every start's equilibrium, worst first, NaN where it
-        did not converge.
+      equilibrium_costs: ``(..., S)`` the distinct equilibria found, by SC, worst first, then
+        NaN: the converged starts' costs, where two that agree within the equilibrium
+        tolerance (relative) count once.
+      equilibrium_count: ``(...)`` how many distinct equilibria were found.
       equilibrium: worst equilibrium (:class:`TieredSolution`); best_equilibrium; optimum.
       converged: ``(...)`` the worst equilibrium converged and the optimum is certified
         stationary (``optimum.gap ≤ optimum_tol``).
@@ -752,10 +754,22 @@ class TieredPoAResult:
     price_of_stability: np.ndarray
     optimum_cost: np.ndarray
     equilibrium_costs: np.ndarray
+    equilibrium_count: np.ndarray
     equilibrium: TieredSolution
     best_equilibrium: TieredSolution
     optimum: TieredSolution
     converged: np.ndarray
+
+
+def _distinct_worst_first(costs: np.ndarray, rtol: float) -> tuple[np.ndarray, np.ndarray]:
+    """``costs (N, S)`` (NaN = none) → the distinct values, largest first, NaN-padded, and their
+    count ``(N,)``; a value within ``rtol`` (relative) of the next larger one is a repeat."""
+    c = -np.sort(-np.where(np.isnan(costs), -np.inf, costs), axis=-1)  # worst first, NaN last
+    prev = np.concatenate([np.full(c.shape[:-1] + (1,), np.inf), c[..., :-1]], -1)
+    with np.errstate(invalid="ignore"):
+        new = np.isfinite(c) & ~(prev - c <= rtol * np.maximum(np.abs(c), np.finfo(c.dtype).tiny))
+    kept = -np.sort(-np.where(new, c, -np.inf), axis=-1)
+    return np.where(np.isinf(kept), np.nan, kept), new.sum(-1)
 
 
 def price_of_anarchy(
@@ -810,16 +824,16 @@ def price_of_anarchy(
             converged=status == loop.CONVERGED,
         )  # fmt: skip
     ok = out["status"] == loop.CONVERGED
-    costs = np.where(ok, out["social_cost"], -np.inf)
-    costs = -np.sort(-costs, axis=-1)
-    costs = np.where(np.isinf(costs), np.nan, costs).reshape(p.batch_shape + (s,))
+    rtol = max(TOL[p.dtype] if tol is None else float(tol), 100 * float(np.finfo(p.dtype).eps))
+    costs, count = _distinct_worst_first(np.where(ok, out["social_cost"], np.nan), rtol)
+    costs, count = costs.reshape(p.batch_shape + (s,)), count.reshape(p.batch_shape)
     with np.errstate(divide="ignore", invalid="ignore"):
         o = opt.social_cost
         poa = np.where(o > 0, worst.social_cost / np.where(o > 0, o, 1), 1.0)
         pos = np.where(o > 0, best.social_cost / np.where(o > 0, o, 1), 1.0)
     return TieredPoAResult(
         poa=poa, price_of_stability=pos, optimum_cost=opt.social_cost, equilibrium_costs=costs,
-        equilibrium=worst, best_equilibrium=best, optimum=opt,
+        equilibrium_count=count, equilibrium=worst, best_equilibrium=best, optimum=opt,
         converged=worst.converged & opt.converged,
     )  # fmt: skip
 

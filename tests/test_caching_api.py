@@ -63,10 +63,17 @@ def test_coupled_game_and_bad_calls(cache_games):
     assert np.all(opt.social_cost <= sol.social_cost)
     ref = pj.price_of_anarchy(game)  # the same joint descent (4 generated starts) behind the PoA
     np.testing.assert_array_equal(opt.social_cost, ref.optimum_cost)
+    # the fields every game's result has (issue 4's API): one fixed point, so one cost
+    np.testing.assert_array_equal(ref.equilibrium_costs, np.asarray(sol.social_cost)[:, None])
+    np.testing.assert_array_equal(ref.equilibrium_count, 1)
+    np.testing.assert_allclose(ref.poa, ref.equilibrium_costs[:, 0] / ref.optimum_cost)
     np.testing.assert_allclose(opt.flows.sum(-1), np.asarray(cache_games.demand), rtol=1e-9)
     off = pj.CoupledGame(cache_games, np.ones((k, k)) - np.eye(k), np.ones((k, 2)), caching=False)
     np.testing.assert_array_equal(pj.solve_optimum(off).social_cost,
                                   pj.solve_optimum(cache_games).social_cost)  # fmt: skip
+    routing = pj.price_of_anarchy(off)  # the routing game's result, with the same fields
+    np.testing.assert_array_equal(routing.optimum_cost, routing.optimum.social_cost)
+    np.testing.assert_allclose(routing.poa, routing.equilibrium_costs[:, 0] / routing.optimum_cost)
     with pytest.raises(pj.InputError, match="starts from the coupled fixed point"):
         pj.solve_optimum(game, x0=np.ones(3))
     g = pj.SelfishCachingGame(caching.complete_distance(3), 1.0)
@@ -82,7 +89,7 @@ def test_coupled_game_and_bad_calls(cache_games):
         ({"method": "nonsense"}, "method 'nonsense'.*must be 'auto'"),
         ({"tol": -5.0}, "tol = -5.0: must be finite and > 0"),
         ({"starts": 0}, "starts = 0: must be an integer >= 1"),
-        ({"max_iters": 0}, "max_rounds = 0"),
+        ({"max_iters": 0}, "max_iters = 0: must be an integer >= 1"),
     ],
 )
 def test_generic_functions_refuse_bad_options_for_caching_games(kw, rule):

@@ -792,3 +792,23 @@ def test_a_game_alone_and_inside_a_batch_give_the_same_results():
         np.testing.assert_allclose(alone.poa, batch.poa[b], rtol=1e-6)
         np.testing.assert_allclose(alone.optimum_cost, batch.optimum_cost[b], rtol=1e-6)
         np.testing.assert_allclose(alone.equilibrium_costs, batch.equilibrium_costs[b], rtol=1e-6)
+
+
+def test_equilibrium_costs_list_each_equilibrium_once():
+    """Starts that reach the same equilibrium count once (within the equilibrium tolerance);
+    distinct equilibria keep their own entries, worst first, then NaN."""
+    costs = np.array(
+        [[1.0, np.nan, 2.0, 1.0 + 1e-12, 3.0], [np.nan] * 5, [5.0, 5.0, 4.0, 4.0, 5.0]]
+    )
+    kept, count = tiered_cache._distinct_worst_first(costs, 1e-9)
+    np.testing.assert_array_equal(count, [3, 0, 2])
+    np.testing.assert_array_equal(kept[0, :3], [3.0, 2.0, 1.0 + 1e-12])
+    np.testing.assert_array_equal(kept[2, :2], [5.0, 4.0])
+    assert np.isnan(kept[0, 3:]).all() and np.isnan(kept[1]).all() and np.isnan(kept[2, 2:]).all()
+    # three workers, unit distances: the 4 starts end at 2 equilibria (13.14 and 13.0025)
+    g = pj.TieredCacheGame(pj.caching.complete_distance(3), np.ones((3, 8)), np.ones((3, 4)))
+    r = pj.price_of_anarchy(g, dtype="float32")
+    assert int(r.equilibrium_count) == 2 and np.isnan(r.equilibrium_costs[2:]).all()
+    assert r.equilibrium_costs[0] == pytest.approx(float(r.equilibrium.social_cost))
+    assert r.equilibrium_costs[1] == pytest.approx(float(r.best_equilibrium.social_cost))
+    assert r.equilibrium_costs[0] > r.equilibrium_costs[1] * (1 + 1e-5)
