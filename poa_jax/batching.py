@@ -120,7 +120,8 @@ def prepare(game: RoutingGame, policy: Policy | None = None, dtype=None) -> Prep
     check("RoutingGame.residency", kf["RoutingGame.residency"], "finite_gt0")
     kf["RoutingGame.cache_size"] = as_array("RoutingGame.cache_size", game.cache_size)
     check("RoutingGame.cache_size", kf["RoutingGame.cache_size"], "pos_or_inf")
-    mask = as_array("RoutingGame.worker_mask", game.worker_mask)  # NaN, 0.5, "x" are not bools
+    # NaN, 0.5, "x" are not bools
+    mask = as_array("RoutingGame.worker_mask", game.worker_mask, booleans=True)
     check("RoutingGame.worker_mask", mask, "zero_one")
     mask = mask.astype(bool)
     kf["RoutingGame.worker_mask"] = mask

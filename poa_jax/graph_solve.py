@@ -211,7 +211,8 @@ def prepare_graph(game: GraphGame, dtype) -> _Prepared:
         if names is None or len(names) != e:
             got = "a string" if names is None else f"{len(names)} entries"
             raise InputError(f"GraphGame.names has {got}: must be E = {e} link labels (or None)")
-    mask = as_array("GraphGame.link_mask", game.link_mask)  # NaN, 2, 0.5 are not booleans
+    # NaN, 2, 0.5 are not booleans
+    mask = as_array("GraphGame.link_mask", game.link_mask, booleans=True)
     check("GraphGame.link_mask", mask, "zero_one")
     mask = mask.astype(bool)
     if mask.ndim and mask.shape[-1] not in (1, e):

@@ -302,16 +302,19 @@ def _prepare(game: TieredCacheGame, dtype=None, owner: str = "TieredCacheGame") 
     if sigma.ndim:
         raise InputError(f"{owner}.peer_credit: must be a scalar")
     pool_cap, pool_lat, pool_sigma = _pool_fields(game, w, latency is not None, owner)
+    batch = {
+        "distance": d.shape[:-2], "rates": rates.shape[:-2], "capacity": cap.shape[:-2],
+        "credit": credit.shape[:-1], "miss_cost": miss.shape[:-2] if miss.ndim >= 2 else (),
+        "size": size.shape[:-1] if size.ndim else (),
+        "access_latency": latency.shape[:-2] if latency is not None else (),
+        "shared_capacity": pool_cap.shape if pool_cap is not None else (),
+        "shared_latency": pool_lat.shape[:-1] if pool_lat is not None and pool_lat.ndim else (),
+    }  # fmt: skip
     try:
-        shape = np.broadcast_shapes(
-            d.shape[:-2], rates.shape[:-2], cap.shape[:-2], credit.shape[:-1],
-            miss.shape[:-2] if miss.ndim >= 2 else (), size.shape[:-1] if size.ndim else (),
-            latency.shape[:-2] if latency is not None else (),
-            pool_cap.shape if pool_cap is not None else (),
-            pool_lat.shape[:-1] if pool_lat is not None and pool_lat.ndim else (),
-        )  # fmt: skip
+        shape = np.broadcast_shapes(*batch.values())
     except ValueError:
-        raise InputError(f"{owner}: the fields' batch axes do not broadcast") from None
+        listed = ", ".join(f"{k} {v}" for k, v in batch.items() if v)
+        raise InputError(f"{owner}: the fields' batch axes do not broadcast: {listed}") from None
     check_batch(owner, shape)
     n = int(np.prod(shape, dtype=np.int64))
 

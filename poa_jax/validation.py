@@ -16,13 +16,30 @@ from poa_jax.errors import InputError
 __all__ = ["as_array", "check", "RULES", "integer", "number"]
 
 
-def as_array(name: str, value, dtype=np.float64) -> np.ndarray:
-    """``np.asarray(value, dtype)`` with an :class:`InputError` naming ``name`` on failure."""
+def as_array(name: str, value, dtype=np.float64, *, booleans: bool = False) -> np.ndarray:
+    """``np.asarray(value, dtype)`` with an :class:`InputError` naming ``name`` on failure.
+
+    Strings are refused (NumPy would read ``"1.0"`` as 1.0, so a field read from a text file
+    unparsed would pass), and so are booleans unless ``booleans`` (a mask): ``True`` is not a
+    rate or a cost."""
     try:
-        arr = np.asarray(value, dtype=dtype)
+        raw = np.asarray(value)
+        kind = raw.dtype.kind
+        if kind in "USV" or (kind == "O" and any(isinstance(v, (str, bytes)) for v in raw.flat)):
+            raise InputError(f"{name}: must be numbers, got text ({_show(value)})")
+        if kind == "b" and not booleans:
+            raise InputError(f"{name}: must be numbers, got booleans ({_show(value)})")
+        arr = np.asarray(raw, dtype=dtype)
+    except InputError:
+        raise
     except (TypeError, ValueError) as e:
         raise InputError(f"{name}: cannot be read as an array of numbers ({e})") from None
     return arr
+
+
+def _show(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _finite_ge0(a):

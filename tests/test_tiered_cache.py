@@ -415,6 +415,10 @@ def test_optimum_out_of_steps_is_not_called_converged(solved):
         (dict(distance=np.array([[0, 1, 2], [1, 0, 1], [3, 1, 0.0]])), "symmetric"),
         (dict(credit=[1.0, 1.5]), "credit"),
         (dict(size=np.zeros(B)), "size"),
+        (
+            dict(rates=np.ones((2, W, B)), capacity=np.ones((5, W, T))),
+            r"batch axes do not broadcast: rates \(2,\), capacity \(5,\)",
+        ),
         (dict(access_latency=np.ones((W, T))), "give credit or access_latency, not both"),
         (dict(credit=None, access_latency=-np.ones(T)), r"access_latency\[0\].*>= 0"),
         (dict(credit=None, access_latency=np.ones((W, T + 1))), "access_latency has shape"),

@@ -237,6 +237,37 @@ def test_other_bad_inputs():
         pj.solve_equilibrium("not a game")
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "text"),
+    [
+        ("demand", ["0.3", "0.2", "0.1"], "got text"),  # NumPy alone reads these as numbers
+        ("demand", [True, False, True], "got booleans"),
+        ("latency.b", np.array([b"1", b"1", b"1", b"1"]), "got text"),
+        ("cache_size", np.array([1.0, "2", 3.0, 4.0], object), "got text"),
+    ],
+)
+def test_text_and_booleans_are_not_numbers(field, value, text, no_compile):
+    g = base_game()
+    name, *sub = field.split(".")
+    if sub:
+        g = dataclasses.replace(g, latency=dataclasses.replace(g.latency, **{sub[0]: value}))
+    else:
+        g = dataclasses.replace(g, **{name: value})
+    with pytest.raises(
+        pj.InputError, match=rf"RoutingGame\.{re.escape(field)}: must be numbers, {text}"
+    ):
+        pj.solve_equilibrium(g)
+    star = pj.caching.star_distance(4)
+    with pytest.raises(pj.InputError, match="placement_cost: must be numbers, got text"):
+        pj.price_of_anarchy(pj.SelfishCachingGame(star, "1.5"))
+    with pytest.raises(pj.InputError, match="TieredCacheGame.capacity: must be numbers, got bool"):
+        pj.solve_equilibrium(
+            pj.TieredCacheGame(
+                pj.caching.complete_distance(3), np.ones((3, 4)), np.ones((3, 2), bool)
+            )
+        )
+
+
 def test_input_error_is_a_value_error():
     assert issubclass(pj.InputError, ValueError)
 
