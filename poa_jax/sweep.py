@@ -64,7 +64,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from poa_jax import __version__
+from poa_jax import __version__, batching
 from poa_jax.errors import InputError
 from poa_jax.kernels import loop
 from poa_jax.poa import price_of_anarchy
@@ -407,6 +407,7 @@ def _resolve_layout(
             "parts": -(-n // part),
             "columns": list(COLUMNS),
             "poa_jax_version": __version__,
+            "layout": _layout(),
             "spec": json.loads(scenario.canonical_json()),
         }
 
@@ -433,6 +434,17 @@ def _resolve_layout(
         refusal = (
             f"{out_dir} holds parts with other columns (written by another poa-jax version); "
             "pass --overwrite to discard them, or choose another --out"
+        )
+    elif old.get("layout", new["layout"]) != new["layout"]:
+        was, now = old["layout"], new["layout"]
+        hint = f" (on a CPU: POA_JAX_CPU_DEVICES={was.get('devices')})" if was.get(
+            "platform") == "cpu" else ""  # fmt: skip
+        refusal = (
+            f"{out_dir} was solved on {_describe(was)}, this run has {_describe(now)}: the lanes "
+            "per device change the float rounding, and in float32 the optimum (not convex with "
+            "the cache term) can land at another stationary point, so a resumed table would mix "
+            f"the two; resume with the same layout{hint}, pass --overwrite to start over, or "
+            "choose another --out"
         )
     else:
         was = old.get("chunk_points")
@@ -516,6 +528,22 @@ def _prepare(out_dir: str, manifest: dict, discard: bool, log) -> None:
         _write_json(os.path.join(parts_dir, MANIFEST), manifest)
     with contextlib.suppress(FileNotFoundError):  # renamed: the folder reads as a dataset
         os.remove(os.path.join(parts_dir, _OLD_MANIFEST))
+
+
+def _layout() -> dict:
+    """What a part's lanes are split over: the platform and the devices each process shards
+    them on (:func:`poa_jax.batching.mesh_for`). Not the processes: each solves whole parts,
+    as one process does (``tests/test_distributed.py``: the tables are equal)."""
+    devs = jax.local_devices()
+    cap = batching._DEVICES
+    return {
+        "platform": devs[0].platform,
+        "devices": len(devs) if cap is None else min(cap, len(devs)),
+    }
+
+
+def _describe(layout: dict) -> str:
+    return f"{layout.get('devices')} {layout.get('platform')} device(s) per process"
 
 
 def _device() -> dict:
@@ -676,13 +704,22 @@ TABLE_MAX_ROWS = 2_000_000
 
 class _Progress:
     """The progress bar's postfix: rate and time left over the points solved in this run (the
-    reused parts count as done, not as speed), the converged share, per solved chunk."""
+    reused parts count as done, not as speed), the converged share, per solved chunk.
+
+    The run's first chunk compiles the solvers (seconds to minutes) and is left out of the
+    rate once a second chunk has been solved: with it, a resume whose first chunk compiled
+    for 10 s promised minutes for what took seconds."""
 
     def __init__(self, total: int, format_interval):
         self.total, self.format_interval = total, format_interval
         self.done = self.solved_points = self.reused_points = self.converged = 0
         self.work_s = 0.0  # time spent in finished computed parts
         self.part_s = 0.0  # time spent in the computed part under way
+        self.first = None  # (points, seconds) of the run's first solved chunk
+
+    def first_chunk(self, points: int, seconds: float) -> None:
+        if self.first is None:
+            self.first = (points, seconds)
 
     def reused(self, tab: pa.Table) -> None:
         self.done += tab.num_rows
@@ -702,8 +739,11 @@ class _Progress:
     def text(self) -> str:
         out = []
         elapsed = self.work_s + self.part_s
-        if self.solved_points and elapsed > 0:
-            rate = self.solved_points / elapsed
+        points = self.solved_points
+        if self.first is not None and points > self.first[0] and elapsed > self.first[1]:
+            points, elapsed = points - self.first[0], elapsed - self.first[1]
+        if points and elapsed > 0:
+            rate = points / elapsed
             left = self.format_interval((self.total - self.done) / rate)
             out.append(f"{rate:.1f} pt/s, {left} left")
         if self.done:
@@ -829,6 +869,7 @@ def run_sweep(
                     dt = time.perf_counter() - t0
                     first_call = dt if first_call is None else first_call
                     solve_s += dt
+                    progress_text.first_chunk(n_real, time.perf_counter() - t_part)
                     progress_text.solved(tables[-1], time.perf_counter() - t_part)
                     bar.set_postfix_str(progress_text.text(), refresh=False)
                     bar.update(n_real)
