@@ -2,7 +2,7 @@
 
 Subcommands (``poa-jax bench`` times the solvers on the device present and prints a table):
 
-* ``poa-jax sweep [SCENARIO.toml] [--out DIR] [--dtype float32|float64] [--chunk N]
+* ``poa-jax sweep [SCENARIO.toml|SCENARIO.py] [--out DIR] [--dtype float32|float64] [--chunk N]
   [--part N] [--warm-start load|none] [--overwrite] [--no-progress]`` — runs a scenario (the
   built-in default without a file) with :func:`poa_jax.sweep.run_sweep`, prints a table per
   topology × policy over load (PoA, price of stability, mean latency at equilibrium and optimum,
@@ -98,7 +98,10 @@ def _parser() -> argparse.ArgumentParser:
         description="Solve a scenario's sweep; write results.parquet and summary.json.",
     )
     s.add_argument(
-        "scenario", nargs="?", help="scenario TOML file (default: the built-in scenario)"
+        "scenario",
+        nargs="?",
+        help="scenario TOML file, or a Python file that sets SCENARIO (default: the built-in "
+        "scenario)",
     )
     s.add_argument(
         "--out",

@@ -1149,14 +1149,21 @@ def _policy_grid(ck: _Check, grid) -> list[PolicySpec]:
 
 
 def load_scenario(path: str | os.PathLike) -> Scenario:
-    """Reads a scenario TOML file.
+    """Reads a scenario file: TOML, or Python (``.py``).
+
+    A Python scenario is a script that sets ``SCENARIO`` to a :class:`Scenario` or to a dict
+    laid out like a TOML file (checked by :meth:`Scenario.from_dict`); it is run with
+    :func:`runpy.run_path`, so it can compute its axes (``poa-jax sweep my_sweep.py``).
 
     Raises:
       InputError: missing file, a file that is not UTF-8 text, invalid TOML, or a key or value
         breaking a rule (the message names the file, the key path and the rule), including the
-        size bounds :data:`MAX_AXIS_POINTS` and :data:`MAX_POINTS`.
+        size bounds :data:`MAX_AXIS_POINTS` and :data:`MAX_POINTS`; a Python scenario that
+        raises or sets no ``SCENARIO``.
     """
     path = os.fspath(path)
+    if path.endswith(".py"):
+        return _load_python_scenario(path)
     try:
         with open(path, "rb") as f:
             data = tomllib.load(f)
@@ -1171,6 +1178,29 @@ def load_scenario(path: str | os.PathLike) -> Scenario:
     except OSError as e:
         raise InputError(f"{path}: cannot read: {e.strerror}") from None
     return Scenario.from_dict(data, source=path)
+
+
+def _load_python_scenario(path: str) -> Scenario:
+    import runpy
+
+    if not os.path.isfile(path):
+        raise InputError(f"{path}: no such scenario file")
+    try:
+        names = runpy.run_path(path, run_name="__poa_jax_scenario__")
+    except InputError as e:
+        raise InputError(f"{path}: {e}") from None
+    except Exception as e:  # the user's script: its error, named by the file
+        raise InputError(f"{path}: running it raised {type(e).__name__}: {e}") from None
+    value = names.get("SCENARIO")
+    if isinstance(value, Scenario):
+        return dataclasses.replace(value, source=path)
+    if isinstance(value, Mapping):
+        return Scenario.from_dict(value, source=path)
+    got = "nothing" if value is None else type(value).__name__
+    raise InputError(
+        f"{path}: SCENARIO must be a poa_jax.scenario.Scenario or a dict laid out like a "
+        f"scenario TOML file, got {got}"
+    )
 
 
 def default_scenario() -> Scenario:

@@ -125,6 +125,41 @@ def test_tiny_scenario_build(tmp_path):
     assert np.asarray(b.game.worker_mask)[0].tolist() == [True, False]
 
 
+def test_python_scenario_files(tmp_path):
+    """``load_scenario`` (so ``poa-jax sweep``) runs a ``.py`` file that sets ``SCENARIO``."""
+    toml = S.load_scenario(_write(tmp_path, TINY))
+    as_dict = tmp_path / "d.py"
+    as_dict.write_text(
+        "import tomllib, pathlib\n"
+        f"SCENARIO = tomllib.loads(pathlib.Path({str(tmp_path / 'scenario.toml')!r}).read_text())\n"
+    )
+    sc = S.load_scenario(as_dict)
+    assert sc == toml and sc.hash() == toml.hash() and sc.source == str(as_dict)
+    built = tmp_path / "b.py"
+    built.write_text(
+        "import dataclasses\nfrom poa_jax import scenario as S\n"
+        f"base = S.load_scenario({str(tmp_path / 'scenario.toml')!r})\n"
+        "SCENARIO = dataclasses.replace(base, load=S.LoadAxis(values=(0.2, 0.4, 0.6, 0.8)))\n"
+    )
+    sc = S.load_scenario(built)
+    assert sc.shape == (2, 1, 1, 4, 2) and sc.source == str(built)
+    cases = {
+        "none.py": (
+            "x = 1\n",
+            "SCENARIO must be a poa_jax.scenario.Scenario or a dict .*got nothing",
+        ),
+        "list.py": ("SCENARIO = [1]\n", "got list"),
+        "raises.py": ("1 / 0\n", "running it raised ZeroDivisionError: division by zero"),
+        "bad.py": ("SCENARIO = {'name': 'x'}\n", "scenario: missing required key 'workload'"),
+    }
+    for name, (text, rule) in cases.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(pj.InputError, match=f"{tmp_path / name}: .*{rule}"):
+            S.load_scenario(tmp_path / name)
+    with pytest.raises(pj.InputError, match="no such scenario file"):
+        S.load_scenario(tmp_path / "missing.py")
+
+
 def test_built_in_python():
     sc = S.Scenario(
         name="py",
