@@ -43,7 +43,7 @@ class Row:
     iterations_median: float
     iterations_max: int
     converged_share: float
-    max_gap: float
+    max_gap: float  # over the converged lanes (the others ran out of iterations: see converged)
     device: str
     kernel: str  # which implementation ran ("xla", or "pallas" where the fused kernel ran)
     chunk: int  # lanes per call (batching.MAX_CHUNK on this backend, or --chunk)
@@ -169,7 +169,7 @@ def format_rows(rows: list[Row]) -> str:
     """A Markdown table of the rows."""
     head = (
         "| solver | N | dtype | tol | instances/s | steady s | compile s | iters median | "
-        "iters max | converged | max gap | device | kernel | chunk | round | loop |"
+        "iters max | converged | max gap (converged) | device | kernel | chunk | round | loop |"
     )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
