@@ -3,8 +3,9 @@
 Subcommands (``poa-jax bench`` times the solvers on the device present and prints a table):
 
 * ``poa-jax sweep [SCENARIO.toml|SCENARIO.py] [--out DIR] [--dtype float32|float64] [--chunk N]
-  [--part N] [--warm-start load|none] [--overwrite] [--no-progress]`` — runs a scenario (the
-  built-in default without a file) with :func:`poa_jax.sweep.run_sweep`, prints a table per
+  [--part N] [--warm-start load|none] [--overwrite] [--no-progress] [--distributed ...]`` —
+  runs a scenario (the built-in default without a file; ``--distributed``: one process of a
+  multi-process job) with :func:`poa_jax.sweep.run_sweep`, prints a table per
   topology × policy over load (PoA, price of stability, mean latency at equilibrium and optimum,
   converged starts) and the output paths (``DIR/results.parquet``, ``DIR/summary.json``;
   default ``DIR`` is ``out/<scenario name>``). Rerunning into the same folder resumes: finished
@@ -145,6 +146,18 @@ def _parser() -> argparse.ArgumentParser:
         help="keep the results as the Parquet dataset DIR/parts only (no results.parquet)",
     )
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.add_argument(
+        "--distributed",
+        action="store_true",
+        help="one process of a multi-process JAX job (jax.distributed.initialize before "
+        "anything else): start the same command once per machine or GPU; process i of n "
+        "solves parts i, i + n, ... and process 0 merges them. On Slurm JAX finds the "
+        "coordinator, the process count and id itself; elsewhere give the three options below "
+        "(or JAX_COORDINATOR_ADDRESS)",
+    )
+    s.add_argument("--coordinator", help="with --distributed: process 0's HOST:PORT")
+    s.add_argument("--num-processes", type=int, help="with --distributed: processes in the job")
+    s.add_argument("--process-id", type=int, help="with --distributed: this process, 0 .. n-1")
     # Serving closed-loop sweep (issue 5): --preset routes to poa_jax.serving_sweep.
     s.add_argument(
         "--preset",
@@ -329,6 +342,7 @@ def _cmd_plot(args) -> int:
 
 
 def _cmd_sweep(args) -> int:
+    _distributed(args)
     if getattr(args, "preset", None) is not None:
         return _cmd_serving_sweep(args)
     for name in ("concurrency", "variants", "seed"):
@@ -370,6 +384,35 @@ def _cmd_sweep(args) -> int:
     print(f"results: {res.results_path}")
     print(f"summary: {res.summary_path}")
     return 0
+
+
+def _distributed(args) -> None:
+    """``--distributed``: joins the multi-process JAX job, before anything touches a device."""
+    given = {
+        k: getattr(args, k, None)
+        for k in ("coordinator", "num_processes", "process_id")
+        if getattr(args, k, None) is not None
+    }
+    if not getattr(args, "distributed", False):
+        if given:
+            flag = "--" + next(iter(given)).replace("_", "-")
+            raise InputError(f"{flag}: needs --distributed")
+        return
+    if getattr(args, "preset", None) is not None:
+        raise InputError("--distributed: not with --preset (the serving sweep runs in one process)")
+    n, i = given.get("num_processes"), given.get("process_id")
+    if n is not None and n < 1:
+        raise InputError(f"--num-processes = {n}: must be an integer >= 1")
+    if i is not None and (i < 0 or (n is not None and i >= n)):
+        raise InputError(f"--process-id = {i}: must be an integer in 0 .. --num-processes - 1")
+    import jax
+
+    try:
+        jax.distributed.initialize(
+            coordinator_address=given.get("coordinator"), num_processes=n, process_id=i
+        )
+    except (RuntimeError, ValueError) as e:
+        raise InputError(f"--distributed: jax.distributed.initialize failed: {e}") from None
 
 
 def format_table(table, scenario, summary: dict | None = None) -> str:

@@ -1,8 +1,10 @@
 """A two-process JAX job (``jax.distributed`` on localhost, CPU) ≡ the single-process sweep.
 
-Two subprocesses run ``tests/distributed_worker.py``: each solves its own parts of the tiny
-scenario (process ``i`` of ``n`` takes parts ``i, i + n, …``), then process 0 merges them. A
-third runs the same sweep with the plain CLI. The merged tables must be identical.
+Two subprocesses make the job: process 0 is ``poa-jax sweep --distributed`` (the CLI) and
+process 1 ``tests/distributed_worker.py`` (the README's Python form). Each solves its own parts
+of the tiny scenario (process ``i`` of ``n`` takes parts ``i, i + n, …``), then process 0
+merges them. A third runs the same sweep with the plain CLI. The merged tables must be
+identical.
 """
 
 from __future__ import annotations
@@ -38,17 +40,16 @@ def runs(d):
     env = dict(os.environ, JAX_PLATFORMS="cpu", POA_JAX_CPU_DEVICES="1")
     env.pop("XLA_FLAGS", None)
     address = f"localhost:{_free_port()}"
-    worker = [sys.executable, "-m", "tests.distributed_worker", address, "2"]
+    cli = [sys.executable, "-m", "poa_jax.cli", "sweep", str(toml), "--out", str(d / "two"),
+           "--chunk", "4", "--part", "4", "--no-progress", "--distributed",
+           "--coordinator", address, "--num-processes", "2", "--process-id", "0"]  # fmt: skip
+    worker = [sys.executable, "-m", "tests.distributed_worker", address, "2", "1", str(toml),
+              str(d / "two")]  # fmt: skip
     procs = [
         subprocess.Popen(
-            worker + [str(i), str(toml), str(d / "two")],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )  # fmt: skip
-        for i in (0, 1)
+            cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        for cmd in (cli, worker)
     ]
     single = subprocess.run(
         [sys.executable, "-m", "poa_jax.cli", "sweep", str(toml), "--out", str(d / "one"),
@@ -63,7 +64,7 @@ def runs(d):
 
 def test_each_process_solved_its_own_parts(runs):
     d, logs = runs
-    assert "process 0/2 done; rows 12" in logs[0]
+    assert f"results: {d / 'two' / 'results.parquet'}" in logs[0]  # the CLI, process 0
     assert "process 1/2 done; rows None" in logs[1]
     s = json.loads((d / "two" / "summary.json").read_text())
     per = s["wall_time_s"]["per_process"]
@@ -90,3 +91,19 @@ def test_parts_folder_of_two_processes_reads_as_a_dataset(runs):
     assert names == ["_manifest.json", "_process-0000.json", "_process-0001.json"]
     table = pyarrow.dataset.dataset(str(d / "two") + "/parts").to_table()  # as README says
     assert table.sort_by("point").equals(pq.read_table(d / "two" / "results.parquet"))
+
+
+def test_distributed_options_are_checked_before_joining(capsys):
+    from poa_jax import cli
+
+    cases = {
+        ("--num-processes", "2"): "--num-processes: needs --distributed",
+        ("--distributed", "--preset", "llama70b-1p2d"): "--distributed: not with --preset",
+        ("--distributed", "--num-processes", "0"): "--num-processes = 0: must be an integer >= 1",
+        ("--distributed", "--num-processes", "2", "--process-id", "2"): (
+            "--process-id = 2: must be an integer in 0 .. --num-processes - 1"
+        ),
+    }
+    for args, message in cases.items():
+        assert cli.main(["sweep", *args]) == 2
+        assert message in capsys.readouterr().err
