@@ -816,17 +816,86 @@ def run_sweep(
     Raises:
       InputError: bad chunk or part size, float64 requested without ``jax_enable_x64``, or
         (without ``overwrite``) ``out_dir`` holds parts of another scenario, part size or
-        chunk size; nothing is solved then.
+        chunk size, or another single-process sweep is writing ``out_dir`` (its lock file
+        :data:`LOCK`); nothing is solved then.
     """
-    t_start = time.perf_counter()
     if scenario.solver.dtype == "float64" and not jax.config.jax_enable_x64:
         raise InputError(
             "solver.dtype = 'float64' needs jax.config.update('jax_enable_x64', True) "
             "before any JAX computation (the CLI does it for --dtype float64)"
         )
+    out_dir = os.fspath(out_dir)
+    with _folder_lock(out_dir, jax.process_count()):
+        return _run_sweep(scenario, out_dir, chunk_size, progress, log, part_size, merge, overwrite)
+
+
+#: Lock file of a single-process sweep in its output folder: ``{"host", "pid"}``.
+LOCK = ".poa_jax.lock"
+
+
+@contextlib.contextmanager
+def _folder_lock(out_dir: str, world: int):
+    """Holds ``out_dir/LOCK`` while a single-process sweep writes ``out_dir``: two runs into
+    one folder would each solve every part, and one's start-up would delete the other's
+    temporaries. A lock left by a process of this host that is gone is taken over. A
+    multi-process job takes none (its processes share the folder by design; do not start a
+    second job on it)."""
+    if world > 1:
+        yield
+        return
+    import socket
+
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, LOCK)
+    me = {"host": socket.gethostname(), "pid": os.getpid()}
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            held = _read_json(path)
+            if held is None:  # unreadable: being written this instant, or left half-written
+                with contextlib.suppress(OSError):
+                    if time.time() - os.path.getmtime(path) < 10.0:
+                        held = {"host": "?", "pid": "?"}
+            if held is None or (held.get("host") == me["host"] and not _alive(held.get("pid"))):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(path)  # stale: its run is gone (or it was never written out)
+                continue
+            where = "" if held.get("host") == me["host"] else f" on host {held.get('host')}"
+            raise InputError(
+                f"{out_dir} is being written by another poa-jax sweep (PID {held.get('pid')}"
+                f"{where}); wait for it, or choose another --out (if no sweep is running there, "
+                f"remove {path})"
+            ) from None
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(me, f)
+        break
+    else:  # pragma: no cover - another run took it between our removal and retry
+        raise InputError(f"{out_dir}: could not take its lock {path}; is another sweep starting?")
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
+
+
+def _alive(pid) -> bool:
+    if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def _run_sweep(scenario, out_dir, chunk_size, progress, log, part_size, merge, overwrite):
+    """:func:`run_sweep` inside its folder lock."""
+    t_start = time.perf_counter()
     n = scenario.num_points
     rank, world = jax.process_index(), jax.process_count()
-    out_dir = os.fspath(out_dir)
     parts_dir = os.path.join(out_dir, "parts")
     # Every process reads the folder and decides alike (a refusal raises everywhere).
     chunk, part, manifest, discard = _resolve_layout(

@@ -531,3 +531,34 @@ def test_a_folder_solved_on_another_device_layout_is_refused(stubbed, tmp_path, 
     (out / "parts" / sweep.MANIFEST).write_text(json.dumps(manifest))
     res = sweep.run_sweep(sc, out, chunk_size=4, part_size=8, progress=False)
     assert res.summary["wall_time_s"]["parts_computed"] == 0
+
+
+def test_a_folder_being_written_is_locked(stubbed, tmp_path):
+    """Two single-process runs into one folder: the second is refused while the first holds
+    the lock; a lock whose process is gone is taken over; the lock goes when the run ends,
+    also when it fails."""
+    import socket
+    import subprocess
+    import sys
+
+    sc = _tiny()
+    out = tmp_path / "o"
+    lock = out / sweep.LOCK
+    out.mkdir()
+    host = socket.gethostname()
+    lock.write_text(json.dumps({"host": host, "pid": os.getppid()}))  # a live process
+    with pytest.raises(pj.InputError) as err:
+        sweep.run_sweep(sc, out, chunk_size=4, part_size=8, progress=False)
+    assert f"{out} is being written by another poa-jax sweep (PID {os.getppid()})" in str(err.value)
+    assert not (out / "parts").exists()  # refused before anything was written
+    lock.write_text(json.dumps({"host": "elsewhere", "pid": 1}))
+    with pytest.raises(pj.InputError, match=f"on host elsewhere.*remove {lock}"):
+        sweep.run_sweep(sc, out, chunk_size=4, part_size=8, progress=False)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    lock.write_text(json.dumps({"host": host, "pid": int(gone.stdout)}))  # its run is gone
+    res = sweep.run_sweep(sc, out, chunk_size=4, part_size=8, progress=False)
+    assert res.table.num_rows == sc.num_points and not lock.exists()
+    with pytest.raises(pj.InputError, match="--chunk 4"):  # refused inside: lock released
+        sweep.run_sweep(sc, out, chunk_size=8, part_size=8, progress=False)
+    assert not lock.exists()
