@@ -520,6 +520,15 @@ class Scenario:
             else {"min": self.load.min, "max": self.load.max, "points": self.load.points}
         )
         solver = {k: v for k, v in dataclasses.asdict(self.solver).items() if v is not None}
+        if canonical:
+            # tol and max_iters written as their defaults are the same computation as left out
+            # (and leaving them out is how every scenario so far hashed)
+            from poa_jax import tolerances
+
+            if solver.get("tol") == tolerances.default_tol(np.dtype(self.solver.dtype)):
+                del solver["tol"]
+            if solver.get("max_iters") == tolerances.DEFAULT_MAX_ITERS:
+                del solver["max_iters"]
         out = {
             "name": self.name,
             "description": self.description,

@@ -115,6 +115,24 @@ def test_integer_and_float_spellings_hash_alike(tmp_path):
     assert a.hash() == b.hash()
 
 
+def test_defaults_written_out_hash_as_left_out():
+    """tol and max_iters at their defaults are the same sweep (a resume was refused as
+    'another scenario' for tol = 1e-5 written out in float32); other values are not."""
+    from poa_jax import tolerances
+
+    sc = S.default_scenario()
+    assert sc.solver.tol is None and sc.solver.max_iters is None
+    for dtype in ("float32", "float64"):
+        base = sc.with_solver(dtype=dtype)
+        tol = tolerances.default_tol(np.dtype(dtype))
+        written = base.with_solver(tol=tol, max_iters=tolerances.DEFAULT_MAX_ITERS)
+        assert written.hash() == base.hash()
+        assert base.with_solver(tol=tol * 2).hash() != base.hash()
+        assert base.with_solver(max_iters=999).hash() != base.hash()
+    # and the built-in scenario hashes as before this rule (its folders keep resuming)
+    assert sc.hash() == "346e3f7ca6295398"
+
+
 def test_tiny_scenario_build(tmp_path):
     sc = S.load_scenario(_write(tmp_path, TINY))
     assert sc.shape == (2, 1, 1, 3, 2)
