@@ -1284,6 +1284,7 @@ def paradox_search(
     placement_cost,
     demand=None,
     *,
+    miss_cost=None,
     dtype=None,
 ) -> dict:
     """Exact search for a discrete cache paradox in a batch of games (``n + 1 ≤ 16`` nodes).
@@ -1298,7 +1299,8 @@ def paradox_search(
       worst (best) equilibrium's SC rises.
 
     Args:
-      distance: ``(B, n+1, n+1)``; placement_cost, demand: ``(B, n+1)`` or broadcastable.
+      distance: ``(B, n+1, n+1)``; placement_cost, demand, miss_cost: ``(B, n+1)`` or
+        broadcastable (:class:`SelfishCachingGame`'s fields; ``miss_cost`` default ``inf``).
 
     The enumeration picks the equilibria in ``dtype``; the rises are then recomputed in float64
     from their profiles (a difference of two close float32 sums would be rounding), and a rise
@@ -1310,7 +1312,7 @@ def paradox_search(
       the original nodes, > 0 = paradox), ``capacity_worst``, ``capacity_best`` (SC rise); the
       counts ``node_paradox_worst`` … ``capacity_paradox_best`` and ``instances``.
     """
-    full = SelfishCachingGame(distance, placement_cost, demand)
+    full = SelfishCachingGame(distance, placement_cost, demand, miss_cost)
     p = _prepare(full, dtype)
     n1 = p.n
     if n1 > 16:
@@ -1320,10 +1322,11 @@ def paradox_search(
             f"paradox_search: n + 1 = {n1} node: needs at least 2 (the last one is the node added)"
         )
     sh = p.batch_shape
-    small = SelfishCachingGame(p.dist[:, :-1, :-1], p.alpha[:, :-1], p.demand[:, :-1])
+    small = SelfishCachingGame(p.dist[:, :-1, :-1], p.alpha[:, :-1], p.demand[:, :-1],
+                               p.miss[:, :-1])  # fmt: skip
     alpha2 = p.alpha.copy()
     alpha2[:, 0] *= 0.5
-    cheaper = SelfishCachingGame(p.dist, alpha2, p.demand)
+    cheaper = SelfishCachingGame(p.dist, alpha2, p.demand, p.miss)
     ex = {k: enumerate_profiles(g, keep=0, dtype=dtype)
           for k, g in (("full", full), ("small", small), ("cheap", cheaper))}  # fmt: skip
     prep = {"full": p, "small": _prepare(small, dtype), "cheap": _prepare(cheaper, dtype)}

@@ -262,30 +262,29 @@ def test_directed_costs_allowed_when_asked():
 def test_paradox_search_agrees_with_brute_force():
     rng = np.random.default_rng(11)
     n1 = 6
-    inst = [_random_instance(rng, n1)[:3] for _ in range(4)]
-    d, a, w = (np.stack(x) for x in zip(*inst, strict=True))
-    out = caching.paradox_search(d, a, w)
+    inst = [_random_instance(rng, n1) for _ in range(4)]  # with miss costs (some inf)
+    d, a, w, m = (np.stack(x) for x in zip(*inst, strict=True))
+    out = caching.paradox_search(d, a, w, miss_cost=m)
     for b in range(4):
-        full_eq, _ = brute_force(d[b], a[b], w[b])
+        full_eq, _ = brute_force(d[b], a[b], w[b], m[b])
         a2 = a[b].copy()
         a2[0] *= 0.5
-        cheap_eq, _ = brute_force(d[b], a2, w[b])
+        cheap_eq, _ = brute_force(d[b], a2, w[b], m[b])
         assert out["capacity_worst"][b] == pytest.approx(cheap_eq[0] - full_eq[0], abs=1e-9)
         assert out["capacity_best"][b] == pytest.approx(cheap_eq[-1] - full_eq[-1], abs=1e-9)
         # adding the last node: the original nodes' cost at the full game's worst (best)
         # equilibrium against the game without it
-        small_eq, _ = brute_force(d[b, :-1, :-1], a[b, :-1], w[b, :-1])
-        full = _equilibria(d[b], a[b], w[b])
+        small_eq, _ = brute_force(d[b, :-1, :-1], a[b, :-1], w[b, :-1], m[b, :-1])
+        full = _equilibria(d[b], a[b], w[b], m[b])
         assert out["node_worst"][b] == pytest.approx(sum(full[0][1][:-1]) - small_eq[0], abs=1e-9)
         assert out["node_best"][b] == pytest.approx(sum(full[-1][1][:-1]) - small_eq[-1], abs=1e-9)
     assert out["instances"] == 4
     assert out["node_worst"].shape == out["capacity_best"].shape == (4,)
 
 
-def _equilibria(d, alpha, w):
+def _equilibria(d, alpha, w, m):
     """Every pure NE as ``(SC, node costs)``, worst first (by brute force, as above)."""
     n = len(d)
-    m = [np.inf] * n
     out = []
     for prof in itertools.product([False, True], repeat=n):
         costs = [_node_cost(d, alpha, w, m, prof, i) for i in range(n)]
