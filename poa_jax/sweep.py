@@ -435,17 +435,6 @@ def _resolve_layout(
             f"{out_dir} holds parts with other columns (written by another poa-jax version); "
             "pass --overwrite to discard them, or choose another --out"
         )
-    elif old.get("layout", new["layout"]) != new["layout"]:
-        was, now = old["layout"], new["layout"]
-        hint = f" (on a CPU: POA_JAX_CPU_DEVICES={was.get('devices')})" if was.get(
-            "platform") == "cpu" else ""  # fmt: skip
-        refusal = (
-            f"{out_dir} was solved on {_describe(was)}, this run has {_describe(now)}: the lanes "
-            "per device change the float rounding, and in float32 the optimum (not convex with "
-            "the cache term) can land at another stationary point, so a resumed table would mix "
-            f"the two; resume with the same layout{hint}, pass --overwrite to start over, or "
-            "choose another --out"
-        )
     else:
         was = old.get("chunk_points")
         if was == chunk:
@@ -479,6 +468,26 @@ def _resolve_layout(
             refusal = (
                 f"{given}{out_dir} holds parts of {was} points, not {new['part_points']}; pass "
                 f"--part {was} to resume, --overwrite to discard them, or choose another --out"
+            )
+    if refusal is None and old is not None and old.get("layout", new["layout"]) != new["layout"]:
+        was, now = old["layout"], new["layout"]
+        done = all(
+            os.path.exists(_part_path(parts_dir, k)) for k in range(new["parts"])
+        )  # fmt: skip
+        if done:  # nothing to solve, so nothing to mix: the folder keeps its layout
+            new = dict(new, layout=was)
+            note = (note + "; " if note else f"{out_dir}: ") + (
+                f"solved on {_describe(was)}; every part is there, reusing them"
+            )
+        else:
+            hint = f" (on a CPU: POA_JAX_CPU_DEVICES={was.get('devices')})" if was.get(
+                "platform") == "cpu" else ""  # fmt: skip
+            refusal = (
+                f"{out_dir} was solved on {_describe(was)}, this run has {_describe(now)}: the "
+                "lanes per device change the float rounding, and in float32 the optimum (not "
+                "convex with the cache term) can land at another stationary point, so a resumed "
+                f"table would mix the two; resume with the same layout{hint}, pass --overwrite "
+                "to start over, or choose another --out"
             )
     if refusal is not None and not overwrite:
         raise InputError(refusal)

@@ -509,10 +509,15 @@ def test_a_folder_solved_on_another_device_layout_is_refused(stubbed, tmp_path, 
     first = sweep.run_sweep(sc, out, chunk_size=4, part_size=8, progress=False)
     manifest = json.loads((out / "parts" / sweep.MANIFEST).read_text())
     assert manifest["layout"] == sweep._layout()
-    (out / "parts" / "part-000000.parquet").unlink()
     was = manifest["layout"]
     other = dict(was, devices=was["devices"] + 1)
     monkeypatch.setattr(sweep, "_layout", lambda: other)
+    notes = []  # every part there: nothing to solve, nothing to mix
+    res = sweep.run_sweep(sc, out, chunk_size=4, part_size=8, progress=False, log=notes.append)
+    assert res.table.equals(first.table) and res.summary["wall_time_s"]["parts_computed"] == 0
+    assert notes == [f"{out}: solved on {sweep._describe(was)}; every part is there, reusing them"]
+    assert json.loads((out / "parts" / sweep.MANIFEST).read_text())["layout"] == was
+    (out / "parts" / "part-000000.parquet").unlink()
     with pytest.raises(pj.InputError) as err:
         sweep.run_sweep(sc, out, chunk_size=4, part_size=8, progress=False)
     msg = str(err.value)
