@@ -754,9 +754,9 @@ class _Check:
     def number(self, path, v, rule="finite", *, allow_inf=False):
         if not _is_number(v):
             self.fail(path, f"must be a number, got {type(v).__name__}", v)
-        v = float(v)
+        given, v = v, float(v)  # messages show the value as written (-128, not -128.0)
         if math.isnan(v) or (math.isinf(v) and not (allow_inf and v > 0)):
-            self.fail(path, "must be finite" + (" (or inf)" if allow_inf else ""), v)
+            self.fail(path, "must be finite" + (" (or inf)" if allow_inf else ""), given)
         tests = {
             "finite": (lambda x: True, ""),
             "ge0": (lambda x: x >= 0, "must be >= 0"),
@@ -770,7 +770,7 @@ class _Check:
         }
         ok, text = tests[rule]
         if not ok(v):
-            self.fail(path, text, v)
+            self.fail(path, text, given)
 
     def integer(self, path, v, minimum=1, maximum=None):
         if not _is_int(v):
