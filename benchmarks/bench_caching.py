@@ -14,9 +14,10 @@ a *different* batch of the same shape (no recompile):
 * **Fluid tiered game** (:mod:`poa_jax.tiered_cache`), ``W = 8`` workers × ``T = 4`` tiers ×
   ``B = 256`` blocks: the selfish equilibrium by sequential best response (from the empty
   placement) and the optimum by projected gradient (``--fluid-steps`` steps from the
-  equilibrium) polished by ``--fluid-sweeps`` passes of coordinated best responses (each
-  worker's SC-minimising placement given the others). Reference, per instance: the same
-  algorithms in NumPy (same fill, same projection, same step rule), the coordinated best
+  equilibrium, or 50 where those lower SC by no more than the optimum's tolerance) polished
+  by ``--fluid-sweeps`` passes of coordinated best responses (each worker's SC-minimising
+  placement given the others). Reference, per instance: the same algorithms in NumPy (same
+  fill, same projection, same step rule, same stop), the coordinated best
   responses by scipy's LP solver (HiGHS).
 
 The reference is timed on the first ``M`` instances of the steady-state batch; its rate is
@@ -327,15 +328,20 @@ class FluidRef:
         scale = np.where(used > self.cap, self.cap / np.maximum(used, 1e-300), 1.0)
         return y * scale[:, :, None]
 
-    def optimum(self, y0, steps, lr=0.2):
+    def optimum(self, y0, steps, lr=0.2, rtol=1e-5, round_steps=50):
+        """The projected descent; as poa_jax's, a start whose first ``round_steps`` steps
+        lower SC by no more than ``rtol`` (relative) stops there."""
         y = self.retract(y0)
         scale = self.costs(y).sum()
         best, best_y = scale, y
         lam = np.zeros(self.cap.shape)
+        first = min(round_steps, steps)
         for k in range(steps):
             val = self.costs(y).sum()
             if val < best:
                 best, best_y = val, y
+            if k == first and scale - best <= rtol * scale:
+                return best_y, best
             g = self.grad(y) / scale
             g = g / max(np.abs(g).max(), 1e-300)
             rate = lr * (0.02 + 0.98 * 0.5 * (1 + np.cos(np.pi * k / steps)))
@@ -407,6 +413,7 @@ def run_fluid(args, pj, tc):
         opt_gap_median=float(np.median(opt.gap)), opt_gap_max=float(opt.gap.max()),
     )  # fmt: skip
     m = min(args.fluid_ref_instances, N)
+    opt_tol = tc.OPT_TOL[dt]  # the batched run's: the reference stops its descent by it too
     # Warm the reference as the batched side is warmed by its first call (scipy's imports and
     # HiGHS's first solve cost ~0.4 s once), on an instance of the first batch, untimed.
     d1, r1, c1 = fluid_batch(args.seed * 7 + 1, 1, w, t, b)
@@ -419,7 +426,9 @@ def run_fluid(args, pj, tc):
         (y, sc, _), dt = _timed(lambda ref=ref: ref.equilibrium())
         t_eq += dt
         (_, osc), dt = _timed(
-            lambda ref=ref, y=y: ref.polish(ref.optimum(y, args.fluid_steps)[0], args.fluid_sweeps)
+            lambda ref=ref, y=y: ref.polish(
+                ref.optimum(y, args.fluid_steps, rtol=opt_tol)[0], args.fluid_sweeps
+            )
         )
         t_opt += dt
         d_eq.append(abs(sc - eq.social_cost[i]) / sc)

@@ -91,10 +91,11 @@ from poa_jax.caching import _starts as _count_starts
 from poa_jax.errors import InputError
 from poa_jax.kernels import loop
 from poa_jax.tiered_kernels import (
+    DESCENT_ROUND,
     _br_batch,
     _cert_batch,
     _costs_batch,
-    _descent_batch,
+    _descent_round,
     _eq_batch,
     _retract_batch,
     _sweep_batch,
@@ -661,7 +662,10 @@ def solve_optimum(
     ``y0 (..., S, W, T, B)`` or ``(..., W, T, B)``: starts (default: one empty placement and
     one uniform fill); the best point seen over all starts is kept.
 
-    The descent runs ``steps`` steps, then at most ``polish_sweeps`` passes of
+    The descent runs ``steps`` steps from each start, except that a start whose first
+    :data:`~poa_jax.tiered_kernels.DESCENT_ROUND` steps lower SC by no more than ``tol``
+    (relative) stops there (an equilibrium often is such a start; ``rounds`` reports the steps
+    each optimum's start ran). Then at most ``polish_sweeps`` passes of
     block-coordinate descent: each worker in turn takes its coordinated best response, the
     placement that minimises SC given the others (SC is linear in one worker's placement; an
     LP solved exactly by a greedy, :func:`poa_jax.tiered_kernels._social_lmo`). Each instance
@@ -694,8 +698,7 @@ def solve_optimum(
     rep = lambda a: np.repeat(a, s, axis=0)  # noqa: E731
     args = tuple(rep(a) for a in _pack(p))
     lanes = _opt_lanes()
-    desc = _chunked(_descent_batch, args + (x.reshape(n * s, w, t, b),), lanes,
-                    steps=int(steps), lr=float(lr))  # fmt: skip
+    desc = _descend(args, x.reshape(n * s, w, t, b), int(steps), float(lr), tol, lanes)
     y = desc["placement"]
     if polish_sweeps:  # the polish's last LP prices also price the certificate
         y, prices = _compacted(_sweep_batch, args, (y, np.zeros_like(desc["lam"])), lanes,
@@ -716,10 +719,34 @@ def solve_optimum(
         shared=shared,
         social_cost=sc.reshape(sh),
         gap=gap.reshape(sh),
-        rounds=np.full(sh, int(steps)),
+        rounds=desc["steps"].reshape(n, s)[rows, i].reshape(sh),
         status=status.reshape(sh),
         converged=(status == loop.CONVERGED).reshape(sh),
     )
+
+
+def _descend(args, x, steps: int, lr: float, tol: float, lanes: int) -> dict:
+    """The optimum's descent on every start ``x (M, W, T, B)``, in rounds of
+    :data:`~poa_jax.tiered_kernels.DESCENT_ROUND` steps (:func:`poa_jax.caching._compacted`):
+    a start whose first round lowers SC by no more than ``tol`` relative leaves its slot
+    there, every other after ``steps``. Returns ``dict(placement, lam, c, steps)``: the best
+    point seen, the last multipliers and step scale (the certificate's warm start) and the
+    steps each start ran."""
+    m = x.shape[0]
+    rnd = min(DESCENT_ROUND, steps)
+    full, rem = divmod(steps, rnd)
+    dt = x.dtype
+    state = (x, np.zeros(x.shape[:3], dt), x, np.full(m, np.inf, dt), np.ones(m, dt),
+             np.zeros(m, np.int32), np.ones(m, bool))  # fmt: skip
+    state = _compacted(_descent_round(n=rnd, steps=steps, lr=lr, rtol=tol), args, state, lanes,
+                       full)  # fmt: skip
+    left = np.flatnonzero(state[6] & (state[5] == full * rnd))
+    if rem and left.size:  # the last, shorter round of those still descending
+        fn = _descent_round(n=rem, steps=steps, lr=lr, rtol=tol)
+        out, _ = _chunked(fn, tuple(a[left] for a in args + state), lanes)
+        for a, b in zip(state, out, strict=True):
+            a[left] = b
+    return dict(placement=state[2], lam=state[1], c=state[4], steps=state[5])
 
 
 def stationarity_gap(game: TieredCacheGame, y, dtype=None, shared=None) -> np.ndarray:

@@ -392,6 +392,31 @@ def test_polish_reaches_the_block_coordinate_optimum_of_linprog():
         assert ours.converged and ours.gap <= 1e-6
 
 
+def test_descent_stops_only_where_its_first_round_gains_nothing(solved):
+    """A start its first round of descent cannot lower (by more than the tolerance) stops
+    after :data:`DESCENT_ROUND` steps and keeps its point; every other start runs all its
+    steps, in rounds and a shorter last one, to the point one uninterrupted descent reaches."""
+    insts, res = solved
+    game = _batch(insts)
+    n = len(insts)
+    rnd = tiered_kernels.DESCENT_ROUND
+    steps = 2 * rnd + 7
+    stationary = res.optimum.placement  # certified: a projected step does not move it
+    assert res.optimum.converged.all()
+    held = tiered_cache.solve_optimum(game, y0=stationary, steps=steps, polish_sweeps=0)
+    np.testing.assert_array_equal(held.rounds, rnd)
+    np.testing.assert_array_less(held.social_cost, res.optimum_cost * (1 + 1e-12))
+    uniform = np.full((n, W, T, B), 0.5)
+    ran = tiered_cache.solve_optimum(game, y0=uniform, steps=steps, polish_sweeps=0)
+    np.testing.assert_array_equal(ran.rounds, steps)
+    p = tiered_cache._prepare(game, None)
+    one = tiered_kernels._descent_batch(*tiered_cache._pack(p), uniform, steps=steps, lr=0.2)
+    np.testing.assert_allclose(ran.placement, np.asarray(one["placement"]), rtol=0, atol=1e-12)
+    # with fewer steps than a round, one round of all of them
+    short = tiered_cache.solve_optimum(game, y0=stationary, steps=7, polish_sweeps=0)
+    np.testing.assert_array_equal(short.rounds, 7)
+
+
 def test_optimum_out_of_steps_is_not_called_converged(solved):
     insts, _ = solved
     game = _batch(insts)
