@@ -296,6 +296,10 @@ def _cmd_serving_sweep(args) -> int:
         raise InputError("--warm-start: applies to scenario sweeps, not to --preset")
     if getattr(args, "overwrite", False):
         raise InputError("--overwrite: applies to scenario sweeps, not to --preset")
+    if getattr(args, "part", None) is not None:
+        raise InputError("--part: applies to scenario sweeps, not to --preset")
+    if getattr(args, "no_merge", False):
+        raise InputError("--no-merge: applies to scenario sweeps, not to --preset")
     _use_dtype("float64")
     from poa_jax import serving_sweep
 

@@ -35,15 +35,22 @@ def _load(out_dir: str) -> dict:
 
 
 def _shade(ax, conc, regime, knee):
-    # Regime boundaries halfway (geometrically) between grid points.
+    """Shades the regimes: the knee interval ``(lo, hi]`` itself (the one in the title), slack
+    below it, saturated above; without a knee each grid point's cell by its regime (cells
+    meet halfway, geometrically, between grid points)."""
     import numpy as np
 
     c = np.asarray(conc, float)
     edges = np.concatenate([[c[0] / 1.2], np.sqrt(c[1:] * c[:-1]), [c[-1] * 1.2]])
+    if knee:
+        lo, hi = (float(v) for v in knee)
+        for a, b, r in ((edges[0], lo, "slack"), (lo, hi, "knee"), (hi, edges[-1], "saturated")):
+            if b > a:
+                ax.axvspan(a, b, color=_SHADE[r], lw=0, zorder=0)
+        ax.axvline(hi, color="#b07000", ls="--", lw=1, zorder=1)
+        return
     for i, r in enumerate(regime):
         ax.axvspan(edges[i], edges[i + 1], color=_SHADE[r], lw=0, zorder=0)
-    if knee:
-        ax.axvline(knee[1], color="#b07000", ls="--", lw=1, zorder=1)
 
 
 def plot_sweep(out_dir: str | os.PathLike, png: str | os.PathLike | None = None) -> str:

@@ -7,12 +7,15 @@ curvature is the second divided difference on the (non-uniform) grid
     κ_i = 2·(s_i − s_{i−1}) / (C_{i+1} − C_{i−1})
 
 for interior points ``i = 1..n−2`` (exact for a parabola). With ``i* = argmax κ_i`` the point of
-maximal curvature, the **knee** is the first grid point past it, ``C_{i*+1}``, and the **knee
-interval** is ``(C_{i*}, C_{i*+1}]``: the grid cannot place the knee more finely. Regimes:
+maximal curvature, the corner lies in one of the two cells next to ``C_{i*}``: the one whose
+other end has the larger curvature (``κ_{i*+1} ≥ κ_{i*−1}``: ``(C_{i*}, C_{i*+1}]``, else
+``(C_{i*−1}, C_{i*}]``; when ``i*`` is the last interior point the side is unknown and the
+interval is ``(C_{i*−1}, C_{i*+1}]``). That cell is the **knee interval**, and the **knee** is
+its upper end, the first grid point past the corner. Regimes:
 
-    slack      C_i ≤ C_{i*}        (latency flat: below the knee)
-    knee       C_i = C_{i*+1}
-    saturated  C_i > C_{i*+1}
+    slack      C_i < knee          (latency flat: below the knee)
+    knee       C_i = knee
+    saturated  C_i > knee
 
 A curve without a significant positive curvature has no knee: every point is *slack* and the
 knee is ``None``. The curvature at ``i*`` is significant when it exceeds both
@@ -44,7 +47,7 @@ import numpy as np
 
 from poa_jax.errors import InputError
 
-__all__ = ["second_difference", "Knee", "knee", "knees", "REGIMES", "spread"]
+__all__ = ["second_difference", "Knee", "knee", "knees", "knee_intervals", "REGIMES", "spread"]
 
 REGIMES = ("slack", "knee", "saturated")
 
@@ -92,6 +95,13 @@ class Knee(NamedTuple):
 def knees(loads, latency) -> tuple[np.ndarray, np.ndarray]:
     """Batched: knee grid index ``(...)`` (−1 where none) and regime codes ``(..., n)``
     (0 slack, 1 knee, 2 saturated)."""
+    idx, codes, _ = knee_intervals(loads, latency)
+    return idx, codes
+
+
+def knee_intervals(loads, latency) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """As :func:`knees`, plus the grid index of the knee interval's lower end ``(...)``: the
+    interval is ``(C[lo], C[idx]]`` (−1 where no knee)."""
     c, r = _check(loads, latency)
     rtol = _rtol(latency)
     h = np.diff(c)
@@ -108,11 +118,21 @@ def knees(loads, latency) -> tuple[np.ndarray, np.ndarray]:
         rising = np.take_along_axis(s, np.minimum(i_star, c.size - 2)[..., None], -1)[..., 0] > 0
         has = (k_star > 1e-9 * np.maximum(scale, 1e-300)) & (k_star > noise) & rising
     has &= np.all(np.isfinite(r), axis=-1)
-    idx = np.where(has, i_star + 1, -1)
+    # Which cell next to i* holds the corner: the side whose curvature is the larger. A corner
+    # inside (C_{i*-1}, C_{i*}) makes κ_{i*-1} > 0 = κ_{i*+1}; one at or past C_{i*}, the other
+    # way round (a tie, a corner exactly at C_{i*}, keeps the upper cell). At the last interior
+    # point the curvature past the grid is unknown: the interval spans both cells.
+    n = c.size
+    k_lo = np.take_along_axis(kap, np.maximum(i_star - 1, 0)[..., None], -1)[..., 0]
+    k_hi = np.take_along_axis(kap, np.minimum(i_star + 1, n - 1)[..., None], -1)[..., 0]
+    lower = (k_lo > k_hi) & (i_star + 1 < n - 1)
+    edge = i_star + 1 >= n - 1
+    idx = np.where(has, np.where(lower, i_star, i_star + 1), -1)
+    lo = np.where(has, np.where(lower | edge, i_star - 1, i_star), -1)
     grid = np.arange(c.size)
     codes = np.where(grid < idx[..., None], 0, np.where(grid == idx[..., None], 1, 2))
     codes = np.where(has[..., None], codes, 0)
-    return idx, codes
+    return idx, codes, lo
 
 
 def knee(loads, latency) -> Knee:
@@ -120,13 +140,13 @@ def knee(loads, latency) -> Knee:
     c, r = _check(loads, latency)
     if r.ndim != 1:
         raise InputError("knee: latency must be 1-D (use knees() for batches)")
-    idx, codes = knees(c, latency)  # the latency's own dtype sets the rounding tolerance
+    idx, codes, lo = knee_intervals(c, latency)  # the latency's dtype sets the rounding tol
     i = int(idx)
     labels = tuple(REGIMES[int(v)] for v in codes)
     kap = second_difference(c, r)
     if i < 0:
         return Knee(None, None, None, labels, kap)
-    return Knee(i, float(c[i]), (float(c[i - 1]), float(c[i])), labels, kap)
+    return Knee(i, float(c[i]), (float(c[int(lo)]), float(c[i])), labels, kap)
 
 
 def spread(values, axis: int = 0) -> np.ndarray:

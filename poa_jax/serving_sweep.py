@@ -279,9 +279,11 @@ def _finite(v):
 
 
 def _knee_fields(conc, curve):
-    idx, codes = regimes.knees(conc, curve) if conc.size >= 3 else (
-        np.full(curve.shape[:-1], -1), np.zeros(curve.shape, int))  # fmt: skip
-    return idx, codes
+    if conc.size >= 3:
+        idx, codes, lo = regimes.knee_intervals(conc, curve)
+        return idx, codes, lo
+    none = np.full(curve.shape[:-1], -1)
+    return none, np.zeros(curve.shape, int), none
 
 
 def run_serving_sweep(
@@ -321,7 +323,7 @@ def run_serving_sweep(
     T, V, Cn, S = eq["latency"].shape
     # Knee per (topology, variant, policy) curve over C.
     lat = np.moveaxis(eq["latency"], 2, -1)  # (T, V, S, C)
-    idx, codes = _knee_fields(conc, lat)
+    idx, codes, lo_idx = _knee_fields(conc, lat)
     rows = {k: [] for k in COLUMNS}
     for t, p in enumerate(g["presets"]):
         for v in range(V):
@@ -346,7 +348,8 @@ def run_serving_sweep(
                     rows["poa"].append(float(g["poa"][t, v, c, s]))
                     rows["regime"].append(regimes.REGIMES[int(codes[t, v, s, c])])
                     rows["knee"].append(float(conc[ki]) if ki >= 0 else None)
-                    rows["knee_lo"].append(float(conc[ki - 1]) if ki >= 1 else None)
+                    kl = int(lo_idx[t, v, s])
+                    rows["knee_lo"].append(float(conc[kl]) if ki >= 0 else None)
                     opt_ok = bool(g["opt"]["converged"][t, v, c])
                     rows["converged"].append(bool(e["converged"]) and opt_ok)
                     rows["eq_status"].append(STATUS.get(int(e["status"]), "?"))
@@ -380,7 +383,7 @@ def _summary(g, idx, codes) -> dict:
     mean = lambda a: np.nanmean(a, axis=0)
     for t, p in enumerate(g["presets"]):
         curve = mean(eq["latency"][t])  # (C, S) variant-mean latency
-        kidx, kcodes = _knee_fields(conc, curve.T)
+        kidx, kcodes, klo = _knee_fields(conc, curve.T)
         poa_mean = mean(g["poa"][t])  # (C, S)
         for s in range(S):
             ki = int(kidx[s])
@@ -393,7 +396,9 @@ def _summary(g, idx, codes) -> dict:
                     "tau": float(g["tau"][s]),
                     "omega": float(g["omega"][s]),
                     "knee": float(conc[ki]) if ki >= 0 else None,
-                    "knee_interval": [float(conc[ki - 1]), float(conc[ki])] if ki >= 1 else None,
+                    "knee_interval": [float(conc[int(klo[s])]), float(conc[ki])]
+                    if ki >= 0
+                    else None,
                     "regime": [regimes.REGIMES[int(v)] for v in kcodes[s]],
                     "concurrency": conc.tolist(),
                     "poa": poa_mean[:, s].tolist(),
@@ -410,8 +415,8 @@ def _summary(g, idx, codes) -> dict:
         dyn = [s for s in range(S) if labels[s].startswith("dynamo")]
         spread = regimes.spread(poa_mean[:, dyn], axis=1) if dyn else np.full(Cn, np.nan)
         opt_curve = mean(g["opt_latency"][t])
-        oi, _ = _knee_fields(conc, opt_curve[None])
-        oi = int(oi[0])
+        oi, _, olo = _knee_fields(conc, opt_curve[None])
+        oi, olo = int(oi[0]), int(olo[0])
         base = (
             [d for d in per if d["topology"] == p.name and d["policy"] == labels[dyn[0]]]
             if dyn
@@ -423,9 +428,7 @@ def _summary(g, idx, codes) -> dict:
             {
                 "topology": p.name,
                 "gpu": p.gpu.name,
-                "optimum_knee_interval": [float(conc[oi - 1]), float(conc[oi])]
-                if oi >= 1
-                else None,
+                "optimum_knee_interval": [float(conc[olo]), float(conc[oi])] if oi >= 0 else None,
                 "concurrency": conc.tolist(),
                 "optimum_throughput": mean(g["opt_throughput"][t]).tolist(),
                 "optimum_latency": opt_curve.tolist(),

@@ -39,10 +39,21 @@ def test_paper_shaped_knee_in_96_128():
 
 
 def test_smooth_singular_curve():
-    # R = 1/(1 − C/600): curvature grows all the way, the knee is the last grid point.
+    # R = 1/(1 − C/600): curvature grows all the way, the knee is the last grid point; the
+    # curvature past the grid is unknown, so the interval spans both cells next to i* = 384.
     r = 1.0 / (1.0 - GRID / 600.0)
     k = regimes.knee(GRID, r)
-    assert k.interval == (384.0, 512.0)
+    assert k.interval == (256.0, 512.0) and k.value == 512.0
+
+
+@pytest.mark.parametrize("corner", [100.0, 110.0, 115.0, 120.0, 125.0, 140.0, 170.0, 200.0, 300.0])
+def test_knee_interval_holds_the_corner_anywhere_in_a_cell(corner):
+    # R = max(R0, C/X_max), saturating at C* = corner: the interval must contain C*, wherever
+    # C* falls inside its grid cell (before, a corner in the upper part of a cell was reported
+    # one cell late, e.g. C* = 115 as (128, 160]).
+    r = np.maximum(0.4, GRID * 0.4 / corner)
+    lo, hi = regimes.knee(GRID, r).interval
+    assert lo < corner <= hi
 
 
 def test_no_knee_on_a_line_and_batched():

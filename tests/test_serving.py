@@ -224,6 +224,36 @@ def test_cli_plot_writes_png(cli_sweep):
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
+def test_plot_shades_the_knee_interval_of_the_title():
+    """The amber band is the knee interval the title states, slack below, saturated above
+    (it used to be the knee point's own cell, which need not overlap the interval)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from poa_jax import plot
+
+    conc = [64.0, 128.0, 256.0, 384.0, 512.0]
+    fig, ax = plt.subplots()
+    plot._shade(ax, conc, ["slack", "slack", "slack", "knee", "saturated"], [256.0, 384.0])
+    spans = {}
+    for patch in ax.patches:
+        x0, width = patch.get_x(), patch.get_width()  # axvspan: a rectangle, x in data units
+        spans[matplotlib.colors.to_hex(patch.get_facecolor())] = (x0, x0 + width)
+    plt.close(fig)
+    assert spans[plot._SHADE["knee"]] == (256.0, 384.0)
+    assert spans[plot._SHADE["slack"]][1] == 256.0
+    assert spans[plot._SHADE["saturated"]][0] == 384.0
+
+
+def test_cli_preset_sweep_refuses_scenario_only_flags(tmp_path, capsys):
+    for extra in (["--part", "1"], ["--no-merge"]):
+        args = ["sweep", "--preset", "llama70b-1p2d", "--out", str(tmp_path)] + extra
+        assert cli.main(args) == 2
+        assert f"{extra[0]}: applies to scenario sweeps, not to --preset" in capsys.readouterr().err
+
+
 def test_cli_bad_inputs(tmp_path, capsys):
     assert cli.main(["sweep", "--preset", "nope", "--out", str(tmp_path)]) == 2
     assert "does not exist: must be one of" in capsys.readouterr().err
