@@ -70,7 +70,9 @@ marginal cost ``∂SC/∂x`` — or averaged logit response for ``τ > 0``) and 
 capacity ``X_cap``: one root), every ``X`` kept strictly below capacity at the current shares
 (:func:`_feasible_x`: backtracking towards the last feasible ``X``). It stops when the routing gap
 is below ``tol`` and ``|g|/C`` below ``little_tol``; a final Newton polish at the final routing
-makes ``|X·R − C|/C`` reach rounding (≤ 1e-12 in float64). The **coordinated optimum** at the
+makes ``|X·R − C|/C`` reach rounding (≤ 1e-12 in float64 below capacity; far past it, where
+``SC ∝ 1/(1 − ρ)``, float64 cannot place ``X`` that finely, and a point whose residual stays
+above ``little_tol`` is reported out of iterations). The **coordinated optimum** at the
 same ``C`` minimises ``R`` (equivalently maximises ``X``), and ``PoA = R_eq/R_opt = X_opt/X_eq``.
 ``SC`` is not convex (the cache term), so the optimum is a *local* optimum: the best converged
 one over several starts (by default :func:`closed_loop` uses two: a whole-class assignment and
@@ -626,14 +628,17 @@ def _newton_x(md, wl, shares, x_rate, c_target, steps: int):
     return jax.lax.fori_loop(0, steps, body, x0)
 
 
-def _finish_one(md, wl, pol, c_target, s: _State, *, closed, tol):
+def _finish_one(md, wl, pol, c_target, s: _State, *, closed, tol, little_tol):
     xr = _newton_x(md, wl, s.shares, s.x_rate, c_target, 4) if closed else s.x_rate
     if not closed:
         c_target = social_cost(md, wl, xr * wl.mix[:, None] * s.shares)
-    return _outputs(md, wl, s.shares, xr, c_target, s.gap, s.k, tol, closed)
+    return _outputs(md, wl, s.shares, xr, c_target, s.gap, s.k, tol, closed, little_tol)
 
 
-def _outputs(md, wl, shares, xr, c_target, gap, iters, tol, exact=False):
+def _outputs(md, wl, shares, xr, c_target, gap, iters, tol, exact=False, little_tol=None):
+    """The point's report. ``status`` is converged only where the routing gap is within
+    ``tol`` and, given ``little_tol``, Little's law within it after the final polish (out of
+    iterations otherwise: far past capacity float64 cannot resolve ``X`` finely enough)."""
     x = xr * wl.mix[:, None] * shares
     st = stage_costs(md, wl, x, exact)
     mask = md.mask[None, :]
@@ -649,6 +654,9 @@ def _outputs(md, wl, shares, xr, c_target, gap, iters, tol, exact=False):
     share_k = xk / jnp.maximum(xr, 1e-300)
     little = jnp.abs(xr * r - c_target) / jnp.where(c_target > 0, c_target, 1.0)
     status = loop.status_of(gap, tol)
+    if little_tol is not None:
+        status = jnp.where((status == loop.CONVERGED) & (little > little_tol), loop.MAX_ITERS,
+                           status)  # fmt: skip
     status = jnp.where(jnp.isfinite(r), status, loop.NONFINITE)
     return dict(
         throughput=xr,
@@ -752,9 +760,9 @@ def _advance_batch(md, wl, pol, target, s, *, closed, optimum, logit, tol, littl
     return jax.vmap(fn)(md, wl, pol, target, s)
 
 
-@functools.partial(jax.jit, static_argnames=("closed", "tol"))
-def _finish_batch(md, wl, pol, target, s, *, closed, tol):
-    fn = functools.partial(_finish_one, closed=closed, tol=tol)
+@functools.partial(jax.jit, static_argnames=("closed", "tol", "little_tol"))
+def _finish_batch(md, wl, pol, target, s, *, closed, tol, little_tol):
+    fn = functools.partial(_finish_one, closed=closed, tol=tol, little_tol=little_tol)
     return jax.vmap(fn)(md, wl, pol, target, s)
 
 
@@ -857,7 +865,7 @@ def _run_lanes(md, wl, pol, tgt, s0, *, closed, optimum, logit, tol, little_tol,
     for part, pad in pieces(np.arange(total)):
         res = jax.device_get(_finish_batch(
             _take(md, pad), _take(wl, pad), _take(pol, pad), tgt[pad], _take(state, pad),
-            closed=closed, tol=tol,
+            closed=closed, tol=tol, little_tol=little_tol,
         ))  # fmt: skip
         outs.append({k: np.asarray(v)[: len(part)] for k, v in res.items()})
     out = {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
@@ -1021,6 +1029,12 @@ def closed_loop(
     best converged start (a local optimum: ``SC`` is not convex) over ``starts``, default
     ``OPT_STARTS`` (the whole-class assignment and the uniform routing). See :func:`solve` for
     ``options``.
+
+    The optimum alone is not capped by any equilibrium: where SC is far from convex (open
+    loop far past capacity, ρ ≫ 1, where the cost is continued linearly) a converged optimum
+    can cost more than an equilibrium at the same load. The PoA of
+    :func:`poa_jax.serving_sweep.solve_grid` (and ``poa-jax sweep --preset``) takes the
+    better of the optimum and the converged equilibria, so it is never below 1.
 
     Example:
       >>> import jax; jax.config.update("jax_enable_x64", True)
