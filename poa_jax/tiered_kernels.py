@@ -534,17 +534,22 @@ def _sweep_lanes(reach, rm, cap, credit, size, ys):
     cap_a, cr_a = jnp.stack(cap), jnp.stack(credit)  # (T, W, ...)
 
     def visit(w, carry):
-        ys, improved, prices = carry
-        sc, alpha, beta = _sc_grad_lanes(reach, rm, credit, ys)
+        # (SC, α, β) of the current point are carried: the candidate's, computed to accept or
+        # reject it, are the next visit's where it is accepted (one evaluation per visit).
+        ys, (sc, alpha, beta), improved, prices = carry
         u, lam = _social_lmo(alpha[w], beta[w], cr_a[:, w], cap_a[:, w], size)  # (T, B, ...)
         new = [y.at[w].set(u[i]) for i, y in enumerate(ys)]
-        val = _sc_lanes(reach, rm, credit, new)
-        ok = (val <= sc)[None, None]
-        ys = [jnp.where(ok, q, y) for q, y in zip(new, ys, strict=True)]
-        return ys, improved | (val < sc), prices.at[:, w].set(lam)
+        val, a_new, b_new = _sc_grad_lanes(reach, rm, credit, new)
+        ok = val <= sc
+        keep = lambda a, b: jnp.where(ok, a, b)  # noqa: E731
+        ys = [keep(q, y) for q, y in zip(new, ys, strict=True)]
+        grad = (keep(val, sc), keep(a_new, alpha), keep(b_new, beta))
+        return ys, grad, improved | (val < sc), prices.at[:, w].set(lam)
 
-    init = (ys, jnp.zeros(rm.shape[2:], bool), jnp.zeros_like(cap_a))
-    return jax.lax.fori_loop(0, n_w, visit, init)
+    grad = _sc_grad_lanes(reach, rm, credit, ys)
+    init = (ys, grad, jnp.zeros(rm.shape[2:], bool), jnp.zeros_like(cap_a))
+    ys, _, improved, prices = jax.lax.fori_loop(0, n_w, visit, init)
+    return ys, improved, prices
 
 
 def _certify_lanes(reach, rm, cap, credit, size, ys, lam, c, iters, lmo_prices=None):
