@@ -55,7 +55,10 @@ def float_dtype(dtype) -> np.dtype:
     """The working float dtype: ``dtype`` checked, or JAX's default float."""
     if dtype is None:
         return np.dtype(jnp.result_type(float))
-    dt = np.dtype(dtype)
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise InputError(f"dtype {dtype!r}: must be float32 or float64") from None
     if dt not in (np.float32, np.float64):
         raise InputError(f"dtype {dt}: must be float32 or float64")
     if dt == np.float64 and not jax.config.jax_enable_x64:

@@ -31,7 +31,8 @@ Subcommands (``poa-jax bench`` times the solvers on the device present and print
   topology from a ``sweep --preset`` folder, regimes (slack / knee / saturated) shaded, to a PNG
   (default ``DIR/poa_ttft.png``).
 * ``poa-jax solve GAME.json [--dtype ...]`` — one routing game (or a batch: leading axes) from
-  JSON (keys: ``demand``, ``latency`` {a, b, c, p, d, kappa, rho_max}, optional ``tokens``,
+  JSON (keys: ``demand``, ``latency`` {a, b, c, p, d, kappa (``"inf"``: no singular term),
+  rho_max}, optional ``tokens``,
   ``shareable``, ``residency``, ``cache_size``, ``prefill`` {a, b, c}, ``worker_mask``,
   ``policy`` {name, ...parameters} (default selfish), ``starts``, ``tol``, ``max_iters``);
   prints the PoA result as JSON on stdout. A file with a ``game`` key holds a caching game
@@ -618,19 +619,27 @@ def _keys(src: str, path: str, obj, allowed, required=()) -> dict:
     return obj
 
 
+def _inf_strings(v):
+    """``"inf"`` (and ``"Infinity"``) as ``float("inf")``, in nested lists; the rest as is."""
+    if isinstance(v, list):
+        return [_inf_strings(x) for x in v]
+    return float("inf") if isinstance(v, str) and v in ("inf", "Infinity") else v
+
+
 def _jtype(v) -> str:
     return {dict: "object", list: "array", str: "string", bool: "boolean"}.get(
         type(v), "null" if v is None else type(v).__name__
     )
 
 
-def _int_field(src: str, name: str, v):
+def _int_field(src: str, name: str, v, maximum: int | None = None):
     if v is None:
         return None
     from poa_jax.validation import INT32_MAX
 
-    if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= INT32_MAX:
-        raise InputError(f"{src}: {name} = {v!r}: must be an integer >= 1 (and <= {INT32_MAX})")
+    top = INT32_MAX if maximum is None else maximum
+    if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= top:
+        raise InputError(f"{src}: {name} = {v!r}: must be an integer >= 1 (and <= {top})")
     return v
 
 
@@ -665,6 +674,11 @@ def read_game(path: str, data=None):
     data = _load_json(path) if data is None else data
     d = _keys(path, "", data, _GAME_KEYS, ("demand", "latency"))
     lat = _keys(path, "latency", d["latency"], set(_LATENCY_KEYS))
+    # JSON has no infinity: the fields where inf is allowed take the string "inf", as the
+    # output writes it (so an output value can be fed back).
+    d = {**d, **({"cache_size": _inf_strings(d["cache_size"])} if "cache_size" in d else {})}
+    if "kappa" in lat:
+        lat = {**lat, "kappa": _inf_strings(lat["kappa"])}
     fields = {k: d[k] for k in _ARRAY_KEYS if k in d}
     fields.update({f"latency.{k}": v for k, v in lat.items()})
     if "prefill" in d:
@@ -704,13 +718,19 @@ def read_game(path: str, data=None):
         if not isinstance(params["credits"], list) or len(params["credits"]) != 3:
             raise InputError(f"{path}: policy.credits: must be an array of 3 numbers")
         params["credits"] = tuple(params["credits"])
-    policy = policies.from_name(name, **params)
+    try:
+        policy = policies.from_name(name, **params)
+    except InputError as e:  # "dynamo.omega = -1.0: ..." names the JSON key policy.omega
+        msg = str(e)
+        raise InputError(f"{path}: {msg.replace(name + '.', 'policy.', 1)}") from None
+
+    from poa_jax.validation import MAX_STARTS
 
     tol = d.get("tol")
     if tol is not None and (isinstance(tol, bool) or not isinstance(tol, int | float)):
         raise InputError(f"{path}: tol = {tol!r}: must be a number > 0")
     opts = {
-        "starts": _int_field(path, "starts", d.get("starts", 4)),
+        "starts": _int_field(path, "starts", d.get("starts", 4), MAX_STARTS),
         "tol": tol,
         "max_iters": _int_field(path, "max_iters", d.get("max_iters")),
     }

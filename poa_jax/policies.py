@@ -95,6 +95,9 @@ def dynamo(
         raise InputError(f"dynamo.credits has {len(credits)} entries: must be 3 (G1, G2, G3)")
     for i, v in enumerate(credits):  # overlap credits are fractions of a hit: in [0, 1]
         check(f"dynamo.credits[{i}]", as_array(f"dynamo.credits[{i}]", v), "unit")
+    # Named as the caller wrote them (the Policy fields they become are w_prefill, tau, ...).
+    for name, v in (("omega", omega), ("tau", tau), ("span_floor", span_floor)):
+        check(f"dynamo.{name}", as_array(f"dynamo.{name}", v), "finite_ge0")
     return Policy(
         w_true=0.0, w_prefill=omega, w_decode=1.0, tau=tau, credit=credits[0],
         span_floor=span_floor,

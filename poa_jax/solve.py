@@ -269,7 +269,10 @@ def solve_equilibrium(
         ``extragradient`` or ``frank_wolfe`` (needs a potential: no cache term, or
         load-balanced; refused otherwise). Graph games: ``auto``
         (= ``paths``), ``paths`` or ``frank_wolfe`` (:mod:`poa_jax.graph_solve`).
-      x0: optional start flows ``(..., J, K)``; default uniform over existing workers.
+      x0: optional start flows ``(..., J, K)``; default the greedy start
+        (:func:`poa_jax.solvers.greedy_start`: classes placed one at a time, all-or-nothing,
+        on their cheapest worker), not the uniform split: with the cache term they can settle
+        in different equilibria.
       dtype: float32 or float64 (default: JAX's default float).
 
     Returns:

@@ -25,12 +25,16 @@ def start_shares(mask: np.ndarray, starts: int, seed: int = 0) -> np.ndarray:
     uniform = mask / mask.sum(-1, keepdims=True)
     rank = np.cumsum(mask, -1) - 1  # index of each worker among the existing ones
     count = mask.sum(-1)
-    rng = np.random.default_rng(seed)
     shares = [uniform]
     i = 0
     while len(shares) < starts:
         herd = (rank == i) & mask & (i < count)[:, None]
-        rand = rng.dirichlet(np.ones(k))[None, :] * mask  # the same mix for every instance
+        # One draw per start index, shared by every instance and indexed by each worker's rank
+        # among the existing ones: normalised over an instance's `count` workers it is a
+        # Dirichlet(1, …, 1) mix of those workers, whatever the padded width K (prefixes of the
+        # stream agree), so padding a topology to batch it with larger ones changes nothing.
+        draw = np.random.default_rng([seed, i]).standard_exponential(k)
+        rand = np.where(mask, draw[np.clip(rank, 0, k - 1)], 0.0)
         rand /= rand.sum(-1, keepdims=True)
         shares.append(np.where(herd.any(-1, keepdims=True), 0.9 * herd + 0.1 * uniform, rand))
         i += 1

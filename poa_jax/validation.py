@@ -29,6 +29,9 @@ def as_array(name: str, value, dtype=np.float64, *, booleans: bool = False) -> n
             raise InputError(f"{name}: must be numbers, got text ({_show(value)})")
         if kind == "b" and not booleans:
             raise InputError(f"{name}: must be numbers, got booleans ({_show(value)})")
+        if kind == "c" or (kind == "O" and any(isinstance(v, complex) for v in raw.flat)):
+            # NumPy would drop the imaginary part with only a ComplexWarning.
+            raise InputError(f"{name}: must be real numbers, got complex ({_show(value)})")
         arr = np.asarray(raw, dtype=dtype)
     except InputError:
         raise
@@ -95,6 +98,9 @@ def check(name: str, arr: np.ndarray, rule: str) -> None:
 
 def number(name: str, value) -> float:
     """``float(value)`` with an :class:`InputError` naming ``name`` on failure."""
+    # Text is not a number here either (as in :func:`as_array`): float("1e-3") would pass.
+    if isinstance(value, (str, bytes, bool, np.bool_)):
+        raise InputError(f"{name} = {value!r}: must be a number")
     try:
         return float(value)
     except (TypeError, ValueError):

@@ -477,6 +477,15 @@ BAD_GAMES = {
         ["policy.omgea", "unknown parameter of dynamo"],
     ),
     "negative tau": (_game(policy={"name": "dynamo", "tau": -1.0}), ["policy.tau", ">= 0"]),
+    # Named as written in the file (not the Policy field w_prefill), with the file's name.
+    "negative omega": (
+        _game(policy={"name": "dynamo", "omega": -1.0}),
+        ["game.json: policy.omega = -1.0"],
+    ),
+    "credit above one": (
+        _game(policy={"name": "dynamo", "credits": [2.0, 0.5, 0.1]}),
+        ["game.json: policy.credits[0] = 2.0", "[0, 1]"],
+    ),
     "mismatched shapes": (
         _game(latency_b=[1.0, 0.0, 0.0]),
         ["mismatched shapes", "latency.a (2,)", "latency.b (3,)"],
@@ -641,3 +650,20 @@ def test_bench_table_and_tuning(tmp_path, monkeypatch):
     assert len(table) == 5 and all(line.endswith(tail) for line in table[2:])
     assert (dict(batching.MAX_CHUNK), batching.MAX_CHUNK_ACCELERATOR,
             batching.ROUND_ITERS) == defaults  # fmt: skip
+
+
+def test_read_game_takes_inf_as_written_in_the_output(tmp_path):
+    """JSON has no infinity; the output writes it "inf", and kappa / cache_size take it back."""
+    from poa_jax.cli import read_game
+
+    path = tmp_path / "game.json"
+    path.write_text(json.dumps({
+        "demand": [0.75], "latency": {"a": [1.0, 4.0], "d": [1.0, 0.0], "kappa": [1.0, "inf"]},
+        "cache_size": ["inf", 2.0],
+    }))  # fmt: skip
+    game, _, _ = read_game(str(path))
+    assert list(game.latency.kappa) == [1.0, float("inf")]
+    assert list(game.cache_size) == [float("inf"), 2.0]
+    path.write_text(json.dumps({"demand": ["inf"], "latency": {"a": [1.0]}}))
+    with pytest.raises(pj.InputError, match="demand"):  # only where inf is allowed
+        read_game(str(path))

@@ -473,3 +473,16 @@ def test_gpu_float32_matches_cpu_float64(cache_games):
         cpu = pj.solve_equilibrium(cache_games)
     assert (gpu.converged & cpu.converged).mean() >= 0.75
     _same_equilibria_agree(_full(cache_games), gpu, cpu)
+
+
+def test_start_shares_do_not_depend_on_padding():
+    """A topology padded with absent workers (to batch it with larger ones) gets the same starts
+    on its workers as unpadded: its results do not depend on the other topologies in a batch."""
+    from poa_jax.starts import start_shares
+
+    small = start_shares(np.ones((1, 2), bool), 9, seed=5)
+    padded = start_shares(np.array([[1, 1, 0, 0, 0]], bool), 9, seed=5)
+    np.testing.assert_array_equal(padded[..., 2:], 0.0)
+    np.testing.assert_allclose(padded[..., :2], small, rtol=1e-15)
+    inner = start_shares(np.array([[0, 1, 0, 1]], bool), 9, seed=5)  # gaps in the mask too
+    np.testing.assert_allclose(inner[..., [1, 3]], small, rtol=1e-15)
