@@ -421,19 +421,21 @@ def fused_equilibria(
     params, demand, mask, xt = _inputs(g, p, x)
     st = _run("equilibrium", params, demand, mask, xt, tol=tol, max_iters=max_iters,
               interpret=interpret, **opts)  # fmt: skip
-    out = _eq_finish(g, st, tol=tol)
+    out = _eq_finish(g, p, st, tol=tol)
     return {k: jnp.reshape(v, (n, s) + v.shape[1:]) for k, v in out.items()}
 
 
 @functools.partial(jax.jit, static_argnames=("tol",))
-def _eq_finish(g, st: pv.FusedState, *, tol):
+def _eq_finish(g, p, st: pv.FusedState, *, tol):
     x = jnp.transpose(st.best_x, (2, 0, 1))
+    snap = functools.partial(_solvers.snap_support, tol=tol)
+    x, gap = jax.vmap(snap)(g, p, x, st.best_gap)
     return dict(
         flows=x,
         social_cost=jax.vmap(_game.social_cost)(g, x),
-        gap=st.best_gap,
+        gap=gap,
         iterations=st.steps,
-        status=loop.status_of(st.best_gap, tol),
+        status=loop.status_of(gap, tol),
         overloaded=jax.vmap(_solvers.overloaded)(g, x),
     )
 

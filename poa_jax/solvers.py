@@ -53,6 +53,7 @@ __all__ = [
     "optimum_pending",
     "marginal_gap",
     "overloaded",
+    "snap_support",
 ]
 
 
@@ -183,15 +184,48 @@ def equilibrium_pending(carry: Carry, *, tol, max_iters) -> jax.Array:
     return jnp.where(p, phase_of(carry.error), 0)
 
 
+#: :func:`snap_support` tries to clear flows below ``SNAP·√tol`` of their class's demand.
+SNAP = 1.0
+
+
+def snap_support(g, pol, x: jax.Array, gap: jax.Array, *, tol: float):
+    """A converged Wardrop point with its near-empty flows cleared, where that is no worse.
+
+    At a *degenerate* equilibrium (a worker left unused whose cost equals the used ones', as
+    in Pigou's network) the relative gap grows with the square of the distance: a point with
+    flow ``ε`` on the unused worker has gap ``~ε²`` but a social cost ``~ε`` off, so a gap
+    within ``tol`` leaves SC (and PoA, the price of stability) only ``~√tol`` accurate
+    (float32 Pigou: PoS 1.33309 for 4/3). Each class's flows below ``SNAP·√tol·d_j`` are moved
+    onto its other used workers in proportion to their flows; the result is kept where its
+    gap is no larger (Pigou: ``[1 − ε, ε] → [1, 0]``, gap 0, SC 1). A genuinely interior small
+    flow is kept: clearing it leaves a worker cheaper than the used ones, a larger gap.
+    Returns ``(x, gap)``.
+    """
+    mask = _mask(g, x)
+    d = g.demand[:, None]
+    small = mask & (x < SNAP * (tol**0.5) * d) & (x > 0)
+    keep = mask & ~small
+    kept = jnp.sum(jnp.where(keep, x, 0.0), axis=-1, keepdims=True)
+    tiny = jnp.finfo(x.dtype).tiny
+    snapped = jnp.where(keep, x * (d / jnp.maximum(kept, tiny)), 0.0)
+    snapped = jnp.where(kept > 0, snapped, x)  # a class whose flows are all small: as it was
+    new_gap = vi.relative_gap(snapped, _pol.perceived_cost(pol, g, snapped), g.demand, mask)
+    use = jnp.any(small) & (new_gap <= gap)
+    return jnp.where(use, snapped, x), jnp.where(use, new_gap, gap)
+
+
 def equilibrium_finish(g, pol, carry: Carry, *, method, tol) -> dict:
-    """Per-instance results from a carry."""
+    """Per-instance results from a carry (Wardrop points through :func:`snap_support`)."""
     x = _equilibrium_iteration(g, pol, method).solution(carry.state)
+    gap = carry.error
+    if method != "logit":
+        x, gap = snap_support(g, pol, x, gap, tol=tol)
     return dict(
         flows=x,
         social_cost=_game.social_cost(g, x),
-        gap=carry.error,
+        gap=gap,
         iterations=carry.steps,
-        status=loop.status_of(carry.error, tol),
+        status=loop.status_of(gap, tol),
         overloaded=overloaded(g, x),
     )
 

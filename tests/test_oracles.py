@@ -251,3 +251,30 @@ def test_unbatched_game_gives_scalar_results():
     np.testing.assert_allclose(eq.flows, [[1.0, 0.0]], atol=1e-9)
     np.testing.assert_allclose(float(eq.social_cost), 1.0, rtol=1e-12)
     assert bool(eq.converged)
+
+
+@pytest.mark.parametrize("dtype,atol", [("float32", 1e-6), ("float64", 1e-12)])
+@pytest.mark.parametrize("d", [1, 2, 4])
+def test_degenerate_equilibria_are_exact(dtype, atol, d):
+    """Degree-d Pigou's equilibrium leaves the constant link unused at the same cost: a
+    degenerate equilibrium, where a gap within ``tol`` alone leaves SC only ``√tol`` accurate
+    (float32 Pigou's PoS read 1.33309, and 8 starts gave 8 "equilibria" 1 … 0.99961). With the
+    support snap every start ends on ``[1, 0]``: PoS = PoA = the degree-d bound."""
+    lat = pj.Latency(a=[0.0, 1.0], c=[1.0, 0.0], p=[float(d), 1.0])  # x^d and 1
+    g = pj.RoutingGame(demand=[1.0], latency=lat)
+    r = pj.price_of_anarchy(g, starts=8, dtype=dtype)
+    np.testing.assert_allclose(r.poa, pigou_d(d), rtol=0, atol=atol * 10)
+    np.testing.assert_allclose(r.price_of_stability, r.poa, rtol=0, atol=atol)
+    np.testing.assert_allclose(r.equilibrium_costs, 1.0, rtol=0, atol=atol)
+    e = pj.solve_equilibrium(g, x0=[[0.5, 0.5]], dtype=dtype)
+    np.testing.assert_array_equal(e.flows, [[1.0, 0.0]])
+    assert e.converged
+
+
+def test_a_small_interior_flow_is_not_snapped():
+    """Links x and 0.999 + x: the equilibrium keeps 5e-4 on the second link, below float32's
+    snap threshold √tol ≈ 3e-3; clearing it would raise the gap to 1e-3, so it stays."""
+    g = pj.RoutingGame(demand=[1.0], latency=pj.Latency(a=[0.0, 0.999], b=[1.0, 1.0]))
+    e = pj.solve_equilibrium(g, dtype="float32")
+    np.testing.assert_allclose(e.flows, [[0.9995, 0.0005]], rtol=0, atol=2e-5)
+    assert e.converged
