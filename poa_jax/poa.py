@@ -36,7 +36,11 @@ class PoAResult:
       price_of_stability: ``(...)`` SC(best equilibrium) / SC(opt), in [1, poa]; NaN as ``poa``.
       equilibrium: :class:`~poa_jax.Solution` of the worst equilibrium.
       best_equilibrium: :class:`~poa_jax.Solution` of the best equilibrium.
-      optimum: :class:`~poa_jax.Solution` of the optimum.
+      optimum: :class:`~poa_jax.Solution` of the optimum. Where the best equilibrium is
+        cheaper than the optimum found (which prefers a converged stationary point over a
+        point cheaper by at most ``tol``), its flows and cost are the equilibrium's, so that
+        SC(opt) ≤ SC(eq) exactly; ``gap`` and ``status`` then stay those of the stationary
+        point, whose cost is within ``tol`` of the one reported.
       equilibrium_costs: ``(..., S)`` SC of every start's equilibrium (NaN where it did not
         converge), sorted worst first.
       converged_starts: ``(...)`` how many starts converged.
