@@ -15,12 +15,12 @@ ragged simplices,
 
     x⁺ = P_s(x − α F(x)/s),     P_s(z)_p = max(0, z_p − θ_g/s_p),   Σ_{p∈g} x⁺_p = d_g,
 
-with each group's threshold ``θ_g`` found by Michelot's support elimination (``θ = (Σ_S z − d)
-/ Σ_S 1/s`` on the current support ``S``, drop the members that go negative, repeat) as group
-sums — passes until no support changes, then a rescale to the exact group total. Unlike Jayakrishnan
-et al.'s gradient projection, which moves flow only onto one least-cost path per step, this
-moves every path of a group at once: with several nearly tied paths GP's least-cost path flips
-between iterations and its step collapses (measured: 2 383 iterations against 47 for
+with each group's threshold ``θ_g`` found by Michelot's support elimination (``θ = (Σ_S z − d) /
+Σ_S 1/s`` on the current support ``S``, drop the members that go negative, repeat) as group sums
+— passes until no support changes (then exact: each group sums to its total). Unlike
+Jayakrishnan et al.'s gradient projection, which moves flow only onto one least-cost path per
+step, this moves every path of a group at once: with several nearly tied paths GP's least-cost
+path flips between iterations and its step collapses (measured: 2 383 iterations against 47 for
 Frank–Wolfe on a 5-path instance). ``α`` is controlled by oscillation: halved when successive
 steps reverse, grown while they agree. The relative gap
 
@@ -51,8 +51,10 @@ __all__ = [
 ]
 
 #: Bound on Michelot's support-elimination passes (exact once a pass changes nothing, which
-#: takes at most the largest group's size; the passes stop there).
-MAX_PASSES = 32
+#: takes at most the largest group's size; the passes stop there). ``None``: the number of
+#: variables, which always suffices. A fixed 32 did not: a 512-path group that needed 57
+#: passes came back with a group total of 1.5e33 instead of 0.70.
+MAX_PASSES = None
 
 
 def group_sum(v: jax.Array, group: jax.Array, num_groups: int) -> jax.Array:
@@ -83,7 +85,7 @@ def _gap_and_min(x, c, demand, group, valid) -> tuple[jax.Array, jax.Array]:
     return jnp.maximum(total - best, 0.0) / jnp.maximum(jnp.abs(total), tiny), cmin
 
 
-def project_groups(z, demand, s, group, valid, max_passes: int = MAX_PASSES) -> jax.Array:
+def project_groups(z, demand, s, group, valid, max_passes: int | None = MAX_PASSES) -> jax.Array:
     """``P_s(z)`` onto the ragged simplices (see the module docstring), ``(P,)``.
 
     Michelot's passes run until no group's support changes (exact from then on) or
@@ -91,6 +93,8 @@ def project_groups(z, demand, s, group, valid, max_passes: int = MAX_PASSES) -> 
     """
     tiny = jnp.finfo(z.dtype).tiny
     num_groups = demand.shape[0]
+    if max_passes is None:
+        max_passes = max(int(z.shape[0]), 1)  # every pass that changes drops a member
     inv = jnp.where(valid, 1.0 / s, 0.0)
     zm = jnp.where(valid, z, 0.0)
 

@@ -147,6 +147,10 @@ def from_tntp(net: tntp.TNTPNetwork, trips: tntp.TNTPTrips, demand_scale: ArrayL
             f"{Path(trips.path).name}{f':{line}' if line else ''}: the only positive demand is "
             f"intra-zonal (origin = destination, e.g. zone {z + 1}): there is no OD pair to route"
         )
+    if o.size == 0:
+        raise InputError(
+            f"{Path(trips.path).name}: every demand entry is 0: there is no OD pair to route"
+        )
     order = np.lexsort((d, o))
     o, d = o[order], d[order]
     return GraphGame(

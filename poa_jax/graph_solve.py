@@ -329,6 +329,16 @@ def _measures(lat, demand, link_mask, f, topo: _Topology, marginal: bool):
     balanced = jnp.max(jnp.abs(div - want)) <= slack * jnp.maximum(jnp.sum(demand), tiny)
     balanced &= jnp.all(~link_mask | (f >= -slack * jnp.maximum(jnp.sum(demand), tiny)))
     balanced &= shortfall >= -slack * jnp.maximum(jnp.abs(total), jnp.abs(lower))
+    # The shortfall is the difference of two rounded sums (Σ f·t and Σ d·dist), so it is not
+    # known below ~eps·(|Σ f·t| + |Σ d·dist|); in float32 a negative rounded shortfall clipped
+    # to 0 read as "gap 0, converged" with a true gap of 4× tol. Report at least that floor, so
+    # a gap below the dtype's resolution is never claimed (float64: ~1e-15, no change).
+    noise = (
+        jnp.finfo(f.dtype).eps
+        * (jnp.sum(jnp.where(link_mask, jnp.abs(f * t), 0.0)) + jnp.abs(lower))
+        / jnp.maximum(jnp.abs(sc), tiny)
+    )
+    gap = jnp.maximum(gap, noise)
     gap = jnp.where(jnp.isfinite(gap) & balanced, gap, jnp.inf)
     aec = jnp.where(balanced, aec, jnp.inf)
     return gap, aec, sc, potential, over, pred

@@ -233,7 +233,7 @@ class _File:
         self.path = Path(path)
         self.name = self.path.name or str(path)
         try:
-            text = self.path.read_text(encoding="utf-8", errors="replace")
+            text = self.path.read_text(encoding="utf-8-sig", errors="replace")  # a BOM is no data
         except FileNotFoundError:
             raise InputError(f"{self.name}: no such file ({self.path})") from None
         except IsADirectoryError:
@@ -425,8 +425,14 @@ def read_trips(path: StrPath) -> TNTPTrips:
     z = _meta_int(f, meta, mlines, "NUMBER OF ZONES", end_line, 1)
     total = _meta_float(f, meta, mlines, "TOTAL OD FLOW", ge0=True)
 
-    matrix = np.zeros((z, z), dtype=np.float64)
-    line_of = np.zeros((z, z), dtype=np.int64)
+    try:
+        matrix = np.zeros((z, z), dtype=np.float64)
+        line_of = np.zeros((z, z), dtype=np.int64)
+    except MemoryError:
+        raise f.error(
+            mlines["NUMBER OF ZONES"],
+            f"<NUMBER OF ZONES> = {z}: the dense {z} x {z} OD matrix does not fit in memory",
+        ) from None
     origin: int | None = None
     seen_origin = False
     for lineno, text in f.data_lines(start):
@@ -597,6 +603,18 @@ def reachable(net: TNTPNetwork) -> np.ndarray:
     once, vectorised over (zone, node) pairs: ``O(Z · E)`` work in total plus ``O(Z · N)`` per
     level (about 2.5 s for 1000 zones, 10 000 nodes and 30 000 random links on one CPU core).
     """
+    try:
+        return _reachable(net)
+    except MemoryError:
+        line = net.metadata_lines.get("NUMBER OF NODES")
+        where = f"{Path(net.path).name}:{line}" if line else Path(net.path).name
+        raise InputError(
+            f"{where}: <NUMBER OF NODES> = {net.num_nodes} with {net.num_zones} zones: the "
+            "zone x node reachability table does not fit in memory (is the node count right?)"
+        ) from None
+
+
+def _reachable(net: TNTPNetwork) -> np.ndarray:
     z, n = net.num_zones, net.num_nodes
     tail = net.init_node - 1
     head = net.term_node - 1

@@ -592,3 +592,15 @@ def test_write_tntp_flows_of_a_batched_cluster_game(tmp_path):
                            for k in ("a", "b", "c", "p", "d", "kappa", "rho_max")])  # fmt: skip
         np.testing.assert_allclose(back.volume, sol.link_flows[i])
         np.testing.assert_allclose(back.cost, np.asarray(lat.value(back.volume)), rtol=1e-12)
+
+
+def test_float32_never_claims_a_gap_below_its_resolution():
+    """The gap is a difference of two rounded sums of SC's size: in float32 below ~eps it is
+    noise. Braess at tol 1e-9 said 'gap 0, converged'; now the gap is at least the rounding
+    floor and the status says the tolerance was not reached. The default tolerance is."""
+    net, trips, _ = pj.tntp.bundled("Braess-Example")
+    g = pj.read_tntp(net, trips)
+    tight = pj.solve_equilibrium(g, dtype="float32", tol=1e-9)
+    assert tight.status == 1 and not tight.converged
+    assert tight.gap >= np.finfo(np.float32).eps / 2
+    assert pj.solve_equilibrium(g, dtype="float32").converged

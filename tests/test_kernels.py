@@ -385,3 +385,31 @@ def test_unrolled_trips_equal_single_steps(fixed, budget, stop_below):
         assert len(re.findall(r"stablehlo\.sine", hlo)) == 4
     with pytest.raises(ValueError, match="unroll"):
         run(x, k0, 0)
+
+
+def test_ragged_projection_is_exact_when_michelot_needs_many_passes():
+    """A 512-path group whose weighted projection needs 42 of Michelot's passes (a fixed
+    bound of 32 returned a group total of ~1e33 instead of d), against the passes in NumPy."""
+    import jax.numpy as jnp
+    from poa_jax.kernels import ragged
+
+    rng = np.random.default_rng(1)
+    for _ in range(3):  # the third draw of this generator is the slow one
+        n = 512
+        z = -np.exp(np.cumsum(rng.uniform(0, rng.uniform(0.01, 1), n)))
+        s = 10 ** rng.uniform(-rng.uniform(0, 6), rng.uniform(0, 6), n)
+        d = 10 ** rng.uniform(-3, 6)
+    support, passes = np.ones(n, bool), 0
+    while True:
+        theta = (z[support].sum() - d) / (1 / s[support]).sum()
+        new = support & (z - theta / s > 0)
+        passes += 1
+        if (new == support).all():
+            break
+        support = new
+    assert passes > 32
+    want = np.where(support, np.maximum(z - theta / s, 0.0), 0.0)
+    got = np.asarray(ragged.project_groups(jnp.asarray(z), jnp.asarray([d]), jnp.asarray(s),
+                                           jnp.zeros(n, jnp.int32), jnp.ones(n, bool)))  # fmt: skip
+    np.testing.assert_allclose(got.sum(), d, rtol=1e-9)
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12 * d)

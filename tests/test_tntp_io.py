@@ -559,3 +559,32 @@ def test_read_tntp_od_pairs_sorted_not_in_file_order(tmp_path):
         (0, 1), (0, 2), (2, 0), (2, 1)
     ]  # fmt: skip
     np.testing.assert_array_equal(g.demand, [4.0, 3.0, 2.0, 1.0])
+
+
+def test_byte_order_mark_is_not_data(tmp_path):
+    """A net file saved with a UTF-8 byte-order mark reads as without one (it used to say
+    'data line before <END OF METADATA>' about its first, metadata, line)."""
+    net = tmp_path / "B_net.tntp"
+    net.write_bytes(b"\xef\xbb\xbf" + BR_NET.read_bytes())
+    a, b = read_net(net), read_net(BR_NET)
+    assert a.num_nodes == b.num_nodes and np.array_equal(a.capacity, b.capacity)
+
+
+def test_trips_with_no_positive_demand(tmp_path):
+    import poa_jax as pj
+
+    text = re.sub(r"(\d+\s*:\s*)[0-9.]+", r"\g<1>0.0", BR_TRIPS.read_text())
+    text = re.sub(r"<TOTAL OD FLOW>\s*[0-9.]+", "<TOTAL OD FLOW> 0.0", text)
+    trips = tmp_path / "B_trips.tntp"
+    trips.write_text(text)
+    with _raises("B_trips.tntp: every demand entry is 0: there is no OD pair to route"):
+        pj.read_tntp(BR_NET, trips)
+
+
+def test_absurd_zone_count_is_named(tmp_path):
+    """2·10⁶ zones would need a 32 TB dense OD matrix: a clear error, not a MemoryError."""
+    text = BR_TRIPS.read_text().replace("<NUMBER OF ZONES> 2", "<NUMBER OF ZONES> 2000000")
+    trips = tmp_path / "B_trips.tntp"
+    trips.write_text(text)
+    with _raises("<NUMBER OF ZONES> = 2000000: the dense 2000000 x 2000000 OD matrix"):
+        read_trips(trips)
