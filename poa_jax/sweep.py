@@ -303,6 +303,12 @@ def _write_json(path: str, data: dict) -> None:
 
 #: The manifest of a parts folder (a leading ``_``: pyarrow's dataset discovery skips it).
 MANIFEST = "_manifest.json"
+#: Raised whenever a change alters the numbers a sweep writes (the solvers' starts, stopping
+#: rules, finishing steps), so that a folder's parts solved before it are not mixed with parts
+#: solved after (:func:`_resolve_layout`). 2 (2026-11-29): random starts independent of
+#: padding, the support snap of Wardrop points, the fluid descent's first-round stop. A
+#: manifest without the key was written by revision 1.
+SOLVER_REVISION = 2
 #: The manifest's name before it had the ``_``: still read when resuming such a folder.
 _OLD_MANIFEST = "manifest.json"
 #: Temporaries of the final writes into ``out_dir`` (``_write_atomic``) left by a crash.
@@ -407,6 +413,7 @@ def _resolve_layout(
             "parts": -(-n // part),
             "columns": list(COLUMNS),
             "poa_jax_version": __version__,
+            "solver_revision": SOLVER_REVISION,
             "layout": _layout(),
             "spec": json.loads(scenario.canonical_json()),
         }
@@ -469,12 +476,10 @@ def _resolve_layout(
                 f"{given}{out_dir} holds parts of {was} points, not {new['part_points']}; pass "
                 f"--part {was} to resume, --overwrite to discard them, or choose another --out"
             )
+    done = lambda: all(os.path.exists(_part_path(parts_dir, k)) for k in range(new["parts"]))  # noqa: E731
     if refusal is None and old is not None and old.get("layout", new["layout"]) != new["layout"]:
         was, now = old["layout"], new["layout"]
-        done = all(
-            os.path.exists(_part_path(parts_dir, k)) for k in range(new["parts"])
-        )  # fmt: skip
-        if done:  # nothing to solve, so nothing to mix: the folder keeps its layout
+        if done():  # nothing to solve, so nothing to mix: the folder keeps its layout
             new = dict(new, layout=was)
             note = (note + "; " if note else f"{out_dir}: ") + (
                 f"solved on {_describe(was)}; every part is there, reusing them"
@@ -488,6 +493,20 @@ def _resolve_layout(
                 "convex with the cache term) can land at another stationary point, so a resumed "
                 f"table would mix the two; resume with the same layout{hint}, pass --overwrite "
                 "to start over, or choose another --out"
+            )
+    was = None if old is None else old.get("solver_revision", 1)
+    if refusal is None and was is not None and was != SOLVER_REVISION:
+        if done():  # nothing to solve, so nothing to mix
+            new = dict(new, solver_revision=was)
+            note = (note + "; " if note else f"{out_dir}: ") + (
+                f"solved by solver revision {was} (this poa-jax: {SOLVER_REVISION}); every "
+                "part is there, reusing them"
+            )
+        else:
+            refusal = (
+                f"{out_dir} holds parts solved by solver revision {was}, and this poa-jax is "
+                f"revision {SOLVER_REVISION}, whose numbers differ: a resumed table would mix "
+                "the two; pass --overwrite to start over, or choose another --out"
             )
     if refusal is not None and not overwrite:
         raise InputError(refusal)

@@ -538,6 +538,35 @@ def test_a_folder_solved_on_another_device_layout_is_refused(stubbed, tmp_path, 
     assert res.summary["wall_time_s"]["parts_computed"] == 0
 
 
+def test_a_folder_solved_by_another_solver_revision_is_not_mixed(stubbed, tmp_path):
+    """Parts solved before a change of the solvers' numbers (SOLVER_REVISION) are not mixed
+    with parts solved after: a folder with every part is reused, with a note; one still to
+    finish is refused, saying how to start over. A manifest without the key is revision 1."""
+    sc = _tiny()
+    out = tmp_path / "o"
+    first = sweep.run_sweep(sc, out, chunk_size=4, part_size=8, progress=False)
+    path = out / "parts" / sweep.MANIFEST
+    manifest = json.loads(path.read_text())
+    assert manifest["solver_revision"] == sweep.SOLVER_REVISION
+    del manifest["solver_revision"]  # written before the revision was recorded
+    path.write_text(json.dumps(manifest))
+    notes = []
+    res = sweep.run_sweep(sc, out, chunk_size=4, part_size=8, progress=False, log=notes.append)
+    assert res.table.equals(first.table) and res.summary["wall_time_s"]["parts_computed"] == 0
+    assert notes == [
+        f"{out}: solved by solver revision 1 (this poa-jax: {sweep.SOLVER_REVISION}); every "
+        "part is there, reusing them"
+    ]
+    assert json.loads(path.read_text())["solver_revision"] == 1
+    (out / "parts" / "part-000000.parquet").unlink()
+    with pytest.raises(pj.InputError, match="holds parts solved by solver revision 1") as err:
+        sweep.run_sweep(sc, out, chunk_size=4, part_size=8, progress=False)
+    assert "--overwrite" in str(err.value)
+    res = sweep.run_sweep(sc, out, chunk_size=4, part_size=8, progress=False, overwrite=True)
+    assert res.table.equals(first.table)
+    assert json.loads(path.read_text())["solver_revision"] == sweep.SOLVER_REVISION
+
+
 def test_a_folder_being_written_is_locked(stubbed, tmp_path):
     """Two single-process runs into one folder: the second is refused while the first holds
     the lock; a lock whose process is gone is taken over; the lock goes when the run ends,
