@@ -88,7 +88,9 @@ class GraphSolution:
         optimum).
       average_excess_cost: ``(...)`` ``(Σ x·c − Σ_w d_w min c_w) / Σ_w d_w``.
       iterations: ``(...)`` projection (or Frank–Wolfe) iterations.
-      status: ``(...)`` 0 converged, 1 max iterations, 2 non-finite.
+      status: ``(...)`` 0 converged, 1 stopped short of ``tol`` (out of iterations, or the
+        restricted path problems solved 10⁴ times tighter than ``tol`` with no new path and
+        the gap still above it: rounding), 2 non-finite.
       converged: ``(...)`` bool.
       overloaded: ``(...)`` a link runs past ``ρ_max·κ``.
     """
