@@ -46,7 +46,7 @@ far, iteration budget of this call).
 field ``F(x) = (c, s, ν)`` evaluated one column (worker) ``k`` at a time — cost ``c_·k``, diagonal
 metric ``s_·k ≈ ∂c_jk/∂x_jk`` and an optional term ``ν_k`` of the gap denominator ``ν = Σ_k ν_k`` —
 
-    s̃      = max(s, max(1, max_jk s)·√ε)                       (metric floor; 1 off the mask)
+    s̃      = max(s, (max_jk s, or 1 if ≤ 0)·√ε)                 (metric floor; 1 off the mask)
     c̄_jk   = c_jk − m_j,  m_j = Σ_k x_jk c_jk / d_j  (min_k c_jk if d_j = 0)   (centring)
     y      = P_s̃(x − α c̄ / s̃ + μ Δ_prev)                       (scaled projection, per row)
     cos    = ⟨Δ, Δ_prev⟩_s̃ / (‖Δ‖_s̃ ‖Δ_prev‖_s̃),   Δ = y − x
@@ -68,7 +68,7 @@ recomputed from ``x``), so a driver can run fixed budgets and compact unfinished
 (the block's loop otherwise runs as long as its slowest lane). A fresh lane (``steps = 0`` and
 ``best_gap = +inf``) is initialised in the kernel: ``x`` projected (Euclidean), its gap measured.
 
-**Arithmetic** per instance-iteration, beside the field's own: the projection ``J·(5K² + 6K)``,
+**Arithmetic** per instance-iteration, beside the field's own: the projection ``J·(5K² + 11K)``,
 centring and gap ``≈ 10·J·K``, metric and step control ``≈ 14·J·K``, the pending-lane selects
 ``5·J·K`` (see :func:`flops_per_iteration`).
 
@@ -675,7 +675,7 @@ def projection_kernel(
             s_pad = _pow2(packed_s.shape[0] + 2 * jk + J)
 
         def pad(a, r):
-            # Extra rows are never read; extra lanes repeat lane 0 (a valid instance).
+            # Extra rows are never read; extra lanes repeat the last lane (a valid instance).
             a = jnp.pad(a, ((0, r - a.shape[0]), (0, 0)))
             return jnp.pad(a, ((0, 0), (0, n_pad - n)), mode="edge") if n_pad > n else a
 

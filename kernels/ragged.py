@@ -116,7 +116,21 @@ def project_groups(z, demand, s, group, valid, max_passes: int | None = MAX_PASS
 
     _, support, _ = jax.lax.while_loop(cond, body, (0, valid, jnp.array(True)))
     theta = theta_on(support)
-    return jnp.where(support, jnp.maximum(zm - theta[group] * inv, 0.0), 0.0)
+    y = jnp.where(support, jnp.maximum(zm - theta[group] * inv, 0.0), 0.0)
+    # As in kernels.simplex: restore each group's total lost to rounding (|z| ≫ d), put a
+    # total lost entirely on the group's largest breakpoints (in proportion to 1/s), and let a
+    # NaN in a group's z or s propagate instead of dropping every member (all zeros).
+    tot = group_sum(y, group, num_groups)
+    y = y * jnp.where(tot > 0, demand / jnp.where(tot > 0, tot, 1.0), 1.0)[group]
+    brk = jnp.where(valid, s * z, -jnp.inf)
+    top = valid & (brk >= group_max(brk, group, num_groups)[group])
+    share = jnp.where(top, inv, 0.0)
+    fill = demand / jnp.maximum(group_sum(share, group, num_groups), tiny)
+    lost = (tot <= 0) & (demand > 0)
+    y = jnp.where(lost[group], share * fill[group], y)
+    bad = group_sum(jnp.where(valid, jnp.isnan(z) | jnp.isnan(s), False).astype(z.dtype), group,
+                    num_groups) > 0  # fmt: skip
+    return jnp.where(bad[group] & valid, jnp.nan, y)
 
 
 class _GState(NamedTuple):

@@ -98,10 +98,17 @@ def project_simplex(
 
 
 def _on_top(brk, inv_w, total, tiny):
-    """``total`` spread over the coordinates at the largest breakpoint, in proportion to 1/w."""
-    top = [brk[..., i] >= jnp.max(brk, axis=-1) for i in range(brk.shape[-1])]
+    """``total`` spread over the coordinates at the largest breakpoint, in proportion to 1/w.
+
+    A NaN breakpoint (a NaN in an allowed ``z`` or ``w``) makes the whole row NaN: its maximum
+    is NaN, nothing compares ``>=`` it, and the row used to come back as finite zeros, off its
+    simplex (a solver then read a gap of 0). Only this fallback is touched: the projection of
+    finite inputs is unchanged to the bit, whatever loop runs it."""
+    top_value = jnp.max(brk, axis=-1)
+    top = [brk[..., i] >= top_value for i in range(brk.shape[-1])]
     share = jnp.stack([jnp.where(t, inv_w[..., i], 0.0) for i, t in enumerate(top)], axis=-1)
-    return share * (total / jnp.maximum(jnp.sum(share, axis=-1, keepdims=True), tiny))
+    out = share * (total / jnp.maximum(jnp.sum(share, axis=-1, keepdims=True), tiny))
+    return jnp.where(jnp.isnan(top_value)[..., None], jnp.nan, out)
 
 
 def project_rows(

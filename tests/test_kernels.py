@@ -413,3 +413,33 @@ def test_ragged_projection_is_exact_when_michelot_needs_many_passes():
                                            jnp.zeros(n, jnp.int32), jnp.ones(n, bool)))  # fmt: skip
     np.testing.assert_allclose(got.sum(), d, rtol=1e-9)
     np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12 * d)
+
+
+def test_projections_propagate_nan_and_keep_the_total():
+    """A NaN in an allowed entry comes back as NaN, not as a finite all-zero row (off its
+    simplex; a solver then read gap 0 and called it converged); an infinite entry takes the
+    whole total; and the ragged projection keeps each group's total where rounding lost it
+    (|z| ≫ d: a small OD demand, or huge entries)."""
+    import jax.numpy as jnp
+    from poa_jax.kernels import ragged
+    from poa_jax.kernels.simplex import project_simplex
+
+    nan = float("nan")
+    assert np.isnan(np.asarray(project_simplex(jnp.array([nan, 0.2, 0.1]), 1.0))).all()
+    w = jnp.array([nan, 1.0, 1.0])
+    assert np.isnan(np.asarray(project_simplex(jnp.array([0.3, 0.2, 0.1]), 1.0, w))).all()
+    inf = float("inf")
+    np.testing.assert_array_equal(project_simplex(jnp.array([inf, 0.2, 0.1]), 1.0), [1, 0, 0])
+
+    def groups(z, d, dtype=jnp.float64):
+        n = len(z)
+        return np.asarray(ragged.project_groups(jnp.asarray(z, dtype), jnp.asarray([d], dtype),
+                                                jnp.ones(n, dtype), jnp.zeros(n, jnp.int32),
+                                                jnp.ones(n, bool)))  # fmt: skip
+
+    for dtype, rtol in ((jnp.float64, 1e-15), (jnp.float32, 1e-6)):
+        y = groups([1.0, 1.0, 0.0], 1e-9, dtype)
+        np.testing.assert_allclose(y.sum(), 1e-9, rtol=rtol)
+        np.testing.assert_allclose(y, [5e-10, 5e-10, 0.0], rtol=rtol)
+    np.testing.assert_allclose(groups([1e30, 1e30, 0.0], 1.0), [0.5, 0.5, 0.0])
+    assert np.isnan(groups([nan, 0.2, 0.1], 1.0)).all()
