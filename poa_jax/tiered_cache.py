@@ -703,7 +703,7 @@ def solve_optimum(
     if polish_sweeps:  # the polish's last LP prices also price the certificate
         y, prices = _compacted(_sweep_batch, args, (y, np.zeros_like(desc["lam"])), lanes,
                                int(polish_sweeps))  # fmt: skip
-        out = _chunked(_cert_batch, args + (y, desc["lam"], desc["c"], prices), lanes)
+        out = _chunked(_cert_batch, args + (y, desc["lam"], desc["c"], prices), lanes, tol=tol)
     else:
         out = _chunked(_cert_batch, args + (y, desc["lam"], desc["c"]), lanes)
     out["placement"] = y

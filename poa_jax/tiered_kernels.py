@@ -552,10 +552,15 @@ def _sweep_lanes(reach, rm, cap, credit, size, ys):
     return ys, improved, prices
 
 
-def _certify_lanes(reach, rm, cap, credit, size, ys, lam, c, iters, lmo_prices=None):
+def _certify_lanes(reach, rm, cap, credit, size, ys, lam, c, iters, lmo_prices=None, tol=None):
     """:func:`_stationarity_lanes` at ``ys``, priced by the projection ``Π(y + g/max g)`` and by
     the workers' coordinated best responses (``lmo_prices``, tier lists of ``(W, ...)``: the
     polish's last pass computed them; else they are computed here).
+
+    With the polish's prices and a ``tol``, the projection (``iters`` dual steps) prices the
+    bound only of the lanes that the LP prices leave above ``tol`` (and is skipped in a call
+    with none: 8 workers × 4 tiers × 256 blocks, float32, 128 polished optima: its bound was
+    never below theirs, and the certificate took 0.8 → 0.2 ms per instance).
 
     At a stationary ``y`` the projection returns ``y`` for any step, and its tier multipliers
     ``λ`` over the step are the LP dual prices that make the bound exact. The step is the full
@@ -564,29 +569,41 @@ def _certify_lanes(reach, rm, cap, credit, size, ys, lam, c, iters, lmo_prices=N
     ``lam`` of step ``c`` rescaled to it.
     """
     sc, alpha, beta = _sc_grad_lanes(reach, rm, credit, ys)
-    vtop = functools.reduce(_smax, credit)[:, None]
-    tiny = jnp.finfo(c.dtype).tiny
-    step = 1.0 / _smax(jnp.max(alpha * vtop + beta, axis=(0, 1)), tiny)
-    zs = [y + step[None, None] * (alpha * v[:, None] + beta)
-          for v, y in zip(credit, ys, strict=True)]  # fmt: skip
-    warm = [mu * (step / _smax(c, tiny))[None] for mu in lam]
-    _, lam = _project_tiers(zs, cap, size, warm, iters, jnp.min(size, axis=0) ** 2)
-    prices = [mu / step[None] for mu in lam]
     grad = (sc, alpha, beta)
+    tiny = jnp.finfo(c.dtype).tiny
+
+    def projected():
+        vtop = functools.reduce(_smax, credit)[:, None]
+        step = 1.0 / _smax(jnp.max(alpha * vtop + beta, axis=(0, 1)), tiny)
+        zs = [y + step[None, None] * (alpha * v[:, None] + beta)
+              for v, y in zip(credit, ys, strict=True)]  # fmt: skip
+        warm = [mu * (step / _smax(c, tiny))[None] for mu in lam]
+        _, mus = _project_tiers(zs, cap, size, warm, iters, jnp.min(size, axis=0) ** 2)
+        return _stationarity_lanes(grad, cap, credit, size, ys, [mu / step[None] for mu in mus])
+
     # Every worker's coordinated best response at once (workers as one more lane axis): its
     # LP prices make the bound exact wherever that LP is solved exactly.
     # (Prices from the polish's last pass are exact where that pass changed nothing, and any
     # prices still give a bound.)
-    if lmo_prices is None:
+    polished = lmo_prices is not None
+    if not polished:
         wl = lambda q: jnp.moveaxis(q, 0, 1)  # noqa: E731  (W, B, ...) -> (B, W, ...)
         _, lmo_prices = _social_lmo(wl(alpha), wl(beta), jnp.stack(credit), jnp.stack(cap),
                                     jnp.broadcast_to(size[:, None], wl(alpha).shape))  # fmt: skip
     # Any prices give a bound; the lowest is kept (the free ones, 0, cover a degenerate LP).
-    return functools.reduce(
+    bound = functools.reduce(
         jnp.minimum,
         [_stationarity_lanes(grad, cap, credit, size, ys, q)
-         for q in (prices, list(lmo_prices), [jnp.zeros_like(c) for c in cap])],
+         for q in (list(lmo_prices), [jnp.zeros_like(c) for c in cap])],
     )  # fmt: skip
+    if polished and tol is not None:  # per lane, so that no lane depends on the others
+        done = bound <= tol
+        return jax.lax.cond(
+            jnp.all(done),
+            lambda: bound,
+            lambda: jnp.where(done, bound, jnp.minimum(bound, projected())),
+        )
+    return jnp.minimum(bound, projected())
 
 
 def _stationarity_lanes(grad, cap, credit, size, ys, lam):
@@ -675,7 +692,8 @@ def _sweep_batch_lanes(reach, rm, capacity, credit, size, y, prices):
     return (_from_lanes(ys), jnp.moveaxis(prices, -1, 0).transpose(0, 2, 1)), improved
 
 
-def _cert_batch_lanes(reach, rm, capacity, credit, size, y, lam, c, prices=None, *, iters):
+def _cert_batch_lanes(reach, rm, capacity, credit, size, y, lam, c, prices=None, *, iters,
+                      tol=None):  # fmt: skip
     """``dict(social_cost (N,), gap (N,))`` of placements ``y (N, W, T, B)``, ``gap`` by
     :func:`_certify_lanes` with ``iters`` dual steps from the multipliers ``lam (N, W, T)`` of
     step scale ``c (N,)`` (zeros and ones: a cold start), and the polish's LP ``prices (N, W,
@@ -683,7 +701,7 @@ def _cert_batch_lanes(reach, rm, capacity, credit, size, y, lam, c, prices=None,
     reach, rm, cap, cr, size, ys = _to_lanes(reach, rm, capacity, credit, size, y)
     tiers = lambda a: [jnp.moveaxis(a[:, :, i], 0, -1) for i in range(a.shape[2])]  # noqa: E731
     lmo = None if prices is None else tiers(prices)
-    gap = _certify_lanes(reach, rm, cap, cr, size, ys, tiers(lam), c, iters, lmo)
+    gap = _certify_lanes(reach, rm, cap, cr, size, ys, tiers(lam), c, iters, lmo, tol)
     return dict(social_cost=_sc_lanes(reach, rm, cr, ys), gap=gap)
 
 
@@ -730,16 +748,18 @@ def _sweep_batch(reach, rm, capacity, credit, size, y, prices):
 CERT_ITERS_COLD = 200
 
 
-def _cert_batch(reach, rm, capacity, credit, size, y, lam=None, c=None, prices=None):
+def _cert_batch(reach, rm, capacity, credit, size, y, lam=None, c=None, prices=None, *,
+                tol=None):  # fmt: skip
     """``dict(social_cost, gap)`` of a batch of placements (:func:`_cert_batch_lanes`): warm
     from the descent's ``lam``, ``c`` (:data:`CERT_ITERS` dual steps), else cold
-    (:data:`CERT_ITERS_COLD`); priced by the polish's ``prices`` where given."""
+    (:data:`CERT_ITERS_COLD`); priced by the polish's ``prices`` where given (and then by the
+    projection only in the lanes they leave above ``tol``, if given)."""
     iters = CERT_ITERS
     if lam is None:
         iters = CERT_ITERS_COLD
         lam = np.zeros(capacity.shape, y.dtype)
         c = np.ones(y.shape[:1], y.dtype)
-    f = _cpu_jit(_cert_batch_lanes, iters=iters)
+    f = _cpu_jit(_cert_batch_lanes, iters=iters, tol=None if prices is None else tol)
     return f(reach, rm, capacity, credit, size, y, lam, c, prices)
 
 

@@ -417,6 +417,41 @@ def test_descent_stops_only_where_its_first_round_gains_nothing(solved):
     np.testing.assert_array_equal(short.rounds, 7)
 
 
+def test_certificate_skips_the_projection_only_where_the_lp_prices_certify(solved):
+    """With the polish's LP prices and a tolerance, a lane whose LP-priced bound is within it
+    keeps that bound (never below the full certificate, still within it) and skips the
+    projection's pricing; every other lane gets the full certificate, whatever shares its call.
+    So the status never changes."""
+    insts, res = solved
+    game = _batch(insts)
+    p = tiered_cache._prepare(game, None)
+    args = tiered_cache._pack(p)
+    opt = res.optimum.placement
+    rng = np.random.default_rng(3)
+    # stationary optima and points away from stationarity, in one batch
+    y = np.concatenate([opt, 0.5 * opt, opt * rng.uniform(0.7, 1.0, opt.shape)])
+    args = tuple(np.concatenate([a] * 3) for a in args)
+    lam = np.zeros(y.shape[:3])
+    (y, prices), _ = tiered_kernels._sweep_batch(*args, y, lam)
+    y, prices = np.asarray(y), np.asarray(prices)
+    c = np.ones(len(y))
+    full = np.asarray(tiered_kernels._cert_batch(*args, y, lam, c, prices)["gap"])
+    assert (full <= 1e-6).any() and (full > 1e-6).any()
+    for tol in (-1.0, 1e-6, float(np.median(full)), np.inf):
+        got = np.asarray(tiered_kernels._cert_batch(*args, y, lam, c, prices, tol=tol)["gap"])
+        np.testing.assert_array_equal(got <= tol, full <= tol)
+        assert (got >= full).all()
+        np.testing.assert_array_equal(got[got > tol], full[got > tol])
+        if tol == -1.0:
+            np.testing.assert_array_equal(got, full)
+        # a lane alone gets what it gets among the others
+        for k in (0, len(y) - 1):
+            one = tiered_kernels._cert_batch(*(a[k : k + 1] for a in args), y[k : k + 1],
+                                             lam[k : k + 1], c[k : k + 1], prices[k : k + 1],
+                                             tol=tol)  # fmt: skip
+            assert float(one["gap"][0]) == pytest.approx(got[k], rel=1e-12, abs=1e-300)
+
+
 def test_optimum_out_of_steps_is_not_called_converged(solved):
     insts, _ = solved
     game = _batch(insts)
