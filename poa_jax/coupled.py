@@ -459,6 +459,9 @@ def _prepare(game: CoupledGame, dtype=None) -> _Prepared:
     kk = tp.dims[0]  # k, or k + 1 with the pool
     reach = per_batch(tp.reach, (kk, kk)).astype(dt)
     capacity = np.broadcast_to(cap, batch + (k, t)).reshape(n, k, t)
+    # A padded worker (worker_mask False) does not exist: it holds nothing. (Its capacity
+    # would otherwise serve its peers in the joint optimum, whose SC then depends on padding.)
+    capacity = np.where(np.asarray(route.game.worker_mask, bool)[:, :, None], capacity, 0.0)
     if tp.pool:
         capacity = np.concatenate([capacity, per_batch(tp.capacity, (kk, t))[:, k:]], 1)
     tokens = np.asarray(route.game.tokens, np.float64)
@@ -568,8 +571,11 @@ def solve(
         done = done | ((res <= outer_tol) & stages)
         if done.all():
             break
+    # non-finite: the alternation's residual, the cost or the routing stage (e.g. an overflow)
+    finite = np.isfinite(residual) & np.isfinite(rt["social_cost"])
+    finite &= rt["status"] != loop.NONFINITE
     status = np.where(
-        np.isfinite(residual), np.where(done, loop.CONVERGED, loop.MAX_ITERS), loop.NONFINITE
+        finite, np.where(done, loop.CONVERGED, loop.MAX_ITERS), loop.NONFINITE
     ).astype(np.int32)
     sh = r.batch_shape
     return CoupledSolution(
@@ -592,7 +598,8 @@ class CoupledPoAResult:
     """PoA of the coupled game; ``...`` the batch shape.
 
     Attributes:
-      poa: ``(...)`` SC(coupled fixed point) / SC(best joint point found), ≥ 1.
+      poa: ``(...)`` SC(coupled fixed point) / SC(best joint point found), ≥ 1; NaN where
+        either cost is not finite (status 2).
       price_of_stability: ``(...)`` equal to ``poa`` (one fixed point is computed).
       equilibrium: the :class:`CoupledSolution`.
       optimum_cost: ``(...)`` SC of the best joint (routing, placement) found.
@@ -671,9 +678,7 @@ def price_of_anarchy(
                          optimum_tol, optimum_rounds)  # fmt: skip
     sh = opt.social_cost.shape
     sc_eq = eq.social_cost.reshape(sh)
-    o = opt.social_cost
-    with np.errstate(divide="ignore", invalid="ignore"):
-        poa = np.where(o > 0, sc_eq / np.where(o > 0, o, 1.0), 1.0)
+    poa = rpoa._ratio(sc_eq, opt.social_cost)  # NaN where a cost is not finite
     return CoupledPoAResult(
         poa=poa, price_of_stability=poa, equilibrium=eq, optimum_cost=opt.social_cost,
         optimum_flows=opt.flows, optimum_placement=opt.placement,

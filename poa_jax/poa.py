@@ -21,7 +21,7 @@ from poa_jax.game import RoutingGame
 from poa_jax.graph import GraphGame
 from poa_jax.kernels.loop import CONVERGED
 from poa_jax.policies import Policy, selfish
-from poa_jax.validation import MAX_STARTS
+from poa_jax.validation import MAX_STARTS, integer
 
 __all__ = ["PoAResult", "price_of_anarchy"]
 
@@ -147,6 +147,16 @@ def price_of_anarchy(
     if isinstance(game, (caching.SelfishCachingGame, tiered_cache.TieredCacheGame)):
         solve._selfish_only(policy)
         kw = solve._rounds_kw(max_iters)
+        # Checked, not passed on: neither game's optimum runs the routing game's Adam descent
+        # (it was silently ignored).
+        if integer("descent_steps", descent_steps, 0) != 0:
+            hint = ""
+            if isinstance(game, tiered_cache.TieredCacheGame):
+                hint = "; its optimum descends tiered_cache.price_of_anarchy's optimum_steps"
+            raise solve.InputError(
+                f"descent_steps = {descent_steps!r}: does not apply to a "
+                f"{type(game).__name__} (leave it 0{hint})"
+            )
         if isinstance(game, caching.SelfishCachingGame):
             caching._starts(starts)
             return caching.price_of_anarchy(game, starts=max(int(starts), 16), seed=seed,

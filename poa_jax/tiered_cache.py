@@ -436,11 +436,13 @@ def _pack(p: _Prepared):
 def _placement(p: _Prepared, y, name="y", shared=None) -> np.ndarray:
     """``(N, W, T, B)`` placements in the kernels' form from ``y (..., W, T, B)`` and, with a
     shared pool, the pool's holding ``shared (..., B)`` (default empty; a ``y`` with one row
-    more than the workers already holds the pool as its last row)."""
+    more than the workers already holds the pool as its last row); finite numbers."""
     w, t, b = p.dims
-    a = np.asarray(y, np.float64)
+    a = read_real(name, y)
+    check(name, a, "finite")
     if p.pool and a.ndim >= 3 and a.shape[-3] == p.workers:
-        z = np.zeros(b) if shared is None else np.asarray(shared, np.float64)
+        z = np.zeros(b) if shared is None else read_real("shared", shared)
+        check("shared", z, "finite")
         try:
             z = np.broadcast_to(z, p.batch_shape + (b,))
         except ValueError:
@@ -456,6 +458,35 @@ def _placement(p: _Prepared, y, name="y", shared=None) -> np.ndarray:
         raise InputError(
             f"{name} has shape {a.shape}: must be (..., {p.workers}, {t}, {b})"
         ) from None
+
+
+def _check_feasible(p: _Prepared, y: np.ndarray, name: str = "y") -> None:
+    """:class:`InputError` unless the kernel placements ``y (N, W', T, B)`` are feasible to
+    the rounding of a float32 solve (whatever the dtype now: a float32 solution may have been
+    cast): ``y ≥ 0``, ``Σ_t y ≤ 1`` per block and ``Σ_b s_b·y ≤ C`` per tier. (A float32 best
+    response places a block by differences of cumulative sizes: off by up to
+    ``ulp(Σ_b s_b)``, 2e-4 of a block at 2 048 blocks.)"""
+    y = y.astype(np.float64)
+    size = p.size.astype(np.float64)  # (N, B)
+    slack = 16 * np.finfo(np.float32).eps * size.sum(-1)[:, None, None]  # (N, 1, 1): size units
+    held = y.sum(-2)  # (N, W', B)
+    used = np.einsum("nwtb,nb->nwt", y, size)
+    cap = p.capacity.astype(np.float64)
+    bad = [
+        (y.min(-2) < -slack / size[:, None], "holds {:.9g} of block {}: must be >= 0", y.min(-2)),
+        (held > 1 + slack / size[:, None], "holds {:.9g} of block {}: Σ_t y must be <= 1", held),
+        (used > cap + slack * (1 + cap), "uses {:.9g} of tier {}'s capacity {:.9g}", used),
+    ]
+    for mask, text, val in bad:
+        if mask.any():
+            i, w, k = (int(v) for v in np.argwhere(mask)[0])
+            who = "the shared pool" if p.pool and w == p.workers else f"worker {w}"
+            at = f" (instance {i})" if p.batch_shape else ""
+            extra = (float(cap[i, w, k]),) if val is used else ()
+            raise InputError(
+                f"{name}: not a feasible placement{at}: {who} "
+                + text.format(float(val[i, w, k]), k, *extra)
+            )
 
 
 def worker_costs(game: TieredCacheGame, y, dtype=None, shared=None) -> np.ndarray:
@@ -475,8 +506,7 @@ def best_response(game: TieredCacheGame, y, worker: int, dtype=None, shared=None
     """Worker ``worker``'s best response to ``y``: ``(placement (..., T, B), its cost (...))``."""
     p = _prepare(game, dtype)
     w = p.workers
-    if int(worker) != worker or not 0 <= worker < w:
-        raise InputError(f"worker = {worker!r}: must be an integer in [0, {w})")
+    worker = _integer("worker", worker, 0, w - 1)
     yy = _placement(p, y, shared=shared)
     idx = np.full(yy.shape[0], int(worker), np.int32)
     br, cost = _br_batch(*_pack(p), yy, idx)
@@ -561,10 +591,11 @@ def _kernel_starts(p: _Prepared, y0) -> np.ndarray:
     """``(N, S, W', T, B)`` from starts ``(..., S, W, T, B)`` or ``(..., W, T, B)`` (the
     workers only: the pool starts empty; or with the pool as one more row)."""
     w, t, b = p.dims
-    x = np.asarray(y0, np.float64)
+    x = read_real("y0", y0)
+    check("y0", x, "finite")
     if x.ndim < 3 or x.shape[-2:] != (t, b) or x.shape[-3] not in (p.workers, w):
         raise InputError(f"y0 has shape {x.shape}: must be (..., [S,] {p.workers}, {t}, {b})")
-    if x.ndim == len(p.batch_shape) + 3:
+    if x.ndim <= len(p.batch_shape) + 3:  # no starts axis: one start (leading axes broadcast)
         x = x[..., None, :, :, :]
     if x.shape[-3] != w:
         x = np.concatenate([x, np.zeros(x.shape[:-3] + (1, t, b))], -3)
@@ -756,9 +787,19 @@ def stationarity_gap(game: TieredCacheGame, y, dtype=None, shared=None) -> np.nd
     ``y (..., W, T, B)`` (and the pool's ``shared (..., B)``): 0 (to rounding) exactly where no
     feasible direction lowers SC to first order. Priced without a warm start
     (``CERT_ITERS_COLD`` dual steps), so it may be looser than the solver's own.
+
+    Raises:
+      InputError: ``y`` (or ``shared``) not finite, or not a feasible placement beyond the
+        rounding of a float32 solve (the bound may read 0 at an infeasible point).
     """
     p = _prepare(game, dtype)
     y = _placement(p, y, shared=shared)
+    _check_feasible(p, y)
+    return _stationarity(p, y)
+
+
+def _stationarity(p: _Prepared, y: np.ndarray) -> np.ndarray:
+    """:func:`stationarity_gap` of kernel placements ``y (N, W', T, B)``, unchecked."""
     gap = _chunked(_cert_batch, _pack(p) + (y,), _opt_lanes())["gap"]
     return np.asarray(gap).reshape(p.batch_shape)
 
@@ -768,7 +809,8 @@ class TieredPoAResult:
     """PoA of fluid tiered games; ``...`` the batch shape, ``S`` the equilibrium starts.
 
     Attributes:
-      poa: ``(...)`` SC(worst equilibrium found) / SC(best placement found), ≥ 1.
+      poa: ``(...)`` SC(worst equilibrium found) / SC(best placement found), ≥ 1; NaN where
+        either cost is not finite (e.g. float32 overflow: status 2, not converged).
       price_of_stability: ``(...)`` SC(best equilibrium found) / SC(best placement found).
       optimum_cost: ``(...)`` SC of the best placement found (an upper bound on SC(opt)).
       equilibrium_costs: ``(..., S)`` the distinct equilibria found, by SC, worst first, then
@@ -846,7 +888,10 @@ def price_of_anarchy(
         # it becomes the optimum, certified on its own
         placement = np.where(lower[..., None, None, None], best.placement, opt.placement)
         shared = None if opt.shared is None else np.where(lower[..., None], best.shared, opt.shared)
-        gap = np.where(lower, stationarity_gap(game, placement, dtype, shared), opt.gap)
+        # (certified where lower only: an overflowed instance's non-finite placement is unused)
+        fin = lambda a: None if a is None else np.where(np.isfinite(a), a, 0.0)  # noqa: E731
+        cert = _stationarity(p, _placement(p, fin(placement), shared=fin(shared)))
+        gap = np.where(lower, cert, opt.gap)
         sc = np.where(lower, best.social_cost, opt.social_cost)
         status = _optimum_status(sc, gap, OPT_TOL[p.dtype] if optimum_tol is None else optimum_tol)
         opt = dataclasses.replace(
@@ -857,10 +902,11 @@ def price_of_anarchy(
     rtol = max(TOL[p.dtype] if tol is None else float(tol), 100 * float(np.finfo(p.dtype).eps))
     costs, count = _distinct_worst_first(np.where(ok, out["social_cost"], np.nan), rtol)
     costs, count = costs.reshape(p.batch_shape + (s,)), count.reshape(p.batch_shape)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        o = opt.social_cost
-        poa = np.where(o > 0, worst.social_cost / np.where(o > 0, o, 1), 1.0)
-        pos = np.where(o > 0, best.social_cost / np.where(o > 0, o, 1), 1.0)
+    from poa_jax.poa import _ratio  # (poa imports this module lazily)
+
+    # NaN where a cost is not finite (a float32 overflow must not read as PoA 1)
+    poa = _ratio(worst.social_cost, opt.social_cost)
+    pos = _ratio(best.social_cost, opt.social_cost)
     return TieredPoAResult(
         poa=poa, price_of_stability=pos, optimum_cost=opt.social_cost, equilibrium_costs=costs,
         equilibrium_count=count, equilibrium=worst, best_equilibrium=best, optimum=opt,
@@ -887,7 +933,8 @@ def capacity_paradox(
     """
     p = _prepare(game, dtype)
     w, t = p.workers, p.dims[1]
-    if not (np.isfinite(extra) and extra > 0):
+    real = isinstance(extra, (int, float, np.integer, np.floating))
+    if isinstance(extra, (bool, np.bool_)) or not real or not (np.isfinite(extra) and extra > 0):
         raise InputError(f"extra = {extra!r}: must be finite and > 0")
     if worker == "shared":
         if not p.pool:
@@ -895,7 +942,9 @@ def capacity_paradox(
         pool = np.broadcast_to(np.asarray(game.shared_capacity, np.float64), p.batch_shape)
         more = dataclasses.replace(game, shared_capacity=pool + extra)
     else:
-        if isinstance(worker, str) or not (0 <= worker < w and 0 <= tier < t):
+        whole = all(isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+                    for v in (worker, tier))  # fmt: skip
+        if not whole or not (0 <= worker < w and 0 <= tier < t):
             raise InputError(
                 f"(worker, tier) = ({worker!r}, {tier}): must index capacity (W={w}, T={t}), "
                 "or worker = 'shared' for the shared pool"

@@ -75,6 +75,7 @@ def _zero_one(a):
 
 #: rule name -> (predicate, human text)
 RULES: dict[str, tuple[Callable[[np.ndarray], np.ndarray], str]] = {
+    "finite": (np.isfinite, "must be finite"),
     "finite_ge0": (_finite_ge0, "must be finite and >= 0"),
     "finite_gt0": (_finite_gt0, "must be finite and > 0"),
     "pos_or_inf": (_pos_or_inf, "must be > 0 (inf allowed)"),

@@ -293,3 +293,33 @@ def test_joint_optimum_gap_is_the_frank_wolfe_gap(routing, take_instances):
             # (central differences of SC ≈ 10 at step 1e-7 carry ~1e-9 of rounding each)
             assert gap == pytest.approx(r.optimum_gap[b], rel=1e-4, abs=1e-7)
             assert r is rough or gap <= 1e-6 + 1e-7
+
+
+def test_a_padded_worker_holds_nothing(routing):
+    """A padded worker (``worker_mask`` False, to batch topologies of different sizes) does
+    not exist: whatever capacity the batch gives it, it caches nothing, at the fixed point or
+    in the joint optimum, and the game is the one where it has none. (Its capacity used to
+    serve its peers in the joint optimum: 1.2025 for 1.2149 on a 2-worker game padded to 3.)"""
+    padded = dataclasses.replace(routing, worker_mask=[True, True, True, False])
+    cap = np.full((K, T), 1.0)
+    game = pj.CoupledGame(padded, _topology(), cap, credit=[1.0, 0.5])
+    none = pj.CoupledGame(padded, _topology(), np.where(np.arange(K)[:, None] < 3, cap, 0.0),
+                          credit=[1.0, 0.5])  # fmt: skip
+    a, b = pj.price_of_anarchy(game), pj.price_of_anarchy(none)
+    assert np.all(a.optimum_placement[:, 3] == 0) and np.all(a.equilibrium.placement[:, 3] == 0)
+    np.testing.assert_allclose(a.optimum_cost, b.optimum_cost, rtol=1e-12)
+    np.testing.assert_allclose(a.poa, b.poa, rtol=1e-12)
+
+
+def test_an_overflowed_fixed_point_is_non_finite(routing):
+    """Demands past what the latencies can price in float64: the routing stage overflows, and
+    the fixed point says so (status 2, as the routing game alone; it said 1, "out of rounds"),
+    and its PoA is NaN, not a number read off infinite costs."""
+    huge = dataclasses.replace(routing, demand=np.asarray(routing.demand) * 1e200)
+    game = pj.CoupledGame(huge, _topology(), np.full((K, T), 1.0), credit=[1.0, 0.5])
+    with np.errstate(over="ignore", invalid="ignore"):
+        s = coupled.solve(game, max_outer=2)
+    bad = ~np.isfinite(s.social_cost)
+    assert bad.any()
+    np.testing.assert_array_equal(s.status[bad], 2)
+    assert not s.converged[bad].any()

@@ -876,3 +876,62 @@ def test_equilibrium_costs_list_each_equilibrium_once():
     assert r.equilibrium_costs[0] == pytest.approx(float(r.equilibrium.social_cost))
     assert r.equilibrium_costs[1] == pytest.approx(float(r.best_equilibrium.social_cost))
     assert r.equilibrium_costs[0] > r.equilibrium_costs[1] * (1 + 1e-5)
+
+
+def test_one_optimum_start_for_a_whole_batch():
+    """``y0 (W, T, B)`` is one start for every instance (leading axes broadcast), as for the
+    equilibrium: it gives what the same start repeated per instance gives (it crashed in a
+    reshape on a batch)."""
+    insts = [_instance(s) for s in range(3)]
+    g = _batch(insts)
+    y = np.full((W, T, B), 0.1)
+    one = tiered_cache.solve_optimum(g, y0=y, steps=5, polish_sweeps=1)
+    each = tiered_cache.solve_optimum(g, y0=np.broadcast_to(y, (3, W, T, B)), steps=5,
+                                      polish_sweeps=1)  # fmt: skip
+    np.testing.assert_array_equal(one.social_cost, each.social_cost)
+    np.testing.assert_array_equal(one.placement, each.placement)
+
+
+def test_placements_and_options_of_the_helpers_are_checked(compile_counter):
+    """Placements are checked before anything compiles: finite numbers, and for the
+    certificate a feasible placement (beyond a float32 solve's rounding; it read 0,
+    "stationary", with every worker holding every block in one unit of capacity); the
+    workers, tiers and options named."""
+    g = pj.TieredCacheGame(np.array([[0.0, 1.0], [1.0, 0.0]]), [[3.0, 1.0, 2.0], [1.0, 2.0, 3.0]],
+                           [[1.0], [1.0]])  # fmt: skip
+    y = np.zeros((2, 1, 3))
+    bad = [
+        (lambda: tiered_cache.stationarity_gap(g, np.ones((2, 1, 3))),
+         r"y: not a feasible placement: worker 0 uses 3 of tier 0's capacity 1"),
+        (lambda: tiered_cache.stationarity_gap(g, y - 0.3),
+         r"y: not a feasible placement: worker 0 holds -0\.3 of block 0: must be >= 0"),
+        (lambda: tiered_cache.social_cost(g, np.full((2, 1, 3), np.nan)),
+         r"y\[0, 0, 0\] = nan: must be finite"),
+        (lambda: tiered_cache.solve_equilibrium(g, y0=y + np.inf), r"y0\[0, 0, 0\] = inf: must be"),
+        (lambda: tiered_cache.solve_optimum(g, y0="abc"), "y0: must be numbers, got text"),
+        (lambda: tiered_cache.best_response(g, y, None), "worker = None: must be an integer"),
+        (lambda: tiered_cache.capacity_paradox(g, worker=0.5), r"\(worker, tier\) = \(0\.5, 0\)"),
+        (lambda: tiered_cache.capacity_paradox(g, extra="1"), "extra = '1': must be finite"),
+        (lambda: pj.price_of_anarchy(g, descent_steps=100),
+         "descent_steps = 100: does not apply to a TieredCacheGame"),
+        (lambda: pj.price_of_anarchy(g, descent_steps=-1), "descent_steps = -1: must be an int"),
+    ]  # fmt: skip
+    for call, match in bad:
+        with pytest.raises(pj.InputError, match=match):
+            call()
+    assert compile_counter.solver_count == 0
+    # a float32 solve's placement (off by its rounding), cast or not, is certified
+    yf = tiered_cache.solve_equilibrium(g, dtype=np.float32).placement
+    for a in (yf, yf.astype(np.float64)):
+        assert np.isfinite(tiered_cache.stationarity_gap(g, a))
+
+
+def test_an_overflowed_solve_is_not_poa_one():
+    """A cost that overflows (rate × miss cost past float32's range) is flagged (status 2) and
+    its PoA is NaN, as the routing game's: it read 1.0, "no inefficiency"."""
+    g = pj.TieredCacheGame(np.array([[0.0, 1.0], [1.0, 0.0]]), np.full((2, 3), 1e20),
+                           [[1.0], [1.0]], miss_cost=1e20)  # fmt: skip
+    with np.errstate(over="ignore"):
+        r = pj.price_of_anarchy(g, dtype=np.float32)
+    assert r.equilibrium.status == 2 and not r.converged
+    assert np.isnan(r.poa) and np.isnan(r.price_of_stability)
