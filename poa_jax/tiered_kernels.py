@@ -98,8 +98,8 @@ def worker_costs_one(reach, rm, credit, y):
     return jnp.sum(rm * (1.0 - own) * (1.0 - _peer(reach, y)), axis=1)
 
 
-def _order_desc(x):
-    """``argsort(−x)``, ties by index (stable), for ``x (B,)``.
+def _order_desc(x, axis: int = -1):
+    """``argsort(−x, axis)``, ties by index (stable).
 
     In float32 with 64-bit integers enabled this is one sort of packed integer keys (the
     order-preserving integer image of ``−x`` in the high 32 bits, the index in the low ones):
@@ -110,10 +110,23 @@ def _order_desc(x):
         neg = jnp.where(x == 0, 0.0, -x).astype(jnp.float32)  # −0.0 ties with +0.0
         bits = jax.lax.bitcast_convert_type(neg, jnp.int32)
         key = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # monotone: float order = integer order
-        idx = jnp.arange(x.shape[-1], dtype=jnp.int64)
-        packed = jax.lax.sort((key.astype(jnp.int64) << 32) | idx, is_stable=False)
+        idx = jax.lax.broadcasted_iota(jnp.int64, x.shape, axis % x.ndim)
+        packed = jax.lax.sort((key.astype(jnp.int64) << 32) | idx, dimension=axis % x.ndim,
+                              is_stable=False)  # fmt: skip
         return (packed & 0xFFFFFFFF).astype(jnp.int32)
-    return jnp.argsort(-x)
+    return jnp.argsort(-x, axis=axis)
+
+
+def _inverse(perm, axis: int = 0):
+    """The inverse of the permutations ``perm`` along ``axis`` (``argsort(perm)``): with 64-bit
+    integers one sort of packed keys (the permutation's value high, the position low), as in
+    :func:`_order_desc`."""
+    if jax.config.jax_enable_x64:
+        idx = jax.lax.broadcasted_iota(jnp.int64, perm.shape, axis % perm.ndim)
+        packed = jax.lax.sort((perm.astype(jnp.int64) << 32) | idx, dimension=axis % perm.ndim,
+                              is_stable=False)  # fmt: skip
+        return (packed & 0xFFFFFFFF).astype(jnp.int32)
+    return jnp.argsort(perm, axis=axis)
 
 
 def _fill(gain, credit, capacity, size):
@@ -453,7 +466,7 @@ def _social_lmo(alpha, beta, v, cap, size):
     big_p = jnp.cumsum(jnp.take_along_axis(cap, ot, 0), 0)  # (T, ...)
     wk = vs - jnp.concatenate([vs[1:], jnp.zeros_like(vs[:1])], 0)
     a = alpha / size
-    ob = jnp.argsort(-a, axis=0)  # blocks by decreasing a
+    ob = _order_desc(a, axis=0)  # blocks by decreasing a
     a_s, c_s, s_s = (jnp.take_along_axis(q, ob, 0) for q in (a, beta / size, size))
     total = big_p[-1]
     eps = 64 * jnp.finfo(dt).eps * _smax(total, tiny)
@@ -527,7 +540,7 @@ def _social_lmo(alpha, beta, v, cap, size):
     p_prev = jnp.concatenate([jnp.zeros_like(big_p[:1]), big_p[:-1]], 0)
     amt = _smax(_smin(cum[None], big_p[:, None]) - _smax(before[None], p_prev[:, None]), 0.0)
     u_sorted = amt / s_s[None]  # (rank, sorted block, ...)
-    inv_b = jnp.argsort(ob, axis=0)
+    inv_b = _inverse(ob, axis=0)
     u_sorted = jnp.take_along_axis(u_sorted, jnp.broadcast_to(inv_b[None], u_sorted.shape), 1)
     inv_t = jnp.argsort(ot, axis=0)
     u = jnp.take_along_axis(u_sorted, jnp.broadcast_to(inv_t[:, None], u_sorted.shape), 0)
