@@ -365,6 +365,29 @@ def test_count_below_is_searchsorted():
         np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize("x64", [True, False])
+def test_packed_sorts_are_argsorts(x64):
+    """The greedy's orders by packed integer keys (64-bit integers on) and their fallbacks
+    (off) against NumPy's stable argsort: descending along either axis, ties by index, +0.0
+    tying with −0.0, and the inverse permutation."""
+    import jax
+
+    rng = np.random.default_rng(12)
+    x = rng.choice([0.0, -0.0, 0.25, 1.5, 3.0, 1e-30], (64, 5)).astype(np.float32)
+    x[:, 0] = rng.standard_normal(64)
+    old = jax.config.jax_enable_x64
+    try:
+        jax.config.update("jax_enable_x64", x64)
+        for axis in (0, -1):
+            got = np.asarray(tiered_kernels._order_desc(x, axis=axis))
+            np.testing.assert_array_equal(got, np.argsort(-x, axis=axis, kind="stable"))
+        perm = np.argsort(rng.random((64, 5)), axis=0)
+        got = np.asarray(tiered_kernels._inverse(perm, axis=0))
+        np.testing.assert_array_equal(got, np.argsort(perm, axis=0))
+    finally:
+        jax.config.update("jax_enable_x64", old)
+
+
 def test_polish_reaches_the_block_coordinate_optimum_of_linprog():
     """The coordinated best responses (polish) against block-coordinate descent by linprog,
     written here: from the same point both reach the same SC, and the result is certified."""
