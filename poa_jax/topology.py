@@ -68,7 +68,7 @@ from jax.typing import ArrayLike
 from poa_jax.errors import InputError
 from poa_jax.graph import GraphGame
 from poa_jax.latency import Latency
-from poa_jax.validation import as_array, check
+from poa_jax.validation import as_array, check, integer
 
 __all__ = [
     "Worker",
@@ -136,7 +136,7 @@ class Worker:
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
             raise InputError(f"Worker.name = {self.name!r}: must be a non-empty string")
-        if self.role not in ROLES:
+        if not isinstance(self.role, str) or self.role not in ROLES:
             raise InputError(f"Worker.role = {self.role!r}: must be 'prefill' or 'decode'")
         if not _is_int(self.node) or self.node < 0:
             raise InputError(f"Worker.node = {self.node!r}: must be an integer >= 0")
@@ -148,6 +148,11 @@ class Worker:
         object.__setattr__(
             self, "service_time", _number("Worker.service_time", self.service_time, "finite_ge0")
         )
+        if not math.isfinite(1.0 / self.capacity):
+            raise InputError(
+                f"Worker.capacity = {self.capacity!r}: too small (1/capacity, the latency's "
+                "queueing coefficient, overflows)"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,7 +192,12 @@ class Cluster:
             raise InputError(
                 f"Cluster.gpus_per_node = {self.gpus_per_node!r}: must be an integer >= 1"
             )
-        workers = tuple(self.workers)
+        try:
+            workers = tuple(self.workers)
+        except TypeError:
+            raise InputError(
+                f"Cluster.workers = {self.workers!r}: must be a sequence of Worker"
+            ) from None
         object.__setattr__(self, "workers", workers)
         for i, w in enumerate(workers):
             if not isinstance(w, Worker):
@@ -204,10 +214,10 @@ class Cluster:
         for role in ROLES:
             if not any(w.role == role for w in workers):
                 raise InputError(f"Cluster.workers: must contain at least one {role} worker")
-        used = [0] * self.nodes
+        used: dict[int, int] = {}  # only the occupied nodes: ``nodes`` may be huge
         for w in workers:
-            used[w.node] += w.tp
-        for node, g in enumerate(used):
+            used[w.node] = used.get(w.node, 0) + w.tp
+        for node, g in sorted(used.items()):
             if g > self.gpus_per_node:
                 raise InputError(
                     f"Cluster.workers: node {node} holds {g} GPUs (sum of tp of its workers): "
@@ -222,6 +232,14 @@ class Cluster:
         ):
             value = _number(f"Cluster.{field}", getattr(self, field), rule)
             object.__setattr__(self, field, value)
+        for field in ("nvlink_bandwidth", "ib_bandwidth"):
+            # τ = k/β overflows for absurd ratios: the link's latency would be inf (and κ = 0).
+            tau = self.kv_bytes_per_request / getattr(self, field)
+            if not math.isfinite(tau):
+                raise InputError(
+                    f"Cluster.kv_bytes_per_request / Cluster.{field} = {tau!r}: the transfer "
+                    "time per request must be finite"
+                )
 
     @property
     def prefill_workers(self) -> tuple[Worker, ...]:
@@ -297,8 +315,10 @@ def _layout(cluster: Cluster) -> _Layout:
             bw = cluster.nvlink_bandwidth if same else cluster.ib_bandwidth
             lat = cluster.nvlink_latency if same else cluster.ib_latency
             tau = cluster.kv_bytes_per_request / bw
-            # ℓ = L + τ + τ·x/(κ − x) = L + 1/(κ − x): processor-sharing link, κ = β/k = 1/τ.
-            kv[sa, sb] = link(out_node[sa], in_node[sb], _kv_name(sa, sb), lat + tau, tau, 1 / tau)
+            # ℓ = L + τ + τ·x/(κ − x) = L + 1/(κ − x): processor-sharing link, κ = β/k = 1/τ
+            # (τ may underflow to 0 for a tiny k/β: an uncongested link, κ = inf).
+            kappa_kv = 1 / tau if tau > 0 else math.inf
+            kv[sa, sb] = link(out_node[sa], in_node[sb], _kv_name(sa, sb), lat + tau, tau, kappa_kv)
     port_in = {
         w.name: link(in_node[w.node], d_node[w.name], f"port:in:n{w.node}->{w.name}") for w in dec
     }
@@ -352,7 +372,9 @@ def cluster_game(cluster: Cluster, demand: ArrayLike) -> GraphGame:
       node 0 (source), destination node 1 (sink), ``first_thru_node = 2`` and link ``names``.
     """
     lay = _layout(_check_cluster(cluster))
-    dem = as_array("demand", demand)
+    # A copy: as_array returns a float64 input itself, and the game must not change when the
+    # caller refills that array (e.g. one buffer reused to build a list of games).
+    dem = np.array(as_array("demand", demand))
     check("demand", dem, "finite_ge0")
     batch = dem.shape
     e = len(lay.names)
@@ -511,6 +533,29 @@ B200 = GPUSpec(
 )
 
 
+def _share(field: str, value) -> float:
+    """A utilisation in ``(0, 1]`` (``mfu``, ``mbu``)."""
+    v = _number(field, value, "finite_gt0")
+    if v > 1:
+        raise InputError(f"{field} = {value!r}: must be in (0, 1]")
+    return v
+
+
+def _check_specs(model, gpu) -> None:
+    """The :class:`ModelSpec` and :class:`GPUSpec` numbers the roofline estimates divide by."""
+    if not isinstance(model, ModelSpec):
+        raise InputError(f"model = {model!r}: must be a poa_jax.topology.ModelSpec")
+    if not isinstance(gpu, GPUSpec):
+        raise InputError(f"gpu = {gpu!r}: must be a poa_jax.topology.GPUSpec")
+    for f in ("parameters", "weight_bytes_per_param", "kv_bytes_per_value"):
+        _number(f"ModelSpec.{f}", getattr(model, f), "finite_gt0")
+    for f in ("layers", "kv_heads", "head_dim"):
+        integer(f"ModelSpec.{f}", getattr(model, f), 1)
+    for f in ("flops", "hbm_bandwidth", "hbm_bytes", "nvlink_bandwidth", "nic_bandwidth"):
+        _number(f"GPUSpec.{f}", getattr(gpu, f), "finite_gt0")
+    integer("GPUSpec.gpus_per_node", gpu.gpus_per_node, 1)
+
+
 def prefill_worker(
     name: str,
     node: int,
@@ -532,8 +577,14 @@ def prefill_worker(
     with ``F`` the GPU's FLOP/s, ``B_hbm`` its HBM bandwidth, ``N`` parameters, ``w`` bytes per
     weight and ``n = prompt_tokens``. ``mfu`` (model FLOPs utilisation) and ``mbu`` (memory
     bandwidth utilisation) are assumed (defaults 0.4 and 0.7).
+
+    Raises :class:`InputError` unless ``tp`` and ``prompt_tokens`` are integers >= 1, ``mfu``
+    and ``mbu`` are in (0, 1] and the specs' numbers are finite and > 0.
     """
-    n = prompt_tokens
+    _check_specs(model, gpu)
+    tp = integer("tp", tp, 1)
+    n = integer("prompt_tokens", prompt_tokens, 1)
+    mfu, mbu = _share("mfu", mfu), _share("mbu", mbu)
     work = 2.0 * model.parameters * n
     capacity = tp * gpu.flops * mfu / work
     weights = model.weight_bytes / (tp * gpu.hbm_bandwidth * mbu)
@@ -563,9 +614,16 @@ def decode_worker(
 
     ``k_tok`` is the model's KV bytes per token. ``batch`` (default 64), ``output_tokens``
     (default 128) and ``mbu`` (default 0.7) are assumed. Raises :class:`InputError` if the
-    weights and the batch's full KV cache do not fit in ``tp`` GPUs' HBM.
+    weights and the batch's full KV cache do not fit in ``tp`` GPUs' HBM, and unless ``tp``,
+    ``prompt_tokens``, ``output_tokens`` and ``batch`` are integers >= 1, ``mbu`` is in (0, 1]
+    and the specs' numbers are finite and > 0.
     """
-    n, m = prompt_tokens, output_tokens
+    _check_specs(model, gpu)
+    tp = integer("tp", tp, 1)
+    n = integer("prompt_tokens", prompt_tokens, 1)
+    m = integer("output_tokens", output_tokens, 1)
+    batch = integer("batch", batch, 1)
+    mbu = _share("mbu", mbu)
     kv_seq = model.kv_bytes_per_token * (n + m / 2.0)
 
     def step(b):
@@ -605,6 +663,7 @@ def _paper_cluster(
     nvlink_latency: float,
     ib_latency: float,
 ) -> Cluster:
+    integer("decode_batch", decode_batch, 1)  # decode_worker would call it ``batch``
     workers = [
         prefill_worker(f"P{i}", a, model, gpu, tp, prompt_tokens, mfu, mbu)
         for i, a in enumerate(prefill_nodes)

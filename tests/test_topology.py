@@ -231,6 +231,15 @@ def test_bad_demand():
         T.cluster_game(T.paper_70b_1p2d(), float("nan"))
 
 
+def test_game_does_not_alias_the_demand_array():
+    # cluster_game kept a view of a float64 demand: refilling the caller's buffer changed a
+    # game already built (a list of games built from one buffer all had the last demand).
+    buf = np.array([100.0, 200.0])
+    game = T.cluster_game(T.paper_70b_1p2d(), buf)
+    buf[:] = 7.0
+    np.testing.assert_array_equal(np.asarray(game.demand)[:, 0], [100.0, 200.0])
+
+
 def test_presets_placement():
     c = T.paper_340b_1p2d()
     assert all(kv.startswith("kv:ib:") for _, kv, _ in T.path_triples(c))
@@ -286,6 +295,8 @@ def _w(**kw):
         (dict(capacity=float("inf")), "capacity"),
         (dict(service_time=-1.0), "service_time"),
         (dict(service_time=float("nan")), "service_time"),
+        (dict(role=np.array(["decode", "prefill"])), "role"),  # was a bare ValueError
+        (dict(capacity=1e-310), "capacity"),  # 1/μ overflows: the latency's d would be inf
     ],
 )
 def test_worker_validation(kw, field):
@@ -329,6 +340,10 @@ def _c(**kw):
         (dict(ib_latency=float("nan")), "ib_latency"),
         (dict(nodes=0), "nodes"),
         (dict(gpus_per_node=0), "gpus_per_node"),
+        (dict(workers=None), "workers = None"),  # was a bare TypeError
+        (dict(workers=5), "workers = 5"),
+        # τ = k/β overflows: κ = 0 and an infinite latency reached the game silently.
+        (dict(kv_bytes_per_request=1e300, ib_bandwidth=1e-10), "kv_bytes_per_request / "),
     ],
 )
 def test_cluster_validation(kw, pattern):
@@ -350,3 +365,48 @@ def test_decode_batch_must_fit_hbm():
 def test_not_a_cluster():
     with pytest.raises(InputError, match="cluster"):
         T.cluster_game("cluster", 1.0)
+
+
+def test_cluster_many_nodes_and_tiny_transfer_time():
+    # GPU counts are kept per occupied node: a list of ``nodes`` zeros was a MemoryError here.
+    assert _c(nodes=10**12).nodes == 10**12
+    # τ = k/β underflows to 0: an uncongested link (κ = inf), not a ZeroDivisionError.
+    c = _c(kv_bytes_per_request=1e-300, nvlink_bandwidth=1e100)
+    game = T.cluster_game(c, 1.0)
+    e = game.names.index("kv:nvlink:n0")
+    assert np.asarray(game.latency.kappa)[e] == np.inf
+    assert np.asarray(game.latency.a)[e] == 0.0
+
+
+_M, _G = T.LLAMA_3_1_70B, T.B200
+
+
+@pytest.mark.parametrize(
+    "call, pattern",
+    [
+        # Each was a ZeroDivisionError ...
+        (lambda: T.prefill_worker("P", 0, _M, _G, 4, mfu=0.0), "mfu = 0.0"),
+        (lambda: T.prefill_worker("P", 0, _M, _G, 4, mbu=0.0), "mbu = 0.0"),
+        (lambda: T.prefill_worker("P", 0, _M, _G, 0), "tp = 0"),
+        (lambda: T.prefill_worker("P", 0, _M, _G, 4, prompt_tokens=0), "prompt_tokens = 0"),
+        (lambda: T.decode_worker("D", 0, _M, _G, 4, output_tokens=0), "output_tokens = 0"),
+        (lambda: T.paper_70b_1p2d(mfu=0.0), "mfu = 0.0"),
+        (lambda: T.paper_70b_1p2d(gpu=dataclasses.replace(_G, flops=0.0)), r"GPUSpec\.flops"),
+        # ... or a silently wrong worker (a positive capacity from a negative prompt), a
+        # fractional token count, a boolean batch, a utilisation above 1 ...
+        (lambda: T.decode_worker("D", 0, _M, _G, 4, prompt_tokens=-1000), "prompt_tokens"),
+        (lambda: T.paper_70b_1p2d(prompt_tokens=0.5), "prompt_tokens = 0.5"),
+        (lambda: T.paper_70b_1p2d(decode_batch=True), "decode_batch = True"),
+        (lambda: T.paper_70b_1p2d(mfu=5.0), r"mfu = 5.0: must be in \(0, 1\]"),
+        # ... or an error naming Worker.capacity instead of the argument.
+        (lambda: T.decode_worker("D", 0, _M, _G, 4, batch=-3), "batch = -3"),
+        (lambda: T.paper_70b_1p2d(output_tokens=-1), "output_tokens = -1"),
+        (
+            lambda: T.prefill_worker("P", 0, dataclasses.replace(_M, layers=0), _G, 4),
+            r"ModelSpec\.layers",
+        ),
+    ],
+)
+def test_roofline_inputs_validated(call, pattern):
+    with pytest.raises(InputError, match=pattern):
+        call()
