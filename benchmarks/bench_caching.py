@@ -107,7 +107,7 @@ def ref_br(d, a, x0, max_rounds=100):
         flips = 0
         for i in range(n):
             near = min((dl[i][j] for j in range(n) if x[j] and j != i), default=float("inf"))
-            t = 1e-9 * max(1.0, al[i])
+            t = 1e-9 * al[i]  # relative, as poa_jax
             stay, switch = (al[i], near + t) if x[i] else (near, al[i] + t)
             if switch < stay:
                 x[i] = not x[i]
@@ -131,7 +131,7 @@ def ref_exhaustive(d, a):
     off = d + np.diag(np.full(n, np.inf))
     near = np.where(bits[:, None, :], off[None], np.inf).min(-1)  # (P, n)
     sc = np.where(bits, a, near).sum(-1)
-    t = 1e-9 * np.maximum(1.0, a)
+    t = 1e-9 * a  # relative, as poa_jax
     ne = np.where(bits, near >= a - t, near <= a + t).all(-1)
     return sc.min(), int(ne.sum()), sc[ne].max(), sc[ne].min()
 
@@ -149,7 +149,7 @@ def ref_exhaustive_mitm(d, a):
     near = np.minimum(gh[:, None], gl[None, :])  # (H, L, n)
     mem = bh[:, None] | bl[None, :]
     sc = np.where(mem, a, near).sum(-1)
-    t = 1e-9 * np.maximum(1.0, a)
+    t = 1e-9 * a  # relative, as poa_jax
     ne = np.where(mem, near >= a - t, near <= a + t).all(-1)
     return sc.min(), int(ne.sum()), sc[ne].max(), sc[ne].min()
 

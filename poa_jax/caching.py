@@ -15,7 +15,8 @@ equilibrium** when no node gains by switching alone:
     x_i = 1  ⇒  α_i ≤ w_i · min(d_{i,−i}(x), m_i),      x_i = 0  ⇒  w_i · min(d_i(x), m_i) ≤ α_i,
 
 with ``d_{i,−i}`` the distance to the nearest *other* replica. Ties count as equilibria (a node
-switches only when strictly better, by more than ``tie·max(1, α_i)``).
+switches only when strictly better, by more than ``tie·α_i``: relative, so scaling every cost
+by the same factor changes no equilibrium).
 
 *Miss-cost convention.* With the default ``m = +inf`` a node with no replica anywhere pays
 ``+inf``, so the empty profile is never an equilibrium nor an optimum ("at least one replica",
@@ -307,6 +308,17 @@ def need_axis(name: str, value, what: str, ndim: int = 1) -> None:
         raise InputError(f"{name} has shape {shape}: needs at least one {what}")
 
 
+def read_profiles(name: str, value, n: int) -> np.ndarray:
+    """``value`` as bool profiles ``(..., n)``; :class:`InputError` naming ``name`` unless it
+    holds booleans or 0/1 (``0.3`` or NaN would read as True) and its last axis is the ``n``
+    nodes (a wrong length would otherwise be reshaped into other profiles silently)."""
+    a = as_array(name, value, booleans=True)
+    check(name, a, "zero_one")
+    if a.ndim < 1 or a.shape[-1] != n:
+        raise InputError(f"{name} has shape {a.shape}: its last axis must be the {n} nodes")
+    return a != 0
+
+
 def check_batch(owner: str, shape: tuple[int, ...]) -> None:
     """:class:`InputError` for an empty batch (a batch axis of length 0)."""
     if 0 in shape:
@@ -409,7 +421,7 @@ def _cost_one(dist, alpha, demand, miss, x):
 
 def _stable_one(dist, alpha, demand, miss, x, tie):
     f = _fetch(_near(_off(dist), x), demand, miss)
-    t = tie * jnp.maximum(1.0, jnp.abs(alpha))
+    t = tie * alpha  # relative: the equilibria do not depend on the unit of cost
     return jnp.all(jnp.where(x, f >= alpha - t, f <= alpha + t))
 
 
@@ -431,7 +443,7 @@ def _slab_one(dist, alpha, demand, miss, top, *, tie: float):
     n = dist.shape[0]
     c, e = _scaled_costs(dist, demand, miss)
     g_mid, g_low, member_top = coverage.slab_tables(c, e, top)
-    t = tie * jnp.maximum(1.0, jnp.abs(alpha))
+    t = tie * alpha  # relative: the equilibria do not depend on the unit of cost
     sc, ok = 0.0, True
     for i in range(n):  # unrolled: one elementwise pass over the slab
         f = jnp.minimum(g_mid[i][:, None], g_low[i][None, :])
@@ -504,7 +516,7 @@ def _exhaustive_result(carry):
 def _br_one(dist, alpha, demand, miss, x0, *, max_rounds: int, tie: float):
     """Best-response dynamics from ``x0``; the profile, its SC, rounds and status."""
     off = _off(dist)
-    t = tie * jnp.maximum(1.0, jnp.abs(alpha))
+    t = tie * alpha  # relative: the equilibria do not depend on the unit of cost
 
     def deviation(x, i):
         near = jnp.min(jnp.where(x & (jnp.arange(x.shape[0]) != i), off[i], jnp.inf))
@@ -842,11 +854,11 @@ def enumerate_profiles(
     p = _prepare(game, dtype)
     if p.n > 24:
         raise InputError(f"enumerate_profiles: n = {p.n} nodes: must be <= 24 (2^n profiles)")
-    if int(keep) != keep or keep < 0:
-        raise InputError(f"keep = {keep!r}: must be an integer >= 0")
-    keep = int(keep)
+    keep = _integer("keep", keep, 0)
     slab = 2 ** sum(coverage.block_split(p.n)[1:])
-    chunk = chunk or max(1, 1 << int(np.log2(max(SLAB_BUDGET // slab, 1))))
+    if chunk is None:
+        chunk = max(1, 1 << int(np.log2(max(SLAB_BUDGET // slab, 1))))
+    chunk = _positive_int("chunk", chunk)
     out = _chunked(
         _exhaustive_batch, (p.dist, p.alpha, p.demand, p.miss), chunk,
         keep=keep, tie=TIE[p.dtype],
@@ -986,7 +998,7 @@ def best_response(
     if x0 is None:
         x = start_profiles(big, p.n, starts, seed)
     else:
-        x = np.asarray(x0, bool)
+        x = read_profiles("x0", x0, p.n)
         try:
             x = np.broadcast_to(x, p.batch_shape + x.shape[-2:]).reshape(big, -1, p.n)
         except ValueError:
@@ -1025,7 +1037,8 @@ def lower_bound(
     """Lagrangian (= LP-relaxation) lower bound on SC(opt), ``(...)``; see the module notes."""
     p = _prepare(game, dtype)
     steps = _positive_int("steps", steps)
-    if isinstance(lr, (bool, np.bool_)) or not (np.isfinite(lr) and lr > 0):
+    real = isinstance(lr, (int, float, np.integer, np.floating))
+    if isinstance(lr, (bool, np.bool_)) or not real or not (np.isfinite(lr) and lr > 0):
         raise InputError(f"lr = {lr!r}: must be finite and > 0")
     out = _chunked(
         _bound_batch, (p.dist, p.alpha, p.demand, p.miss), LANES, steps=steps, lr=float(lr)
@@ -1038,9 +1051,7 @@ def local_search(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Single-flip best-improvement local search from ``x0 (..., n)``: ``(profile, SC)``."""
     p = _prepare(game, dtype)
-    x = np.asarray(x0, bool)
-    if x.ndim < 1 or x.shape[-1] != p.n:
-        raise InputError(f"x0 has shape {x.shape}: its last axis must be the {p.n} nodes")
+    x = read_profiles("x0", x0, p.n)
     try:
         x = np.broadcast_to(x, p.batch_shape + (p.n,)).reshape(-1, p.n)
     except ValueError:
@@ -1066,13 +1077,11 @@ def is_equilibrium(game: SelfishCachingGame, x, dtype=None) -> np.ndarray:
 
 def _evaluate(game, x, dtype):
     p = _prepare(game, dtype)
-    x = np.asarray(x, bool)
+    x = read_profiles("x", x, p.n)
     try:
         shape = np.broadcast_shapes(p.batch_shape, x.shape[:-1])
     except ValueError:
         raise InputError(f"x has shape {x.shape}: must broadcast to (..., {p.n})") from None
-    if x.shape[-1] != p.n:
-        raise InputError(f"x has shape {x.shape}: its last axis must be the {p.n} nodes")
 
     def b(a, tail):
         a = a.reshape(p.batch_shape + tail)
@@ -1098,7 +1107,9 @@ class CachingPoAResult:
       poa: ``(...)`` SC(worst equilibrium) / SC(opt). Exact where ``exact``; otherwise worst
         found / best profile found (a lower bound on the true PoA).
       price_of_stability: ``(...)`` SC(best equilibrium) / SC(opt) (exact where ``exact``;
-        otherwise best found / best profile found, an upper bound on the true PoS).
+        otherwise best found / best profile found, an estimate and no bound either way: the
+        best found is ≥ the best equilibrium, the best profile found ≥ SC(opt); best found /
+        ``optimum_lower_bound`` is an upper bound). NaN where no equilibrium was found.
       poa_upper: ``(...)`` worst found / ``optimum_lower_bound`` (= ``poa`` where exact).
       optimum_cost: ``(...)`` SC(opt) (exact), or the best profile found (an upper bound).
       optimum_lower_bound: ``(...)`` = ``optimum_cost`` where exact, else the LP bound.
@@ -1107,8 +1118,9 @@ class CachingPoAResult:
       equilibrium_count: ``(...)`` number of pure equilibria (exact), or distinct ones found.
       worst_equilibrium, best_equilibrium, optimum: ``(..., n)`` bool profiles.
       exact: ``(...)`` bool, solved by exhaustive enumeration.
-      converged: ``(...)`` bool, an equilibrium was found (always true when exact).
-      status: ``(...)`` 0 converged, 1 no start converged.
+      converged: ``(...)`` bool, an equilibrium was found (when exact: one exists, always so
+        for a symmetric distance; a directed one can have none).
+      status: ``(...)`` 0 converged, 1 no equilibrium found.
       iterations: ``(...)`` best-response rounds of the slowest start (0 when exact).
     """
 
@@ -1193,19 +1205,21 @@ def price_of_anarchy(
             status=np.where(found, CONVERGED, MAX_ITERS).astype(np.int32),
             iterations=np.zeros(sh, np.int32),
         )
-    br = best_response(game, starts=starts, seed=seed, max_rounds=max_rounds, keep=keep,
-                       dtype=dtype)  # fmt: skip
+    # keep = 0 lists none (as on the exact path), but the worst needs one column
+    br = best_response(game, starts=starts, seed=seed, max_rounds=max_rounds,
+                       keep=max(keep, 1), dtype=dtype)  # fmt: skip
     found = np.asarray(br.stable.any(-1))
     worst = br.equilibrium_costs[..., 0]
     best_sc = np.asarray(np.where(br.stable, br.costs, np.inf).min(-1), p.dtype)
     opt_x, opt_sc, lb = _searched_optimum(game, p, br, best_sc, bound_steps, dtype)
+    best_found = np.where(found, best_sc, np.nan)  # NaN, as the worst, when none was found
     return CachingPoAResult(
         poa=_ratio(worst, opt_sc),
-        price_of_stability=_ratio(best_sc, opt_sc),
+        price_of_stability=_ratio(best_found, opt_sc),
         poa_upper=_ratio(worst, lb),
         optimum_cost=opt_sc,
         optimum_lower_bound=lb,
-        equilibrium_costs=br.equilibrium_costs,
+        equilibrium_costs=br.equilibrium_costs[..., :keep],
         equilibrium_count=br.equilibrium_count,
         worst_equilibrium=br.worst,
         best_equilibrium=br.best,
@@ -1346,7 +1360,7 @@ def paradox_search(
         full_cost = costs("full", which)
         rises[f"capacity_{kind}"] = costs("cheap", which) - full_cost
     # a rise counts when it passes the ties of the enumeration (relative TIE[dtype])
-    scale = np.maximum(1.0, np.abs(costs("full", "worst_equilibrium")))
+    scale = np.abs(costs("full", "worst_equilibrium"))
     counts = {f"{k.split('_')[0]}_paradox_{k.split('_')[1]}": int(np.sum(v > tol * scale))
               for k, v in rises.items()}  # fmt: skip
     return dict(**rises, **counts, instances=int(np.prod(sh)))

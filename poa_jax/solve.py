@@ -433,8 +433,9 @@ def _caching_optimum(game, x0, seed, dtype, starts):
     if isinstance(game, caching.SelfishCachingGame):
         if x0 is not None:
             raise InputError("x0: the discrete caching optimum takes no start")
-        caching._starts(starts)
-        return caching.solve_optimum(game, seed=seed, dtype=dtype)
+        # at least the discrete game's own 16 starts, as price_of_anarchy
+        starts = max(caching._starts(starts), 16)
+        return caching.solve_optimum(game, starts=starts, seed=seed, dtype=dtype)
     if isinstance(game, tiered_cache.TieredCacheGame):
         if x0 is None:  # SC is not convex: start from nothing, a uniform fill, equilibria
             eq = tiered_cache.solve_equilibrium(game, seed=seed, dtype=dtype).placement

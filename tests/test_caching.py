@@ -491,3 +491,114 @@ def test_preset_docstrings_run():
         for t in doctest.DocTestFinder().find(fn, globs={}):
             runner.run(t)
     assert runner.failures == 0 and runner.tries >= 2 * len(fns)
+
+
+@pytest.mark.parametrize("dtype,scale", [(np.float32, 1e-6), (np.float64, 1e-10)])
+@pytest.mark.parametrize("name", ["two_clusters", "star"])
+def test_equilibria_do_not_depend_on_the_unit_of_cost(name, dtype, scale):
+    """Every cost times ``scale`` (transfer times in seconds, say): the same equilibria, PoA
+    and PoS. The tie margin was ``tie·max(1, α_i)``, absolute below 1, so every profile of the
+    two clusters passed as an equilibrium at these scales (1023 of them, PoA 5)."""
+    d, alpha, poa, pos, _, eqs = ORACLES[name]
+    game = pj.SelfishCachingGame(d * scale, alpha * scale)
+    r = caching.price_of_anarchy(game, dtype=dtype)
+    assert int(r.equilibrium_count) == len(eqs)
+    assert float(r.poa) == pytest.approx(poa, rel=1e-5)
+    assert float(r.price_of_stability) == pytest.approx(pos, rel=1e-5)
+    everyone = np.ones(d.shape[0], bool)  # every node caching: no equilibrium in either game
+    assert not caching.is_equilibrium(game, everyone, dtype=dtype)
+    br = caching.best_response(game, x0=everyone[None], dtype=dtype)
+    assert not br.profiles[0].all() and br.stable.all()
+
+
+@pytest.mark.parametrize(
+    "call,match",
+    [
+        # (3, 4) for n = 3 was reshaped into four starts of three nodes, silently
+        (lambda g: caching.best_response(g, x0=np.ones((3, 4), bool)),
+         r"x0 has shape \(3, 4\): its last axis must be the 3 nodes"),
+        (lambda g: caching.best_response(g, x0=np.full((1, 3), 0.3)),
+         r"x0\[0, 0\] = 0\.3: must be a boolean"),
+        (lambda g: caching.best_response(g, x0=[[np.nan, 0, 1]]), r"x0\[0, 0\] = nan"),
+        (lambda g: caching.local_search(g, [1, 0, 2]), r"x0\[2\] = 2\.0: must be a boolean"),
+        (lambda g: caching.social_cost(g, True),  # was an IndexError
+         r"x has shape \(\): its last axis must be the 3 nodes"),
+        (lambda g: caching.is_equilibrium(g, [0.2, 0, 1]), r"x\[0\] = 0\.2: must be a boolean"),
+    ],
+)  # fmt: skip
+def test_profiles_given_are_checked(call, match, compile_counter):
+    with pytest.raises(pj.InputError, match=match):
+        call(pj.SelfishCachingGame(caching.line_distance(3), 1.0))
+    assert compile_counter.solver_count == 0
+
+
+def test_no_equilibrium_gives_nan_ratios_on_either_path():
+    """A directed game without a pure equilibrium: PoA and PoS NaN, not converged, on the exact
+    path and on the best-response path (whose PoS was +inf: the best of none)."""
+    d = np.array([[0, 3, 1, 1], [1, 0, 3, 1], [3, 1, 0, 3], [2, 2, 1, 0]], float)
+    assert brute_force(d, 2.0) == ([], 6.0)
+    game = pj.SelfishCachingGame(d, 2.0, symmetric=False)
+    for exhaustive_max in (16, 0):
+        r = caching.price_of_anarchy(game, exhaustive_max=exhaustive_max)
+        assert np.isnan(r.poa) and np.isnan(r.price_of_stability), exhaustive_max
+        assert not r.converged and r.status == 1 and r.equilibrium_count == 0
+
+
+def test_keep_zero_on_either_path():
+    """``keep = 0`` lists no equilibrium on the exact path; the best-response path refused it."""
+    star = pj.SelfishCachingGame(caching.star_distance(4), 1.5)
+    full = caching.price_of_anarchy(star, exhaustive_max=0)
+    for exhaustive_max in (16, 0):
+        r = caching.price_of_anarchy(star, keep=0, exhaustive_max=exhaustive_max)
+        assert r.equilibrium_costs.shape == (0,)
+        assert float(r.poa) == pytest.approx(14 / 11)
+    r = caching.price_of_anarchy(star, keep=0, exhaustive_max=0)
+    assert r.poa == full.poa and r.equilibrium_count == full.equilibrium_count
+
+
+@pytest.mark.parametrize(
+    "call,match",
+    [
+        (lambda g: caching.enumerate_profiles(g, chunk=1.5), "chunk = 1.5: must be an integer"),
+        (lambda g: caching.enumerate_profiles(g, chunk=-1), "chunk = -1"),
+        (lambda g: caching.enumerate_profiles(g, chunk=0), "chunk = 0"),
+        (lambda g: caching.enumerate_profiles(g, keep=True), "keep = True"),
+        (lambda g: caching.lower_bound(g, lr="0.1"), "lr = '0.1': must be finite and > 0"),
+        (lambda g: caching.lower_bound(g, lr=None), "lr = None"),
+    ],
+)
+def test_solver_options_are_named(call, match, compile_counter):
+    with pytest.raises(pj.InputError, match=match):
+        call(pj.SelfishCachingGame(caching.line_distance(3), 1.0))
+    assert compile_counter.solver_count == 0
+
+
+def test_best_response_path_bounds_the_price_of_stability():
+    """Above ``exhaustive_max`` the PoS is best found / best profile found, no bound (local
+    search can miss the optimum the LP bound certifies: 1.0 reported against 1.146 here); best
+    found / ``optimum_lower_bound`` is the upper bound the docstring names."""
+    rng = np.random.default_rng(1)
+    pts = rng.random((32, 10, 2)) * rng.uniform(0.5, 3, (32, 1, 1))
+    d = np.sqrt(((pts[:, :, None] - pts[:, None]) ** 2).sum(-1))
+    a, w = rng.uniform(0.1, 2.0, (32, 10)), rng.uniform(0, 2, (32, 10))
+    game = pj.SelfishCachingGame(d, a, w)
+    exact = caching.price_of_anarchy(game)
+    found = caching.price_of_anarchy(game, exhaustive_max=0, starts=4)
+    best = found.price_of_stability * found.optimum_cost
+    assert (best / found.optimum_lower_bound >= exact.price_of_stability * (1 - 1e-12)).all()
+    assert (found.price_of_stability < exact.price_of_stability * (1 - 1e-9)).any()
+
+
+def test_paradox_search_does_not_depend_on_the_unit_of_cost():
+    """The same games with every cost times 1e-6: the same paradoxes (the rise threshold was
+    ``TIE·max(1, SC)``, absolute below 1, and missed this one)."""
+    rng = np.random.default_rng(11)
+    pts = rng.random((64, 6, 2)) * 2
+    d = np.sqrt(((pts[:, :, None] - pts[:, None]) ** 2).sum(-1))
+    a, w = rng.uniform(0.2, 1.5, (64, 6)), rng.uniform(0.2, 2.0, (64, 6))
+    unit = caching.paradox_search(d, a, w, dtype="float32")
+    small = caching.paradox_search(d * 1e-6, a * 1e-6, w, dtype="float32")
+    assert unit["node_paradox_worst"] == 1
+    for k in ("node_paradox_worst", "node_paradox_best", "capacity_paradox_worst",
+              "capacity_paradox_best"):  # fmt: skip
+        assert small[k] == unit[k], k

@@ -35,6 +35,22 @@ def test_discrete_star_optimum_and_the_large_n_path():
     np.testing.assert_array_equal(small.profile, opt.profile)
 
 
+def test_solve_optimum_passes_starts_to_the_discrete_game(monkeypatch):
+    """``starts`` reaches the discrete game's optimum (at least its own 16, as in
+    ``pj.price_of_anarchy``); it was checked and then dropped."""
+    seen = []
+
+    def record(game, **kw):
+        seen.append(kw["starts"])
+        return "optimum"
+
+    monkeypatch.setattr(caching, "solve_optimum", record)
+    line = pj.SelfishCachingGame(caching.line_distance(18), 4.5)
+    assert pj.solve_optimum(line, starts=64) == "optimum"
+    pj.solve_optimum(line)  # the generic default, 2
+    assert seen == [64, 16]
+
+
 def _fluid():
     rng = np.random.default_rng(0)
     return pj.TieredCacheGame(
