@@ -99,6 +99,7 @@ from poa_jax.kernels import loop
 from poa_jax.kernels.simplex import project_rows
 from poa_jax.policies import Policy
 from poa_jax.starts import start_shares
+from poa_jax.validation import as_array, check
 
 __all__ = [
     "Model",
@@ -873,6 +874,27 @@ def _run_lanes(md, wl, pol, tgt, s0, *, closed, optimum, logit, tol, little_tol,
     return out
 
 
+def _check_policy(pol, n: int) -> None:
+    """The rules :func:`poa_jax.batching.prepare` applies to a routing game's policy: every
+    field finite and >= 0, a scalar or ``(n,)``, and ``w_true + w_prefill + w_decode > 0``
+    (a cost to route by). Unchecked, a negative ``tau`` ran as the argmin router and all-zero
+    weights as a uniform split, both reported converged, and a NaN weight came back as a
+    non-finite status from inside the solve."""
+    if not isinstance(pol, Policy):
+        raise InputError(f"policy: expected a pj.policies.Policy, got {type(pol).__name__}")
+    w = 0.0
+    for f in Policy.__dataclass_fields__:
+        name = f"policy.{f}"
+        a = as_array(name, getattr(pol, f))
+        if a.ndim > 1 or (a.ndim == 1 and a.shape[0] not in (1, n)):
+            raise InputError(f"{name}: shape {a.shape}: must be a scalar or ({n},), one per point")
+        check(name, a, "finite_ge0")
+        if f in ("w_true", "w_prefill", "w_decode"):
+            w = w + a
+    if np.any(w <= 0):
+        raise InputError("policy: w_true + w_prefill + w_decode must be > 0 (a cost to route by)")
+
+
 def solve(
     md: Model,
     wl: Workload,
@@ -942,6 +964,7 @@ def solve(
         name = "concurrency" if closed else "rate"
         raise InputError(f"{name}[{i}] = {float(target[i])!r}: must be finite and > 0")
     n = target.shape[0]
+    _check_policy(pol, n)
     mask = np.asarray(md.mask, bool)
     if mask.ndim == 1:
         mask = np.broadcast_to(mask, (n, mask.shape[0]))

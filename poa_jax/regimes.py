@@ -9,9 +9,10 @@ curvature is the second divided difference on the (non-uniform) grid
 for interior points ``i = 1..n−2`` (exact for a parabola). With ``i* = argmax κ_i`` the point of
 maximal curvature, the corner lies in one of the two cells next to ``C_{i*}``: the one whose
 other end has the larger curvature (``κ_{i*+1} ≥ κ_{i*−1}``: ``(C_{i*}, C_{i*+1}]``, else
-``(C_{i*−1}, C_{i*}]``; when ``i*`` is the last interior point the side is unknown and the
-interval is ``(C_{i*−1}, C_{i*+1}]``). That cell is the **knee interval**, and the **knee** is
-its upper end, the first grid point past the corner. Regimes:
+``(C_{i*−1}, C_{i*}]``; when ``i*`` is the first or the last interior point the curvature
+beyond the grid is unknown, so is the side, and the interval is ``(C_{i*−1}, C_{i*+1}]``).
+That cell is the **knee interval**, and the **knee** is its upper end, the first grid point
+past the corner. Regimes:
 
     slack      C_i < knee          (latency flat: below the knee)
     knee       C_i = knee
@@ -121,12 +122,14 @@ def knee_intervals(loads, latency) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     # Which cell next to i* holds the corner: the side whose curvature is the larger. A corner
     # inside (C_{i*-1}, C_{i*}) makes κ_{i*-1} > 0 = κ_{i*+1}; one at or past C_{i*}, the other
     # way round (a tie, a corner exactly at C_{i*}, keeps the upper cell). At the last interior
-    # point the curvature past the grid is unknown: the interval spans both cells.
+    # point the curvature past the grid is unknown, and at the first one the curvature before
+    # it (κ_0 is padding, not a measurement: a corner inside (C_0, C_1) gives κ_2 = 0 = κ_0,
+    # the tie of a corner at C_1): the interval spans both cells.
     n = c.size
     k_lo = np.take_along_axis(kap, np.maximum(i_star - 1, 0)[..., None], -1)[..., 0]
     k_hi = np.take_along_axis(kap, np.minimum(i_star + 1, n - 1)[..., None], -1)[..., 0]
-    lower = (k_lo > k_hi) & (i_star + 1 < n - 1)
-    edge = i_star + 1 >= n - 1
+    edge = (i_star + 1 >= n - 1) | (i_star <= 1)
+    lower = (k_lo > k_hi) & ~edge
     idx = np.where(has, np.where(lower, i_star, i_star + 1), -1)
     lo = np.where(has, np.where(lower | edge, i_star - 1, i_star), -1)
     grid = np.arange(c.size)

@@ -309,7 +309,8 @@ def run_serving_sweep(
       seed: seed of the variants and random starts.
       include_baselines: also the selfish and load-balanced policies.
       chunk: points per compiled call.
-      log: optional ``callable(str)``.
+      log: optional ``callable(str)``, given a line on the solve (counts, seconds) and one on
+        the files written.
 
     Returns:
       The summary (also written to ``summary.json``).
@@ -321,6 +322,10 @@ def run_serving_sweep(
                    include_baselines=include_baselines, chunk=chunk)  # fmt: skip
     conc, labels, eq = g["concurrency"], g["labels"], g["eq"]
     T, V, Cn, S = eq["latency"].shape
+    if log is not None:
+        tm = g["timing"]
+        log(f"solved {T * V * Cn * S} equilibria in {tm['equilibria']:.1f} s and "
+            f"{T * V * Cn} optima in {tm['optima']:.1f} s")  # fmt: skip
     # Knee per (topology, variant, policy) curve over C.
     lat = np.moveaxis(eq["latency"], 2, -1)  # (T, V, S, C)
     idx, codes, lo_idx = _knee_fields(conc, lat)
@@ -372,6 +377,8 @@ def run_serving_sweep(
         f.write("\n")
     os.replace(sum_path + ".tmp", sum_path)
     summary["results_path"], summary["summary_path"] = res_path, sum_path
+    if log is not None:
+        log(f"wrote {res_path} ({table.num_rows} rows) and {sum_path}")
     return summary
 
 

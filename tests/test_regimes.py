@@ -101,3 +101,13 @@ def test_falling_then_flat_curve_has_no_knee():
     r = np.maximum(1.0, 3.0 - GRID / 48.0)
     k = regimes.knee(GRID, r)
     assert k.value is None and set(k.regimes) == {"slack"}
+
+
+@pytest.mark.parametrize("corner", [9.0, 12.0, 15.5, 20.0])
+def test_knee_interval_holds_a_corner_in_the_first_cell(corner):
+    # Maximal curvature at the first interior point: κ_0 is padding, so a corner inside
+    # (C_0, C_1) (κ_2 = 0) and one at C_1 look alike; the interval must span both cells (it
+    # was (16, 32] for C* = 9, reporting the knee a cell late).
+    r = np.maximum(1.0, GRID / corner)
+    lo, hi = regimes.knee(GRID, r).interval
+    assert lo < corner <= hi

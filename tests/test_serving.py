@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from poa_jax import cli, load, policies, serving
+from poa_jax import cli, load, policies, serving, serving_sweep
 from poa_jax import topology as topo
 from poa_jax.errors import InputError
 
@@ -323,3 +323,14 @@ def test_optimum_converges_on_near_identical_workers():
     res, _ = load.pick(load.solve(b(md), wl, sel, c, optimum=True, starts=2), "best")
     assert res.converged.mean() >= 0.9
     np.testing.assert_array_less(res.little_residual, 1e-9)
+
+
+def test_serving_sweep_log_is_called(tmp_path):
+    # run_serving_sweep documented a log callable and never called it.
+    lines = []
+    serving_sweep.run_serving_sweep(
+        "llama70b-1p2d", [32.0, 512.0], tmp_path, include_baselines=False, log=lines.append
+    )
+    assert len(lines) == 2
+    assert lines[0].startswith("solved 32 equilibria") and "2 optima" in lines[0]
+    assert "results.parquet (32 rows)" in lines[1]

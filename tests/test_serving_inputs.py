@@ -80,3 +80,25 @@ def test_fit_csv_header_with_utf8_bom(tmp_path):
     assert f.read_bytes()[:3] == b"\xef\xbb\xbf"
     fit = serving.fit_csv(f)
     assert fit.points == {"prefill": 3} and fit.prefill is not None
+
+
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        (dict(tau=-1.0), r"policy\.tau = -1\.0: must be finite and >= 0"),
+        (dict(tau=float("nan")), r"policy\.tau = nan"),
+        (dict(w_prefill=float("nan")), r"policy\.w_prefill = nan"),
+        (dict(w_true=0.0), r"w_true \+ w_prefill \+ w_decode must be > 0"),
+        (dict(credit=np.ones(3)), r"policy\.credit: shape \(3,\)"),
+    ],
+)
+def test_closed_loop_rejects_a_bad_policy(bad, match):
+    # The load model's solve took any Policy: τ < 0 ran as the argmin router and all-zero
+    # weights as a uniform split, both reported converged; a NaN weight was status 2.
+    from poa_jax import load, policies
+
+    pol = dataclasses.replace(policies.selfish(), **bad)
+    with pytest.raises(InputError, match=match):
+        load.closed_loop(P, [8.0, 16.0], pol)
+    with pytest.raises(InputError, match=match):
+        load.open_loop(P, [8.0, 16.0], pol)
