@@ -50,14 +50,14 @@ def _parser():
     p.add_argument("--n", type=int, default=12, help="nodes of the discrete game")
     p.add_argument("--instances", type=int, default=10_000, help="discrete batch size N")
     p.add_argument("--starts", type=int, default=8, help="best-response starts per instance")
-    p.add_argument("--ref-instances", type=int, default=50, help="M, discrete reference")
+    p.add_argument("--ref-instances", type=int, default=50, help="M, discrete reference; 0 skips")
     p.add_argument("--ref-mitm", action="store_true", help="also time the NumPy MITM reference")
     p.add_argument("--fluid-instances", type=int, default=1000)
     p.add_argument("--fluid-dims", default="8,4,256", help="W,T,B")
     p.add_argument("--fluid-steps", type=int, default=300, help="optimum descent steps")
     p.add_argument("--fluid-sweeps", type=int, default=10,
                    help="optimum polish: passes of coordinated best responses")  # fmt: skip
-    p.add_argument("--fluid-ref-instances", type=int, default=5)
+    p.add_argument("--fluid-ref-instances", type=int, default=5, help="0 skips the reference")
     p.add_argument(
         "--fluid-dtype", choices=("float32", "float64"), default="float32",
         help="dtype of the batched fluid solver (the NumPy reference is always float64)",
@@ -187,6 +187,9 @@ def run_discrete(args, pj, caching):
     )  # fmt: skip
 
     m = min(args.ref_instances, N)
+    if m <= 0:  # no reference: no rate to compare with
+        out["reference"] = out["speedup"] = None
+        return out
     t_ref_br = t_ref_ex = t_ref_mitm = 0.0
     agree = dict(opt=0, worst=0, best=0, count=0, br_profiles=0)
     for i in range(m):
@@ -413,6 +416,9 @@ def run_fluid(args, pj, tc):
         opt_gap_median=float(np.median(opt.gap)), opt_gap_max=float(opt.gap.max()),
     )  # fmt: skip
     m = min(args.fluid_ref_instances, N)
+    if m <= 0:  # no reference: no rate to compare with
+        out["reference"] = out["speedup"] = None
+        return out
     opt_tol = tc.OPT_TOL[dt]  # the batched run's: the reference stops its descent by it too
     # Warm the reference as the batched side is warmed by its first call (scipy's imports and
     # HiGHS's first solve cost ~0.4 s once), on an instance of the first batch, untimed.

@@ -65,12 +65,15 @@ def main(argv=None) -> int:
         sweep.price_of_anarchy = stub_price_of_anarchy
     out = _run(sweep, args.points, args.chunk, args.part, args.out, args.no_merge)
     if real is not None:
-        engine_per_point = out["wall_s"] / out["points"]
-        solve_per_point = real["solve_s_steady"] / (real["points"] - real["chunk"])
         out["real_solver"] = real
-        out["engine_us_per_point"] = engine_per_point * 1e6
-        out["solver_us_per_point"] = solve_per_point * 1e6
-        out["overhead_share"] = engine_per_point / solve_per_point
+        if real["points"] > real["chunk"]:  # else only the first call ran: no steady solve
+            engine_per_point = out["wall_s"] / out["points"]
+            solve_per_point = real["solve_s_steady"] / (real["points"] - real["chunk"])
+            out["engine_us_per_point"] = engine_per_point * 1e6
+            out["solver_us_per_point"] = solve_per_point * 1e6
+            out["overhead_share"] = engine_per_point / solve_per_point
+        else:
+            print("--solve-points: one chunk only, no steady-state solve to compare with")
     for k, v in out.items():
         print(f"{k:>20}: {v:.4g}" if isinstance(v, float) else f"{k:>20}: {v}")
     if args.json:
@@ -120,7 +123,10 @@ def _run(sweep, points, chunk, part, out_dir, no_merge) -> dict:
         "solve_s": solve,
         "solve_s_steady": steady_solve,
         "overhead_share": overhead,
-        "points_per_s": (res.summary["points"] - res.summary["chunk_points"]) / steady_wall,
+        # after the first call; None where it was the only one (one chunk)
+        "points_per_s": (res.summary["points"] - res.summary["chunk_points"]) / steady_wall
+        if res.summary["points"] > res.summary["chunk_points"]
+        else None,
         "converged_share": res.summary["converged_share"],
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "loadavg": os.getloadavg(),

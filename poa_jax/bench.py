@@ -48,6 +48,10 @@ class Row:
     kernel: str  # which implementation ran ("xla", or "pallas" where the fused kernel ran)
     chunk: int  # lanes per call (batching.MAX_CHUNK on this backend, or --chunk)
     round_iters: int  # iterations per compacted round (batching.ROUND_ITERS, or --round-iters)
+    #: whether the steady-state call ran compacted rounds; where it did not (at most
+    #: batching.COMPACT_ABOVE lanes per device, or the fused kernel), the batch ran as one loop
+    #: and chunk and round_iters played no part (the table shows "—" for them)
+    compacted: bool = True
     #: "while" (early exit) or "fixed" (POA_JAX_ROUND_LOOP=fixed), then " xU" where each loop
     #: trip runs U steps (POA_JAX_LOOP_UNROLL=U); see poa_jax.kernels.loop
     round_loop: str = "while"
@@ -106,6 +110,7 @@ def run(
 
 def _run(batches, dtype, tol, max_iters, repeats, seed, progress, cap, round_iters):
     import poa_jax as pj
+    from poa_jax import batching
     from poa_jax.synthetic import random_games
 
     rows = []
@@ -114,16 +119,19 @@ def _run(batches, dtype, tol, max_iters, repeats, seed, progress, cap, round_ite
         games = [random_games(seed + k, n) for k in range(repeats + 1)]
 
         def pair(g):
+            c0 = batching.DRIVE_STATS["calls"]  # compacted calls: did the rounds run?
             t0 = time.perf_counter()
             eq = pj.solve_equilibrium(g, tol=tol, max_iters=max_iters, dtype=dtype)
             t1 = time.perf_counter()
+            c1 = batching.DRIVE_STATS["calls"]
             opt = pj.solve_optimum(g, tol=tol, max_iters=max_iters, dtype=dtype, x0=eq.flows)
             t2 = time.perf_counter()
-            return eq, opt, t1 - t0, t2 - t1
+            c2 = batching.DRIVE_STATS["calls"]
+            return eq, opt, t1 - t0, t2 - t1, (c1 > c0, c2 > c1)
 
         if progress:
             progress(f"N={n}: first call (compiles)")
-        _, _, f_eq, f_opt = pair(games[0])
+        _, _, f_eq, f_opt, _ = pair(games[0])
         best = None
         for k in range(repeats):
             if progress:
@@ -131,7 +139,7 @@ def _run(batches, dtype, tol, max_iters, repeats, seed, progress, cap, round_ite
             r = pair(games[k + 1])
             if best is None or r[2] + r[3] < best[2] + best[3]:
                 best = r
-        eq, opt, t_eq, t_opt = best
+        eq, opt, t_eq, t_opt, (rounds_eq, rounds_opt) = best
         both = _stats(eq)
         both.update(
             converged_share=float(np.mean(np.asarray(eq.converged) & np.asarray(opt.converged))),
@@ -140,10 +148,10 @@ def _run(batches, dtype, tol, max_iters, repeats, seed, progress, cap, round_ite
             max_gap=max(_stats(eq)["max_gap"], _stats(opt)["max_gap"]),
         )
         kernel = _kernel()  # what the steady-state calls ran on
-        for name, sol_stats, first, t in (
-            ("equilibrium", _stats(eq), f_eq, t_eq),
-            ("optimum", _stats(opt), f_opt, t_opt),
-            ("eq+opt", both, f_eq + f_opt, t_eq + t_opt),
+        for name, sol_stats, first, t, compacted in (
+            ("equilibrium", _stats(eq), f_eq, t_eq, rounds_eq),
+            ("optimum", _stats(opt), f_opt, t_opt, rounds_opt),
+            ("eq+opt", both, f_eq + f_opt, t_eq + t_opt, rounds_eq or rounds_opt),
         ):
             rows.append(
                 Row(
@@ -159,6 +167,7 @@ def _run(batches, dtype, tol, max_iters, repeats, seed, progress, cap, round_ite
                     chunk=cap,
                     round_iters=round_iters,
                     round_loop=loop.describe(),
+                    compacted=compacted,
                     **sol_stats,
                 )  # fmt: skip
             )
@@ -173,10 +182,11 @@ def format_rows(rows: list[Row]) -> str:
     )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
+        chunk, rounds = (r.chunk, r.round_iters) if r.compacted else ("—", "—")
         lines.append(
             f"| {r.solver} | {r.batch} | {r.dtype} | {r.tol:g} | {r.instances_per_s:,.0f} | "
             f"{r.steady_s:.3f} | {r.compile_s:.1f} | {r.iterations_median:g} | "
             f"{r.iterations_max} | {r.converged_share:.1%} | {r.max_gap:.1e} | {r.device} | "
-            f"{r.kernel} | {r.chunk} | {r.round_iters} | {r.round_loop} |"
+            f"{r.kernel} | {chunk} | {rounds} | {r.round_loop} |"
         )
     return "\n".join(lines)

@@ -60,9 +60,11 @@ export PYTHONUNBUFFERED=1
 # One persistent compilation cache for every step (and a rerun on the same warm machine).
 export JAX_COMPILATION_CACHE_DIR="${JAX_COMPILATION_CACHE_DIR:-/tmp/poa_jax_jit_cache}"
 t0=$(date +%s)
+RAN=()  # the steps of this run: the table reads only their outputs ($OUT may hold older ones)
 step() {  # step NAME SECONDS COMMAND...: runs with a limit, logs to $OUT/NAME.log
     local name=$1 limit=$2; shift 2
     local s=$(date +%s)
+    RAN+=("$name"); rm -f "$OUT/$name.log" "$OUT/$name.json" "$OUT/$name.md"
     timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
     local rc=$?
     echo "| $name | rc $rc | $(( $(date +%s) - s )) s |" | tee -a "$OUT/steps.md"
@@ -71,12 +73,14 @@ step() {  # step NAME SECONDS COMMAND...: runs with a limit, logs to $OUT/NAME.l
 echo "| step | status | wall |" >"$OUT/steps.md"; echo "|---|---|---|" >>"$OUT/steps.md"
 step install 60 "$PY" -m pip install --no-deps --no-build-isolation -e .
 # Where the install fails (e.g. a setuptools without bdist_wheel), run from the source tree:
-# a shadow package with kernels/ at poa_jax/kernels, first on PYTHONPATH.
+# a shadow package with kernels/ at poa_jax/kernels, first on PYTHONPATH. PYTHONSAFEPATH=1
+# keeps `python -m`/`-c` (and the tests' subprocesses) from putting the working directory,
+# whose poa_jax/ has no kernels/, ahead of it on sys.path.
 if [[ "${GPU_CHECK_FROM_SOURCE:-0}" == 1 ]] || ! "$PY" -c "import poa_jax.kernels.vi" 2>/dev/null; then
     SHADOW=$(mktemp -d); mkdir "$SHADOW/poa_jax"
     for f in poa_jax/*; do ln -s "$PWD/$f" "$SHADOW/poa_jax/"; done
     ln -s "$PWD/kernels" "$SHADOW/poa_jax/kernels"
-    export PYTHONPATH="$SHADOW:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+    export PYTHONPATH="$SHADOW:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONSAFEPATH=1
     echo "| (from source: PYTHONPATH=$SHADOW) | | |" | tee -a "$OUT/steps.md"
 fi
 "$PY" - <<'PY' | tee "$OUT/device.txt"
@@ -135,17 +139,26 @@ fi
 {
     echo "# GPU check, $(date -u '+%Y-%m-%d %H:%M UTC'), $(( $(date +%s) - t0 )) s"
     echo; cat "$OUT/device.txt"; echo; cat "$OUT/steps.md"; echo
-    [[ -f "$OUT/fused.md" ]] && cat "$OUT/fused.md"; echo
-    [[ -f "$OUT/fused_rounds.md" ]] && cat "$OUT/fused_rounds.md"; echo
-    grep -E '^\|' "$OUT/bench.log" 2>/dev/null || true
-    first=$(ls "$OUT"/tuning_*.log 2>/dev/null | head -n 1)
-    if [[ -n "$first" ]]; then  # one header, then the eq+opt row of every setting
-        echo; grep -E '^\| solver|^\|---' "$first"; grep -hE '^\| eq\+opt' "$OUT"/tuning_*.log
-    fi
-    for f in "$OUT"/loops_*.log; do  # the loop column names the setting
-        [[ -f "$f" ]] && { echo; echo "$(basename "$f" .log):"; grep -E '^\|(---| solver| eq\+opt)' "$f"; }
+    echo "Compile times and first calls load what JAX's persistent cache already holds"
+    echo "($JAX_COMPILATION_CACHE_DIR: earlier steps and runs on this machine), so they can"
+    echo "be far below a cold compile."; echo
+    ran() { [[ " ${RAN[*]} " == *" $1 "* ]]; }
+    ran fused && [[ -f "$OUT/fused.md" ]] && cat "$OUT/fused.md"; echo
+    ran fused_rounds && [[ -f "$OUT/fused_rounds.md" ]] && cat "$OUT/fused_rounds.md"; echo
+    ran bench && grep -E '^\|' "$OUT/bench.log"
+    tuning=(); loops=()
+    for n in "${RAN[@]}"; do
+        [[ "$n" == tuning_* ]] && tuning+=("$OUT/$n.log")
+        [[ "$n" == loops_* ]] && loops+=("$OUT/$n.log")
     done
-    if [[ -f "$OUT/cmdbuf.log" ]]; then
+    if (( ${#tuning[@]} )); then  # one header (from a run that printed one), then the eq+opt rows
+        echo; grep -hE '^\| solver|^\|---' "${tuning[@]}" | head -n 2
+        grep -hE '^\| eq\+opt' "${tuning[@]}"
+    fi
+    for f in "${loops[@]}"; do  # the loop column names the setting
+        echo; echo "$(basename "$f" .log):"; grep -E '^\|(---| solver| eq\+opt)' "$f"
+    done
+    if ran cmdbuf; then
         echo; echo "command buffers (+WHILE,+CONDITIONAL):"; grep -E '^\|' "$OUT/cmdbuf.log"
     fi
 } >"$OUT/table.md"

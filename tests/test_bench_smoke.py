@@ -136,3 +136,35 @@ def test_coupled_bench_smoke_reports_the_rounds(tmp_path, capsys):
     assert rounds["poa_mean"] >= descent["poa_mean"] and rounds["poa_rise_max"] >= 0
     assert json.loads(out.read_text())["rows"] == rows
     assert "PoA rise max" in capsys.readouterr().out
+
+
+def test_caching_bench_without_references(capsys):
+    """``bench_caching`` with 0 reference instances (either part) skips the reference instead
+    of dividing by zero after the whole batched run."""
+    from benchmarks import bench_caching
+
+    res = bench_caching.main(["--instances", "8", "--n", "6", "--starts", "2",
+                              "--ref-instances", "0", "--fluid-instances", "2",
+                              "--fluid-dims", "3,2,16", "--fluid-steps", "20",
+                              "--fluid-sweeps", "1", "--fluid-ref-instances", "0"])  # fmt: skip
+    for part in ("discrete", "fluid"):
+        assert res[part]["rate"] > 0
+        assert res[part]["reference"] is None and res[part]["speedup"] is None
+    assert '"reference": null' in capsys.readouterr().out
+
+
+def test_sweep_bench_with_one_chunk(tmp_path, monkeypatch, capsys):
+    """``bench_sweep`` where the sweep is one chunk: nothing ran after the first call, so there
+    is no steady rate (None, not 0 points/s) and no solver time per point to divide by (the
+    real solver is stubbed here too: only the arithmetic is under test)."""
+    from benchmarks import bench_sweep
+    from poa_jax import sweep
+
+    monkeypatch.setattr(sweep, "price_of_anarchy", bench_sweep.stub_price_of_anarchy)
+    out = tmp_path / "sweep.json"
+    assert bench_sweep.main(["--stub", "--points", "100", "--solve-points", "100",
+                             "--out", str(tmp_path / "s"), "--json", str(out)]) == 0  # fmt: skip
+    res = json.loads(out.read_text())
+    assert res["points"] == res["chunk"] and res["points_per_s"] is None
+    assert res["real_solver"]["points_per_s"] is None and "solver_us_per_point" not in res
+    assert "one chunk only" in capsys.readouterr().out

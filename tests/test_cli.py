@@ -652,6 +652,23 @@ def test_bench_table_and_tuning(tmp_path, monkeypatch):
             batching.ROUND_ITERS) == defaults  # fmt: skip
 
 
+def test_bench_says_when_no_compacted_round_ran():
+    """A solve of at most COMPACT_ABOVE lanes per device runs as one loop: ``--chunk`` and
+    ``--round-iters`` play no part there, and its row must not claim them (the equilibrium's
+    100 lanes here; the optimum's 3 starts per instance make 300 lanes on one device)."""
+    from poa_jax import batching, bench
+
+    rows = bench.run([100], repeats=1, chunk=128, round_iters=16)
+    eq, opt, both = rows
+    assert not eq.compacted
+    assert opt.compacted == (300 // jax.local_device_count() > batching.COMPACT_ABOVE)
+    assert both.compacted == opt.compacted
+    table = bench.format_rows(rows).splitlines()
+    assert table[2].startswith("| equilibrium |") and table[2].endswith(
+        f"| — | — | {loop.describe()} |"
+    )
+
+
 def test_read_game_takes_inf_as_written_in_the_output(tmp_path):
     """JSON has no infinity; the output writes it "inf", and kappa / cache_size take it back."""
     from poa_jax.cli import read_game
