@@ -715,13 +715,14 @@ _INT_KEYS = {"workers", "points", "starts", "max_iters", "optimum_starts"}
 
 
 def _jsonable(v, key: str = ""):
-    """JSON-ready copy: numbers as floats (ints only for counts, so ``8000`` ≡ ``8000.0``)."""
+    """JSON-ready copy: numbers as floats (ints only for counts, so ``8000`` ≡ ``8000.0``, and
+    for integers a float cannot hold exactly, such as ``seeds.seed = 2**53 + 1``)."""
     if isinstance(v, dict):
         return {k: _jsonable(x, k) for k, x in v.items()}
     if isinstance(v, list | tuple):
         return [_jsonable(x, key) for x in v]
-    if _is_int(v) and key in _INT_KEYS:
-        return int(v)
+    if _is_int(v) and (key in _INT_KEYS or abs(int(v)) > 2**53):
+        return int(v)  # past 2**53 a float would round distinct integers (seeds) together
     if _is_number(v):
         v = float(v)
         return v if math.isfinite(v) else repr(v)  # "inf": JSON has no infinity
@@ -910,8 +911,8 @@ def _validate(s: Scenario) -> None:
             if k == "credits":
                 if not isinstance(v, list) or len(v) != 3:
                     ck.fail(f"{p}.params.credits", "must be a list of 3 numbers (G1, G2, G3)", v)
-                for j, x in enumerate(v):
-                    ck.number(f"{p}.params.credits[{j}]", x, "ge0")
+                for j, x in enumerate(v):  # fractions of a hit, as dynamo() requires
+                    ck.number(f"{p}.params.credits[{j}]", x, "unit")
             else:
                 ck.number(f"{p}.params.{k}", v, "ge0")
         label = pol.display()
@@ -1011,9 +1012,20 @@ def _array(ck: _Check, path: str, v) -> list:
     return list(v)
 
 
+def _plain(v):
+    """NumPy arrays (a Python scenario's ``np.linspace`` axis) as lists, recursively."""
+    if isinstance(v, np.ndarray):
+        return _plain(v.tolist())
+    if isinstance(v, Mapping):
+        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_plain(x) for x in v]
+    return v
+
+
 def _parse(data: Mapping, source: str) -> Scenario:
     ck = _Check(source)
-    top = _table(ck, "", data, _TOP, _TOP_REQUIRED)
+    top = _table(ck, "", _plain(data), _TOP, _TOP_REQUIRED)
     stem = os.path.splitext(os.path.basename(source))[0] if source else ""
     name = top.get("name", stem)
 
@@ -1143,7 +1155,7 @@ def _policy_grid(ck: _Check, grid) -> list[PolicySpec]:
                     if not isinstance(x, list | tuple) or len(x) != 3:
                         ck.fail(q, "must be a list of 3 numbers (G1, G2, G3)", x)
                     for m, c in enumerate(x):
-                        ck.number(f"{q}[{m}]", c, "ge0")
+                        ck.number(f"{q}[{m}]", c, "unit")
                 else:
                     ck.number(q, x, "ge0")
             lists[k] = vals

@@ -280,7 +280,10 @@ def _write_atomic(path: str, write) -> None:
 
 
 def _finite_or_none(v):
-    """JSON has no NaN/inf: non-finite floats become null, recursively."""
+    """JSON has no NaN/inf: non-finite floats become null, recursively; NumPy scalars (a
+    Python scenario's ``workers = np.int64(4)``) become Python numbers."""
+    if isinstance(v, np.generic):
+        v = v.item()
     if isinstance(v, dict):
         return {k: _finite_or_none(x) for k, x in v.items()}
     if isinstance(v, list | tuple):
@@ -679,8 +682,10 @@ class _Summary:
                     "eq_mean_latency": [float(x) for x in mean["eq_mean_latency"][i, j]],
                     "opt_mean_latency": [float(x) for x in mean["opt_mean_latency"][i, j]],
                     "converged_share": float(self.converged[i, j].sum() / self.n[i, j].sum()),
-                    "overloaded_from": next(
-                        (util[m] for m in range(len(util)) if self.overloaded[i, j, m]), None
+                    # the lowest overloaded utilisation (load.values may be in any order)
+                    "overloaded_from": min(
+                        (util[m] for m in range(len(util)) if self.overloaded[i, j, m]),
+                        default=None,
                     ),
                 }
                 if reps > 1:  # the curves above are means over variants and seeds

@@ -115,6 +115,16 @@ def test_integer_and_float_spellings_hash_alike(tmp_path):
     assert a.hash() == b.hash()
 
 
+def test_seeds_past_float_precision_hash_apart():
+    """seeds.seed = 2**53 and 2**53 + 1 draw other replicates: as floats they hashed alike, so
+    a folder solved for one was reused for the other."""
+    sc = S.Scenario.from_dict(__import__("tomllib").loads(TINY))
+    a, b = (dataclasses.replace(sc, seeds=S.SeedAxis(2, 0.2, 2**53 + k)) for k in (0, 1))
+    assert not np.array_equal(a.build().game.demand, b.build().game.demand)
+    assert a.hash() != b.hash()
+    assert S.Scenario.from_dict(b.to_dict()).hash() == b.hash()
+
+
 def test_defaults_written_out_hash_as_left_out():
     """tol and max_iters at their defaults are the same sweep (a resume was refused as
     'another scenario' for tol = 1e-5 written out in float32); other values are not."""
@@ -176,6 +186,22 @@ def test_python_scenario_files(tmp_path):
             S.load_scenario(tmp_path / name)
     with pytest.raises(pj.InputError, match="no such scenario file"):
         S.load_scenario(tmp_path / "missing.py")
+
+
+def test_numpy_axes_of_a_python_scenario():
+    """Axes computed with NumPy (np.linspace, np.logspace) in a dict scenario were refused
+    ("load.values = array([...]): must be an array of numbers")."""
+    d = __import__("tomllib").loads(TINY)
+    d["load"] = {"values": np.linspace(0.2, 1.0, 5)}
+    d["policy_grid"] = [{"name": "dynamo", "omega": np.logspace(-1, 0, 3), "tau": np.zeros(1)}]
+    sc = S.Scenario.from_dict(d)
+    assert sc.load.utilisation().tolist() == np.linspace(0.2, 1.0, 5).tolist()
+    assert sc.policy_labels()[2:] == [
+        "dynamo(omega=0.1, tau=0)", "dynamo(omega=0.316228, tau=0)", "dynamo(omega=1, tau=0)",
+    ]  # fmt: skip
+    listed = dict(d, load={"values": np.linspace(0.2, 1.0, 5).tolist()})
+    listed["policy_grid"] = [{"name": "dynamo", "omega": [0.1, 10**-0.5, 1.0], "tau": [0.0]}]
+    assert S.Scenario.from_dict(listed).hash() == sc.hash()
 
 
 def test_built_in_python():
@@ -264,6 +290,11 @@ BAD = {
     "p below one": ("a = 8.0", "a = 8.0\np = 0.5", ["worker.p = 0.5", ">= 1"]),
     "rho_max one": ("rho_max = 0.95", "rho_max = 1.0", ["worker.rho_max = 1.0", "(0, 1)"]),
     "negative prefill": ("b = 0.1019", "b = -0.1", ["worker.prefill.b = -0.1", ">= 0"]),
+    "dynamo credit above one": (
+        'name = "selfish"',
+        'name = "dynamo"\nparams = { credits = [1.0, 0.75, 2.0] }',
+        ["policies[0].params.credits[2] = 2.0", "must be in [0, 1]"],
+    ),
     "dtype": ('dtype = "float32"', 'dtype = "float16"', ["solver.dtype = 'float16'", "float32"]),
     "starts zero": ("starts = 2", "starts = 0", ["solver.starts = 0", ">= 1"]),
     "load not a table": (
@@ -403,6 +434,10 @@ GRID_ERRORS = {
     "duplicate label": (
         'name = "dynamo"\nomega = [1.0, 1.0]',
         "policy_grid[0] = 'dynamo(omega=1)': duplicate policy label (a value listed twice, or",
+    ),
+    "credit above one": (
+        'name = "dynamo"\ncredits = [1.5, 0.75, 0.25]',
+        "policy_grid[0].credits[0] = 1.5: must be in [0, 1]",
     ),
     "same as a listed policy": (
         'name = "selfish"',

@@ -161,6 +161,38 @@ def _memory_of(fn) -> tuple[int, int]:
         tracemalloc.stop()
 
 
+def test_numpy_integers_of_a_python_scenario_reach_summary_json(stubbed, tmp_path):
+    """A Python scenario computing its axes with NumPy (workers from np.arange): the sweep
+    solved every part, then failed writing summary.json (int64 is not JSON serializable)."""
+    d = __import__("tomllib").loads(TINY)
+    d["topologies"] = [{"name": f"{k}D", "workers": k} for k in np.arange(1, 3)]
+    d["seeds"] = {"count": np.int64(2), "seed": np.int64(3), "jitter": 0.1}
+    d["solver"]["starts"] = np.int64(2)
+    res = sweep.run_sweep(S.Scenario.from_dict(d), tmp_path / "np", progress=False)
+    assert res.table.num_rows == 24
+    summary = json.loads((tmp_path / "np" / "summary.json").read_text())
+    assert [g["workers"] for g in summary["per_topology_policy"]] == [1, 1, 2, 2]
+    assert summary["axes"]["seed"]["seed"] == 3 and summary["solver"]["starts"] == 2
+
+
+def test_overloaded_from_is_the_lowest_overloaded_load(tmp_path, monkeypatch):
+    """load.values in any order: overloaded_from was the first overloaded value in the file's
+    order (1.0 for [1.0, 0.3, 0.7] overloaded from 0.7)."""
+
+    def stub(game, policy, **kw):
+        res = stub_price_of_anarchy(game, policy, **kw)
+        util = np.asarray(game.demand).sum(-1) / demand_at_one
+        res.equilibrium.overloaded = util > 0.5
+        return res
+
+    sc = _tiny(load=S.LoadAxis(values=(1.0, 0.3, 0.7)))
+    demand_at_one = sc.build(np.arange(2)).labels.columns["demand_total"][0]
+    sc = dataclasses.replace(sc, topologies=sc.topologies[:1])
+    monkeypatch.setattr(sweep, "price_of_anarchy", stub)
+    res = sweep.run_sweep(sc, tmp_path, progress=False)
+    assert [g["overloaded_from"] for g in res.summary["per_topology_policy"]] == [0.7, 0.7]
+
+
 def test_host_memory_is_flat_in_the_number_of_parts(stubbed, tmp_path):
     def run(seeds):
         sc = _tiny(seeds=S.SeedAxis(count=seeds, jitter=0.1))
