@@ -278,6 +278,26 @@ def test_simplex_lanes_match_kernels_simplex():
     np.testing.assert_allclose(got, np.asarray(want).T, rtol=1e-12, atol=1e-12)
 
 
+def test_simplex_lanes_project_infinite_entries_as_kernels_simplex():
+    """The lanes' top-set sums multiply by the 0/1 comparison; a −∞ entry (an overflowed step)
+    still goes to 0 and a +∞ one takes the whole total, as in ``project_simplex`` (the +∞ row
+    came back NaN before), and a NaN entry makes its row NaN, as there."""
+    k, n = 4, 8
+    rng = np.random.default_rng(7)
+    z = rng.normal(0, 1, (k, n)).astype(np.float32)
+    z[1, :4] = -np.inf
+    z[2, 4:] = np.inf
+    z[3, 3] = np.nan
+    w = np.exp(rng.normal(0, 1, (k, n))).astype(np.float32)
+    total = np.full(n, 1.5, np.float32)
+    m = np.ones((k, n), bool)
+    got = np.asarray(_proj_kernel(*(jnp.asarray(a) for a in (z, total, w, m))))
+    want = np.asarray(jax.vmap(simplex.project_simplex)(z.T, total, w.T, m.T)).T
+    assert np.all(want[1, :3] == 0) and np.all(np.isnan(want[:, 3]))
+    np.testing.assert_allclose(want[2, 4:], 1.5)  # the +∞ entry takes the total
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
 def test_simplex_lanes_keep_the_total_when_rounding_loses_it():
     k, n = 3, 8
     z = np.full((k, n), 1e20, np.float32)
