@@ -107,10 +107,40 @@ def use_fused(
 # --------------------------------------------------------------------------- lane-form model
 
 
-def _latency(f, w, second: bool = False):
+#: Largest latency power ``p`` for which the kernel takes ``x^(p−1)`` by multiplication.
+SMALL_POWER = 8
+
+
+def small_integer_powers(p) -> bool:
+    """True where every latency power ``p`` of a batch is one of ``1, …,`` :data:`SMALL_POWER`
+    (BPR's 4, M/M/1-like fits): the kernel is then built with ``x^(p−1)`` by squaring
+    (:func:`_small_power`) instead of ``powf``, ~9% of an iteration's instructions on sm_90.
+    Decided on the host, per call: a batch with any other power compiles the ``powf`` kernel."""
+    p = np.asarray(p)
+    return bool(np.all((p == np.round(p)) & (p >= 1) & (p <= SMALL_POWER)))
+
+
+def _small_power(x, q):
+    """``x**q`` for ``q`` in ``{0, …, 7}`` by squaring: 3 multiplies and 3 selects (``powf``
+    from libdevice is ~90 instructions with its special cases). Same special values as ``pow``
+    for ``x ≥ 0``: ``x⁰ = 1`` (also for 0, ∞ and NaN), ``0^q = 0``, ``∞^q = ∞``; within an ulp
+    or two of it elsewhere."""
+    b2 = q >= 4.0
+    q = q - jnp.where(b2, 4.0, 0.0)
+    b1 = q >= 2.0
+    b0 = q - jnp.where(b1, 2.0, 0.0) >= 1.0
+    x2 = x * x
+    r = jnp.where(b0, x, jnp.ones_like(x))
+    r = jnp.where(b1, r * x2, r)
+    return jnp.where(b2, r * (x2 * x2), r)
+
+
+def _latency(f, w, second: bool = False, small_power: bool = False):
     """``ℓ(w)``, ``ℓ'(w)`` (and ``ℓ''(w)``) of one worker, fields and ``w`` lane vectors.
 
-    The formulas of :mod:`poa_jax.latency` with one power shared by value and slopes.
+    The formulas of :mod:`poa_jax.latency` with one power shared by value and slopes; with
+    ``small_power`` (every ``p`` in ``1, …,`` :data:`SMALL_POWER`, checked by the caller) the
+    power is taken by :func:`_small_power`.
     """
     a, b, c, p, d, kappa, rho = (f[n] for n in _LAT)
     finite = ~jnp.isinf(kappa)
@@ -122,7 +152,7 @@ def _latency(f, w, second: bool = False):
     dd = jnp.where(finite, d, 0.0)
     xs = jnp.where(finite, xc, 0.0)
     gap = k - xs
-    xp1 = jnp.power(xc, p - 1.0)
+    xp1 = _small_power(xc, p - 1.0) if small_power else jnp.power(xc, p - 1.0)
     sing = dd * k / (gap * gap)
     der = b + c * p * xp1 + sing
     val = a + b * xc + c * xc * xp1 + dd * xs / gap + der * over
@@ -155,14 +185,14 @@ def _prefill(w, n):
     return w["pre_a"] + w["pre_b"] * n + w["pre_c"] * n * n
 
 
-def _equilibrium_field(xk, w, g) -> pv.Field:
+def _equilibrium_field(xk, w, g, small_power: bool = False) -> pv.Field:
     """Perceived cost and slope of the policy on worker ``k``
     (:func:`poa_jax.policies.perceived_cost`); ``xk`` the column, ``w`` the worker's fields."""
     J = len(xk)
     _, _, h, n, _, W = _column(xk, w, g)
     D = pv.lane_sum([xk[j] * g["tokens"][j] for j in range(J)])
     wt, wp, wd, credit = (g[f] for f in ("w_true", "w_prefill", "w_decode", "credit"))
-    lat, dlat = _latency(_latency_of(w), W)
+    lat, dlat = _latency(_latency_of(w), W, small_power=small_power)
     cost, scale = [], []
     for j in range(J):
         tok = g["tokens"][j]
@@ -174,12 +204,12 @@ def _equilibrium_field(xk, w, g) -> pv.Field:
     return pv.Field(cost, scale)
 
 
-def _optimum_field(xk, w, g) -> pv.Field:
+def _optimum_field(xk, w, g, small_power: bool = False) -> pv.Field:
     """``∇SC``, the diagonal curvature and worker ``k``'s term of ``SC``
     (:func:`poa_jax.game.social_cost_gradient`); ``xk`` the column, ``w`` the worker's fields."""
     J = len(xk)
     e, q, _, n, X, W = _column(xk, w, g)
-    lat, dlat, d2lat = _latency(_latency_of(w), W, second=True)
+    lat, dlat, d2lat = _latency(_latency_of(w), W, second=True, small_power=small_power)
     m = w["worker_mask"] > 0.5
     slope_e = w["residency"] / w["cache_size"]
     tok = g["tokens"]
@@ -243,8 +273,10 @@ def _params(game: RoutingGame, policy: Policy | None, n: int, dtype) -> tuple[di
 
 @functools.cache
 def _kernel(kind: str, tol: float, max_iters: int, interpret: bool, block: int, num_warps,
-            state: str = "registers", momentum: float = 0.0):  # fmt: skip
+            state: str = "registers", momentum: float = 0.0,
+            small_power: bool = False):  # fmt: skip
     field = _equilibrium_field if kind == "equilibrium" else _optimum_field
+    field = functools.partial(field, small_power=small_power)
     return pv.projection_kernel(
         field, tol=tol, max_iters=max_iters, block=block, interpret=interpret,
         num_warps=None if interpret else num_warps, num_stages=None if interpret else 1,
@@ -313,7 +345,8 @@ def _run(kind, params, demand, mask, x0, *, tol, max_iters, interpret, rounds, b
     padded with copies of a lane whose result is dropped.
     """
     kern = _kernel(kind, float(tol), int(max_iters), bool(interpret), int(block), num_warps,
-                   state or STATE, _momentum(kind))  # fmt: skip
+                   state or STATE, _momentum(kind),
+                   small_integer_powers(params[0]["lat_p"]))  # fmt: skip
     if chunk is None:
         chunk = CHUNK.get("interpret" if interpret else jax.default_backend(), CHUNK["gpu"])
     sizes = _sizes(block, chunk)

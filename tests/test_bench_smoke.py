@@ -103,6 +103,41 @@ def test_kernel_resources_lowers_every_kernel_and_layout(tmp_path, capsys):
         assert mem.count("tt.store") > reg.count("tt.store")  # grids go back to memory per trip
 
 
+_SASS = """
+        /*0000*/                   MOV R1, c[0x0][0x28] ;                /* 0x0 */
+        /*0010*/                   LDG.E R2, desc[UR6][R4.64] ;          /* 0x0 */
+        /*0020*/                   FADD R3, R2, R2 ;                     /* 0x0 */
+        /*0030*/                   LEA R4, P0, R3, UR8, 0x2 ;            /* 0x0 */
+        /*0040*/                   FMUL R3, R3, R3 ;                     /* 0x0 */
+        /*0050*/               @P0 BRA 0x40 ;                            /* 0x0 */
+        /*0060*/                   FSEL R5, R3, RZ, P1 ;                 /* 0x0 */
+        /*0070*/                   FFMA R6, R5, R5, R3 ;                 /* 0x0 */
+        /*0080*/                   STG.E desc[UR6][R4.64], R6 ;          /* 0x0 */
+        /*0090*/              @!P2 BRA 0x70 ;                            /* 0x0 */
+        /*00a0*/                   IMAD.MOV.U32 R7, RZ, RZ, R6 ;         /* 0x0 */
+        /*00b0*/                   BRA 0x20 ;                            /* 0x0 */
+        /*00c0*/                   EXIT ;                                /* 0x0 */
+"""
+
+
+def test_sass_instructions_per_iteration_weigh_blocks_by_their_loops():
+    """The solver's loop (0x20–0xb0) holds the field's loop (0x40–0x50, K trips) and the row
+    loop (0x70–0x90, J trips); its other instructions count once, and those before it (MOV,
+    LDG) not at all. Hand count with J = 5, K = 6: FADD + LEA + (FMUL + BRA)·6 + FSEL +
+    (FFMA + STG + BRA)·5 + IMAD.MOV + BRA."""
+    from benchmarks import kernel_resources as kr
+
+    sass = kr.parse_sass(_SASS)
+    assert len(sass) == 13 and sass[5] == (0x50, "@P0 BRA 0x40")
+    c = kr.per_iteration(sass, num_rows=5, num_cols=6)
+    assert c["total"] == 2 + 2 * 6 + 1 + 3 * 5 + 2
+    assert c["float"] == 1 + 6 + 5  # FADD, FMUL ×6, FFMA ×5
+    assert c["address"] == 1 and c["select"] == 1 and c["memory"] == 5 and c["move"] == 1
+    assert c["other"] == 6 + 5 + 1  # the branches
+    with pytest.raises(ValueError, match="one solver loop"):
+        kr.per_iteration(sass[:10], 5, 6)  # no loop around the two inner ones
+
+
 def test_fused_bench_smoke_reports_slot_occupancy(tmp_path):
     """``bench_fused --smoke`` (the pure path on the CPU) writes its table and JSON, with the
     fused driver's busy share of lane slots for the equilibria's counts under ``--rounds``:

@@ -132,6 +132,48 @@ def test_equilibria_float64_match_pure_jax(eq64):
     np.testing.assert_array_equal(out["overloaded"], ref["overloaded"])
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_small_power_is_pow(dtype):
+    """``x^q`` by squaring for ``q = 0 … 7``: within a few ulps of ``pow``, and ``pow``'s
+    special values (``x⁰ = 1`` for 0, ∞ and NaN too; ``0^q = 0``; ``∞^q = ∞``)."""
+    x = np.array([0.0, 1e-30, 0.3, 1.0, 2.5, 7.0, 1e3, np.inf, np.nan], dtype)
+    for q in range(8):
+        got = np.asarray(fused._small_power(jnp.asarray(x), jnp.full(x.shape, q, dtype)))
+        want = np.power(x, dtype(q))
+        np.testing.assert_allclose(got, want, rtol=8 * np.finfo(dtype).eps, err_msg=str(q))
+        assert got.dtype == dtype
+
+
+def test_small_integer_powers_choose_the_kernel():
+    assert fused.small_integer_powers([[1.0, 2.0], [3.0, 4.0]])
+    assert fused.small_integer_powers([8.0]) and not fused.small_integer_powers([9.0])
+    for p in ([1.0, 2.5], [0.5], [np.nan], [0.0]):
+        assert not fused.small_integer_powers(p), p
+
+
+def test_other_powers_run_the_powf_kernel(monkeypatch):
+    """Latency powers outside 1…8 (here p + 0.5) build the kernel with ``powf``, whose
+    equilibria match the pure-JAX solver's (the module's other batches, integer powers, run
+    the squaring kernel)."""
+    prep = _mixed_batch(24, 8, "float64", 3, 4)
+    lat = dataclasses.replace(prep.game.latency, p=np.asarray(prep.game.latency.p) + 0.5)
+    prep = prep._replace(game=dataclasses.replace(prep.game, latency=lat))
+    built = []
+    kernel = fused._kernel
+    monkeypatch.setattr(fused, "_kernel", lambda *a: built.append(a[-1]) or kernel(*a))
+    x0 = solve.starting_flows(prep, 1, greedy=True)
+    kw = dict(tol=1e-7, max_iters=400)
+    ref = jax.device_get(batching.equilibria(prep.game, prep.policy, x0, method="projection",
+                                             **kw))  # fmt: skip
+    out = jax.device_get(fused.fused_equilibria(prep.game, prep.policy, x0, interpret=True, **kw))
+    assert built == [False]  # small_power off
+    np.testing.assert_array_equal(out["status"], ref["status"])
+    conv = ref["status"][:, 0] == 0
+    assert conv.sum() >= 4
+    sc_r, sc_f = ref["social_cost"][conv, 0], out["social_cost"][conv, 0]
+    np.testing.assert_allclose(sc_f, sc_r, rtol=kw["tol"])
+
+
 @pytest.mark.parametrize("kind", ["equilibrium", "optimum"])
 def test_memory_state_is_the_register_kernel(kind, eq64, opt64):
     """``state="memory"`` (grids in the state block, a row or column loaded per trip) runs the
