@@ -12,10 +12,11 @@
 #                  layout on an H200 since the loop restructure; capped at FUSED_LIMIT seconds,
 #                  default 300: 4 kernels to compile and 4 GPU tests)
 #   fused_rounds   (not in the default list) the fused kernel again with rounds of FUSED_ROUNDS
-#                  iterations (default 64; budgets are traced, so nothing new compiles): a
-#                  program runs until its slowest lane ends the round, and on the equilibrium
-#                  iteration counts rounds of 160,160,320 keep 70% of the lane slots busy, rounds
-#                  of 64 89% (simulated from the float64 counts, 2026-11-27)
+#                  iterations (default 32; budgets are traced, so nothing new compiles): a
+#                  program runs until its slowest lane ends the round, and on the float32
+#                  equilibrium iteration counts rounds of 160,160,320 keep 58% of the lane slots
+#                  busy, rounds of 64 78-80% and rounds of 32 84-87% (fused.slot_occupancy,
+#                  2026-11-29); shorter rounds cost more launches and compactions
 #   slow_lanes     (not in the default list) the default scenario replicated to 36 864 points:
 #                  round occupancy packed vs unpacked, and warm starts along the load axis
 #   tuning         (not in the default list) `poa-jax bench` at 10^6 with lanes per call x
@@ -107,7 +108,7 @@ want fused && step fused "${FUSED_LIMIT:-300}" sh -c "'$PY' -m benchmarks.bench_
     tests/test_pallas.py -p no:cacheprovider"
 want fused_rounds && step fused_rounds "${FUSED_LIMIT:-300}" "$PY" -m benchmarks.bench_fused \
     --sizes "$SIZES" --repeats 2 --paths fused --state registers,memory \
-    --rounds "${FUSED_ROUNDS:-64}" $INTERP --out "$OUT/fused_rounds.md"
+    --rounds "${FUSED_ROUNDS:-32}" $INTERP --out "$OUT/fused_rounds.md"
 want slow_lanes && step slow_lanes 240 "$PY" -m benchmarks.bench_slow_lanes "${SLOW[@]}" \
     --skip-plain --unpacked --warm --json "$OUT/slow_lanes.json"
 if want tuning; then
