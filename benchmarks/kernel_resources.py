@@ -80,9 +80,9 @@ def lower(out: Path, block: int, num_warps: int) -> list[tuple[str, str, Path]]:
             (g, p), x = fused._lanes(prep.game, prep.policy if kind == "equilibrium" else None, x0)
             params, demand, mask, xt = fused._inputs(g, p, x)
             for layout in ("registers", "memory"):
-                small = fused.small_integer_powers(params[0]["lat_p"])  # as fused._run decides
+                variant = fused.kernel_variant(params, mask)  # as fused._run decides
                 kern = fused._kernel(kind, 1e-5, 100, False, block, num_warps, layout,
-                                     fused._momentum(kind), small)  # fmt: skip
+                                     fused._momentum(kind), **variant)  # fmt: skip
                 st = pv.start_state(xt, demand, mask)
                 kern.advance.trace(*params, demand, mask, st, 100).lower(
                     lowering_platforms=("cuda",)

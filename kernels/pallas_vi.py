@@ -447,6 +447,14 @@ def _rows_of(J: int, K: int, n_w: int) -> _Rows:
     return _Rows(J, K, n_w, 0, jk, 2 * jk, 3 * jk, lanes, lanes + jk, lanes + 2 * jk, J, J + jk)
 
 
+def _allowed(p_ref, row, full_mask: bool) -> Lane:
+    """Mask row ``row`` of the parameter block as booleans; with ``full_mask`` a constant True
+    (nothing loaded, and the selects on it fold away when the kernel compiles)."""
+    if full_mask:
+        return jnp.ones((p_ref.shape[-1],), bool)
+    return p_ref[row, :] > 0.5
+
+
 def _store_where(ref, val, mask) -> None:
     """``ref[...] = where(mask, val, ref[...])`` as a masked store (no load) where the Pallas
     Triton backend offers one; otherwise (an older JAX) by a load and a select."""
@@ -459,7 +467,7 @@ def _store_where(ref, val, mask) -> None:
 
 
 def _solve_block_memory(field_fn, opt: _Options, r: _Rows, st, budget, s_ref, p_ref, w_tree,
-                        demand, shared) -> dict:  # fmt: skip
+                        demand, shared, full_mask: bool = False) -> dict:  # fmt: skip
     """:func:`_solve_block` with the grids in memory: the same iteration, the same arithmetic.
 
     The ``(J, K)`` grids (``x``, ``y``, ``step``, ``best_x``, and the field's cost and metric at
@@ -483,7 +491,7 @@ def _solve_block_memory(field_fn, opt: _Options, r: _Rows, st, budget, s_ref, p_
 
         def column(k, acc):  # the field at y, column k; cost and metric to scratch
             yk = [s_ref[r.y + j * K + k, :] for j in range(J)]
-            mk = [p_ref[r.mask + j * K + k, :] > 0.5 for j in range(J)]
+            mk = [_allowed(p_ref, r.mask + j * K + k, full_mask) for j in range(J)]
             wk = jax.tree_util.tree_unflatten(
                 w_tree, [p_ref[r.workers + leaf * K + k, :] for leaf in range(r.n_w // K)]
             )
@@ -502,7 +510,7 @@ def _solve_block_memory(field_fn, opt: _Options, r: _Rows, st, budget, s_ref, p_
         def row(j, acc):  # accept, centre, project the next candidate: row j
             load = lambda base: [s_ref[base + j * K + k, :] for k in range(K)]  # noqa: E731
             xj, yj, stj = load(r.x), load(r.y), load(r.step)
-            mj = [p_ref[r.mask + j * K + k, :] > 0.5 for k in range(K)]
+            mj = [_allowed(p_ref, r.mask + j * K + k, full_mask) for k in range(K)]
             d, rm = p_ref[j, :], s_ref[r.rmin + j, :]
             x1, y1, step1, acc = _row_update(v, xj, yj, load(r.cost), load(r.scale), mj, d, rm,
                                              acc, opt.momentum > 0)  # fmt: skip
@@ -615,6 +623,7 @@ def projection_kernel(
     grow: float = 1.2,
     momentum: float = 0.0,
     state: str = "registers",
+    full_mask: bool = False,
 ) -> ProjectionKernel:
     """Builds the fused projection-dynamics solver for a column-local cost field.
 
@@ -636,6 +645,9 @@ def projection_kernel(
         ``"registers"`` (loaded once, carried by the loops) or ``"memory"`` (its state block,
         one row or column loaded per loop trip; see :func:`_solve_block_memory`). Same
         iteration and arithmetic either way.
+      full_mask: every entry of every lane is allowed (the caller has checked ``mask``): the
+        kernel reads no mask and its selects on it fold away (~7% of an iteration's
+        instructions for 5 × 6). A ``mask`` with a False entry gives wrong results here.
 
     Returns:
       A :class:`ProjectionKernel` whose ``advance(workers, shared, demand (J, N), mask (J, K, N),
@@ -694,7 +706,10 @@ def projection_kernel(
         def kernel(p_ref, s_ref, i_ref, so_ref, io_ref):
             p = _load_rows(p_ref, 0, J + jk + n_w + n_user)
             demand_l = p[:J]
-            m = _nest([v > 0.5 for v in p[J : J + jk]], J, K)
+            if full_mask:
+                m = _nest([jnp.ones_like(v, bool) for v in p[J : J + jk]], J, K)
+            else:
+                m = _nest([v > 0.5 for v in p[J : J + jk]], J, K)
             w_rows = p[J + jk : J + jk + n_w]
             wk = [
                 jax.tree_util.tree_unflatten(w_tree, w_rows[k::K]) for k in range(K)
@@ -723,9 +738,8 @@ def projection_kernel(
             prm = _unflatten_rows(treedef, sizes, _load_rows(p_ref, J + jk + n_w, n_user))
             st = {f: so_ref[n_grid + i, :] for i, f in enumerate(_FLOAT_LANES)}
             st.update({f: i_ref[i, :] for i, f in enumerate(_INT_LANES)})
-            out = _solve_block_memory(
-                field_fn, opt, rows, st, i_ref[2, :], so_ref, p_ref, w_tree, demand_l, prm
-            )
+            out = _solve_block_memory(field_fn, opt, rows, st, i_ref[2, :], so_ref, p_ref,
+                                      w_tree, demand_l, prm, full_mask)  # fmt: skip
             for i, f in enumerate(_FLOAT_LANES):
                 so_ref[n_grid + i, :] = out[f]
             for i, f in enumerate(_INT_LANES):

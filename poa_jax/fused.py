@@ -274,14 +274,22 @@ def _params(game: RoutingGame, policy: Policy | None, n: int, dtype) -> tuple[di
 @functools.cache
 def _kernel(kind: str, tol: float, max_iters: int, interpret: bool, block: int, num_warps,
             state: str = "registers", momentum: float = 0.0,
-            small_power: bool = False):  # fmt: skip
+            small_power: bool = False, full_mask: bool = False):  # fmt: skip
     field = _equilibrium_field if kind == "equilibrium" else _optimum_field
     field = functools.partial(field, small_power=small_power)
     return pv.projection_kernel(
         field, tol=tol, max_iters=max_iters, block=block, interpret=interpret,
         num_warps=None if interpret else num_warps, num_stages=None if interpret else 1,
-        state=state, momentum=momentum,
+        state=state, momentum=momentum, full_mask=full_mask,
     )  # fmt: skip
+
+
+def kernel_variant(params, mask) -> dict:
+    """The static specialisations of the kernel that a call's inputs allow, decided on the
+    host: ``small_power`` (:func:`small_integer_powers`) and ``full_mask`` (every worker of
+    every lane present: no mask is read, ~7% fewer instructions per iteration)."""
+    return dict(small_power=small_integer_powers(params[0]["lat_p"]),
+                full_mask=bool(jnp.all(mask)))  # fmt: skip
 
 
 def _momentum(kind: str) -> float:
@@ -345,8 +353,7 @@ def _run(kind, params, demand, mask, x0, *, tol, max_iters, interpret, rounds, b
     padded with copies of a lane whose result is dropped.
     """
     kern = _kernel(kind, float(tol), int(max_iters), bool(interpret), int(block), num_warps,
-                   state or STATE, _momentum(kind),
-                   small_integer_powers(params[0]["lat_p"]))  # fmt: skip
+                   state or STATE, _momentum(kind), **kernel_variant(params, mask))  # fmt: skip
     if chunk is None:
         chunk = CHUNK.get("interpret" if interpret else jax.default_backend(), CHUNK["gpu"])
     sizes = _sizes(block, chunk)

@@ -160,18 +160,56 @@ def test_other_powers_run_the_powf_kernel(monkeypatch):
     prep = prep._replace(game=dataclasses.replace(prep.game, latency=lat))
     built = []
     kernel = fused._kernel
-    monkeypatch.setattr(fused, "_kernel", lambda *a: built.append(a[-1]) or kernel(*a))
+    monkeypatch.setattr(fused, "_kernel", lambda *a, **k: built.append(k) or kernel(*a, **k))
     x0 = solve.starting_flows(prep, 1, greedy=True)
     kw = dict(tol=1e-7, max_iters=400)
     ref = jax.device_get(batching.equilibria(prep.game, prep.policy, x0, method="projection",
                                              **kw))  # fmt: skip
     out = jax.device_get(fused.fused_equilibria(prep.game, prep.policy, x0, interpret=True, **kw))
-    assert built == [False]  # small_power off
+    assert built == [dict(small_power=False, full_mask=False)]  # (the batch has absent workers)
     np.testing.assert_array_equal(out["status"], ref["status"])
     conv = ref["status"][:, 0] == 0
     assert conv.sum() >= 4
     sc_r, sc_f = ref["social_cost"][conv, 0], out["social_cost"][conv, 0]
     np.testing.assert_allclose(sc_f, sc_r, rtol=kw["tol"])
+
+
+@pytest.mark.parametrize("state", ["registers", "memory"])
+def test_full_mask_kernel_matches_pure_jax(state, monkeypatch):
+    """Where every worker of every lane is present the kernel is built without its mask
+    (``full_mask``): equilibria and optima match the pure-JAX solvers as the general kernel's
+    do (the module's other batches have absent workers and run the general kernel)."""
+    prep = batching.prepare(random_games(25, 8, 3, 4, cache=True), _pol.selfish(), "float64")
+    built = []
+    kernel = fused._kernel
+    monkeypatch.setattr(fused, "_kernel", lambda *a, **k: built.append(k) or kernel(*a, **k))
+    kw = dict(tol=1e-7, max_iters=400)
+    x0 = solve.starting_flows(prep, 1, greedy=True)
+    ref = jax.device_get(batching.equilibria(prep.game, prep.policy, x0, method="projection",
+                                             **kw))  # fmt: skip
+    out = jax.device_get(fused.fused_equilibria(prep.game, prep.policy, x0, interpret=True,
+                                                state=state, **kw))  # fmt: skip
+    x2 = solve.starting_flows(prep, 2, seed=3)
+    ref_o = jax.device_get(batching.optima(prep.game, x2, descent_steps=0, lr=0.05, **kw))
+    out_o = jax.device_get(fused.fused_optima(prep.game, x2, interpret=True, state=state, **kw))
+    assert built == [dict(small_power=True, full_mask=True)] * 2
+    for r, o in ((ref, out), (ref_o, out_o)):
+        np.testing.assert_array_equal(o["status"], r["status"])
+        conv = np.asarray(r["status"]).reshape(len(r["status"]), -1)[:, 0] == 0
+        assert conv.sum() >= 4
+        sc_r = np.asarray(r["social_cost"]).reshape(conv.size, -1)[conv, 0]
+        sc_o = np.asarray(o["social_cost"]).reshape(conv.size, -1)[conv, 0]
+        np.testing.assert_allclose(sc_o, sc_r, rtol=kw["tol"])
+
+
+def test_kernel_variant_is_decided_by_the_inputs():
+    prep = batching.prepare(random_games(26, 4, 2, 3, cache=True), _pol.selfish(), "float32")
+    (g, p), x = fused._lanes(prep.game, prep.policy, solve.starting_flows(prep, 1))
+    params, _, mask, _ = fused._inputs(g, p, x)
+    assert fused.kernel_variant(params, mask) == dict(small_power=True, full_mask=True)
+    assert not fused.kernel_variant(params, mask.at[1, 2, 3].set(False))["full_mask"]
+    params[0]["lat_p"] = params[0]["lat_p"].at[0, 0].set(1.5)
+    assert not fused.kernel_variant(params, mask)["small_power"]
 
 
 @pytest.mark.parametrize("kind", ["equilibrium", "optimum"])
