@@ -204,13 +204,14 @@ def _equilibrium_field(xk, w, g, small_power: bool = False) -> pv.Field:
     return pv.Field(cost, scale)
 
 
-def _optimum_field(xk, w, g, small_power: bool = False) -> pv.Field:
+def _optimum_field(xk, w, g, small_power: bool = False, full_mask: bool = False) -> pv.Field:
     """``∇SC``, the diagonal curvature and worker ``k``'s term of ``SC``
     (:func:`poa_jax.game.social_cost_gradient`); ``xk`` the column, ``w`` the worker's fields."""
     J = len(xk)
     e, q, _, n, X, W = _column(xk, w, g)
     lat, dlat, d2lat = _latency(_latency_of(w), W, second=True, small_power=small_power)
-    m = w["worker_mask"] > 0.5
+    m = None if full_mask else w["worker_mask"] > 0.5  # full_mask: every worker present
+    on = (lambda v: v) if m is None else (lambda v: jnp.where(m, v, 0.0))  # noqa: E731
     slope_e = w["residency"] / w["cache_size"]
     tok = g["tokens"]
     a_own, u, ds, s = [], [], [], []
@@ -226,9 +227,9 @@ def _optimum_field(xk, w, g, small_power: bool = False) -> pv.Field:
     for j in range(J):
         dw = n[j] - xk[j] * tok[j] * a_own[j] + cross_w
         grad = lat + X * dlat * dw + s[j] - xk[j] * ds[j] * tok[j] * a_own[j] + cross_s
-        cost.append(jnp.where(m, grad, 0.0))
+        cost.append(on(grad))
         scale.append(2.0 * dlat * n[j] + X * d2lat * n[j] * n[j])
-        sc.append(jnp.where(m, xk[j] * (lat + s[j]), 0.0))
+        sc.append(on(xk[j] * (lat + s[j])))
     return pv.Field(cost, scale, pv.lane_sum(sc))
 
 
@@ -277,6 +278,8 @@ def _kernel(kind: str, tol: float, max_iters: int, interpret: bool, block: int, 
             small_power: bool = False, full_mask: bool = False):  # fmt: skip
     field = _equilibrium_field if kind == "equilibrium" else _optimum_field
     field = functools.partial(field, small_power=small_power)
+    if kind != "equilibrium":  # the optimum's field masks ∇SC and SC by the worker mask itself
+        field = functools.partial(field, full_mask=full_mask)
     return pv.projection_kernel(
         field, tol=tol, max_iters=max_iters, block=block, interpret=interpret,
         num_warps=None if interpret else num_warps, num_stages=None if interpret else 1,
