@@ -24,6 +24,13 @@ solvers only try below a gap of 1e-7 (equilibria) and 1e-12 (optima): at the flo
 linearly where the pure-JAX one finishes with Newton. ``τ > 0`` (logit fixed point), the other
 methods and optax descent before the polish stay on the pure-JAX path.
 
+Static specialisations (:func:`kernel_variant`, decided on the host for each call; each is its
+own compiled kernel): where every latency power ``p`` is one of ``1, …, 8`` the power
+``x^(p−1)`` is taken by squaring instead of ``powf``, and where every worker of every lane is
+present the kernel reads no mask. On the benchmark family (5 × 6, cache on) they take the SASS
+instructions of one iteration from 7 088 to 5 347 (equilibrium, memory layout) and from 7 858
+to 6 282 (optimum), with the projection's multiply-add sums (``benchmarks/kernel_resources.py``).
+
 Slow lanes: a program's loop runs until the slowest lane of its block stops, and iteration
 counts are heavy-tailed (float32 cache-on 5×6: median ~140, 5% at the bound). The driver
 therefore runs the kernel in rounds of :data:`ROUNDS` iterations and compacts the unfinished lanes
@@ -65,8 +72,12 @@ CHUNK = {"gpu": 1 << 18, "cpu": 1 << 10, "interpret": 1 << 10}
 #: Lanes per program and Triton warps (one instance per thread).
 BLOCK, NUM_WARPS = 128, 4
 #: Where a program keeps the instances' grids during the loop: ``"registers"`` or ``"memory"``
-#: (:func:`poa_jax.kernels.pallas_vi.projection_kernel`'s ``state``).
-STATE = "registers"
+#: (:func:`poa_jax.kernels.pallas_vi.projection_kernel`'s ``state``). ``"memory"``: on sm_90 it
+#: issues 19% (equilibrium) and 14% (optimum) fewer instructions per iteration than the
+#: register layout, spills nothing (the register layout spills ~0.9 KB per thread) and fits
+#: 12–16 warps per SM against 8 (``benchmarks/kernel_resources.py``, 2026-11-29). The one GPU
+#: timing of the two (H200, 2026-11-27) was level, within a driver that recompiled every round.
+STATE = "memory"
 #: Largest J·K the kernel is built for (its state lives in registers: 5 (J, K) arrays).
 MAX_ENTRIES = 64
 
