@@ -127,8 +127,8 @@ def small_integer_powers(p) -> bool:
     (BPR's 4, M/M/1-like fits): the kernel is then built with ``x^(p−1)`` by squaring
     (:func:`_small_power`) instead of ``powf``, ~9% of an iteration's instructions on sm_90.
     Decided on the host, per call: a batch with any other power compiles the ``powf`` kernel."""
-    p = np.asarray(p)
-    return bool(np.all((p == np.round(p)) & (p >= 1) & (p <= SMALL_POWER)))
+    p = jnp.asarray(p)  # reduced where it lives (a GPU batch's powers stay there)
+    return bool(jnp.all((p == jnp.round(p)) & (p >= 1) & (p <= SMALL_POWER)))
 
 
 def _small_power(x, q):
