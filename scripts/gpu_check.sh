@@ -11,12 +11,14 @@
 #                  the XLA loop at 10^5 and 10^6, then its GPU tests (compiles in 25-40 s per
 #                  layout on an H200 since the loop restructure; capped at FUSED_LIMIT seconds,
 #                  default 300: 4 kernels to compile and 4 GPU tests)
-#   fused_rounds   (not in the default list) the fused kernel again with rounds of FUSED_ROUNDS
-#                  iterations (default 32; budgets are traced, so nothing new compiles): a
+#   fused_rounds   (not in the default list) the fused kernel (memory layout) again with rounds
+#                  of each of FUSED_ROUNDS iterations (default "32 64"; budgets are traced, so
+#                  nothing new compiles): a
 #                  program runs until its slowest lane ends the round, and on the float32
 #                  equilibrium iteration counts rounds of 160,160,320 keep 58% of the lane slots
 #                  busy, rounds of 64 78-80% and rounds of 32 84-87% (fused.slot_occupancy,
-#                  2026-11-29); shorter rounds cost more launches and compactions
+#                  2026-11-29); shorter rounds cost more launches, compactions and host syncs
+#                  (rounds of 32 take ~31 rounds to the 1000-iteration bound, the default 5)
 #   slow_lanes     (not in the default list) the default scenario replicated to 36 864 points:
 #                  round occupancy packed vs unpacked, and warm starts along the load axis
 #   tuning         (not in the default list) `poa-jax bench` at 10^6 with lanes per call x
@@ -106,9 +108,9 @@ want fused && step fused "${FUSED_LIMIT:-300}" sh -c "'$PY' -m benchmarks.bench_
     --repeats 2 --paths fused,pure --state registers,memory --out '$OUT/fused.md'; \
     '$PY' -m pytest -q -rs -m gpu \
     tests/test_pallas.py -p no:cacheprovider"
-want fused_rounds && step fused_rounds "${FUSED_LIMIT:-300}" "$PY" -m benchmarks.bench_fused \
-    --sizes "$SIZES" --repeats 2 --paths fused --state registers,memory \
-    --rounds "${FUSED_ROUNDS:-32}" $INTERP --out "$OUT/fused_rounds.md"
+want fused_rounds && step fused_rounds "${FUSED_LIMIT:-300}" sh -c "for r in ${FUSED_ROUNDS:-32 64}; do \
+    '$PY' -m benchmarks.bench_fused --sizes '$SIZES' --repeats 2 --paths fused --state memory \
+    --rounds \$r $INTERP --out '$OUT/fused_rounds_'\$r.md; done"
 want slow_lanes && step slow_lanes 240 "$PY" -m benchmarks.bench_slow_lanes "${SLOW[@]}" \
     --skip-plain --unpacked --warm --json "$OUT/slow_lanes.json"
 if want tuning; then
@@ -145,7 +147,7 @@ fi
     echo "be far below a cold compile."; echo
     ran() { [[ " ${RAN[*]} " == *" $1 "* ]]; }
     ran fused && [[ -f "$OUT/fused.md" ]] && cat "$OUT/fused.md"; echo
-    ran fused_rounds && [[ -f "$OUT/fused_rounds.md" ]] && cat "$OUT/fused_rounds.md"; echo
+    ran fused_rounds && for f in "$OUT"/fused_rounds_*.md; do [[ -f "$f" ]] && cat "$f"; done; echo
     ran bench && grep -E '^\|' "$OUT/bench.log"
     tuning=(); loops=()
     for n in "${RAN[@]}"; do
