@@ -29,7 +29,9 @@ own compiled kernel): where every latency power ``p`` is one of ``1, …, 8`` th
 ``x^(p−1)`` is taken by squaring instead of ``powf``, and where every worker of every lane is
 present the kernel reads no mask. On the benchmark family (5 × 6, cache on) they take the SASS
 instructions of one iteration from 7 088 to 5 347 (equilibrium, memory layout) and from 7 858
-to 6 282 (optimum), with the projection's multiply-add sums (``benchmarks/kernel_resources.py``).
+to 6 282 (optimum), with the projection's multiply-add sums, and the kernel's 64-bit offsets
+(:func:`poa_jax.kernels.pallas_vi.wide_offsets`) to 4 342 and 5 178
+(``benchmarks/kernel_resources.py``).
 
 Slow lanes: a program's loop runs until the slowest lane of its block stops, and iteration
 counts are heavy-tailed (float32 cache-on 5×6: median ~140, 5% at the bound). The driver
@@ -73,9 +75,9 @@ CHUNK = {"gpu": 1 << 18, "cpu": 1 << 10, "interpret": 1 << 10}
 BLOCK, NUM_WARPS = 128, 4
 #: Where a program keeps the instances' grids during the loop: ``"registers"`` or ``"memory"``
 #: (:func:`poa_jax.kernels.pallas_vi.projection_kernel`'s ``state``). ``"memory"``: on sm_90 it
-#: issues 19% (equilibrium) and 14% (optimum) fewer instructions per iteration than the
+#: issues 34% (equilibrium) and 29% (optimum) fewer instructions per iteration than the
 #: register layout, spills nothing (the register layout spills ~0.9 KB per thread) and fits
-#: 12–16 warps per SM against 8 (``benchmarks/kernel_resources.py``, 2026-11-29). The one GPU
+#: 16–20 warps per SM against 8 (``benchmarks/kernel_resources.py``, 2026-11-29). The one GPU
 #: timing of the two (H200, 2026-11-27) was level, within a driver that recompiled every round.
 STATE = "memory"
 #: Largest J·K the kernel is built for (its state lives in registers: 5 (J, K) arrays).

@@ -516,6 +516,35 @@ def test_triton_lowering_on_cpu(kind, state, monkeypatch):
     assert texts[0].count("scf.for") >= 4  # field, rows, breakpoints, loads/stores: loops
 
 
+@pytest.mark.skipif(not _has_triton_lowering(), reason="this jaxlib has no Triton lowering")
+def test_wide_offsets_lower_the_kernel_with_64_bit_offsets(monkeypatch):
+    """The built kernel lowers under :func:`pv.wide_offsets`: its pointers take 64-bit offsets
+    (which lets LLVM fold constant row offsets into the loads and stores), where the same
+    jitted function lowered without it takes 32-bit ones; the lowering is restored after."""
+    from jax._src.pallas.triton import lowering
+
+    original = lowering._compute_offsets_from_indices
+    texts = _capture_triton_ir(monkeypatch)
+    kern = fused._kernel("equilibrium", 1e-5, 100, False, fused.BLOCK, fused.NUM_WARPS, "memory")
+
+    def args(n):  # another n for the second lowering: lowerings are cached per shape
+        prep = _mixed_batch(24, n, "float32")
+        (g, p), x = fused._lanes(prep.game, prep.policy, solve.starting_flows(prep, 1))
+        params, demand, mask, xt = fused._inputs(g, p, x)
+        return (*params, demand, mask, pv.start_state(xt, demand, mask), 100)
+
+    kern.advance.trace(*args(5)).lower(lowering_platforms=("cuda",))  # sizes no other test uses
+    kern.advance._fn.trace(*args(7)).lower(lowering_platforms=("cuda",))  # the raw jitted fn
+    assert len(texts) == 2
+    wide, narrow = ([ln for ln in t.splitlines() if "tt.addptr" in ln] for t in texts)
+    assert wide and all(ln.endswith("xi64>") for ln in wide), wide[:3]
+    assert narrow and all(ln.endswith("xi32>") for ln in narrow), narrow[:3]
+    assert lowering._compute_offsets_from_indices is original
+    with pv.wide_offsets() as applied:
+        assert applied and lowering._compute_offsets_from_indices is not original
+    assert lowering._compute_offsets_from_indices is original
+
+
 def test_use_fused_predicate():
     assert not fused.use_fused(dtype=np.float64)  # never in float64
     if jax.default_backend() != "gpu":
