@@ -26,9 +26,9 @@ Prefill service time of a request with ``n`` uncached tokens (DistServe, OSDI'24
 ``simdistserve/estimators/time_estimator.py``): ``s(n) = a + b·n + c·n²``.
 
 Fields are arrays broadcastable against each other with one entry per resource on the last
-axis; leading axes are batch axes. Only the load ``x`` is differentiable (a ``custom_jvp``
-supplies the exact derivative, which also keeps gradients finite at ``x = 0`` and for ``κ = ∞``);
-parameters are data.
+axis; leading axes are batch axes. Only the load ``x`` is differentiable (``custom_jvp`` rules
+supply the exact derivatives ``Λ' = ℓ``, ``ℓ'`` and ``ℓ''``, which also keeps gradients finite
+at ``x = 0`` and for ``κ = ∞``); parameters are data.
 """
 
 from __future__ import annotations
@@ -154,15 +154,17 @@ def _derivative(x, a, b, c, p, d, kappa, rho):
 def _second(x, a, b, c, p, d, kappa, rho):
     x, xc, over = _split(x, kappa, rho)
     k, dd, xs = _singular(xc, d, kappa)
-    # c·p·(p−1)·x^(p−2): zero for p = 1, and taken as 0 at x = 0 (where it may be infinite).
-    pos = xc > 0
+    # c·p·(p−1)·x^(p−2): zero for p = 1; at x = 0 it is 2c for p = 2 and 0 for p > 2
+    # (0^0 = 1, 0^(p−2) = 0), and taken as 0 for 1 < p < 2 (where it is infinite).
+    live = (xc > 0) | (p >= 2)
     poly = jnp.where(
-        pos & (p > 1), c * p * (p - 1.0) * jnp.power(jnp.where(pos, xc, 1.0), p - 2.0), 0.0
+        live & (p > 1), c * p * (p - 1.0) * jnp.power(jnp.where(live, xc, 1.0), p - 2.0), 0.0
     )
     sec = poly + 2.0 * dd * k / (k - xs) ** 3
     return jnp.where(over > 0, 0.0, sec)
 
 
+@jax.custom_jvp
 def _integral(x, a, b, c, p, d, kappa, rho):
     x, xc, over = _split(x, kappa, rho)
     k, dd, xs = _singular(xc, d, kappa)
@@ -185,9 +187,17 @@ def _value_jvp(primals, tangents):
 
 @_derivative.defjvp
 def _derivative_jvp(primals, tangents):
-    # ℓ'' is not needed by any solver; the derivative is treated as locally constant.
+    # ℓ'' in closed form (0 in the linear continuation), so jax.hessian of ℓ is exact.
     out = _derivative(*primals)
-    return out, jnp.zeros_like(out) * tangents[0]
+    return out, _second(*primals) * tangents[0]
+
+
+@_integral.defjvp
+def _integral_jvp(primals, tangents):
+    # Λ' = ℓ exactly: autodiff through the clamp max(x, 0) halves the slope at x = 0 and
+    # x^(p−1) at x = 0 gives 0·∞ = NaN for p = 1.
+    out = _integral(*primals)
+    return out, _value(*primals) * tangents[0]
 
 
 @jax.tree_util.register_dataclass

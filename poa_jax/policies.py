@@ -27,7 +27,7 @@ worker's active work is the flow routed there.
   is therefore floored, ``max(max_k r − min_k r, span_floor·max_k r)`` (default ``span_floor =
   0.1``: costs within 10% of each other are told apart proportionally, not all-or-nothing). Set
   it lower to approach the exact rule; non-convergence is then reported per instance.
-* :func:`load_balanced` — ``r = D``: route to the least-loaded worker (Dynamo with credit 0).
+* :func:`load_balanced` — ``r = D``: route to the least-loaded worker (Dynamo with ``ω = 0``).
 """
 
 from __future__ import annotations

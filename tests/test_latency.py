@@ -163,6 +163,41 @@ def test_grad_finite_at_zero_and_infinite_kappa(p, kappa):
         np.testing.assert_allclose(np.asarray(lat.value(x)), 0.4 + 0.3 * x + 0.7 * x**p, rtol=1e-14)
 
 
+@pytest.mark.parametrize("p", [1.0, 2.0, 3.0])
+@pytest.mark.parametrize("kappa", [INF, 2.0])
+def test_second_derivative_at_zero_load(p, kappa):
+    # ℓ''(0) = c·p·(p−1)·0^(p−2) + 2d/κ²: 2c for p = 2 (0^0 = 1), 0 for p = 1 and p > 2.
+    lat = L.Latency(a=0.4, b=0.3, c=0.7, p=p, d=0.5, kappa=kappa)
+    want = (2 * 0.7 if p == 2.0 else 0.0) + (2 * 0.5 / kappa**2 if np.isfinite(kappa) else 0.0)
+    np.testing.assert_allclose(float(lat.second_derivative(0.0)), want, rtol=1e-15)
+    h = 1e-6  # one-sided: ℓ' is smooth from the right at 0 for these p
+    fd = (float(lat.derivative(h)) - float(lat.derivative(0.0))) / h
+    np.testing.assert_allclose(float(lat.second_derivative(0.0)), fd, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("p", [1.0, 1.5, 2.0])
+@pytest.mark.parametrize("kappa", [INF, 2.0])
+def test_integral_gradient_is_value_at_every_load(p, kappa):
+    # Λ' = ℓ exactly, 0 included (autodiff through the clamp halved it; x^(p−1) gave NaN at p = 1).
+    lat = L.Latency(a=0.4, b=0.3, c=0.7, p=p, d=0.5, kappa=kappa)
+    x = jnp.asarray([0.0, 1e-3, 0.5, 1.9, 2.5, 10.0])
+    g = jax.vmap(jax.grad(lambda t: lat.integral(t)))(x)
+    np.testing.assert_allclose(np.asarray(g), np.asarray(lat.value(x)), rtol=1e-14)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_grad_of_derivative_is_second_derivative(name):
+    # jax.hessian of ℓ (and of x·ℓ(x)) is exact, not ℓ'' silently taken as 0.
+    lat, _, xbar = _make(name)
+    top = 4.0 if np.isinf(xbar) else 1.5 * xbar  # into the linear continuation
+    x = jnp.asarray(np.linspace(0.1, top, 13))
+    g2 = jax.vmap(jax.grad(jax.grad(lambda t: lat.value(t))))(x)
+    np.testing.assert_allclose(np.asarray(g2), np.asarray(lat.second_derivative(x)), rtol=1e-14)
+    hess = jax.vmap(jax.hessian(lambda t: t * lat.value(t)))(x)
+    want = 2 * lat.derivative(x) + x * lat.second_derivative(x)
+    np.testing.assert_allclose(np.asarray(hess), np.asarray(want), rtol=1e-13)
+
+
 def _workers(k=5, seed=0):
     rng = np.random.default_rng(seed)
     return dict(
