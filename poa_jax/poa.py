@@ -107,7 +107,9 @@ def price_of_anarchy(
         :class:`~poa_jax.graph_solve.GraphSolution`; ``starts`` and the optimum options do not
         apply).
       policy: router policy (default selfish), fields broadcast with the batch.
-      starts: equilibrium starts per instance.
+      starts: equilibrium starts per instance; for a :class:`~poa_jax.SelfishCachingGame`
+        at least 16 (its own default): fewer are raised to 16 without notice, for the
+        best-response search that finds its equilibria above 16 nodes.
       tol, max_iters, method, dtype: as :func:`~poa_jax.solve_equilibrium`.
       optimum_starts: generated optimum starts (uniform, herds, random; for the fluid tiered
         game random dense and sparse placements; for the coupled game herding and random
