@@ -30,11 +30,14 @@ unless the GPU compiler unrolls the loops back).
 
 **Two layouts** (``projection_kernel(state=...)``, same iteration, bit-identical results):
 ``"registers"`` loads every grid once and carries it through the loops as above; on sm_90 the
-5 × 6 kernel then needs all 255 registers plus ~1 KB of spills per thread (8 warps per SM).
-``"memory"`` (:func:`_solve_block_memory`) keeps the grids in the program's state block and
-loads one column (field loop) or one row (row loop) per trip, at a run-time row offset: 109–137
-registers, no spills, 12–16 warps per SM, at the price of re-reading rows from L1/L2 every
-iteration. ``python -m benchmarks.kernel_resources`` reports these numbers without a GPU.
+5 × 6 kernel then needs all 255 registers plus ~1 KB of spills per thread (8 warps per SM), and
+the rotations cost ~1 900 register moves per iteration. ``"memory"`` (:func:`_solve_block_memory`)
+keeps the grids in the program's state block and loads one column (field loop) or one row (row
+loop) per trip, at a run-time row offset: 96–125 registers, no spills, 16–20 warps per SM, at
+the price of re-reading rows from L1/L2 every iteration; lowered with 64-bit offsets
+(:func:`wide_offsets`) each load and store is one instruction. ``python -m
+benchmarks.kernel_resources`` reports these numbers, and the instructions per iteration,
+without a GPU.
 
 Inputs are packed into three 2-D arrays with the batch last (rows padded to a power of two):
 parameters ``(P, N)`` (the demand ``d (J)``, the mask ``(J·K)``, the per-worker parameters,
