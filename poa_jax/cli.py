@@ -114,9 +114,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--overwrite",
         action="store_true",
-        help="where --out holds parts of another scenario, part size or --chunk, discard them "
-        "and its results.parquet and summary.json instead of refusing (parts of the same sweep "
-        "are still reused)",
+        help="where --out holds parts of another scenario, part size or --chunk, or a "
+        "serving sweep's results (sweep --preset), discard them and its results.parquet and "
+        "summary.json instead of refusing (parts of the same sweep are still reused)",
     )
     s.add_argument("--dtype", choices=("float32", "float64"), help="override solver.dtype")
     s.add_argument(
@@ -322,6 +322,7 @@ def _cmd_serving_sweep(args) -> int:
         raise InputError(f"--variants = {args.variants}: must be ≥ 1")
     if extra.get("seed", 0) < 0:
         raise InputError(f"--seed = {args.seed}: must be ≥ 0")
+    _serving_out_dir(out)
     summary = serving_sweep.run_serving_sweep(names, conc, out, chunk=args.chunk, **extra)
     for d in summary["per_topology_policy"]:
         knee = d["knee_interval"]
@@ -334,6 +335,32 @@ def _cmd_serving_sweep(args) -> int:
     print(f"results: {summary['results_path']}")
     print(f"summary: {summary['summary_path']}")
     return 0
+
+
+def _serving_out_dir(out: str) -> None:
+    """Creates ``sweep --preset``'s output folder before anything is solved, and refuses one
+    holding a scenario sweep (its results.parquet and summary.json would be replaced)."""
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"--out = {out!r}: cannot create the folder ({e.strerror or e})") from None
+    summary = os.path.join(out, "summary.json")
+    kind = None
+    if os.path.isfile(summary):
+        try:
+            with open(summary, encoding="utf-8") as f:
+                data = json.load(f)
+            kind = data.get("kind") if isinstance(data, dict) else None
+        except (OSError, ValueError):
+            pass
+    scenario = os.path.isdir(os.path.join(out, "parts")) or (
+        os.path.exists(summary) and kind != "serving_closed_loop"
+    )
+    if scenario:
+        raise InputError(
+            f"--out = {out!r}: holds a scenario sweep (parts/ or another summary.json), whose "
+            "results.parquet and summary.json a serving sweep would replace; choose another --out"
+        )
 
 
 def _cmd_plot(args) -> int:
@@ -503,14 +530,16 @@ def format_summary(summary: dict) -> str:
     if summary.get("description"):
         lines.append(f"  {summary['description']}")
     util = summary["utilisation"]
-    head = (
-        f"  {'util':>5}  {'PoA':>8}  {'PoA max':>8}  {'PoS':>8}  {'eq ms':>9}  {'opt ms':>9}  conv"
-    )
+    head = f"  {'util':>5}  {'PoA':>8}  {'PoA max':>8}  {'PoS':>8}  {'eq ms':>9}  {'opt ms':>9}"
     for g in summary["per_topology_policy"]:
         s = "s" if g["workers"] != 1 else ""
-        lines += ["", f"{g['topology']} ({g['workers']} worker{s}) · {g['policy']}", head]
+        title = f"{g['topology']} ({g['workers']} worker{s}) · {g['policy']}"
+        conv = g.get("converged_share_per_load")
+        if conv is None:  # one point per load (no replicates): only the curve's share is kept
+            conv = [None] * len(util)
+            title += f" · converged {g['converged_share']:.0%}"
+        lines += ["", title, head + ("  conv" if any(c is not None for c in conv) else "")]
         mx = g.get("poa_max_over_replicates", g["poa"])
-        conv = g.get("converged_share_per_load", [None] * len(util))
         for m, u in enumerate(util):
             c = "" if conv[m] is None else f"{conv[m]:4.0%}"
             lines.append(
@@ -564,6 +593,10 @@ def _cmd_bench(args) -> int:
     for flag in ("max_iters", "repeats", "chunk", "round_iters"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise InputError(f"--{flag.replace('_', '-')} = {getattr(args, flag)}: must be >= 1")
+    if args.json:  # refused now, not after the whole benchmark has run
+        folder = os.path.dirname(os.path.abspath(args.json))
+        if os.path.isdir(args.json) or not os.path.isdir(folder):
+            raise InputError(f"--json = {args.json!r}: must name a file in an existing folder")
     _use_dtype(args.dtype)
     from poa_jax import bench
 

@@ -18,6 +18,11 @@ from poa_jax.errors import InputError
 __all__ = ["plot_sweep"]
 
 _SHADE = {"slack": "#d9f2d9", "knee": "#ffe3a3", "saturated": "#f8d0d0"}
+#: The fields of a ``per_topology_policy`` entry that the plot reads.
+_ROW_KEYS = (
+    "topology", "policy", "concurrency", "poa", "ttft_p99", "regime", "knee_interval",
+    "not_converged_at",
+)  # fmt: skip
 
 
 def _load(out_dir: str) -> dict:
@@ -29,8 +34,18 @@ def _load(out_dir: str) -> dict:
         raise InputError(f"{path}: no such file (run poa-jax sweep --preset first)") from None
     except (OSError, ValueError) as e:
         raise InputError(f"{path}: cannot read ({e})") from None
-    if summary.get("kind") != "serving_closed_loop":
+    if not isinstance(summary, dict) or summary.get("kind") != "serving_closed_loop":
         raise InputError(f"{path}: not a serving sweep summary (poa-jax sweep --preset)")
+    for key in ("per_topology", "per_topology_policy"):
+        if not isinstance(summary.get(key), list):
+            raise InputError(f"{path}: {key}: missing or not an array (a damaged summary?)")
+    for i, d in enumerate(summary["per_topology_policy"]):
+        missing = [k for k in _ROW_KEYS if not isinstance(d, dict) or k not in d]
+        if missing:
+            raise InputError(
+                f"{path}: per_topology_policy[{i}]: missing {', '.join(missing)} (a damaged "
+                "summary?)"
+            )
     return summary
 
 

@@ -428,6 +428,8 @@ def _resolve_layout(
         summary = _read_json(os.path.join(out_dir, "summary.json")) or {}
         if _has_parts(parts_dir):
             refusal = f"{out_dir} holds parts of an unknown scenario (no readable {MANIFEST})"
+        elif summary.get("kind") == "serving_closed_loop":
+            refusal = f"{out_dir} holds the results of a serving sweep (poa-jax sweep --preset)"
         elif summary.get("scenario_hash", new["scenario_hash"]) != new["scenario_hash"]:
             refusal = (
                 f"{out_dir} holds the results of another scenario (summary.json: scenario hash "

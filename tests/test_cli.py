@@ -234,6 +234,50 @@ def test_other_scenario_is_refused_unless_overwrite(tiny_run, tmp_path):
     ]
 
 
+def test_serving_sweep_folder_is_refused_unless_overwrite(tiny_run, tiny_toml, tmp_path):
+    """A scenario sweep into a ``sweep --preset`` folder (no parts, a summary.json without a
+    scenario hash) is refused, not silently written over the serving results."""
+    out = tmp_path / "serving"
+    out.mkdir()
+    (out / "summary.json").write_text(json.dumps({"kind": "serving_closed_loop"}))
+    (out / "results.parquet").write_bytes(b"serving results")
+    args = ("sweep", tiny_toml, "--out", out, "--chunk", CHUNK, "--part", CHUNK, "--no-progress")
+    res = run(*args)
+    assert res.rc == 2 and res.out == ""
+    assert "holds the results of a serving sweep" in res.err and "--overwrite" in res.err
+    assert (out / "results.parquet").read_bytes() == b"serving results"
+    assert not (out / "parts").exists()
+
+
+def test_preset_sweep_refuses_a_scenario_folder_before_solving(tiny_run, tmp_path, monkeypatch):
+    """``sweep --preset`` into a scenario sweep's folder would replace its results.parquet and
+    summary.json: refused, as is an --out that cannot be a folder, before anything is solved."""
+    from poa_jax import serving_sweep
+
+    monkeypatch.setattr(serving_sweep, "run_serving_sweep", lambda *a, **k: pytest.fail("ran"))
+    out = tmp_path / "scenario"
+    shutil.copytree(tiny_run["out"], out)
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.rglob("*")}
+    res = run("sweep", "--preset", "llama70b-1p2d", "--concurrency", "8", "--out", out)
+    assert res.rc == 2 and res.out == ""
+    assert "holds a scenario sweep" in res.err and "choose another --out" in res.err
+    assert {p.name: p.stat().st_mtime_ns for p in out.rglob("*")} == stamps  # untouched
+    res = run("sweep", "--preset", "llama70b-1p2d", "--out", GAME / "sub")  # a file's child
+    assert res.rc == 2 and "--out = " in res.err and "cannot create the folder" in res.err
+
+
+def test_summary_table_states_convergence_without_replicates(tiny_run):
+    """``format_summary`` (``--no-merge``) of a sweep with one point per load: the per-load
+    share is not in summary.json, so no empty ``conv`` column; the curve's share instead."""
+    text = cli.format_summary(_summary(tiny_run["out"]))
+    lines = text.splitlines()
+    for i, ln in enumerate(lines):
+        if "opt ms" in ln and ln.rstrip().endswith("conv"):
+            assert lines[i + 1].rstrip().endswith("%"), text  # a conv column has values
+    titles = [ln for ln in lines if " · " in ln and "worker" in ln]
+    assert titles and all("converged 100%" in t for t in titles), text
+
+
 def test_resume_takes_the_folders_chunk_size(tiny_run, tiny_toml, tmp_path):
     out = tmp_path / "chunked"
     shutil.copytree(tiny_run["out"], out)
@@ -650,6 +694,17 @@ def test_bench_table_and_tuning(tmp_path, monkeypatch):
     assert len(table) == 5 and all(line.endswith(tail) for line in table[2:])
     assert (dict(batching.MAX_CHUNK), batching.MAX_CHUNK_ACCELERATOR,
             batching.ROUND_ITERS) == defaults  # fmt: skip
+
+
+def test_bench_refuses_a_json_path_before_running(tmp_path, monkeypatch):
+    """An unwritable ``--json`` is bad input, refused before the benchmark (not after it)."""
+    from poa_jax import bench
+
+    monkeypatch.setattr(bench, "run", lambda *a, **k: pytest.fail("benchmark ran"))
+    for path in (tmp_path / "missing" / "rows.json", tmp_path):
+        res = run("bench", "--batch", "1", "--json", path)
+        assert res.rc == 2 and res.out == ""
+        assert res.err.startswith(f"poa-jax: error: --json = '{path}': must name a file")
 
 
 def test_bench_says_when_no_compacted_round_ran():

@@ -247,6 +247,29 @@ def test_plot_shades_the_knee_interval_of_the_title():
     assert spans[plot._SHADE["saturated"]][0] == 384.0
 
 
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        ("[1]", "not a serving sweep summary"),
+        ("null", "not a serving sweep summary"),
+        ('{"kind": "serving_closed_loop"}', "per_topology: missing or not an array"),
+        (
+            '{"kind": "serving_closed_loop", "per_topology": [], '
+            '"per_topology_policy": [{"topology": "t"}]}',
+            "per_topology_policy[0]: missing policy, concurrency",
+        ),
+    ],
+)
+def test_cli_plot_refuses_a_damaged_summary(tmp_path, capsys, content, expected):
+    """A summary.json that is not a serving sweep's object is one error line and status 2,
+    not a traceback."""
+    (tmp_path / "summary.json").write_text(content, encoding="utf-8")
+    assert cli.main(["plot", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("poa-jax: error: ") and len(err.splitlines()) == 1
+    assert expected in err
+
+
 def test_cli_preset_sweep_refuses_scenario_only_flags(tmp_path, capsys):
     for extra in (["--part", "1"], ["--no-merge"]):
         args = ["sweep", "--preset", "llama70b-1p2d", "--out", str(tmp_path)] + extra
