@@ -9,7 +9,10 @@ The Euclidean projection onto ``{y ≥ 0, Σ_k y_k ≤ 1}`` is ``max(z, 0)`` whe
 ``Σ_k max(z_k, 0) ≤ 1``, and otherwise the projection onto the simplex ``{y ≥ 0, Σ y = 1}``,
 ``y_k = max(z_k − θ, 0)`` with (the top-set formula of :mod:`poa_jax.kernels.simplex`)
 
-    θ = max_k (Σ_{i ≤ k} u_i − 1) / k,      u_1 ≥ u_2 ≥ … ≥ u_K  the sorted ``z``.
+    θ = max_k (Σ_{i ≤ k} u_i − 1) / k,      u_1 ≥ u_2 ≥ … ≥ u_K  the sorted ``z``,
+
+computed relative to the largest entry (``θ − u_1`` from the differences ``u_i − u_1``), so that
+columns far from the origin (``|z| ≫ 1/eps``) lose nothing to rounding.
 
 The sort is a fixed compare-exchange network (optimal for ``K ≤ 4``, odd–even transposition
 beyond), so the whole map is branch-free. Maxima are written as compare + select, which XLA's
@@ -69,13 +72,18 @@ def project_capped_columns(zs, barrier: bool = True) -> list[jax.Array]:
     for i, j in sorting_network(len(u)):
         c = u[i] > u[j]
         u[i], u[j] = jnp.where(c, u[i], u[j]), jnp.where(c, u[j], u[i])
-    css = u[0] - 1.0
+    # θ relative to the largest entry: θ = u_1 + θ', θ' = max_k (Σ_{i ≤ k} (u_i − u_1) − 1)/k
+    # sums differences of order 1 where the top set is, so a large column (|z| ≫ 1 / eps) keeps
+    # its total; ``max(z − u_1 − θ', 0)`` (the shift first) is exact for entries near the top.
+    top = u[0]
+    css = jnp.full_like(top, -1.0)
     theta = css
     for k in range(1, len(u)):
-        css = css + u[k]
+        css = css + (u[k] - top)
         theta = _max(theta, css * (1.0 / (k + 1)))
     total = functools.reduce(jnp.add, [_max(z, 0.0) for z in zs])
-    theta = jnp.where(total > 1.0, theta, 0.0)
+    over = total > 1.0
+    shift, theta = jnp.where(over, top, 0.0), jnp.where(over, theta, 0.0)
     if barrier:
-        theta = jax.lax.optimization_barrier(theta)
-    return [_max(z - theta, 0.0) for z in zs]
+        shift, theta = jax.lax.optimization_barrier((shift, theta))
+    return [_max((z - shift) - theta, 0.0) for z in zs]

@@ -169,6 +169,32 @@ def test_capped_columns_match_a_bisection_reference(k):
     assert np.all(ys >= 0) and np.all(ys.sum(0) <= 1 + 1e-12)
 
 
+@pytest.mark.parametrize("big", [1e7, 1e8, 1e12, 1e30])
+def test_capped_columns_keep_the_total_far_from_the_origin(big):
+    """Columns with ``|z| ≫ 1/eps`` (float32): the projection still sums to 1 and matches a
+    float64 reference on the same (rounded) inputs; before, ``u_1 − 1`` rounded to ``u_1`` and
+    the whole total was lost (zeros)."""
+    from poa_jax.kernels.capped import project_capped_columns
+
+    rng = np.random.default_rng(0)
+    k = 4
+    z = (big * (1.0 + rng.uniform(-1e-6, 1e-6, (k, 200)))).astype(np.float32)
+    z[:, :3] = np.float32(big)  # exact ties
+    z[2, 3:10] = -big  # far below the top
+    ys = np.stack(
+        [np.asarray(y) for y in project_capped_columns([jnp.asarray(r) for r in z])]
+    ).astype(np.float64)
+    np.testing.assert_allclose(ys.sum(0), 1.0, rtol=2e-6)
+    np.testing.assert_allclose(ys[:, 0], 0.25, rtol=1e-6)
+    for col in range(z.shape[1]):
+        c = z[:, col].astype(np.float64) - z[:, col].max()  # exact in float64
+        lo, hi = c.min() - 1, c.max()
+        for _ in range(200):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if np.maximum(c - mid, 0).sum() > 1 else (lo, mid)
+        np.testing.assert_allclose(ys[:, col], np.maximum(c - hi, 0), atol=2e-6)
+
+
 def test_project_simplex_fully_masked_row_is_zero():
     y = project_weighted(jnp.array([0.3, -1.0]), 2.0, jnp.ones(2), jnp.array([False, False]))
     assert np.all(np.asarray(y) == 0.0)
