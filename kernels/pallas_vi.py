@@ -49,7 +49,7 @@ far, iteration budget of this call).
 field ``F(x) = (c, s, ν)`` evaluated one column (worker) ``k`` at a time — cost ``c_·k``, diagonal
 metric ``s_·k ≈ ∂c_jk/∂x_jk`` and an optional term ``ν_k`` of the gap denominator ``ν = Σ_k ν_k`` —
 
-    s̃      = max(s, (max_jk s, or 1 if ≤ 0)·√ε)                 (metric floor; 1 off the mask)
+    s̃      = min(max(s, S·√ε), S),  S = max_jk s over finite s (1 if ≤ 0)   (1 off the mask)
     c̄_jk   = c_jk − m_j,  m_j = Σ_k x_jk c_jk / d_j  (min_k c_jk if d_j = 0)   (centring)
     y      = P_s̃(x − α c̄ / s̃ + μ Δ_prev)                       (scaled projection, per row)
     cos    = ⟨Δ, Δ_prev⟩_s̃ / (‖Δ‖_s̃ ‖Δ_prev‖_s̃),   Δ = y − x
@@ -290,7 +290,9 @@ def _column_field(field_fn, yk, mk, wk, shared, acc, zero, has_norm):
     sk = [jnp.broadcast_to(v, zero.shape).astype(dtype) for v in f.scale]
     col = lane_sum([jnp.where(b, u * v, 0.0) for u, v, b in zip(yk, ck, mk, strict=True)])
     rmin = [jnp.minimum(r, jnp.where(b, v, jnp.inf)) for r, v, b in zip(rmin, ck, mk, strict=True)]
-    smax = jnp.maximum(smax, lane_max([jnp.where(b, v, 0.0) for v, b in zip(sk, mk, strict=True)]))
+    # the largest finite s: an overflowed curvature must not make every step zero
+    sfin = [jnp.where(b & (v < jnp.inf), v, 0.0) for v, b in zip(sk, mk, strict=True)]
+    smax = jnp.maximum(smax, lane_max(sfin))
     nrm = nrm + (col if f.norm is None else jnp.asarray(f.norm, dtype))
     return ck, sk, (yc + col, rmin, smax, nrm)
 
@@ -299,7 +301,8 @@ class _Verdict(NamedTuple):
     """The evaluated candidate ``y``: its gap and whether it is accepted (see :func:`_judge`)."""
 
     gap: Lane
-    floor: Lane  # metric floor max(1, max s)·√ε
+    top: Lane  # metric ceiling S: the largest finite s (1 if none is positive)
+    floor: Lane  # metric floor S·√ε
     ok: Lane  # finite gap: y accepted
     alpha1: Lane  # step size of the next candidate's projection
     mom1: Lane  # heavy-ball coefficient of the next candidate's projection
@@ -316,12 +319,13 @@ def _judge(c: dict, acc, demand, has_norm) -> _Verdict:
     best = lane_sum([jnp.where(d > 0, d * r, 0.0) for d, r in zip(demand, rmin, strict=True)])
     den = nrm if has_norm[0] else jnp.abs(yc)
     g = jnp.maximum(yc - best, 0.0) / jnp.maximum(den, tiny)
-    floor = jnp.where(smax > 0, smax, 1.0) * jnp.finfo(dtype).eps ** 0.5  # as vi.diagonal_metric
+    top = jnp.where(smax > 0, smax, 1.0)  # as vi.diagonal_metric
+    floor = top * jnp.finfo(dtype).eps ** 0.5
     ok = jnp.isfinite(g)
     alpha1 = jnp.where(ok, c["alpha_next"], c["alpha"] * 0.5)
     mom1 = jnp.where(ok, c["mom_next"], 0.0)
     improved = (c["fresh"] > 0) | (ok & (g < c["best_gap"]))
-    return _Verdict(g, floor, ok, alpha1, mom1, improved)
+    return _Verdict(g, top, floor, ok, alpha1, mom1, improved)
 
 
 def _row_update(v: _Verdict, xj, yj, cj, sj, mj, d, rm, acc, heavy: bool = False):
@@ -329,7 +333,10 @@ def _row_update(v: _Verdict, xj, yj, cj, sj, mj, d, rm, acc, heavy: bool = False
     accepted point (where the field is known; plus the heavy-ball term where ``heavy``), and
     add the row's step-control inner products. Returns ``(x1, y1, step1, acc)``."""
     tiny = _tiny(xj[0].dtype)
-    sj = [jnp.where(b, jnp.maximum(u, v.floor), 1.0) for u, b in zip(sj, mj, strict=True)]
+    sj = [
+        jnp.where(b, jnp.minimum(jnp.maximum(u, v.floor), v.top), 1.0)
+        for u, b in zip(sj, mj, strict=True)
+    ]
     x1 = _where(v.ok, yj, xj)
     step1 = [jnp.where(v.ok, a - b, 0.0) for a, b in zip(yj, xj, strict=True)]
     mean = lane_sum([jnp.where(b, u * w, 0.0) for u, w, b in zip(x1, cj, mj, strict=True)])
@@ -866,14 +873,15 @@ def flops_per_iteration(num_rows: int, num_cols: int, field_flops: int,
       multiply-adds), ``K`` × (max, divide, max, select), ``K`` × (multiply, sub, max, select),
       ``K`` sum and rescale ``K`` → ``J·(5K² + 11K)``;
     * centring ``J·(4K + 3)`` + the step ``z = x − α c/s`` ``3JK``;
-    * metric floor ``4JK``; gap ``4JK + 4J``; step control ``9JK + 10``;
+    * metric clip (largest finite ``s``, floor, ceiling) ``7JK``; gap ``4JK + 4J``;
+      step control ``9JK + 10``;
     * pending-lane selects for ``x, c, s, step, best_x`` and the loop test ``≈ 8JK + 10``;
     * with ``momentum``, the heavy-ball term ``+ μ·Δ_prev`` ``2JK`` and its coefficient ``4``.
     """
     J, K = num_rows, num_cols
     proj = J * (5 * K * K + 11 * K)
     centre = J * (4 * K + 3) + 3 * J * K
-    metric = 4 * J * K
+    metric = 7 * J * K
     gap = 4 * J * K + 4 * J
     control = 9 * J * K + 10
     select = 8 * J * K + 10

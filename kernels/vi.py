@@ -130,16 +130,22 @@ def relative_gap(x: jax.Array, c: jax.Array, demand: jax.Array, mask: jax.Array)
 
 
 def diagonal_metric(s: jax.Array, mask: jax.Array) -> jax.Array:
-    """The step metric: ``s`` floored at ``√eps·max s`` where ``mask``, 1 elsewhere."""
+    """The step metric: ``s`` clipped to ``[√eps·S, S]`` where ``mask``, 1 elsewhere; ``S`` is
+    the largest finite ``s`` over the mask (1 where none is positive)."""
     # A floor relative to the largest curvature keeps the metric positive definite where a
     # resource's cost is flat (a constant-latency link); such a resource then absorbs the slack
     # of its row in the projection, which is the exact Newton step for it.
     # The floor is relative, so the iteration does not depend on the cost units (costs × κ
     # scale s by κ and leave x − αF/s unchanged); 1 stands in only where every s is 0.
+    # An infinite (overflowed) curvature stands in as S, the stiffest finite one: taken as is,
+    # it would pin its entry (a zero step and an infinite projection weight), and as the
+    # floor's reference it made every step zero (the instance ran out of iterations). A NaN
+    # curvature stays NaN: its steps are rejected and the instance is reported unconverged.
     eps = jnp.finfo(s.dtype).eps
-    smax = jnp.max(jnp.where(mask, s, 0.0))
-    floor = jnp.where(smax > 0, smax, 1.0) * eps**0.5
-    return jnp.where(mask, jnp.maximum(s, floor), 1.0)
+    smax = jnp.max(jnp.where(mask & (s < jnp.inf), s, 0.0))
+    top = jnp.where(smax > 0, smax, 1.0)
+    floor = top * eps**0.5
+    return jnp.where(mask, jnp.minimum(jnp.maximum(s, floor), top), 1.0)
 
 
 def _centred(c: jax.Array, x: jax.Array, demand: jax.Array, mask: jax.Array) -> jax.Array:

@@ -454,6 +454,44 @@ def test_masked_padding_and_ragged_batch():
         np.testing.assert_array_equal(np.asarray(getattr(st, f)), getattr(small, f), f)
 
 
+def _stiff_field(xk, w, shared):
+    """:func:`_affine_field` with the metric ``w["s"]`` (may be infinite) instead of ``b``."""
+    del shared
+    load = pv.lane_sum(xk)
+    return pv.Field([w["a"] + w["b"] * load] * len(xk), [w["s"]] * len(xk))
+
+
+@pytest.mark.parametrize("bad", [np.inf, np.nan])
+def test_an_infinite_curvature_does_not_freeze_the_instance(bad):
+    """One worker's metric overflows (``+∞``): it stands in as the stiffest finite one, so the
+    instance still converges, in the kernel as in ``kernels.vi.projection`` (before, the
+    metric floor became ``∞`` and every step was zero: out of iterations). A NaN metric is
+    reported unconverged, the same way in both."""
+    n, tol, rows, cols = 16, 1e-10, 2, 3
+    a, b, d, x0 = _affine_problem(3, n, rows, cols)
+    sc = b.copy()
+    sc[0, ::2] = bad
+    mask = np.ones((rows, cols, n), bool)
+    kern = pv.projection_kernel(_stiff_field, tol=tol, max_iters=300, block=16, interpret=True)
+    st = pv.start_state(jnp.asarray(x0), jnp.asarray(d), jnp.asarray(mask))
+    got = jax.device_get(kern.advance(dict(a=a, b=b, s=sc), {}, d, mask, st, 300))
+
+    def ref(a, b, s, d, x0):
+        cost = lambda x: jnp.broadcast_to(a + b * x.sum(0), x.shape)
+        scale = lambda x: jnp.broadcast_to(s, x.shape)
+        return vi.projection(cost, scale, x0, d, jnp.ones(x0.shape, bool), tol=tol, max_steps=300)
+
+    r = jax.jit(jax.vmap(ref, in_axes=(1, 1, 1, 1, 2)))(a, b, sc, d, x0)
+    np.testing.assert_array_equal(got.steps, np.asarray(r.steps))
+    if np.isnan(bad):
+        assert np.all(np.asarray(r.status)[::2] != 0) and np.all(np.asarray(r.status)[1::2] == 0)
+        np.testing.assert_array_equal(got.best_gap > tol, np.asarray(r.status) != 0)
+        return
+    assert np.all(np.asarray(r.gap) <= tol) and np.all(np.asarray(r.status) == 0)
+    assert np.all(got.best_gap <= tol)
+    np.testing.assert_allclose(got.best_x, np.moveaxis(np.asarray(r.x), 0, -1), atol=1e-9)
+
+
 # --------------------------------------------------------------------------- GPU code path
 
 
