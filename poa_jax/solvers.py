@@ -199,7 +199,7 @@ def snap_support(g, pol, x: jax.Array, gap: jax.Array, *, tol: float):
     onto its other used workers in proportion to their flows; the result is kept where its
     gap is no larger (Pigou: ``[1 − ε, ε] → [1, 0]``, gap 0, SC 1). A genuinely interior small
     flow is kept: clearing it leaves a worker cheaper than the used ones, a larger gap.
-    Returns ``(x, gap)``.
+    Returns ``(x, gap)``, the gap at least :func:`poa_jax.kernels.vi.gap_resolution` of ``x``.
     """
     mask = _mask(g, x)
     d = g.demand[:, None]
@@ -209,9 +209,15 @@ def snap_support(g, pol, x: jax.Array, gap: jax.Array, *, tol: float):
     tiny = jnp.finfo(x.dtype).tiny
     snapped = jnp.where(keep, x * (d / jnp.maximum(kept, tiny)), 0.0)
     snapped = jnp.where(kept > 0, snapped, x)  # a class whose flows are all small: as it was
-    new_gap = vi.relative_gap(snapped, _pol.perceived_cost(pol, g, snapped), g.demand, mask)
+    c_snap = _pol.perceived_cost(pol, g, snapped)
+    new_gap = vi.relative_gap(snapped, c_snap, g.demand, mask)
     use = jnp.any(small) & (new_gap <= gap)
-    return jnp.where(use, snapped, x), jnp.where(use, new_gap, gap)
+    # Never a gap finer than the dtype resolves (vi.gap_resolution): float32 at tol 1e-7 read
+    # "gap 0, converged" where the true gap was up to 2.8× tol.
+    res_x = vi.gap_resolution(x, _pol.perceived_cost(pol, g, x), g.demand, mask)
+    res_snap = vi.gap_resolution(snapped, c_snap, g.demand, mask)
+    gap = jnp.where(use, jnp.maximum(new_gap, res_snap), jnp.maximum(gap, res_x))
+    return jnp.where(use, snapped, x), gap
 
 
 def equilibrium_finish(g, pol, carry: Carry, *, method, tol) -> dict:
@@ -249,6 +255,13 @@ def marginal_gap(g, x: jax.Array, grad: jax.Array) -> jax.Array:
     best = jnp.sum(g.demand * jnp.min(jnp.where(mask, grad, jnp.inf), axis=-1))
     sc = _game.social_cost(g, x)
     return jnp.maximum(lin - best, 0.0) / jnp.maximum(sc, jnp.finfo(x.dtype).tiny)
+
+
+def marginal_resolution(g, x: jax.Array) -> jax.Array:
+    """The smallest :func:`marginal_gap` the dtype can certify at ``x``
+    (:func:`poa_jax.kernels.vi.gap_resolution` of ``∇SC`` over ``SC``)."""
+    grad = _game.social_cost_gradient(g, x)
+    return vi.gap_resolution(x, grad, g.demand, _mask(g, x), _game.social_cost(g, x))
 
 
 def _optimum_iteration(g, phase: int = 2) -> vi.Iteration:
@@ -310,7 +323,10 @@ def best_candidate(g, polished, gap, steps, x0s, *, tol) -> dict:
     grad = functools.partial(_game.social_cost_gradient, g)
     raw_gap = jax.vmap(lambda x: marginal_gap(g, x, grad(x)))(x0s)
     cand_x = jnp.concatenate([polished, x0s])
-    cand_gap = jnp.concatenate([gap, raw_gap])
+    # Never a gap finer than the dtype resolves (see marginal_resolution).
+    cand_gap = jnp.maximum(
+        jnp.concatenate([gap, raw_gap]), jax.vmap(lambda x: marginal_resolution(g, x))(cand_x)
+    )
     cand_steps = jnp.concatenate([steps, jnp.zeros_like(steps)])
     cand_sc = jax.vmap(functools.partial(_game.social_cost, g))(cand_x)
     # The lowest cost wins, but a converged candidate is preferred over one that is cheaper by

@@ -5,6 +5,10 @@ float32 resolves costs to ~1e-7 relative, so the float32 default is a relative g
 found only 54% of instances converged (float64, at its 1e-9 default, 99.8%). The ``converged``
 flags are honest, so such instances are reported, not hidden; use float64 there. float64
 defaults to 1e-9, which puts PoA oracles within 1e-8.
+
+A reported gap is never finer than the dtype resolves
+(:func:`poa_jax.kernels.vi.gap_resolution`, about ``2·eps``: 2.4e-7 in float32), so a float32
+solve at ``tol`` below that reports every instance unconverged rather than "gap 0".
 """
 
 from __future__ import annotations

@@ -486,3 +486,26 @@ def test_start_shares_do_not_depend_on_padding():
     np.testing.assert_allclose(padded[..., :2], small, rtol=1e-15)
     inner = start_shares(np.array([[0, 1, 0, 1]], bool), 9, seed=5)  # gaps in the mask too
     np.testing.assert_allclose(inner[..., [1, 3]], small, rtol=1e-15)
+
+
+def test_no_gap_finer_than_the_dtype_resolves():
+    """float32 at a tolerance below its resolution (1e-7; a relative gap subtracts two sums
+    known to ~eps): no instance claims convergence, every reported gap is at least eps. Before,
+    54% of these games read "gap 0, converged" with true (float64) gaps up to 2.8× tol. At the
+    float32 default (1e-5) the verdicts are unchanged and the gaps stay honest."""
+    from poa_jax.synthetic import random_games
+
+    games = random_games(0, 48, 5, 6, cache=True)
+    eps32 = float(np.finfo(np.float32).eps)
+    fine = pj.solve_equilibrium(games, dtype="float32", tol=1e-7, max_iters=150)
+    assert np.all(np.asarray(fine.status) != 0)
+    assert np.all(np.asarray(fine.gap) >= eps32)
+    opt = pj.solve_optimum(games, dtype="float32", tol=1e-7, max_iters=150)
+    assert np.all(np.asarray(opt.status) != 0) and np.all(np.asarray(opt.gap) >= eps32)
+    # the default tolerance: converged verdicts, gaps within tol and above the resolution
+    eq = pj.solve_equilibrium(games, dtype="float32")
+    gap = np.asarray(eq.gap)
+    conv = np.asarray(eq.status) == 0
+    assert conv.mean() > 0.9 and np.all(gap[conv] <= 1e-5) and np.all(gap >= eps32)
+    truth = np_gap(_full(games), np.asarray(eq.flows, np.float64))  # float64, independent
+    assert np.all(truth[conv] <= 1.02e-5)
