@@ -178,14 +178,20 @@ def _latency(f, w, second: bool = False, small_power: bool = False):
     return val, der, sec
 
 
-def _column(xk, w, g):
+def _column(xk, w, g, reciprocal: bool = False):
     """Hit fractions and loads of worker ``k`` from its column ``x_k`` (``J`` lane vectors):
-    ``(e, q, h, n, X, W)``, with ``q, h, n`` lists over the classes."""
+    ``(e, q, h, n, X, W)``, with ``q, h, n`` lists over the classes (with ``reciprocal``, ``q``
+    holds ``1/q``, and ``h`` is taken with it: one division per class for the optimum's three
+    uses)."""
     J = len(xk)
     X = pv.lane_sum(xk)
     e = w["residency"] * (1.0 + X / w["cache_size"])
     q = [xk[j] + e for j in range(J)]
-    h = [g["shareable"][j] * xk[j] / q[j] for j in range(J)]
+    if reciprocal:
+        q = [1.0 / v for v in q]
+        h = [g["shareable"][j] * xk[j] * q[j] for j in range(J)]
+    else:
+        h = [g["shareable"][j] * xk[j] / q[j] for j in range(J)]
     n = [g["tokens"][j] * (1.0 - h[j]) for j in range(J)]
     W = pv.lane_sum([xk[j] * n[j] for j in range(J)])
     return e, q, h, n, X, W
@@ -222,7 +228,7 @@ def _optimum_field(xk, w, g, small_power: bool = False, full_mask: bool = False)
     """``∇SC``, the diagonal curvature and worker ``k``'s term of ``SC``
     (:func:`poa_jax.game.social_cost_gradient`); ``xk`` the column, ``w`` the worker's fields."""
     J = len(xk)
-    e, q, _, n, X, W = _column(xk, w, g)
+    e, r, _, n, X, W = _column(xk, w, g, reciprocal=True)
     lat, dlat, d2lat = _latency(_latency_of(w), W, second=True, small_power=small_power)
     m = None if full_mask else w["worker_mask"] > 0.5  # full_mask: every worker present
     on = (lambda v: v) if m is None else (lambda v: jnp.where(m, v, 0.0))  # noqa: E731
@@ -230,9 +236,9 @@ def _optimum_field(xk, w, g, small_power: bool = False, full_mask: bool = False)
     tok = g["tokens"]
     a_own, u, ds, s = [], [], [], []
     for j in range(J):
-        eta, qq = g["shareable"][j], q[j]
-        a_own.append(eta * e / (qq * qq))
-        u.append(eta * xk[j] / (qq * qq))
+        eta, r2 = g["shareable"][j], r[j] * r[j]
+        a_own.append(eta * e * r2)
+        u.append(eta * xk[j] * r2)
         ds.append(w["pre_b"] + 2.0 * w["pre_c"] * n[j])
         s.append(_prefill(w, n[j]))
     cross_w = slope_e * pv.lane_sum([xk[i] * tok[i] * u[i] for i in range(J)])
