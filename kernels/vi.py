@@ -192,10 +192,14 @@ def _newton_point(cost_fn, x, c, demand, mask):
     eye = jnp.eye(J, dtype=dtype)
     # Levenberg–Marquardt shift: without the cache term B_k = ℓ'_k·L Lᵀ has rank one (only the
     # worker's aggregate load is determined), so the plain Newton system is singular.
-    diag = jnp.abs(jnp.diagonal(B, axis1=1, axis2=2))  # (K, J)
+    # Over the existing resources only: a masked (padding) column's slope, whatever its
+    # parameters, set the shift, and a game padded with a steep worker took other iterations.
+    diag = jnp.where(jnp.transpose(mask), jnp.abs(jnp.diagonal(B, axis1=1, axis2=2)), 0.0)
     lam = jnp.finfo(dtype).eps ** 0.5 * jnp.maximum(jnp.max(diag), jnp.finfo(dtype).tiny)
     # M_k = A (B_k + λI) A + (I − A): identity on inactive entries keeps their Δx at 0.
-    M = a[:, :, None] * (B + lam * eye[None]) * a[:, None, :] + eye[None] * (1.0 - a)[:, :, None]
+    # (A·(B + λI)·A by selection, not products: 0·∞ is NaN where an inactive slope overflows.)
+    both = (a[:, :, None] * a[:, None, :]) > 0
+    M = jnp.where(both, B + lam * eye[None], 0.0) + eye[None] * (1.0 - a)[:, :, None]
     Minv_A = jax.vmap(solve_small)(M, jnp.broadcast_to(eye, (K, J, J)) * a[:, None, :])
     G = jnp.sum(Minv_A, axis=0)  # Σ_k M_k⁻¹ A_k
     rhs = jnp.einsum("kji,ik->j", Minv_A, c)  # Σ_k M_k⁻¹ A_k c_k

@@ -66,6 +66,34 @@ def float_dtype(dtype) -> np.dtype:
     return dt
 
 
+#: Rules of fields that must stay > 0 (a value that rounds to 0 in the working dtype breaks them).
+_POSITIVE = ("finite_gt0", "pos_or_inf")
+
+
+def _representable(name: str, a: np.ndarray, rule: str, dt: np.dtype) -> None:
+    """:class:`InputError` at the first value of ``a`` (checked by ``rule`` in float64) that the
+    working dtype ``dt`` cannot hold: finite past ``finfo(dt).max`` (it would be ``inf``; float32:
+    3.4e38) or, for a rule that needs ``> 0``, positive below the smallest subnormal (it would
+    be 0; float32: 1.4e-45). Such a game came back with NaN or ``inf`` flows and costs
+    (status non-finite) instead of this error."""
+    if dt == np.float64 or a.size == 0:
+        return
+    with np.errstate(over="ignore", under="ignore"):
+        c = a.astype(dt)
+    bad = np.isfinite(a) & ~np.isfinite(c)
+    if rule in _POSITIVE:
+        bad |= (a > 0) & (c == 0)
+    if np.any(bad):
+        idx = tuple(int(i) for i in np.argwhere(bad)[0]) if a.ndim else ()
+        where = f"[{', '.join(map(str, idx))}]" if idx else ""
+        fi = np.finfo(dt)
+        raise InputError(
+            f"{name}{where} = {(a[idx] if idx else a).item()!r}: not representable in {dt} "
+            f"(magnitudes {fi.smallest_subnormal:.3g} to {fi.max:.3g}): use dtype float64 or "
+            "other units"
+        )
+
+
 def _last_dim(fields: dict[str, np.ndarray], axis_name: str) -> int:
     sizes = {n: a.shape[-1] for n, a in fields.items() if a.ndim >= 1 and a.shape[-1] != 1}
     distinct = sorted(set(sizes.values()))
@@ -99,6 +127,10 @@ def prepare(game: RoutingGame, policy: Policy | None = None, dtype=None) -> Prep
         raise InputError(f"policy: expected a pj.policies.Policy, got {type(policy).__name__}")
     dt = float_dtype(dtype)
 
+    def checked(name, arr, rule):
+        check(name, arr, rule)
+        _representable(name, arr, rule, dt)
+
     jf = {
         "RoutingGame.demand": as_array("RoutingGame.demand", game.demand),
         "RoutingGame.tokens": as_array("RoutingGame.tokens", game.tokens),
@@ -106,23 +138,23 @@ def prepare(game: RoutingGame, policy: Policy | None = None, dtype=None) -> Prep
     }
     if jf["RoutingGame.demand"].ndim == 0:
         raise InputError("RoutingGame.demand: must have a class axis, shape (..., J)")
-    check("RoutingGame.demand", jf["RoutingGame.demand"], "finite_ge0")
-    check("RoutingGame.tokens", jf["RoutingGame.tokens"], "finite_gt0")
-    check("RoutingGame.shareable", jf["RoutingGame.shareable"], "unit")
+    checked("RoutingGame.demand", jf["RoutingGame.demand"], "finite_ge0")
+    checked("RoutingGame.tokens", jf["RoutingGame.tokens"], "finite_gt0")
+    checked("RoutingGame.shareable", jf["RoutingGame.shareable"], "unit")
 
     kf: dict[str, np.ndarray] = {}
     for f in _LAT:
         name = f"RoutingGame.latency.{f}"
         kf[name] = as_array(name, getattr(game.latency, f))
-        check(name, kf[name], _LAT_RULES[f])
+        checked(name, kf[name], _LAT_RULES[f])
     for f in _PRE:
         name = f"RoutingGame.prefill.{f}"
         kf[name] = as_array(name, getattr(game.prefill, f))
-        check(name, kf[name], "finite_ge0")
+        checked(name, kf[name], "finite_ge0")
     kf["RoutingGame.residency"] = as_array("RoutingGame.residency", game.residency)
-    check("RoutingGame.residency", kf["RoutingGame.residency"], "finite_gt0")
+    checked("RoutingGame.residency", kf["RoutingGame.residency"], "finite_gt0")
     kf["RoutingGame.cache_size"] = as_array("RoutingGame.cache_size", game.cache_size)
-    check("RoutingGame.cache_size", kf["RoutingGame.cache_size"], "pos_or_inf")
+    checked("RoutingGame.cache_size", kf["RoutingGame.cache_size"], "pos_or_inf")
     # NaN, 0.5, "x" are not bools
     mask = as_array("RoutingGame.worker_mask", game.worker_mask, booleans=True)
     check("RoutingGame.worker_mask", mask, "zero_one")
@@ -133,7 +165,7 @@ def prepare(game: RoutingGame, policy: Policy | None = None, dtype=None) -> Prep
     for f, rule in _POL_RULES.items():
         name = f"policy.{f}"
         pf[name] = as_array(name, getattr(policy, f))
-        check(name, pf[name], rule)
+        checked(name, pf[name], rule)
 
     J = _last_dim(jf, "class (J)")
     K = _last_dim({n: a for n, a in kf.items()}, "worker (K)")
@@ -223,8 +255,9 @@ def _eq_advance_raw(game, policy, carry, *, method, tol, max_iters, budget, phas
     return _vmap_eq(solvers.equilibrium_advance, **kw)(game, policy, carry)
 
 
-def _eq_pending_raw(carry, *, tol, max_iters):
-    return _vmap_eq(solvers.equilibrium_pending, tol=tol, max_iters=max_iters)(carry)
+def _eq_pending_raw(carry, *, tol, max_iters, method):
+    kw = dict(tol=tol, max_iters=max_iters, method=method)
+    return _vmap_eq(solvers.equilibrium_pending, **kw)(carry)
 
 
 def _eq_finish_raw(game, policy, carry, *, method, tol):
@@ -503,7 +536,9 @@ def _place(tree, mesh):
 
 #: Which implementation the lane solvers use: "xla" (the pure-JAX loop; the default), "auto"
 #: (the fused Pallas kernel where :func:`poa_jax.fused.use_fused` allows — a GPU, float32,
-#: τ = 0, projection — else XLA) or "pallas" (the fused kernel, failing loudly). The default is
+#: τ = 0, projection — else XLA) or "pallas" (the fused kernel, failing loudly where it cannot
+#: be built; τ > 0, the other methods and optima with descent steps, which it does not
+#: implement, stay on XLA). The default is
 #: "xla" because on an H200 (jax 0.11.2, 2026-11-27) the fused kernel, though it compiled in
 #: 25–40 s and passed its GPU tests, ran at 0.5–0.65× the XLA loop (its driver recompiled a
 #: scatter every round; fixed since, not yet re-measured): see benchmarks/RESULTS.md.
@@ -529,6 +564,11 @@ def _fused(kind: str, game, policy, x0, method, **kw):
 
     if KERNEL == "auto" and jax.local_device_count() > 1:
         return None  # the fused driver runs on one device; sharded XLA wins there
+    logit = policy is not None and np.any(np.asarray(policy.tau) > 0)
+    if method not in ("projection", "auto") or logit:
+        # Not the kernel's iteration (logit averaging, extragradient, Frank–Wolfe): the XLA loop,
+        # as for optima with descent steps. With "pallas" these raised a ValueError.
+        return None
     dt = np.asarray(x0).dtype
     if KERNEL == "auto" and not fused.use_fused(game, policy, dtype=dt, method=method):
         return None
@@ -569,7 +609,7 @@ def equilibria(game, policy, x0, *, method: str, tol: float, max_iters: int) -> 
     static = dict(tol=tol, max_iters=max_iters)
     carry = _program(_eq_init_raw, mesh, method=method)(g, p, x)
     advance = _stepper(_eq_advance_raw, mesh, method=method, **static)
-    pending = _program(_eq_pending_raw, mesh, **static)
+    pending = _program(_eq_pending_raw, mesh, method=method, **static)
     carry = drive(advance, pending, (g, p), carry, n_pad * s, max_iters, mesh)
     out = _program(_eq_finish_raw, mesh, method=method, tol=tol)(g, p, carry)
     return {k: jnp.reshape(v, (n_pad, s) + v.shape[1:])[:n] for k, v in out.items()}

@@ -110,6 +110,10 @@ def rescale_starts(a, mask, demand, dtype) -> np.ndarray:
     masked workers zeroed, a row summing to zero uniform over the existing workers."""
     mask = np.asarray(mask, bool)[:, None, None, :]
     a = np.where(mask, np.asarray(a, np.float64), 0.0)
+    # Each row over its largest entry first: a row summing past the float64 maximum had a total
+    # of inf, share 0 and an all-zero start, the cheapest "optimum" (SC 0, converged).
+    top = a.max(-1, keepdims=True)
+    a = a / np.where(top > 0, top, 1.0)
     total = a.sum(-1, keepdims=True)
     uniform = mask / mask.sum(-1, keepdims=True)
     share = np.where(total > 0, a / np.where(total > 0, total, 1.0), uniform)
@@ -269,10 +273,12 @@ def solve_equilibrium(
         ``extragradient`` or ``frank_wolfe`` (needs a potential: no cache term, or
         load-balanced; refused otherwise). Graph games: ``auto``
         (= ``paths``), ``paths`` or ``frank_wolfe`` (:mod:`poa_jax.graph_solve`).
-      x0: optional start flows ``(..., J, K)``; default the greedy start
-        (:func:`poa_jax.solvers.greedy_start`: classes placed one at a time, all-or-nothing,
-        on their cheapest worker), not the uniform split: with the cache term they can settle
-        in different equilibria.
+      x0: optional start flows ``(..., J, K)``, finite and >= 0; each class's row is rescaled
+        to its demand (a row summing to zero starts uniform) and missing workers are zeroed, as
+        for :func:`~poa_jax.price_of_anarchy`'s and :func:`solve_optimum`'s ``x0``. Default
+        the greedy start (:func:`poa_jax.solvers.greedy_start`: classes placed one at a time,
+        all-or-nothing, on their cheapest worker), not the uniform split: with the cache term
+        they can settle in different equilibria.
       dtype: float32 or float64 (default: JAX's default float).
 
     Returns:
@@ -314,7 +320,11 @@ def _user_start(prep, x0) -> np.ndarray:
     except ValueError:
         want = prep.batch_shape + (j, k)
         raise InputError(f"x0 has shape {a.shape}: must broadcast to {want}") from None
-    return a.reshape((-1, j, k)).astype(prep.dtype)
+    # Rescaled, not left to the solvers' Euclidean projection: shares [0.9, 0.1] of a demand of
+    # 10 started at [5.4, 4.6] instead of [9, 1], and with the cache term 107 of 200 random
+    # games settled in another equilibrium than price_of_anarchy's from the same x0.
+    a = a.reshape((-1, 1, j, k))
+    return rescale_starts(a, prep.game.worker_mask, prep.game.demand, prep.dtype)[:, 0]
 
 
 def solve_optimum(

@@ -178,10 +178,12 @@ def equilibrium_advance(g, pol, carry: Carry, *, method, tol, max_iters, budget,
     )  # fmt: skip
 
 
-def equilibrium_pending(carry: Carry, *, tol, max_iters) -> jax.Array:
-    """Work left for this instance: 0 none, else the phase it is in (1 or 2)."""
+def equilibrium_pending(carry: Carry, *, tol, max_iters, method: str = "projection") -> jax.Array:
+    """Work left for this instance: 0 none, else the phase it is in (1 or 2). Only
+    ``projection`` has a phase 2 (the Newton endgame); the other methods' iteration is the same
+    in both, so their lanes stay in phase 1 (one program, one call per round, not two)."""
     p = loop.pending(carry.error, carry.steps, tol, max_iters)
-    return jnp.where(p, phase_of(carry.error), 0)
+    return jnp.where(p, phase_of(carry.error) if method == "projection" else 1, 0)
 
 
 #: :func:`snap_support` tries to clear flows below ``SNAP·√tol`` of their class's demand.

@@ -488,6 +488,31 @@ def test_start_shares_do_not_depend_on_padding():
     np.testing.assert_allclose(inner[..., [1, 3]], small, rtol=1e-15)
 
 
+def test_results_do_not_depend_on_the_padding_workers_parameters(cache_games):
+    """Two absent workers padded onto SMALL with steep parameters (κ = 1e-300: an infinite
+    slope at zero load) leave the equilibria exactly as unpadded. The Newton endgame took its
+    Levenberg–Marquardt shift over every column, absent ones included, and 0·∞ = NaN in its
+    system rejected every Newton step: 8 of 8 instances took other (more) iterations."""
+    g = cache_games
+    n = np.shape(g.demand)[0]
+
+    def pad(a, fill):
+        return np.concatenate([np.broadcast_to(a, (n, 4)), np.full((n, 2), fill)], 1)
+
+    steep = {f: pad(getattr(g.latency, f), 1.0) for f in ("a", "b", "c", "p", "d")}
+    lat = dataclasses.replace(g.latency, kappa=pad(g.latency.kappa, 1e-300), **steep)
+    pre = dataclasses.replace(g.prefill, **{f: pad(getattr(g.prefill, f), 0.0) for f in "abc"})
+    padded = dataclasses.replace(
+        g, latency=lat, prefill=pre, residency=pad(g.residency, 1e-300),
+        cache_size=pad(g.cache_size, 1.0), worker_mask=pad(np.ones((n, 4), bool), False),
+    )  # fmt: skip
+    a = pj.solve_equilibrium(g, tol=1e-10)  # below NEWTON_BELOW: the endgame runs
+    b = pj.solve_equilibrium(padded, tol=1e-10)
+    assert np.all(b.flows[..., 4:] == 0.0)
+    np.testing.assert_array_equal(b.iterations, a.iterations)
+    np.testing.assert_allclose(b.flows[..., :4], a.flows, rtol=0, atol=1e-12)
+
+
 def test_no_gap_finer_than_the_dtype_resolves():
     """float32 at a tolerance below its resolution (1e-7; a relative gap subtracts two sums
     known to ~eps): no instance claims convergence, every reported gap is at least eps. Before,

@@ -28,6 +28,7 @@ import pytest
 from poa_jax.kernels import pallas_vi as pv
 from poa_jax.kernels import simplex, vi
 
+import poa_jax as pj
 from poa_jax import batching, fused, solve
 from poa_jax import game as _game
 from poa_jax import policies as _pol
@@ -644,6 +645,20 @@ def test_auto_selection_falls_back_to_xla(monkeypatch):
     monkeypatch.setattr(batching, "KERNEL", "pallas")  # asked for explicitly: the error surfaces
     with pytest.raises(_fused.FusedUnavailable):
         batching.equilibria(prep.game, prep.policy, x0, **kw)
+
+
+def test_pallas_selection_leaves_what_the_kernel_does_not_implement_to_xla(monkeypatch):
+    """``use_kernel("pallas")`` with a logit policy (τ > 0) or another method: the XLA loop, as
+    for optima with descent steps (it raised "fused equilibria run the projection method")."""
+    g = pj.RoutingGame(demand=[1.0, 0.5], latency=pj.Latency(a=[0.0, 1.0], b=[1.0, 0.0]))
+    cases = [(_pol.dynamo(tau=0.5), "auto"), (_pol.selfish(), "extragradient")]
+    ref = [pj.solve_equilibrium(g, p, method=m, dtype="float64") for p, m in cases]
+    monkeypatch.setattr(batching, "KERNEL", "pallas")
+    for (p, m), r in zip(cases, ref, strict=True):
+        batching.LAST_KERNEL["equilibrium"] = None
+        out = pj.solve_equilibrium(g, p, method=m, dtype="float64")
+        assert batching.LAST_KERNEL["equilibrium"] == "xla"
+        np.testing.assert_array_equal(out.flows, r.flows)
 
 
 def test_fused_driver_compiles_nothing_for_new_round_counts():

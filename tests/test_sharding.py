@@ -94,6 +94,39 @@ def test_round_calls_cover_every_pending_lane_once_with_few_empty_slots():
         assert sum(s for _, s in calls) - pending < 128  # empty slots: under one small call
 
 
+@pytest.mark.parametrize(("policy", "method"), [("logit", "auto"), ("plain", "extragradient")])
+def test_only_projection_lanes_enter_the_newton_phase(policy, method, cache_games, plain_games,
+                                                      monkeypatch):  # fmt: skip
+    """Phase 2 (the Newton endgame) exists only for ``projection``. Logit averaging and
+    extragradient lanes whose gap fell below NEWTON_BELOW were advanced by a second compiled
+    program, identical to the first, and in calls of their own each round."""
+    import numpy as np
+
+    import poa_jax as pj
+    from poa_jax import batching
+
+    phases = []
+    stepper = batching._stepper
+
+    def spy(raw, mesh, **static):
+        advance = stepper(raw, mesh, **static)
+
+        def run(*args, budget, phase):
+            phases.append(phase)
+            return advance(*args, budget=budget, phase=phase)
+
+        return run
+
+    monkeypatch.setattr(batching, "_stepper", spy)
+    monkeypatch.setattr(batching, "COMPACT_ABOVE", 4)  # the 8 games run in compacted rounds
+    monkeypatch.setattr(batching, "ROUND_ITERS", 8)
+    game = cache_games if policy == "logit" else plain_games
+    pol = pj.policies.dynamo(tau=0.5) if policy == "logit" else pj.policies.selfish()
+    sol = pj.solve_equilibrium(game, pol, method=method, tol=1e-10, dtype="float64")
+    assert np.mean(sol.converged) >= 0.5 and np.all(sol.iterations > 8)  # rounds below 1e-7
+    assert set(phases) == {1}, phases
+
+
 _ROUNDS_SCRIPT = """
 import sys, numpy as np, jax
 jax.config.update("jax_enable_x64", True)

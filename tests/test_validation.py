@@ -99,6 +99,26 @@ def test_bad_value_names_field_and_index(solver, field, index, value, rule):
 
 
 @pytest.mark.usefixtures("no_compile")
+@pytest.mark.usefixtures("no_compile")
+@pytest.mark.parametrize("solver", sorted(SOLVERS))
+@pytest.mark.parametrize(
+    ("field", "index", "value"),
+    [("demand", (2, 1), 1e39), ("latency.b", (0, 3), 5e38), ("latency.kappa", (1, 2), 1e-46),
+     ("tokens", (4, 0), 1e-50), ("cache_size", (3, 1), 1e40)],
+)  # fmt: skip
+def test_values_float32_cannot_hold_are_named(solver, field, index, value):
+    # Finite in float64, they passed the checks and became inf (or 0 where the rule needs > 0)
+    # in float32: NaN or inf flows and costs, status non-finite, instead of an error.
+    with pytest.raises(pj.InputError) as err:
+        SOLVERS[solver](with_value(field, index, value), dtype="float32")
+    msg = str(err.value)
+    assert f"RoutingGame.{field}[{', '.join(map(str, index))}]" in msg, msg
+    assert "not representable in float32" in msg and "float64" in msg, msg
+    from poa_jax import batching
+
+    batching.prepare(with_value(field, index, value), None, "float64")  # float64 holds them
+
+
 def test_first_offending_index_is_reported():
     g = with_value("demand", (3, 2), -1.0)
     g = dataclasses.replace(g, demand=np.where(np.arange(N * J).reshape(N, J) == 4, -2.0,
@@ -341,6 +361,31 @@ def test_optimum_x0_is_rescaled_to_demand_on_existing_workers():
     # several starts per instance, (..., S, J, K), rescaled the same way as warm starts
     opt = pj.solve_optimum(pigou, starts=1, x0=[[[3.0, 1.0]], [[0.0, 0.0]]])
     np.testing.assert_allclose(opt.social_cost, 0.75, rtol=1e-8)
+
+
+def test_optimum_x0_near_the_float64_maximum_is_rescaled():
+    # A row summing past the float64 maximum was rescaled to 0 (a / inf): the all-zero start
+    # won as the "optimum", flows [[0, 0]], SC 0, converged.
+    pigou = pj.RoutingGame(demand=[1.0], latency=pj.Latency(a=[0.0, 1.0], b=[1.0, 0.0]))
+    opt = pj.solve_optimum(pigou, starts=1, x0=[[1e308, 1e308]])
+    np.testing.assert_allclose(opt.flows, [[0.5, 0.5]], atol=1e-6)
+    np.testing.assert_allclose(opt.social_cost, 0.75, rtol=1e-8)
+
+
+def test_equilibrium_x0_is_rescaled_to_demand_as_the_other_x0s(cache_games):
+    # solve_equilibrium left x0 to the solvers' Euclidean projection where price_of_anarchy and
+    # solve_optimum rescale each row: shares [0.9, 0.1] of a demand of 10 started at
+    # [5.4, 4.6], not [9, 1], and with the cache term settled in other equilibria.
+    shares = np.random.default_rng(0).dirichlet(np.full(4, 0.3), (8, 3))
+    flows = shares * np.asarray(cache_games.demand)[..., None]
+    a = pj.solve_equilibrium(cache_games, x0=3.0 * shares)
+    b = pj.solve_equilibrium(cache_games, x0=flows)
+    np.testing.assert_allclose(a.flows, b.flows, rtol=0, atol=1e-9)
+    np.testing.assert_array_equal(a.iterations, b.iterations)
+    lat = pj.Latency(a=[0.0, 1.0, 0.0], b=[1.0, 0.0, 1.0])
+    masked = pj.RoutingGame(demand=[2.0, 1.0], latency=lat, worker_mask=[True, True, False])
+    sol = pj.solve_equilibrium(masked, x0=[[0.0, 0.0, 5.0], [1.0, 1.0, 1.0]], max_iters=1)
+    assert np.all(sol.flows[:, 2] == 0.0)
 
 
 def test_poa_is_nan_where_a_cost_overflows():
