@@ -375,6 +375,9 @@ def _run(kind, params, demand, mask, x0, *, tol, max_iters, interpret, rounds, b
     compile; the lanes of a round are cut into calls of those sizes (:func:`_plan`), the last
     padded with copies of a lane whose result is dropped.
     """
+    rounds = tuple(int(r) for r in rounds) or (int(max_iters),)
+    if min(rounds) < 1:  # a round of 0 iterations makes no progress: the loop never ended
+        raise ValueError(f"rounds = {rounds!r}: every round budget must be >= 1 iteration")
     kern = _kernel(kind, float(tol), int(max_iters), bool(interpret), int(block), num_warps,
                    state or STATE, _momentum(kind), **kernel_variant(params, mask))  # fmt: skip
     if chunk is None:
@@ -382,7 +385,6 @@ def _run(kind, params, demand, mask, x0, *, tol, max_iters, interpret, rounds, b
     sizes = _sizes(block, chunk)
     state = pv.start_state(x0, demand, mask)
     args = (*params, demand, mask)
-    rounds = tuple(rounds) or (max_iters,)
     n = x0.shape[-1]
     todo = np.arange(n)
     try:

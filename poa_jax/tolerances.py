@@ -8,7 +8,9 @@ defaults to 1e-9, which puts PoA oracles within 1e-8.
 
 A reported gap is never finer than the dtype resolves
 (:func:`poa_jax.kernels.vi.gap_resolution`, about ``2·eps``: 2.4e-7 in float32), so a float32
-solve at ``tol`` below that reports every instance unconverged rather than "gap 0".
+solve at ``tol`` below that reports every instance unconverged rather than "gap 0". The gap is
+measured in the working dtype, so a float32 "converged" can hide a true gap of up to ~2× tol
+(optima; ~1.1× for equilibria) from the rounding of the costs themselves.
 """
 
 from __future__ import annotations

@@ -680,6 +680,17 @@ def test_fused_driver_compiles_nothing_for_new_round_counts():
     assert fused._put_lanes._cache_size() <= len(fused._sizes(8, 64)), pending_counts
 
 
+@pytest.mark.parametrize("rounds", [(10, 0), (0,), (-5, 10)])
+def test_a_round_of_no_iterations_is_refused(rounds):
+    """A round budget below 1 made no progress: the driver looped forever (bench_fused
+    --rounds 0). Refused before anything is built."""
+    prep = _mixed_batch(3, 8, "float32", 3, 4)
+    x0 = solve.starting_flows(prep, 1, greedy=True)
+    with pytest.raises(ValueError, match="rounds"):
+        fused.fused_equilibria(prep.game, prep.policy, x0, tol=1e-5, max_iters=50,
+                               interpret=True, rounds=rounds, block=8)  # fmt: skip
+
+
 @pytest.mark.parametrize("m", [1, 50, 512, 513, 4095, 100_000, 262_144, 1_000_000])
 def test_round_plan_covers_every_lane_with_few_pad_slots(m):
     sizes = fused._sizes(128, 1 << 18)
