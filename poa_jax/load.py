@@ -99,7 +99,7 @@ from poa_jax.kernels import loop
 from poa_jax.kernels.simplex import project_rows
 from poa_jax.policies import Policy
 from poa_jax.starts import start_shares
-from poa_jax.validation import as_array, check
+from poa_jax.validation import INT32_MAX, SEED_MAX, as_array, check, integer
 
 __all__ = [
     "Model",
@@ -550,7 +550,7 @@ def _step_one(md, wl, pol, c_target, s: _State, *, closed, optimum, logit, tol, 
     """Measures the state; if not done, one routing step at the current ``X`` and one Newton
     step on ``X``. A done lane is returned unchanged (with its error)."""
     mask = jnp.broadcast_to(md.mask[None, :], s.shares.shape)
-    tiny = 1e-300
+    tiny = jnp.finfo(s.shares.dtype).tiny  # 1e-300 exceeded the demand of loads ~1e-300
     demand = s.x_rate * wl.mix
     x = demand[:, None] * s.shares
     st = stage_costs(md, wl, x, closed)
@@ -614,19 +614,29 @@ def _advance_one(md, wl, pol, c_target, s, *, budget, max_iters, **kw):
 def _newton_x(md, wl, shares, x_rate, c_target, steps: int):
     """Exact Newton steps (jvp) on ``g(X) = SC(X·π·S) − C`` at fixed shares, exact singular
     model, safeguarded: each step within ``[X/10, 10X]`` and strictly below capacity
-    (:func:`_feasible_x`), where ``g`` has its root for every ``C``."""
-    direction = wl.mix[:, None] * shares
+    (:func:`_feasible_x`), where ``g`` has its root for every ``C``. Returns the iterate of
+    least ``|g|`` (the start included): near capacity ``g`` is known only to ~``ε/(1 − ρ)``
+    and a step from a root can land a few ulps off it, on a larger ``|g|`` (the final polish
+    took points that had met ``little_tol`` back above it). ``SC`` is evaluated at
+    ``(X·π)·S``, the flow :func:`_step_one` and :func:`_outputs` evaluate, so the least
+    ``|g|`` here is the residual reported."""
 
-    def body(_, xr):
-        g, dg = jax.jvp(
-            lambda v: social_cost(md, wl, v * direction, True), (xr,), (jnp.ones_like(xr),)
-        )
-        nxt = xr - (g - c_target) / jnp.maximum(dg, 1e-300)
+    def g_of(v):
+        return social_cost(md, wl, (v * wl.mix)[:, None] * shares, True) - c_target
+
+    def body(_, c):
+        xr, best, err = c
+        g, dg = jax.jvp(g_of, (xr,), (jnp.ones_like(xr),))
+        better = jnp.abs(g) < err
+        best, err = jnp.where(better, xr, best), jnp.where(better, jnp.abs(g), err)
+        nxt = xr - g / jnp.maximum(dg, 1e-300)
         nxt = jnp.clip(nxt, 0.1 * xr, 10.0 * xr)
-        return _feasible_x(md, wl, shares, xr, nxt)
+        return _feasible_x(md, wl, shares, xr, nxt), best, err
 
     x0 = _feasible_x(md, wl, shares, x_rate, x_rate)
-    return jax.lax.fori_loop(0, steps, body, x0)
+    inf = jnp.asarray(jnp.inf, x0.dtype)
+    xr, best, err = jax.lax.fori_loop(0, steps, body, (x0, x0, inf))
+    return jnp.where(jnp.abs(g_of(xr)) < err, xr, best)
 
 
 def _finish_one(md, wl, pol, c_target, s: _State, *, closed, tol, little_tol):
@@ -895,6 +905,75 @@ def _check_policy(pol, n: int) -> None:
         raise InputError("policy: w_true + w_prefill + w_decode must be > 0 (a cost to route by)")
 
 
+#: Trailing shape of each :class:`Model` field (``K`` decode slots) and the rule on its values.
+_MODEL_RULES = {
+    "pa": ((), "finite_ge0"), "pb": ((), "finite_ge0"), "pc": ((), "finite_ge0"),
+    "budget": ((), "finite_gt0"), "m": ((), "finite_gt0"), "alpha": (("K",), "finite_gt0"),
+    "beta": (("K",), "finite_ge0"), "gamma": (("K",), "finite_ge0"),
+    "bmax": (("K",), "finite_gt0"), "kv_lat": (("K",), "finite_ge0"),
+    "kv_spt": (("K",), "finite_ge0"), "link": (("K", "K"), "zero_one"),
+    "link_cap": (("K",), "pos_or_inf"), "residency": (("K",), "finite_gt0"),
+    "cache": (("K",), "pos_or_inf"), "mask": (("K",), "zero_one"),
+}  # fmt: skip
+#: The same for :class:`Workload` (``J`` classes).
+_WORKLOAD_RULES = {"tokens": "finite_gt0", "shareable": "unit", "mix": "finite_ge0"}
+
+
+def _check_arrays(md: Model, wl: Workload, n: int) -> None:
+    """The rules of :func:`solve`'s ``md`` and ``wl`` (the ones :func:`model_arrays` and
+    :func:`workload` build from a checked preset): every field with leading axis ``N`` (or 1;
+    the scalar fields may also be unbatched) and trailing shape as :class:`Model` /
+    :class:`Workload`; rates, times and capacities finite and > 0 (``link_cap`` and ``cache``
+    may be inf), coefficients >= 0 with ``pa + pb + pc > 0``; ``link`` and ``mask`` 0/1, every
+    point with a worker and every worker on one link; ``shareable`` in [0, 1], ``mix`` >= 0
+    summing to 1; the budget at least every class's prompt (a prompt fits in one iteration, as
+    :func:`poa_jax.serving.check_preset`). Unchecked, a mix summing to 1.5, negative tokens or a
+    budget below a prompt were solved and reported converged, a zero budget came back NaN."""
+    if not isinstance(md, Model):
+        raise InputError(f"md: expected a load.Model, got {type(md).__name__}")
+    if not isinstance(wl, Workload):
+        raise InputError(f"wl: expected a load.Workload, got {type(wl).__name__}")
+    arr = {}
+    k = np.shape(md.mask)[-1] if np.ndim(md.mask) else 0
+    j = np.shape(wl.tokens)[-1] if np.ndim(wl.tokens) else 0
+    fields = [(f"md.{f}", getattr(md, f), tuple(k for _ in dims), rule)
+              for f, (dims, rule) in _MODEL_RULES.items()]  # fmt: skip
+    fields += [(f"wl.{f}", getattr(wl, f), (j,), rule) for f, rule in _WORKLOAD_RULES.items()]
+    for name, v, base, rule in fields:
+        a = as_array(name, v, booleans=name in ("md.mask", "md.link"))
+        lead = a.ndim == len(base) + 1 and a.shape[1:] == base and a.shape[0] in (1, n)
+        if not (lead or a.shape == base == ()):
+            raise InputError(
+                f"{name}: shape {a.shape}: must be {(n, *base)} (leading axis N = {n}, one per "
+                "point, or 1)"
+            )
+        check(name, a, rule)
+        arr[name] = a
+    if k < 1 or j < 1:
+        raise InputError("md.mask, wl.tokens: need K >= 1 worker slots and J >= 1 classes")
+    if np.any(arr["md.pa"] + arr["md.pb"] + arr["md.pc"] <= 0):
+        raise InputError("md.pa + md.pb + md.pc: must be > 0 (a prefill iteration takes time)")
+    mask = arr["md.mask"].astype(bool)
+    if not np.all(mask.any(-1)):
+        i = int(np.argmin(mask.any(-1)))
+        raise InputError(f"md.mask[{i}]: every point needs at least one decode worker")
+    rows = arr["md.link"].sum(-1)
+    if np.any(mask & (rows != 1)):
+        raise InputError("md.link: every decode worker's row must be one-hot (one link each)")
+    total = arr["wl.mix"].sum(-1)
+    if np.any(np.abs(total - 1.0) > 1e-6):
+        i = int(np.argmax(np.abs(total - 1.0))) if total.ndim else 0
+        raise InputError(f"wl.mix[{i}]: sums to {float(np.ravel(total)[i])!r}: must sum to 1")
+    longest = np.broadcast_to(arr["wl.tokens"].max(-1), (n,))
+    budget = np.broadcast_to(arr["md.budget"], (n,))
+    if np.any(budget < longest):
+        i = int(np.argmax(budget < longest))
+        raise InputError(
+            f"md.budget[{i}] = {float(budget[i])!r}: must be >= the longest prompt, "
+            f"wl.tokens = {float(longest[i])!r} (a prompt must fit in one iteration)"
+        )
+
+
 def solve(
     md: Model,
     wl: Workload,
@@ -934,8 +1013,8 @@ def solve(
         spread starts.
       tol, little_tol: routing-gap and Little's-law tolerances (defaults by dtype: 1e-6 and
         1e-11 in float64).
-      max_iters: iteration bound per start.
-      newton: exact Newton steps on ``X`` from the start (closed loop).
+      max_iters: iteration bound per start (at most ``INT32_MAX``: the counters are int32).
+      newton: exact Newton steps on ``X`` from the start (closed loop), an integer >= 0.
       chunk: largest lanes per compiled call (default :func:`default_chunk`).
       extra_iters: iteration bound of the starts after the first. The herding starts of a
         cache-affine argmin router (τ = 0) drift slowly along class-exchange directions (the
@@ -951,9 +1030,12 @@ def solve(
     """
     dt = _dtype()
     tol, little_tol = _tols(tol, little_tol, dt)
-    for name, v in (("max_iters", max_iters), ("extra_iters", extra_iters)):
-        if isinstance(v, bool) or int(v) != v or v < 1:
-            raise InputError(f"{name} = {v!r}: must be an integer >= 1")
+    # The loop counters are int32: a bound past INT32_MAX wrapped inside the compiled loop
+    # (``k < 2**40`` is False there, True on the host) and the rounds never ended.
+    max_iters = integer("max_iters", max_iters, 1, INT32_MAX)
+    extra_iters = integer("extra_iters", extra_iters, 1, INT32_MAX)
+    newton = integer("newton", newton, 0, INT32_MAX)
+    seed = integer("seed", seed, 0, SEED_MAX)
     if not (np.isfinite(dup_tol) and dup_tol >= 0):
         raise InputError(f"dup_tol = {dup_tol!r}: must be finite and >= 0")
     target = np.asarray(target, np.float64)
@@ -965,6 +1047,7 @@ def solve(
         raise InputError(f"{name}[{i}] = {float(target[i])!r}: must be finite and > 0")
     n = target.shape[0]
     _check_policy(pol, n)
+    _check_arrays(md, wl, n)
     mask = np.asarray(md.mask, bool)
     if mask.ndim == 1:
         mask = np.broadcast_to(mask, (n, mask.shape[0]))
@@ -982,9 +1065,7 @@ def solve(
     md_l, wl_l, pol_l = rep(md_n), rep(wl_n), rep(pol_n)  # lanes: point-major, start-minor
     tgt_l = np.repeat(target.astype(dt), starts)
     s0_l = s0.reshape((n * starts,) + s0.shape[2:]).astype(dt)
-    chunk = default_chunk() if chunk is None else int(chunk)
-    if chunk < 1:
-        raise InputError(f"chunk = {chunk}: must be an integer >= 1")
+    chunk = default_chunk() if chunk is None else integer("chunk", chunk, 1, INT32_MAX)
     logit = (np.asarray(pol_l.tau) > 0) & (not optimum)
     first = np.arange(n * starts) % starts == 0
     out = None
