@@ -1105,11 +1105,15 @@ def solve(
 
 
 def pick(res: ClosedLoop, which: str = "worst") -> tuple[ClosedLoop, np.ndarray]:
-    """One start per point: the worst (lowest throughput) or best converged one (all if none
-    converged). Returns the picked results ``(N, ...)`` and the number of converged starts."""
+    """One start per point: the worst (lowest throughput) or best converged one (where none
+    converged, the worst or best of the finite ones, any if none is finite: argmin/argmax read
+    a NaN throughput as the extreme, and a NaN start was picked over a finite unconverged
+    one). Returns the picked results ``(N, ...)`` and the number of converged starts."""
     thr = np.asarray(res.throughput, np.float64)
-    ok = res.converged
-    use = np.where(ok.any(-1, keepdims=True), ok, True)
+    ok = np.asarray(res.converged, bool)
+    finite = np.isfinite(thr)
+    fallback = np.where(finite.any(-1, keepdims=True), finite, True)
+    use = np.where(ok.any(-1, keepdims=True), ok, fallback)
     if which == "worst":
         idx = np.argmin(np.where(use, thr, np.inf), -1)
     else:

@@ -233,3 +233,21 @@ def test_tiny_loads_keep_whole_shares():
         assert r.converged.all()
         np.testing.assert_allclose(r.shares.sum(-1), 1.0, rtol=1e-9)
         np.testing.assert_allclose(r.latency[1], r.latency[0], rtol=1e-5)
+
+
+@pytest.mark.parametrize("which", ["worst", "best"])
+def test_pick_prefers_a_finite_start_where_none_converged(which):
+    """No start converged: the pick is among the finite ones (argmin/argmax read NaN as the
+    extreme, so a NaN start was picked over a finite unconverged one); all NaN: any."""
+    n_fields = len(load.ClosedLoop._fields)
+    thr = np.array([[np.nan, 2.0, 3.0], [1.0, np.nan, 0.5], [np.nan, np.nan, np.nan]])
+    conv = np.zeros_like(thr, bool)
+    conv[1, 0] = True  # point 1: the converged start wins whatever the others are
+    fields = {f: np.zeros_like(thr) for f in load.ClosedLoop._fields}
+    fields.update(throughput=thr, converged=conv, latency=np.arange(9.0).reshape(3, 3))
+    picked, n_conv = load.pick(load.ClosedLoop(**fields), which)
+    assert len(picked) == n_fields
+    want = [2.0 if which == "worst" else 3.0, 1.0]
+    np.testing.assert_array_equal(picked.throughput[:2], want)
+    assert np.isnan(picked.throughput[2])
+    np.testing.assert_array_equal(n_conv, [0, 1, 0])
