@@ -15,8 +15,9 @@ from requests of ``n_i`` tokens takes
     c_P = 2·layers·hidden / (tp·F·mfu)  causal attention, QKᵀ and AV: 2·n²·hidden per layer
 
 (``N`` parameters, ``w`` bytes per weight, ``F`` FLOP/s, ``B_hbm`` HBM bytes/s). An iteration
-carries at most ``B_tok = max_num_batched_tokens`` tokens (vLLM's and Dynamo's default 16 384
-for these engines), so the prefill worker's token capacity is **budget-limited**:
+carries at most ``B_tok = max_num_batched_tokens`` tokens (16 384 — *assumed*: vLLM's default
+for the offline ``LLM`` class on ≥ 70 GiB GPUs other than A100; ``vllm serve`` defaults to 8 192,
+2 048 on A100), so the prefill worker's token capacity is **budget-limited**:
 
     κ_P = B_tok / t_P(B_tok)          (tokens/s; 1/b_P only as B_tok → ∞)
 
@@ -38,8 +39,8 @@ fixed latency per transfer.
 
 Presets (``PRESETS``): ``llama70b-1p2d``, ``llama70b-1p5d``, ``nemotron340b-1p2d`` on B200, and
 ``-h100``, ``-h200``, ``-a100`` variants of each (no ``nemotron340b-1p2d-a100``: 682 GB of
-BF16 weights do not fit in 8 × 80 GB). Placements and link bandwidths come from
-:func:`poa_jax.topology.paper_70b_1p2d` & co.
+BF16 weights do not fit in 8 × 85e9 bytes, the visible HBM of 8 × "80 GB"). Placements and link
+bandwidths come from :func:`poa_jax.topology.paper_70b_1p2d` & co.
 
 Example:
   >>> from poa_jax import serving
@@ -80,17 +81,21 @@ __all__ = [
 ]
 
 #: NVIDIA H100 SXM5 (H100 data sheet): FP8 dense 1 979 TFLOP/s (3 958 with sparsity), HBM3
-#: 3.35 TB/s, 80 GB; NVLink 4 900 GB/s per GPU bidirectional ⇒ 450 GB/s per direction; one
+#: 3.35 TB/s, "80 GB"; NVLink 4 900 GB/s per GPU bidirectional ⇒ 450 GB/s per direction; one
 #: ConnectX-7 400 Gb/s = 50 GB/s NIC per GPU; 8 GPUs per node (DGX/HGX H100).
-H100 = topo.GPUSpec("H100", 1.979e15, 3.35e12, 80e9, 0.45e12, 50e9, 8)
+#: ``hbm_bytes`` is the CUDA-visible capacity that vLLM's ``gpu_memory_utilization`` multiplies,
+#: as for :data:`poa_jax.topology.B200` (192e9 bytes): the data sheets' "80 GB" / "141 GB" are
+#: GiB-sized, nvidia-smi reports 81 559 MiB = 85.5e9 bytes (H100), 143 771 MiB = 150.8e9 (H200),
+#: 81 920 MiB = 85.9e9 (A100 80 GB; torch ``total_memory`` 85.06e9) ⇒ 85e9, 150e9, 85e9.
+H100 = topo.GPUSpec("H100", 1.979e15, 3.35e12, 85e9, 0.45e12, 50e9, 8)
 #: NVIDIA H200 SXM (H200 data sheet): the H100's compute (FP8 dense 1 979 TFLOP/s), HBM3e
-#: 4.8 TB/s, 141 GB; NVLink and NIC as H100.
-H200 = topo.GPUSpec("H200", 1.979e15, 4.8e12, 141e9, 0.45e12, 50e9, 8)
+#: 4.8 TB/s, "141 GB" (150e9 bytes visible, see :data:`H100`); NVLink and NIC as H100.
+H200 = topo.GPUSpec("H200", 1.979e15, 4.8e12, 150e9, 0.45e12, 50e9, 8)
 #: NVIDIA A100 SXM4 80 GB (A100 data sheet): no FP8 — BF16 dense 312 TFLOP/s, HBM2e
-#: 2.039 TB/s, 80 GB; NVLink 3 600 GB/s bidirectional ⇒ 300 GB/s per direction; HDR InfiniBand
-#: 200 Gb/s = 25 GB/s per GPU (DGX A100); 8 GPUs per node. Presets on A100 use BF16 weights and
-#: KV cache (2 bytes per value).
-A100 = topo.GPUSpec("A100", 312e12, 2.039e12, 80e9, 0.3e12, 25e9, 8)
+#: 2.039 TB/s, "80 GB" (85e9 bytes visible, see :data:`H100`); NVLink 3 600 GB/s bidirectional
+#: ⇒ 300 GB/s per direction; HDR InfiniBand 200 Gb/s = 25 GB/s per GPU (DGX A100); 8 GPUs per
+#: node. Presets on A100 use BF16 weights and KV cache (2 bytes per value).
+A100 = topo.GPUSpec("A100", 312e12, 2.039e12, 85e9, 0.3e12, 25e9, 8)
 
 #: Hidden size (attention width) per model, for the attention coefficient ``c_P``:
 #: Llama-3.1-70B ``hidden_size 8192`` (HF ``config.json``); Nemotron-4-340B ``hidden_size 18432``
@@ -124,9 +129,11 @@ class ServingPreset:
       128 input tokens). ``output_tokens = 128`` — *assumed* (as in :mod:`poa_jax.topology`).
     * ``shareable = 0.5``: fraction of a prompt that is the template's shared prefix — *assumed*
       (the paper does not give it; the knee moves with it, see ``benchmarks/RESULTS.md``).
-    * ``max_num_batched_tokens = 16 384``: the per-iteration prefill token budget, a common
-      engine default (vLLM ``max_num_batched_tokens`` for chunked prefill on large GPUs; Dynamo's
-      vLLM/TRT-LLM recipes) — and 128 requests × 128 tokens.
+    * ``max_num_batched_tokens = 16 384``: the per-iteration prefill token budget — *assumed*,
+      on every GPU variant (128 requests × 128 tokens). vLLM's own default is 16 384 only for
+      the offline ``LLM`` class on GPUs with ≥ 70 GiB other than A100 (8 192 otherwise); its
+      OpenAI server (``vllm serve``) defaults to 8 192 (2 048 on A100) — ``EngineArgs``'
+      usage-context defaults. ``benchmarks/RESULTS.md`` shows 8 192 does not move the knee.
     * ``mfu = 0.4``, ``mbu = 0.7`` — *assumed* (as :func:`poa_jax.topology.prefill_worker`).
     * ``gpu_memory_utilization = 0.9``: vLLM's default share of HBM for weights + KV cache.
     * ``residency = 1.0`` req/s: a template's prefix stays resident on a decode worker that sees

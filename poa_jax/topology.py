@@ -507,9 +507,11 @@ class GPUSpec:
 
 
 #: Llama-3.1-70B (Hugging Face ``meta-llama/Llama-3.1-70B`` ``config.json``): 80 layers, 64
-#: attention heads of hidden 8192 ⇒ head_dim 128, 8 KV heads (GQA); 70 562 938 880 parameters.
+#: attention heads of hidden 8192 ⇒ head_dim 128, 8 KV heads (GQA), ``intermediate_size 28672``,
+#: vocabulary 128 256, untied embeddings ⇒ 70 553 706 496 parameters (80 × (2·8192² +
+#: 2·8192·1024 + 3·8192·28672 + 2·8192) + 2·128256·8192 + 8192; the Hub's safetensors total).
 #: FP8 weights and KV cache ⇒ 163 840 KV bytes per token.
-LLAMA_3_1_70B = ModelSpec("Llama-3.1-70B", 70_562_938_880, layers=80, kv_heads=8, head_dim=128)
+LLAMA_3_1_70B = ModelSpec("Llama-3.1-70B", 70_553_706_496, layers=80, kv_heads=8, head_dim=128)
 
 #: Nemotron-4-340B (NeMo ``model_config.yaml``: ``num_layers 96, hidden_size 18432,
 #: num_attention_heads 96`` ⇒ head_dim 192, ``num_query_groups 8``, ``ffn_hidden_size 73728``,
@@ -519,7 +521,8 @@ LLAMA_3_1_70B = ModelSpec("Llama-3.1-70B", 70_562_938_880, layers=80, kv_heads=8
 NEMOTRON_4_340B = ModelSpec("Nemotron-4-340B", 341e9, layers=96, kv_heads=8, head_dim=192)
 
 #: NVIDIA B200 (HGX/DGX B200 data sheets): FP8 dense 4.5 PFLOP/s per GPU (the data sheet's 9 PF
-#: is with 2:4 sparsity), HBM3e 8 TB/s, 192 GB per GPU (the chip; DGX B200 exposes 180 GB);
+#: is with 2:4 sparsity), HBM3e 8 TB/s, 192 GB per GPU (the CUDA-visible capacity: nvidia-smi
+#: reports 183 359 MiB = 192.3e9 bytes, which the DGX B200 data sheet rounds to "180 GB");
 #: NVLink 5 1.8 TB/s per GPU bidirectional ⇒ 0.9 TB/s per direction; one ConnectX-7 NIC at
 #: 400 Gb/s = 50 GB/s per GPU (8 per node); 8 GPUs per node.
 B200 = GPUSpec(

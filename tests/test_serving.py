@@ -357,3 +357,40 @@ def test_serving_sweep_log_is_called(tmp_path):
     assert len(lines) == 2
     assert lines[0].startswith("solved 32 equilibria") and "2 optima" in lines[0]
     assert "results.parquet (32 rows)" in lines[1]
+
+
+# --------------------------------------------------------------------------- audited constants
+
+
+def test_llama70b_parameter_count_from_config_shape():
+    # meta-llama/Llama-3.1-70B config.json: vocab 128 256, hidden 8192, intermediate 28 672,
+    # 80 layers, 64 heads, 8 KV heads of 128, untied embeddings (the Hub's safetensors total).
+    h, kv, ffn, vocab = 8192, 8 * 128, 28672, 128256
+    layer = 2 * h * h + 2 * h * kv + 3 * h * ffn + 2 * h  # q, o; k, v; gate/up/down; 2 norms
+    assert topo.LLAMA_3_1_70B.parameters == 80 * layer + 2 * vocab * h + h == 70_553_706_496
+
+
+@pytest.mark.parametrize(
+    ("gpu", "mib"),
+    [(topo.B200, 183_359), (serving.H100, 81_559), (serving.H200, 143_771), (serving.A100, 81_920)],
+)
+def test_hbm_bytes_is_the_visible_capacity(gpu, mib):
+    # gpu_memory_utilization multiplies the capacity CUDA reports (nvidia-smi's total, in MiB):
+    # every GPUSpec in the same unit, within 1.5% (B200 192e9 vs 192.3e9 bytes).
+    assert gpu.hbm_bytes == pytest.approx(mib * 2**20, rel=0.015)
+
+
+def test_variants_change_every_gpu_dependent_field():
+    b200 = serving.coefficients("llama70b-1p2d")
+    for suffix, gpu in (("h100", serving.H100), ("h200", serving.H200), ("a100", serving.A100)):
+        p = serving.preset(f"llama70b-1p2d-{suffix}")
+        co = serving.coefficients(p)
+        w = 2.0 if suffix == "a100" else 1.0
+        assert p.model.weight_bytes_per_param == p.model.kv_bytes_per_value == w
+        n_par, kv_tok = topo.LLAMA_3_1_70B.parameters, 80 * 8 * 128 * 2 * w
+        assert co.decode_alpha[0] == pytest.approx(n_par * w / (4 * gpu.hbm_bandwidth * 0.7))
+        assert co.decode_gamma[0] == pytest.approx(2 * n_par / (4 * gpu.flops * 0.4))
+        free = 4 * gpu.hbm_bytes * 0.9 - n_par * w
+        assert co.decode_bmax[0] == math.floor(free / (kv_tok * 256))
+        assert co.kv_sec_per_token[1] == pytest.approx(kv_tok / (4 * gpu.nic_bandwidth))
+        assert co.decode_bmax[0] < b200.decode_bmax[0]
