@@ -10,7 +10,8 @@
 #   fused          the fused Pallas kernel, both layouts (grids in registers / in memory), vs
 #                  the XLA loop at 10^5 and 10^6, then its GPU tests (compiles in 25-40 s per
 #                  layout on an H200 since the loop restructure; capped at FUSED_LIMIT seconds,
-#                  default 300: 4 kernels to compile and 4 GPU tests)
+#                  default 300: 4 kernels to compile and 6 GPU tests, the general variant's
+#                  two last)
 #   fused_rounds   (not in the default list) the fused kernel (memory layout) again with rounds
 #                  of each of FUSED_ROUNDS iterations (default "32 64"; budgets are traced, so
 #                  nothing new compiles): a
